@@ -1,0 +1,279 @@
+//! Broker configuration: defaults, then a YAML file (`--config`), then `SLUICE_*`
+//! environment variables, then flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+pub const DEFAULT_NODE_ID: i32 = 1;
+pub const DEFAULT_DATA_DIR: &str = "./sluice-data";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
+pub const DEFAULT_FLUSH: &str = "always";
+pub const DEFAULT_INDEX_INTERVAL_BYTES: u64 = 4096;
+pub const DEFAULT_RETENTION_CHECK_INTERVAL: &str = "5m";
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
+pub const DEFAULT_MAX_FETCH_WAIT: &str = "30s";
+pub const DEFAULT_MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
+pub const DEFAULT_METADATA_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
+
+/// When appended data is forced to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlushPolicy {
+    /// fsync before acknowledging `acks=1`/`acks=all` writes and before consumers can read
+    /// them. Concurrent writes share one fsync (group commit), across partitions too.
+    Always,
+    /// fsync in the background at this interval. Acknowledged writes survive a broker crash
+    /// (they are in the OS page cache) but not a power loss within the interval.
+    Interval(Duration),
+}
+
+impl FromStr for FlushPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "always" => Ok(FlushPolicy::Always),
+            other => match humantime::parse_duration(other.strip_prefix("interval:").unwrap_or(other)) {
+                Ok(d) if !d.is_zero() => Ok(FlushPolicy::Interval(d)),
+                _ => Err(format!("invalid flush policy '{s}': use 'always' or an interval such as '100ms'")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for FlushPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FlushPolicy::Always => f.write_str("always"),
+            FlushPolicy::Interval(d) => write!(f, "{}", humantime::format_duration(*d)),
+        }
+    }
+}
+
+/// The broker's settings.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_id: i32,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// What clients are told to connect to; defaults to the bound listen address.
+    pub advertised_address: Option<String>,
+    pub flush: FlushPolicy,
+    pub index_interval_bytes: u64,
+    pub retention_check_interval: Duration,
+    pub max_request_bytes: usize,
+    pub max_fetch_wait: Duration,
+    pub max_partitions_per_topic: i32,
+    pub metadata_cache_bytes: u64,
+    pub shutdown_timeout: Duration,
+}
+
+fn dur(s: &str) -> Duration {
+    humantime::parse_duration(s).expect("default durations are valid")
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            node_id: DEFAULT_NODE_ID,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            listen: DEFAULT_LISTEN.parse().expect("default listen address is valid"),
+            advertised_address: None,
+            flush: DEFAULT_FLUSH.parse().expect("default flush policy is valid"),
+            index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
+            retention_check_interval: dur(DEFAULT_RETENTION_CHECK_INTERVAL),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_fetch_wait: dur(DEFAULT_MAX_FETCH_WAIT),
+            max_partitions_per_topic: DEFAULT_MAX_PARTITIONS_PER_TOPIC,
+            metadata_cache_bytes: DEFAULT_METADATA_CACHE_BYTES,
+            shutdown_timeout: dur(DEFAULT_SHUTDOWN_TIMEOUT),
+        }
+    }
+}
+
+impl Config {
+    /// Checks values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node_id < 0 {
+            return Err(format!("node_id {} is negative; use 0 or more", self.node_id));
+        }
+        if self.index_interval_bytes == 0 {
+            return Err("index_interval_bytes must be at least 1".into());
+        }
+        if self.max_request_bytes < 1024 {
+            return Err(format!("max_request_bytes {} is below the 1024-byte minimum", self.max_request_bytes));
+        }
+        if self.max_partitions_per_topic < 1 {
+            return Err("max_partitions_per_topic must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// The YAML file: every key optional, named as the flags with underscores.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    node_id: Option<i32>,
+    data_dir: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+    advertised_address: Option<String>,
+    flush: Option<String>,
+    index_interval_bytes: Option<u64>,
+    retention_check_interval: Option<String>,
+    max_request_bytes: Option<usize>,
+    max_fetch_wait: Option<String>,
+    max_partitions_per_topic: Option<i32>,
+    metadata_cache_bytes: Option<u64>,
+    shutdown_timeout: Option<String>,
+}
+
+/// `sluice-broker` flags. Each also reads `SLUICE_<NAME>` and the `--config` YAML file
+/// (same names with underscores); flags win over the environment, which wins over the file.
+#[derive(Debug, Parser)]
+#[command(name = "sluice-broker", version, about = "The Sluice broker: a replicated, partitioned commit log.")]
+pub struct Args {
+    /// YAML file with any of the settings below (keys use underscores: data_dir, flush, ...).
+    #[arg(long, env = "SLUICE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// This broker's id in the cluster [default: 1]
+    #[arg(long, env = "SLUICE_NODE_ID")]
+    pub node_id: Option<i32>,
+    /// Directory for segments and metadata [default: ./sluice-data]
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Client listener, HOST:PORT; port 0 picks a free port [default: 127.0.0.1:9092]
+    #[arg(long, env = "SLUICE_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Address clients are told to use [default: the bound listen address]
+    #[arg(long, env = "SLUICE_ADVERTISED_ADDRESS")]
+    pub advertised_address: Option<String>,
+    /// `always` (fsync before acknowledging, group-committed) or an interval such as
+    /// `100ms` (fsync in the background; a power loss can lose that much) [default: always]
+    #[arg(long, env = "SLUICE_FLUSH")]
+    pub flush: Option<String>,
+    /// Bytes between sparse index entries in a segment [default: 4096]
+    #[arg(long, env = "SLUICE_INDEX_INTERVAL_BYTES")]
+    pub index_interval_bytes: Option<u64>,
+    /// How often retention deletes expired segments [default: 5m]
+    #[arg(long, env = "SLUICE_RETENTION_CHECK_INTERVAL")]
+    pub retention_check_interval: Option<String>,
+    /// Largest request the broker decodes, in bytes [default: 67108864]
+    #[arg(long, env = "SLUICE_MAX_REQUEST_BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// Upper bound on a fetch's long-poll wait [default: 30s]
+    #[arg(long, env = "SLUICE_MAX_FETCH_WAIT")]
+    pub max_fetch_wait: Option<String>,
+    /// Most partitions a topic may have [default: 10000]
+    #[arg(long, env = "SLUICE_MAX_PARTITIONS_PER_TOPIC")]
+    pub max_partitions_per_topic: Option<i32>,
+    /// Memory for the metadata store's cache, in bytes [default: 33554432]
+    #[arg(long, env = "SLUICE_METADATA_CACHE_BYTES")]
+    pub metadata_cache_bytes: Option<u64>,
+    /// How long a graceful shutdown may take before the broker exits anyway [default: 30s]
+    #[arg(long, env = "SLUICE_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<String>,
+}
+
+fn parse_dur(key: &str, s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid {key} '{s}': {e} (use e.g. '500ms', '30s', '5m')"))
+}
+
+impl Args {
+    /// Merges file, environment and flags over the defaults, and validates.
+    pub fn into_config(self) -> Result<Config, String> {
+        let file: ConfigFile = match &self.config {
+            None => ConfigFile::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+                serde_yaml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?
+            }
+        };
+        let d = Config::default();
+        let pick_dur = |key: &str, flag: Option<String>, file: Option<String>, default: Duration| {
+            flag.or(file).map_or(Ok(default), |s| parse_dur(key, &s))
+        };
+        let config = Config {
+            node_id: self.node_id.or(file.node_id).unwrap_or(d.node_id),
+            data_dir: self.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
+            listen: self.listen.or(file.listen).unwrap_or(d.listen),
+            advertised_address: self.advertised_address.or(file.advertised_address),
+            flush: match self.flush.or(file.flush) {
+                Some(s) => s.parse()?,
+                None => d.flush,
+            },
+            index_interval_bytes: self.index_interval_bytes.or(file.index_interval_bytes).unwrap_or(d.index_interval_bytes),
+            retention_check_interval: pick_dur(
+                "retention_check_interval",
+                self.retention_check_interval,
+                file.retention_check_interval,
+                d.retention_check_interval,
+            )?,
+            max_request_bytes: self.max_request_bytes.or(file.max_request_bytes).unwrap_or(d.max_request_bytes),
+            max_fetch_wait: pick_dur("max_fetch_wait", self.max_fetch_wait, file.max_fetch_wait, d.max_fetch_wait)?,
+            max_partitions_per_topic: self
+                .max_partitions_per_topic
+                .or(file.max_partitions_per_topic)
+                .unwrap_or(d.max_partitions_per_topic),
+            metadata_cache_bytes: self.metadata_cache_bytes.or(file.metadata_cache_bytes).unwrap_or(d.metadata_cache_bytes),
+            shutdown_timeout: pick_dur("shutdown_timeout", self.shutdown_timeout, file.shutdown_timeout, d.shutdown_timeout)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn help_states_every_default() {
+        let help = Args::command().render_long_help().to_string();
+        let d = Config::default();
+        for expected in [
+            format!("[default: {}]", d.node_id),
+            format!("[default: {DEFAULT_DATA_DIR}]"),
+            format!("[default: {}]", d.listen),
+            format!("[default: {}]", d.flush),
+            format!("[default: {}]", d.index_interval_bytes),
+            format!("[default: {DEFAULT_RETENTION_CHECK_INTERVAL}]"),
+            format!("[default: {}]", d.max_request_bytes),
+            format!("[default: {DEFAULT_MAX_FETCH_WAIT}]"),
+            format!("[default: {}]", d.max_partitions_per_topic),
+            format!("[default: {}]", d.metadata_cache_bytes),
+            format!("[default: {DEFAULT_SHUTDOWN_TIMEOUT}]"),
+        ] {
+            assert!(help.contains(&expected), "--help lacks {expected}:\n{help}");
+        }
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.yaml");
+        std::fs::write(&path, "node_id: 7\nflush: 250ms\ndata_dir: /tmp/x\n").unwrap();
+        let args = Args::parse_from(["sluice-broker", "--config", path.to_str().unwrap(), "--node-id", "3"]);
+        let c = args.into_config().unwrap();
+        assert_eq!(c.node_id, 3);
+        assert_eq!(c.flush, FlushPolicy::Interval(Duration::from_millis(250)));
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("broker.yaml");
+        std::fs::write(&path, "flsh: always\n").unwrap();
+        let err = Args::parse_from(["sluice-broker", "--config", path.to_str().unwrap()]).into_config().unwrap_err();
+        assert!(err.contains("flsh"), "{err}");
+        let err = Args::parse_from(["sluice-broker", "--flush", "sometimes"]).into_config().unwrap_err();
+        assert!(err.contains("'sometimes'") && err.contains("always"), "{err}");
+    }
+}

@@ -1,0 +1,96 @@
+//! The broker's error type and its one conversion to the wire.
+
+use sluice_proto::batch::BatchError;
+use sluice_proto::{ErrorCode, ErrorDetailExt, pb};
+
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown topic '{0}'")]
+    UnknownTopic(String),
+    #[error("topic '{topic}' has no partition {partition} (it has partitions 0..{count})")]
+    UnknownPartition { topic: String, partition: i32, count: i32 },
+    #[error("topic '{0}' already exists")]
+    TopicExists(String),
+    #[error("{0}")]
+    InvalidTopic(String),
+    #[error("{0}")]
+    InvalidPartitions(String),
+    #[error("{0}")]
+    InvalidReplicationFactor(String),
+    #[error("{0}")]
+    InvalidConfig(String),
+    #[error("invalid acks {0}: use 0, 1 or -1 (all)")]
+    InvalidAcks(i32),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("batch of {size} bytes for {topic}-{partition} exceeds the topic's max.message.bytes={max}; raise max.message.bytes or send smaller batches")]
+    MessageTooLarge { topic: String, partition: i32, size: usize, max: i32 },
+    #[error("batch for {topic}-{partition} failed its checks and was not stored: {source}")]
+    CorruptBatch { topic: String, partition: i32, source: BatchError },
+    #[error("batch for {topic}-{partition} is invalid and was not stored: {source}")]
+    InvalidBatch { topic: String, partition: i32, source: BatchError },
+    #[error("{topic}-{partition}: {source}")]
+    Storage { topic: String, partition: i32, source: StorageError },
+    #[error("{topic}-{partition}: storage failed earlier and the partition is offline: {cause}")]
+    PartitionOffline { topic: String, partition: i32, cause: String },
+    #[error("{0}")]
+    Timeout(String),
+    #[error("metadata store: {0}")]
+    Metadata(#[from] sled::Error),
+    #[error("{0}")]
+    Internal(String),
+    #[error("the broker is shutting down")]
+    ShuttingDown,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::UnknownTopic(_) | Error::UnknownPartition { .. } => ErrorCode::UnknownTopicOrPartition,
+            Error::TopicExists(_) => ErrorCode::TopicAlreadyExists,
+            Error::InvalidTopic(_) => ErrorCode::InvalidTopic,
+            Error::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
+            Error::InvalidReplicationFactor(_) => ErrorCode::InvalidReplicationFactor,
+            Error::InvalidConfig(_) => ErrorCode::InvalidConfig,
+            Error::InvalidAcks(_) => ErrorCode::InvalidRequiredAcks,
+            Error::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            Error::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
+            Error::CorruptBatch { .. } => ErrorCode::CorruptMessage,
+            Error::InvalidBatch { source: BatchError::UnsupportedCompression(_), .. } => {
+                ErrorCode::UnsupportedCompressionType
+            }
+            Error::InvalidBatch { .. } => ErrorCode::InvalidRecord,
+            Error::Storage { source, .. } => match source {
+                StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+                StorageError::Corrupt { .. } => ErrorCode::CorruptMessage,
+                StorageError::NotBatchBoundary(_) => ErrorCode::InvalidRequest,
+                StorageError::Io { .. } => ErrorCode::StorageError,
+            },
+            Error::PartitionOffline { .. } => ErrorCode::StorageError,
+            Error::Timeout(_) => ErrorCode::RequestTimedOut,
+            Error::Metadata(_) => ErrorCode::StorageError,
+            Error::Internal(_) => ErrorCode::UnknownServerError,
+            Error::ShuttingDown => ErrorCode::BrokerNotAvailable,
+        }
+    }
+
+    /// The wire form: code, message, and the valid range for OFFSET_OUT_OF_RANGE.
+    pub fn detail(&self) -> pb::ErrorDetail {
+        let mut d = pb::ErrorDetail::new(self.code(), self.to_string());
+        if let Error::Storage { source: StorageError::OffsetOutOfRange { log_start, log_end, .. }, .. } = self {
+            d.log_start_offset = *log_start;
+            d.log_end_offset = *log_end;
+        }
+        d
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        e.detail().into_status()
+    }
+}

@@ -1,0 +1,33 @@
+//! `sluice-broker`: parses settings, binds the listener, serves until SIGTERM or Ctrl-C.
+
+use clap::Parser;
+use sluice_broker::config::Args;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    sluice_broker::server::init_tracing();
+    let config = Args::parse().into_config().map_err(|e| anyhow::anyhow!(e))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    // Scripts and tests read the bound address from this line (useful with port 0).
+    println!("listening on {}", listener.local_addr()?);
+    sluice_broker::server::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(cause = %e, "cannot install the SIGTERM handler; only Ctrl-C stops the broker gracefully");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("received SIGTERM"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("received Ctrl-C"),
+    }
+}

@@ -1,0 +1,244 @@
+//! A partition replica: its log, its high watermark and what waits on them.
+//!
+//! Today a broker is the only replica and leader of each of its partitions; the replication
+//! issue puts a Raft group in front of [`Partition::append`], which stays the one place
+//! where batches enter the log.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
+use sluice_proto::TopicConfig;
+use sluice_proto::batch::{self, BatchError};
+use sluice_proto::topic::CompressionType;
+use tokio::sync::watch;
+
+use crate::config::FlushPolicy;
+use crate::error::{Error, Result};
+use crate::storage::{AppendInfo, LogOffsets, LogStorage};
+
+#[derive(Debug)]
+pub struct Partition {
+    pub topic: Arc<str>,
+    pub id: i32,
+    pub config: Arc<TopicConfig>,
+    log: RwLock<Box<dyn LogStorage>>,
+    flush: FlushPolicy,
+    /// Consumers read below this offset only.
+    high_watermark: watch::Sender<i64>,
+    /// Everything below this offset is on stable storage.
+    flushed: watch::Sender<i64>,
+    /// Set when the partition is queued for the flusher.
+    pub(crate) dirty: AtomicBool,
+    /// Set when a write or fsync failed: the log's state is unknown, so it takes no more
+    /// writes until the broker restarts and recovers it.
+    failed: Mutex<Option<String>>,
+}
+
+impl Partition {
+    pub fn new(topic: Arc<str>, id: i32, config: Arc<TopicConfig>, log: Box<dyn LogStorage>, flush: FlushPolicy) -> Self {
+        let offsets = log.offsets();
+        Partition {
+            topic,
+            id,
+            config,
+            log: RwLock::new(log),
+            flush,
+            high_watermark: watch::Sender::new(offsets.log_end),
+            flushed: watch::Sender::new(offsets.flushed),
+            dirty: AtomicBool::new(false),
+            failed: Mutex::new(None),
+        }
+    }
+
+    fn storage_err(&self, source: crate::storage::StorageError) -> Error {
+        Error::Storage { topic: self.topic.to_string(), partition: self.id, source }
+    }
+
+    fn check_online(&self) -> Result<()> {
+        match &*self.failed.lock() {
+            Some(cause) => Err(Error::PartitionOffline {
+                topic: self.topic.to_string(),
+                partition: self.id,
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        *self.high_watermark.borrow()
+    }
+
+    pub fn subscribe_high_watermark(&self) -> watch::Receiver<i64> {
+        self.high_watermark.subscribe()
+    }
+
+    pub fn subscribe_flushed(&self) -> watch::Receiver<i64> {
+        self.flushed.subscribe()
+    }
+
+    pub fn offsets(&self) -> LogOffsets {
+        self.log.read().offsets()
+    }
+
+    /// Checks a batch as received (size, CRC, record structure) and applies the topic's
+    /// `compression.type`. Blocking (CPU): runs on the blocking pool.
+    pub fn validate(&self, batch: Bytes) -> Result<BytesMut> {
+        let max = self.config.max_message_bytes;
+        if batch.len() > max as usize {
+            return Err(Error::MessageTooLarge {
+                topic: self.topic.to_string(),
+                partition: self.id,
+                size: batch.len(),
+                max,
+            });
+        }
+        let wrap_corrupt = |source| Error::CorruptBatch { topic: self.topic.to_string(), partition: self.id, source };
+        let wrap_invalid = |source| Error::InvalidBatch { topic: self.topic.to_string(), partition: self.id, source };
+        let header = batch::verify(&batch).map_err(|e| match e {
+            BatchError::CrcMismatch { .. } | BatchError::Truncated { .. } | BatchError::BadLength(_) => wrap_corrupt(e),
+            other => wrap_invalid(other),
+        })?;
+        batch::validate_records(&batch).map_err(wrap_invalid)?;
+        if let CompressionType::Codec(codec) = self.config.compression_type {
+            if header.compression().map_err(wrap_invalid)? != codec {
+                return recompress(&batch, codec).map_err(wrap_invalid);
+            }
+        }
+        Ok(BytesMut::from(batch))
+    }
+
+    /// Appends a validated batch. Blocking (disk): runs on the blocking pool.
+    pub fn append(&self, mut batch: BytesMut, now_ms: i64) -> Result<AppendInfo> {
+        self.check_online()?;
+        let mut log = self.log.write();
+        let info = log.append(&mut batch, 0, now_ms).map_err(|e| {
+            self.fail(format!("append failed: {e}"));
+            self.storage_err(e)
+        })?;
+        if let FlushPolicy::Interval(_) = self.flush {
+            self.advance_high_watermark(info.last_offset + 1);
+        }
+        Ok(info)
+    }
+
+    fn advance_high_watermark(&self, to: i64) {
+        self.high_watermark.send_if_modified(|hw| {
+            let moved = to > *hw;
+            if moved {
+                *hw = to;
+            }
+            moved
+        });
+    }
+
+    fn fail(&self, cause: String) {
+        tracing::error!(topic = %self.topic, partition = self.id, %cause, "partition taken offline");
+        self.failed.lock().get_or_insert(cause);
+        // Wake anyone waiting for a flush so they see the failure instead of timing out.
+        self.flushed.send_modify(|_| {});
+    }
+
+    /// Waits until `offset` is flushed, or fails if the partition went offline.
+    pub async fn wait_flushed(&self, offset: i64) -> Result<()> {
+        let mut rx = self.flushed.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= offset {
+                return Ok(());
+            }
+            self.check_online()?;
+            if rx.changed().await.is_err() {
+                return Err(Error::ShuttingDown);
+            }
+        }
+    }
+
+    /// One flusher round for this partition. Blocking (fsync).
+    pub fn flush(&self) {
+        self.dirty.store(false, Ordering::Release);
+        let target = self.log.write().flush_target();
+        if let Err(e) = target.sync() {
+            self.fail(format!("fsync failed: {e}"));
+            return;
+        }
+        self.log.write().mark_flushed(target.end_offset);
+        self.flushed.send_if_modified(|f| {
+            let moved = target.end_offset > *f;
+            if moved {
+                *f = target.end_offset;
+            }
+            moved
+        });
+        if self.flush == FlushPolicy::Always {
+            self.advance_high_watermark(target.end_offset);
+        }
+    }
+
+    /// Whole batches from `offset`, below the high watermark. Blocking (disk).
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
+        let hw = self.high_watermark();
+        let log = self.log.read();
+        if offset > hw {
+            let o = log.offsets();
+            return Err(self.storage_err(crate::storage::StorageError::OffsetOutOfRange {
+                requested: offset,
+                log_start: o.log_start,
+                log_end: hw,
+            }));
+        }
+        log.read(offset, max_bytes, hw).map_err(|e| match e {
+            crate::storage::StorageError::OffsetOutOfRange { requested, log_start, .. } => {
+                self.storage_err(crate::storage::StorageError::OffsetOutOfRange { requested, log_start, log_end: hw })
+            }
+            other => self.storage_err(other),
+        })
+    }
+
+    /// The first offset with a timestamp >= `ts` that consumers can read. Blocking (disk).
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>> {
+        let hw = self.high_watermark();
+        let found = self.log.read().offset_for_timestamp(ts).map_err(|e| self.storage_err(e))?;
+        Ok(found.filter(|(o, _)| *o < hw))
+    }
+
+    /// Deletes segments that `retention.ms` / `retention.bytes` no longer keep. Blocking.
+    pub fn enforce_retention(&self, now_ms: i64) -> Result<()> {
+        let segments = self.log.read().segments();
+        let (ms, bytes) = (self.config.retention_ms, self.config.retention_bytes);
+        let mut total: u64 = segments.iter().map(|s| s.size_bytes).sum();
+        let mut cut = None;
+        for s in segments.iter().filter(|s| !s.active) {
+            let expired = ms >= 0 && s.max_timestamp < now_ms.saturating_sub(ms);
+            let oversized = bytes >= 0 && total.saturating_sub(s.size_bytes) >= bytes as u64;
+            if !(expired || oversized) {
+                break;
+            }
+            total -= s.size_bytes;
+            cut = Some(s.next_offset);
+        }
+        if let Some(offset) = cut {
+            // Never delete what consumers have not been allowed to see yet.
+            let offset = offset.min(self.high_watermark());
+            self.log.write().delete_segments_before(offset).map_err(|e| self.storage_err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and closes the log for a fast, clean restart. Blocking.
+    pub fn close(&self) -> Result<()> {
+        self.log.write().close().map_err(|e| self.storage_err(e))
+    }
+}
+
+fn recompress(batch: &Bytes, codec: batch::Compression) -> std::result::Result<BytesMut, BatchError> {
+    let (header, records) = batch::decode(batch, batch::DEFAULT_MAX_DECOMPRESSED)?;
+    let mut b = sluice_proto::RecordBatchBuilder::new(codec);
+    for r in &records {
+        let headers: Vec<(String, Option<Bytes>)> = r.headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect();
+        b.append(r.timestamp, r.key.as_deref(), &r.value, &headers);
+    }
+    debug_assert_eq!(b.record_count(), header.record_count);
+    Ok(BytesMut::from(&b.build()[..]))
+}

@@ -1,0 +1,58 @@
+//! gRPC handlers: one file per service, thin: decode, call the [`Broker`], encode.
+//! Errors become statuses through `From<Error> for tonic::Status` only.
+
+mod admin;
+mod fetch;
+mod list_offsets;
+mod produce;
+
+use std::sync::Arc;
+
+use crate::broker::Broker;
+
+pub use admin::AdminService;
+
+/// The `Log` service: produce, fetch, list offsets.
+#[derive(Debug, Clone)]
+pub struct LogService {
+    broker: Arc<Broker>,
+}
+
+impl LogService {
+    pub fn new(broker: Arc<Broker>) -> Self {
+        LogService { broker }
+    }
+}
+
+#[tonic::async_trait]
+impl sluice_proto::pb::log_server::Log for LogService {
+    async fn produce(
+        &self,
+        request: tonic::Request<sluice_proto::pb::ProduceRequest>,
+    ) -> Result<tonic::Response<sluice_proto::pb::ProduceResponse>, tonic::Status> {
+        Ok(tonic::Response::new(produce::handle(&self.broker, request.into_inner()).await?))
+    }
+
+    async fn fetch(
+        &self,
+        request: tonic::Request<sluice_proto::pb::FetchRequest>,
+    ) -> Result<tonic::Response<sluice_proto::pb::FetchResponse>, tonic::Status> {
+        Ok(tonic::Response::new(fetch::handle(&self.broker, request.into_inner()).await?))
+    }
+
+    async fn list_offsets(
+        &self,
+        request: tonic::Request<sluice_proto::pb::ListOffsetsRequest>,
+    ) -> Result<tonic::Response<sluice_proto::pb::ListOffsetsResponse>, tonic::Status> {
+        Ok(tonic::Response::new(list_offsets::handle(&self.broker, request.into_inner()).await?))
+    }
+}
+
+/// Runs blocking work (disk, CPU-heavy checks) off the async runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> crate::error::Result<T> + Send + 'static,
+) -> crate::error::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| crate::error::Error::Internal(format!("blocking task failed: {e}")))?
+}
