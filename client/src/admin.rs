@@ -1,0 +1,91 @@
+//! [`Admin`]: create, delete, list and describe topics; cluster metadata.
+
+use std::collections::BTreeMap;
+
+use sluice_proto::pb;
+
+use crate::cluster::{ClientConfig, Cluster};
+use crate::error::Result;
+
+/// A topic to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTopic {
+    pub name: String,
+    pub partitions: i32,
+    /// -1: the broker's default.
+    pub replication_factor: i32,
+    pub config: BTreeMap<String, String>,
+}
+
+impl NewTopic {
+    pub fn new(name: impl Into<String>, partitions: i32, replication_factor: i32) -> Self {
+        NewTopic { name: name.into(), partitions, replication_factor, config: BTreeMap::new() }
+    }
+
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.config.insert(key.into(), value.into());
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    cluster: Cluster,
+}
+
+impl Admin {
+    pub fn new(config: ClientConfig) -> Result<Self> {
+        Ok(Admin { cluster: Cluster::new(config)? })
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn create_topic(&self, topic: NewTopic, validate_only: bool) -> Result<pb::TopicDescription> {
+        let req = pb::CreateTopicRequest {
+            name: topic.name,
+            partitions: topic.partitions,
+            replication_factor: topic.replication_factor,
+            config: topic.config.into_iter().collect(),
+            validate_only,
+        };
+        let resp = self.cluster.admin_call(|mut c| {
+            let r = req.clone();
+            async move { c.create_topic(r).await }
+        });
+        Ok(resp.await?.topic.unwrap_or_default())
+    }
+
+    #[tracing::instrument(skip(self))]
+    pub async fn delete_topic(&self, name: &str) -> Result<()> {
+        let req = pb::DeleteTopicRequest { name: name.to_string() };
+        self.cluster
+            .admin_call(|mut c| {
+                let r = req.clone();
+                async move { c.delete_topic(r).await }
+            })
+            .await?;
+        self.cluster.invalidate(name);
+        Ok(())
+    }
+
+    pub async fn list_topics(&self) -> Result<Vec<pb::TopicSummary>> {
+        let resp = self.cluster.admin_call(|mut c| async move { c.list_topics(pb::ListTopicsRequest {}).await });
+        Ok(resp.await?.topics)
+    }
+
+    pub async fn describe_topic(&self, name: &str) -> Result<pb::TopicDescription> {
+        let req = pb::DescribeTopicRequest { name: name.to_string() };
+        let resp = self.cluster.admin_call(|mut c| {
+            let r = req.clone();
+            async move { c.describe_topic(r).await }
+        });
+        Ok(resp.await?.topic.unwrap_or_default())
+    }
+
+    pub async fn metadata(&self) -> Result<pb::MetadataResponse> {
+        self.cluster.refresh(&[]).await
+    }
+}

@@ -1,0 +1,208 @@
+//! Connections and metadata: one HTTP/2 connection per broker address, shared by every
+//! request to it, and a cache of topics and partition leaders refreshed on demand.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use sluice_proto::pb::{self, admin_client::AdminClient, log_client::LogClient};
+use sluice_proto::{ErrorCode, ErrorDetailExt};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+
+/// Settings shared by admin, producer and consumer.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `host:port` of one or more brokers to learn the cluster from.
+    pub bootstrap: Vec<String>,
+    /// Upper bound on one request (Kafka's `request.timeout.ms`).
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Cached metadata older than this is refreshed before use.
+    pub metadata_max_age: Duration,
+    /// Largest response or request message, in bytes.
+    pub max_message_bytes: usize,
+}
+
+impl ClientConfig {
+    /// A config for a comma-separated bootstrap list, other settings at their defaults.
+    pub fn new(bootstrap: &str) -> Self {
+        ClientConfig {
+            bootstrap: bootstrap.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            request_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            metadata_max_age: Duration::from_secs(300),
+            max_message_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// One topic's routing information.
+#[derive(Debug, Clone)]
+pub struct TopicRoute {
+    pub name: String,
+    /// Address of each partition's leader, by partition number (None: no leader now).
+    pub leaders: Vec<Option<String>>,
+    pub max_message_bytes: i32,
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    topics: HashMap<String, (Arc<TopicRoute>, Instant)>,
+}
+
+/// Shared connection state; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    pub(crate) config: Arc<ClientConfig>,
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    cache: Arc<RwLock<Cache>>,
+}
+
+/// HTTP/2 windows large enough for MiB-sized batches at full speed.
+const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+
+impl Cluster {
+    pub fn new(config: ClientConfig) -> Result<Self> {
+        if config.bootstrap.is_empty() {
+            return Err(Error::InvalidArgument("no bootstrap broker given: pass host:port (e.g. 127.0.0.1:9092)".into()));
+        }
+        Ok(Cluster {
+            config: Arc::new(config),
+            channels: Arc::default(),
+            cache: Arc::default(),
+        })
+    }
+
+    /// The connection to `address` (created lazily, reused afterwards).
+    pub fn channel(&self, address: &str) -> Result<Channel> {
+        if let Some(c) = self.channels.lock().get(address) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| Error::Connect { address: address.to_string(), source: Arc::new(e) })?
+            .connect_timeout(self.config.connect_timeout)
+            .tcp_nodelay(true)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_lazy();
+        self.channels.lock().insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Forgets a connection after a transport failure so the next call reconnects.
+    pub fn drop_channel(&self, address: &str) {
+        self.channels.lock().remove(address);
+    }
+
+    pub fn log_client(&self, address: &str) -> Result<LogClient<Channel>> {
+        let max = self.config.max_message_bytes;
+        Ok(LogClient::new(self.channel(address)?).max_decoding_message_size(max).max_encoding_message_size(max))
+    }
+
+    pub fn admin_client(&self, address: &str) -> Result<AdminClient<Channel>> {
+        let max = self.config.max_message_bytes;
+        Ok(AdminClient::new(self.channel(address)?).max_decoding_message_size(max).max_encoding_message_size(max))
+    }
+
+    /// Runs an admin call against the first bootstrap broker that answers.
+    pub async fn admin_call<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(AdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let mut last = None;
+        for address in &self.config.bootstrap {
+            let client = self.admin_client(address)?;
+            match tokio::time::timeout(self.config.request_timeout, call(client)).await {
+                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Err(status)) => {
+                    let err = Error::from_status(address, status);
+                    if matches!(err, Error::Broker { .. }) || !err.is_retriable() {
+                        return Err(err);
+                    }
+                    self.drop_channel(address);
+                    last = Some(err);
+                }
+                Err(_) => {
+                    last = Some(Error::Timeout {
+                        what: format!("request to {address}"),
+                        after: self.config.request_timeout,
+                        last: "no answer".into(),
+                    })
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::InvalidArgument("no bootstrap broker".into())))
+    }
+
+    /// Fetches metadata for `topics` (all when empty) and updates the cache.
+    pub async fn refresh(&self, topics: &[String]) -> Result<pb::MetadataResponse> {
+        let request = pb::MetadataRequest { topics: topics.to_vec() };
+        let resp = self.admin_call(|mut c| {
+            let r = request.clone();
+            async move { c.metadata(r).await }
+        })
+        .await?;
+        let brokers: HashMap<i32, String> = resp.brokers.iter().map(|b| (b.node_id, b.address.clone())).collect();
+        let now = Instant::now();
+        let mut cache = self.cache.write();
+        for t in topics {
+            cache.topics.remove(t);
+        }
+        for t in &resp.topics {
+            let mut leaders = vec![None; t.partitions.len()];
+            for p in &t.partitions {
+                if let Some(slot) = leaders.get_mut(p.partition as usize) {
+                    *slot = brokers.get(&p.leader).cloned();
+                }
+            }
+            let route = TopicRoute { name: t.name.clone(), leaders, max_message_bytes: t.max_message_bytes };
+            cache.topics.insert(t.name.clone(), (Arc::new(route), now));
+        }
+        Ok(resp)
+    }
+
+    /// The topic's route from the cache, refreshed when missing or stale. A topic the
+    /// cluster does not have is `UNKNOWN_TOPIC_OR_PARTITION` right away.
+    pub async fn topic(&self, name: &str) -> Result<Arc<TopicRoute>> {
+        if let Some((route, at)) = self.cache.read().topics.get(name) {
+            if at.elapsed() < self.config.metadata_max_age {
+                return Ok(route.clone());
+            }
+        }
+        self.refresh(&[name.to_string()]).await?;
+        self.cache.read().topics.get(name).map(|(r, _)| r.clone()).ok_or_else(|| {
+            Error::broker(pb::ErrorDetail::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("unknown topic '{name}'; create it with `sluice topics create {name}`"),
+            ))
+        })
+    }
+
+    /// Marks a topic's routing stale (after NOT_LEADER or a connection failure).
+    pub fn invalidate(&self, topic: &str) {
+        self.cache.write().topics.remove(topic);
+    }
+
+    /// The leader address of a partition.
+    pub async fn leader(&self, topic: &str, partition: i32) -> Result<String> {
+        let route = self.topic(topic).await?;
+        match route.leaders.get(partition as usize) {
+            Some(Some(addr)) => Ok(addr.clone()),
+            Some(None) => Err(Error::broker(pb::ErrorDetail::new(
+                ErrorCode::LeaderNotAvailable,
+                format!("{topic}-{partition} has no leader right now"),
+            ))),
+            None => Err(Error::broker(pb::ErrorDetail::new(
+                ErrorCode::UnknownTopicOrPartition,
+                format!("topic '{topic}' has no partition {partition} (it has {})", route.leaders.len()),
+            ))),
+        }
+    }
+}

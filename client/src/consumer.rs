@@ -1,0 +1,315 @@
+//! [`Consumer`]: reads assigned partitions from chosen offsets.
+//!
+//! `poll` returns what one fetch brought and, when it brought data, starts the next fetch
+//! in the background, so decoding and the application's work overlap the network.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use sluice_proto::batch::{self, Header};
+use sluice_proto::{ErrorCode, ErrorDetailExt, list_offsets, pb};
+use tokio::task::JoinHandle;
+
+use crate::TopicPartition;
+use crate::cluster::{ClientConfig, Cluster};
+use crate::error::{Error, Result};
+
+/// Where to start reading a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offset {
+    /// The log start offset.
+    Earliest,
+    /// The high watermark: only records written from now on.
+    Latest,
+    At(i64),
+    /// The first record with a timestamp (ms) at or after this; `Latest` if none.
+    Timestamp(i64),
+}
+
+/// What to do when the position is outside the log (Kafka's `auto.offset.reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AutoOffsetReset {
+    Earliest,
+    #[default]
+    Latest,
+    /// Fail `poll` with OFFSET_OUT_OF_RANGE.
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// `fetch.max.wait.ms`: how long the broker holds a fetch waiting for data.
+    pub fetch_max_wait: Duration,
+    /// `fetch.min.bytes`.
+    pub fetch_min_bytes: u32,
+    /// `fetch.max.bytes`: per fetch response.
+    pub fetch_max_bytes: u32,
+    /// `max.partition.fetch.bytes`.
+    pub max_partition_fetch_bytes: u32,
+    pub auto_offset_reset: AutoOffsetReset,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            fetch_max_wait: Duration::from_millis(500),
+            fetch_min_bytes: 1,
+            fetch_max_bytes: 50 * 1024 * 1024,
+            max_partition_fetch_bytes: 4 * 1024 * 1024,
+            auto_offset_reset: AutoOffsetReset::Latest,
+        }
+    }
+}
+
+/// A record read from a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    pub topic: Arc<str>,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Bytes,
+    pub headers: Vec<Header>,
+}
+
+type FetchResult = Vec<(String, Result<pb::FetchResponse>)>;
+
+#[derive(Debug)]
+pub struct Consumer {
+    cluster: Cluster,
+    config: ConsumerConfig,
+    positions: BTreeMap<TopicPartition, i64>,
+    buffered: VecDeque<ConsumerRecord>,
+    prefetch: Option<JoinHandle<FetchResult>>,
+}
+
+impl Consumer {
+    pub fn new(client: ClientConfig, config: ConsumerConfig) -> Result<Self> {
+        Ok(Consumer { cluster: Cluster::new(client)?, config, positions: BTreeMap::new(), buffered: VecDeque::new(), prefetch: None })
+    }
+
+    /// Partitions of a topic, from metadata.
+    pub async fn partitions_for(&self, topic: &str) -> Result<Vec<i32>> {
+        let route = self.cluster.topic(topic).await?;
+        Ok((0..route.leaders.len() as i32).collect())
+    }
+
+    /// Reads these partitions, each from `start`.
+    pub async fn assign(&mut self, partitions: Vec<TopicPartition>, start: Offset) -> Result<()> {
+        self.reset_fetch_state();
+        self.positions.clear();
+        for tp in partitions {
+            self.seek(&tp, start).await?;
+        }
+        Ok(())
+    }
+
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.positions.keys().cloned().collect()
+    }
+
+    /// The next offset `poll` will return for a partition.
+    pub fn position(&self, tp: &TopicPartition) -> Option<i64> {
+        self.positions.get(tp).copied()
+    }
+
+    fn reset_fetch_state(&mut self) {
+        if let Some(p) = self.prefetch.take() {
+            p.abort();
+        }
+        self.buffered.clear();
+    }
+
+    pub async fn seek(&mut self, tp: &TopicPartition, offset: Offset) -> Result<()> {
+        let position = match offset {
+            Offset::At(o) => o,
+            Offset::Earliest => self.list_offset(tp, list_offsets::EARLIEST).await?,
+            Offset::Latest => self.list_offset(tp, list_offsets::LATEST).await?,
+            Offset::Timestamp(ts) => match self.list_offset(tp, ts).await? {
+                -1 => self.list_offset(tp, list_offsets::LATEST).await?,
+                o => o,
+            },
+        };
+        self.reset_fetch_state();
+        self.positions.insert(tp.clone(), position);
+        Ok(())
+    }
+
+    /// ListOffsets for one partition: -2 earliest, -1 latest, or a timestamp.
+    pub async fn list_offset(&self, tp: &TopicPartition, query: i64) -> Result<i64> {
+        let address = self.cluster.leader(&tp.topic, tp.partition).await?;
+        let mut client = self.cluster.log_client(&address)?;
+        let req = pb::ListOffsetsRequest {
+            partitions: vec![pb::ListOffsetsPartition { topic: tp.topic.clone(), partition: tp.partition, timestamp: query }],
+        };
+        let resp = tokio::time::timeout(self.cluster.config.request_timeout, client.list_offsets(req))
+            .await
+            .map_err(|_| Error::Timeout { what: format!("list offsets of {tp}"), after: self.cluster.config.request_timeout, last: "no answer".into() })?
+            .map_err(|s| Error::from_status(&address, s))?
+            .into_inner();
+        let entry = resp.partitions.into_iter().next().ok_or_else(|| Error::InvalidArgument(format!("empty ListOffsets answer for {tp}")))?;
+        if let Some(e) = entry.error {
+            return Err(Error::broker(e));
+        }
+        Ok(entry.offset)
+    }
+
+    /// Records that arrived within `timeout` (possibly none). Positions advance past
+    /// what is returned.
+    pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        if !self.buffered.is_empty() {
+            return Ok(self.buffered.drain(..).collect());
+        }
+        if self.positions.is_empty() {
+            return Err(Error::InvalidArgument("poll() before assign(): no partitions to read".into()));
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let pending = match self.prefetch.take() {
+                Some(p) => p,
+                None => self.start_fetch(remaining.min(self.config.fetch_max_wait)),
+            };
+            let results = match tokio::time::timeout_at(deadline, pending).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => return Err(Error::InvalidArgument(format!("fetch task failed: {e}"))),
+                Err(_) => return Ok(Vec::new()),
+            };
+            self.absorb(results).await?;
+            if !self.buffered.is_empty() {
+                self.prefetch = Some(self.start_fetch(self.config.fetch_max_wait));
+                return Ok(self.buffered.drain(..).collect());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    fn start_fetch(&self, max_wait: Duration) -> JoinHandle<FetchResult> {
+        let cluster = self.cluster.clone();
+        let config = self.config.clone();
+        let positions = self.positions.clone();
+        tokio::spawn(async move {
+            let mut by_leader: HashMap<String, Vec<pb::FetchPartition>> = HashMap::new();
+            let mut out = Vec::new();
+            for (tp, offset) in positions {
+                match cluster.leader(&tp.topic, tp.partition).await {
+                    Ok(address) => by_leader.entry(address).or_default().push(pb::FetchPartition {
+                        topic: tp.topic,
+                        partition: tp.partition,
+                        fetch_offset: offset,
+                        partition_max_bytes: config.max_partition_fetch_bytes,
+                    }),
+                    Err(e) => out.push((String::new(), Err(e))),
+                }
+            }
+            let calls = by_leader.into_iter().map(|(address, partitions)| {
+                let cluster = cluster.clone();
+                let req = pb::FetchRequest {
+                    max_wait_ms: max_wait.as_millis() as u32,
+                    min_bytes: config.fetch_min_bytes,
+                    max_bytes: config.fetch_max_bytes,
+                    partitions,
+                };
+                async move {
+                    let timeout = cluster.config.request_timeout + max_wait;
+                    let result = match cluster.log_client(&address) {
+                        Err(e) => Err(e),
+                        Ok(mut client) => match tokio::time::timeout(timeout, client.fetch(req)).await {
+                            Ok(Ok(resp)) => Ok(resp.into_inner()),
+                            Ok(Err(status)) => Err(Error::from_status(&address, status)),
+                            Err(_) => Err(Error::Timeout { what: format!("fetch from {address}"), after: timeout, last: "no answer".into() }),
+                        },
+                    };
+                    (address, result)
+                }
+            });
+            out.extend(futures::future::join_all(calls).await);
+            out
+        })
+    }
+
+    /// Decodes a fetch's results into the buffer and handles per-partition errors.
+    async fn absorb(&mut self, results: FetchResult) -> Result<()> {
+        for (address, result) in results {
+            let resp = match result {
+                Ok(r) => r,
+                Err(e) if e.is_retriable() => {
+                    tracing::warn!(broker = %address, cause = %e, "fetch failed; will retry");
+                    self.cluster.drop_channel(&address);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            for part in resp.partitions {
+                let tp = TopicPartition::new(part.topic.clone(), part.partition);
+                let Some(&position) = self.positions.get(&tp) else { continue };
+                if let Some(err) = part.error {
+                    self.partition_error(&tp, err).await?;
+                    continue;
+                }
+                let topic: Arc<str> = Arc::from(part.topic.as_str());
+                let mut next = position;
+                for b in batch::split_batches(part.records) {
+                    let b = b.map_err(|source| Error::Corrupt { topic: tp.topic.clone(), partition: tp.partition, source })?;
+                    let (_, records) = batch::decode(&b, batch::DEFAULT_MAX_DECOMPRESSED)
+                        .map_err(|source| Error::Corrupt { topic: tp.topic.clone(), partition: tp.partition, source })?;
+                    for r in records {
+                        if r.offset < next {
+                            continue;
+                        }
+                        next = r.offset + 1;
+                        self.buffered.push_back(ConsumerRecord {
+                            topic: topic.clone(),
+                            partition: tp.partition,
+                            offset: r.offset,
+                            timestamp: r.timestamp,
+                            key: r.key,
+                            value: r.value,
+                            headers: r.headers,
+                        });
+                    }
+                }
+                self.positions.insert(tp, next);
+            }
+        }
+        Ok(())
+    }
+
+    async fn partition_error(&mut self, tp: &TopicPartition, err: pb::ErrorDetail) -> Result<()> {
+        match err.error_code() {
+            ErrorCode::OffsetOutOfRange => {
+                let target = match self.config.auto_offset_reset {
+                    AutoOffsetReset::Earliest => Offset::Earliest,
+                    AutoOffsetReset::Latest => Offset::Latest,
+                    AutoOffsetReset::None => return Err(Error::broker(err)),
+                };
+                tracing::warn!(partition = %tp, position = ?self.positions.get(tp), reset = ?target, "offset out of range; resetting");
+                let position = match target {
+                    Offset::Earliest => self.list_offset(tp, list_offsets::EARLIEST).await?,
+                    _ => self.list_offset(tp, list_offsets::LATEST).await?,
+                };
+                self.positions.insert(tp.clone(), position);
+                Ok(())
+            }
+            code if code.is_retriable() && code != ErrorCode::CorruptMessage => {
+                self.cluster.invalidate(&tp.topic);
+                Ok(())
+            }
+            _ => Err(Error::broker(err)),
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some(p) = self.prefetch.take() {
+            p.abort();
+        }
+    }
+}

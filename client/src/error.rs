@@ -1,0 +1,83 @@
+//! The client's error: what the broker said (with its Kafka-named code), or why the
+//! client could not ask.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_proto::batch::BatchError;
+use sluice_proto::{ErrorCode, ErrorDetailExt, pb};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The broker refused the request.
+    #[error("{}: {}", detail.code, detail.message)]
+    Broker { detail: Box<pb::ErrorDetail> },
+    #[error("cannot connect to broker {address}: {source}")]
+    Connect {
+        address: String,
+        #[source]
+        source: Arc<tonic::transport::Error>,
+    },
+    /// The call failed without an answer from Sluice (connection lost, broker restarting).
+    #[error("request to {address} failed: {} ({})", status.message(), status.code())]
+    Rpc { address: String, status: Box<tonic::Status> },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{what} did not succeed within {after:?}; last error: {last}")]
+    Timeout { what: String, after: Duration, last: String },
+    #[error("corrupt data from {topic}-{partition}: {source}")]
+    Corrupt {
+        topic: String,
+        partition: i32,
+        #[source]
+        source: BatchError,
+    },
+    #[error("the producer is closed")]
+    Closed,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub(crate) fn broker(detail: pb::ErrorDetail) -> Self {
+        Error::Broker { detail: Box::new(detail) }
+    }
+
+    pub(crate) fn from_status(address: &str, status: tonic::Status) -> Self {
+        match pb::ErrorDetail::from_status(&status) {
+            Some(detail) => Error::broker(detail),
+            None => Error::Rpc { address: address.to_string(), status: Box::new(status) },
+        }
+    }
+
+    /// The broker's error code, when the broker answered with one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Broker { detail } => Some(detail.error_code()),
+            Error::Corrupt { .. } => Some(ErrorCode::CorruptMessage),
+            Error::Timeout { .. } => Some(ErrorCode::RequestTimedOut),
+            _ => None,
+        }
+    }
+
+    /// The broker's detail (leader, valid offset range), if it sent one.
+    pub fn detail(&self) -> Option<&pb::ErrorDetail> {
+        match self {
+            Error::Broker { detail } => Some(detail),
+            _ => None,
+        }
+    }
+
+    /// Whether the same request may succeed later (after a metadata refresh or a backoff).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Error::Broker { detail } => detail.error_code().is_retriable(),
+            Error::Connect { .. } => true,
+            Error::Rpc { status, .. } => matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
+            ),
+            _ => false,
+        }
+    }
+}
