@@ -1,0 +1,278 @@
+//! `sluice bench produce|consume`: throughput and latency against a running cluster, in
+//! the spirit of OpenMessaging Benchmark workloads.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use hdrhistogram::Histogram;
+use std::sync::Mutex;
+use serde::Serialize;
+use sluice_client::{
+    Acks, Admin, Compression, Consumer, ConsumerConfig, ErrorCode, NewTopic, Offset, Producer, ProducerConfig, ProducerRecord,
+    TopicPartition,
+};
+
+use super::{Context, progress};
+use crate::output;
+
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Produce records as fast as the cluster takes them.
+    Produce(ProduceBench),
+    /// Read a topic from the start as fast as possible (catch-up read).
+    Consume(ConsumeBench),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProduceBench {
+    /// Topic to write to; created with --partitions if missing.
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Record value size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    record_size: usize,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    /// 0, 1 or all.
+    #[arg(long, default_value = "all")]
+    acks: Acks,
+    /// batch.size in bytes.
+    #[arg(long, default_value_t = 256 * 1024)]
+    batch_size: usize,
+    /// linger.ms, as a duration.
+    #[arg(long, default_value = "5ms")]
+    linger: humantime::Duration,
+    /// buffer.memory per producer, in bytes.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    buffer_memory: usize,
+    /// Concurrent producers (each with its own connection).
+    #[arg(long, default_value_t = 1)]
+    producers: u32,
+    /// Target records/s across producers (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// none, lz4 or zstd.
+    #[arg(long, default_value = "none")]
+    compression: String,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ConsumeBench {
+    #[arg(long, default_value = "bench")]
+    topic: String,
+    /// Stop after this many records (default: everything up to the end at start).
+    #[arg(long)]
+    records: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    workload: String,
+    records: u64,
+    bytes: u64,
+    seconds: f64,
+    records_per_second: f64,
+    mb_per_second: f64,
+    failed: u64,
+    latency_ms: Option<Latency>,
+}
+
+#[derive(Debug, Serialize)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> {
+    let report = match cmd {
+        BenchCommand::Produce(args) => produce(ctx, args).await?,
+        BenchCommand::Consume(args) => consume(ctx, args).await?,
+    };
+    output::print(ctx.output, &report, |r| {
+        println!("{}", r.workload);
+        println!(
+            "  {} records, {} in {:.2}s: {:.0} records/s, {:.1} MB/s{}",
+            r.records,
+            output::bytes(r.bytes),
+            r.seconds,
+            r.records_per_second,
+            r.mb_per_second,
+            if r.failed > 0 { format!(", {} FAILED", r.failed) } else { String::new() }
+        );
+        if let Some(l) = &r.latency_ms {
+            println!("  latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}", l.p50, l.p99, l.p999, l.max);
+        }
+    })
+}
+
+async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
+    let admin = Admin::new(ctx.client())?;
+    match admin.create_topic(NewTopic::new(&args.topic, args.partitions, 1), false).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
+        Err(e) => return Err(e).with_context(|| format!("creating bench topic '{}'", args.topic)),
+    }
+    let compression = Compression::parse(&args.compression)
+        .with_context(|| format!("invalid --compression '{}': use none, lz4 or zstd", args.compression))?;
+    let config = ProducerConfig {
+        acks: args.acks,
+        batch_size: args.batch_size,
+        linger: args.linger.into(),
+        buffer_memory: args.buffer_memory,
+        compression,
+        ..ProducerConfig::default()
+    };
+    let workload = format!(
+        "produce: {} records x {} B, topic '{}' ({} partitions), acks={:?}, batch {} B, linger {}, {} producer(s){}",
+        args.records,
+        args.record_size,
+        args.topic,
+        args.partitions,
+        args.acks,
+        args.batch_size,
+        args.linger,
+        args.producers,
+        if args.rate > 0 { format!(", rate {}/s", args.rate) } else { String::new() }
+    );
+    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?));
+    let bar = progress(ctx, Some(args.records), "producing");
+    let value = Bytes::from((0..args.record_size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let per = args.records / args.producers.max(1) as u64;
+    for i in 0..args.producers.max(1) as u64 {
+        let count = if i == 0 { per + args.records % args.producers.max(1) as u64 } else { per };
+        let producer = Producer::connect(ctx.client(), config.clone()).await?;
+        let topic = args.topic.clone();
+        let value = value.clone();
+        let histogram = histogram.clone();
+        let bar = bar.clone();
+        let rate = args.rate / args.producers.max(1) as u64;
+        tasks.push(tokio::spawn(async move {
+            let mut failed = 0u64;
+            let mut first_error = None;
+            let mut pending = FuturesUnordered::new();
+            let t0 = Instant::now();
+            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            for n in 0..count {
+                if rate > 0 {
+                    let due = t0 + Duration::from_secs_f64(n as f64 / rate as f64);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let sent = Instant::now();
+                let delivery = producer.send(ProducerRecord::new(&topic, value.clone())).await?;
+                pending.push(async move { (sent, delivery.await) });
+                while let Some(Some((sent, r))) = futures::FutureExt::now_or_never(pending.next()) {
+                    settle(&mut local, sent, r, &mut failed, &mut first_error, &bar);
+                }
+            }
+            while let Some((sent, r)) = pending.next().await {
+                settle(&mut local, sent, r, &mut failed, &mut first_error, &bar);
+            }
+            producer.close().await;
+            histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.add(&local)?;
+            anyhow::Ok((failed, first_error))
+        }));
+    }
+    let mut failed = 0;
+    for t in tasks {
+        let (f, e) = t.await??;
+        failed += f;
+        if let Some(e) = e {
+            eprintln!("first error: {e}");
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let h = histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let ok = args.records - failed;
+    let bytes = ok * args.record_size as u64;
+    Ok(Report {
+        workload,
+        records: ok,
+        bytes,
+        seconds,
+        records_per_second: ok as f64 / seconds,
+        mb_per_second: bytes as f64 / seconds / 1e6,
+        failed,
+        latency_ms: Some(Latency {
+            p50: h.value_at_quantile(0.5) as f64 / 1000.0,
+            p99: h.value_at_quantile(0.99) as f64 / 1000.0,
+            p999: h.value_at_quantile(0.999) as f64 / 1000.0,
+            max: h.max() as f64 / 1000.0,
+        }),
+    })
+}
+
+fn settle(
+    h: &mut Histogram<u64>,
+    sent: Instant,
+    r: sluice_client::Result<sluice_client::RecordMetadata>,
+    failed: &mut u64,
+    first_error: &mut Option<String>,
+    bar: &indicatif::ProgressBar,
+) {
+    match r {
+        Ok(_) => {
+            let _ = h.record(sent.elapsed().as_micros().max(1) as u64);
+        }
+        Err(e) => {
+            *failed += 1;
+            first_error.get_or_insert_with(|| e.to_string());
+        }
+    }
+    bar.inc(1);
+}
+
+async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
+    let mut consumer = Consumer::new(ctx.client(), ConsumerConfig::default())?;
+    let partitions = consumer.partitions_for(&args.topic).await.with_context(|| format!("looking up topic '{}'", args.topic))?;
+    let tps: Vec<TopicPartition> = partitions.iter().map(|&p| TopicPartition::new(&args.topic, p)).collect();
+    let mut ends = Vec::new();
+    let mut available = 0u64;
+    for tp in &tps {
+        let start = consumer.list_offset(tp, sluice_proto::list_offsets::EARLIEST).await?;
+        let end = consumer.list_offset(tp, sluice_proto::list_offsets::LATEST).await?;
+        available += (end - start) as u64;
+        ends.push((tp.clone(), end));
+    }
+    let target = args.records.unwrap_or(available).min(available);
+    if target == 0 {
+        anyhow::bail!("topic '{}' has no records to read; run `sluice bench produce --topic {}` first", args.topic, args.topic);
+    }
+    consumer.assign(tps, Offset::Earliest).await?;
+    let bar = progress(ctx, Some(target), "consuming");
+    let started = Instant::now();
+    let (mut records, mut bytes) = (0u64, 0u64);
+    while records < target {
+        let batch = consumer.poll(Duration::from_secs(10)).await?;
+        if batch.is_empty() {
+            anyhow::bail!("no records for 10s after {records} of {target}");
+        }
+        records += batch.len() as u64;
+        bytes += batch.iter().map(|r| r.value.len() as u64 + r.key.as_ref().map_or(0, |k| k.len() as u64)).sum::<u64>();
+        bar.set_position(records.min(target));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    Ok(Report {
+        workload: format!("consume: topic '{}' from the start ({} partitions), {} records", args.topic, partitions.len(), target),
+        records,
+        bytes,
+        seconds,
+        records_per_second: records as f64 / seconds,
+        mb_per_second: bytes as f64 / seconds / 1e6,
+        failed: 0,
+        latency_ms: None,
+    })
+}

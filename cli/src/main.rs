@@ -1,0 +1,67 @@
+//! `sluice`: one command line for topics, producing, consuming, a local cluster and
+//! benchmarks. Tables for people, `-o json|yaml` for scripts.
+//!
+//! # Layout
+//! - [`commands`]: one file per command.
+//! - [`output`]: tables, JSON and YAML.
+
+mod commands;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about = "Sluice: a replicated, partitioned commit log.", propagate_version = true)]
+struct Cli {
+    /// Broker(s) to connect to, host:port, comma-separated.
+    #[arg(long, global = true, env = "SLUICE_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    /// Output format.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topics(commands::topics::TopicsCommand),
+    /// Write records from stdin (one per line) or a file.
+    Produce(commands::produce::ProduceArgs),
+    /// Read records and print them.
+    Consume(commands::consume::ConsumeArgs),
+    /// Run a local cluster in this process, with an example topic.
+    Dev(commands::dev::DevArgs),
+    /// Measure produce and consume throughput and latency.
+    #[command(subcommand)]
+    Bench(commands::bench::BenchCommand),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let ctx = commands::Context { bootstrap: cli.bootstrap, output: cli.output };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Topics(cmd) => commands::topics::run(&ctx, cmd).await,
+            Command::Produce(args) => commands::produce::run(&ctx, args).await,
+            Command::Consume(args) => commands::consume::run(&ctx, args).await,
+            Command::Dev(args) => commands::dev::run(&ctx, args).await,
+            Command::Bench(cmd) => commands::bench::run(&ctx, cmd).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
