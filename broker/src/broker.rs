@@ -17,7 +17,9 @@ use crate::partition::Partition;
 use crate::storage::{LogOptions, SegmentLog};
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// A topic and its local partitions.
@@ -94,9 +96,16 @@ impl Broker {
     /// them if the last run crashed). Blocking.
     pub fn open(config: Config, advertised_address: String) -> Result<Arc<Self>> {
         std::fs::create_dir_all(config.data_dir.join("logs")).map_err(|e| {
-            Error::Internal(format!("cannot create data directory {}: {e}", config.data_dir.display()))
+            Error::Internal(format!(
+                "cannot create data directory {}: {e}",
+                config.data_dir.display()
+            ))
         })?;
-        let (metadata, cluster_id) = MetadataStore::open(&config.data_dir, config.node_id, config.metadata_cache_bytes)?;
+        let (metadata, cluster_id) = MetadataStore::open(
+            &config.data_dir,
+            config.node_id,
+            config.metadata_cache_bytes,
+        )?;
         let flusher = Arc::new(Flusher::default());
         let broker = Broker {
             config,
@@ -117,10 +126,17 @@ impl Broker {
                 known_dirs.insert(broker.partition_dir(&record.name, p));
             }
             let topic = broker.open_topic(record)?;
-            broker.topics.write().insert(topic.record.name.clone(), Arc::new(topic));
+            broker
+                .topics
+                .write()
+                .insert(topic.record.name.clone(), Arc::new(topic));
         }
         broker.remove_orphan_dirs(&known_dirs);
-        tracing::info!(topics = broker.topics.read().len(), elapsed_ms = started.elapsed().as_millis() as u64, "opened logs");
+        tracing::info!(
+            topics = broker.topics.read().len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "opened logs"
+        );
         let policy = broker.config.flush;
         let handle = std::thread::Builder::new()
             .name("sluice-flusher".into())
@@ -131,12 +147,17 @@ impl Broker {
     }
 
     fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
-        self.config.data_dir.join("logs").join(format!("{topic}-{partition}"))
+        self.config
+            .data_dir
+            .join("logs")
+            .join(format!("{topic}-{partition}"))
     }
 
     /// Directories left by a deletion that crashed half-way (the metadata is removed first).
     fn remove_orphan_dirs(&self, known: &std::collections::HashSet<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("logs")) else { return };
+        let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("logs")) else {
+            return;
+        };
         for entry in entries.flatten() {
             let path = entry.path();
             if path.is_dir() && !known.contains(&path) {
@@ -150,8 +171,12 @@ impl Broker {
 
     fn open_topic(&self, record: TopicRecord) -> Result<Topic> {
         let config = Arc::new(
-            TopicConfig::from_map(&record.config, record.replication_factor)
-                .map_err(|e| Error::Internal(format!("stored config of topic '{}' is invalid: {e}", record.name)))?,
+            TopicConfig::from_map(&record.config, record.replication_factor).map_err(|e| {
+                Error::Internal(format!(
+                    "stored config of topic '{}' is invalid: {e}",
+                    record.name
+                ))
+            })?,
         );
         let topic_name: Arc<str> = Arc::from(record.name.as_str());
         let options = LogOptions {
@@ -162,15 +187,33 @@ impl Broker {
         let mut partitions = Vec::with_capacity(record.partitions as usize);
         for p in 0..record.partitions {
             let dir = self.partition_dir(&record.name, p);
-            let log = SegmentLog::open(&dir, options, now_ms())
-                .map_err(|source| Error::Storage { topic: record.name.clone(), partition: p, source })?;
-            partitions.push(Arc::new(Partition::new(topic_name.clone(), p, config.clone(), Box::new(log), self.config.flush)));
+            let log =
+                SegmentLog::open(&dir, options, now_ms()).map_err(|source| Error::Storage {
+                    topic: record.name.clone(),
+                    partition: p,
+                    source,
+                })?;
+            partitions.push(Arc::new(Partition::new(
+                topic_name.clone(),
+                p,
+                config.clone(),
+                Box::new(log),
+                self.config.flush,
+            )));
         }
-        Ok(Topic { record, config, partitions })
+        Ok(Topic {
+            record,
+            config,
+            partitions,
+        })
     }
 
     pub fn topic(&self, name: &str) -> Result<Arc<Topic>> {
-        self.topics.read().get(name).cloned().ok_or_else(|| Error::UnknownTopic(name.to_string()))
+        self.topics
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTopic(name.to_string()))
     }
 
     pub fn topics(&self) -> Vec<Arc<Topic>> {
@@ -179,9 +222,14 @@ impl Broker {
 
     pub fn partition(&self, topic: &str, partition: i32) -> Result<Arc<Partition>> {
         let t = self.topic(topic)?;
-        t.partitions.get(usize::try_from(partition).unwrap_or(usize::MAX)).cloned().ok_or_else(|| {
-            Error::UnknownPartition { topic: topic.to_string(), partition, count: t.record.partitions }
-        })
+        t.partitions
+            .get(usize::try_from(partition).unwrap_or(usize::MAX))
+            .cloned()
+            .ok_or_else(|| Error::UnknownPartition {
+                topic: topic.to_string(),
+                partition,
+                count: t.record.partitions,
+            })
     }
 
     /// Queues a partition for the flusher after a write.
@@ -206,22 +254,40 @@ impl Broker {
             )));
         }
         let live_brokers = 1;
-        let rf = if replication_factor == -1 { 1 } else { replication_factor };
+        let rf = if replication_factor == -1 {
+            1
+        } else {
+            replication_factor
+        };
         if rf < 1 || rf > live_brokers {
             return Err(Error::InvalidReplicationFactor(format!(
                 "topic '{name}': replication factor {replication_factor} is not possible with {live_brokers} live broker(s); \
                  use a value between 1 and {live_brokers}"
             )));
         }
-        TopicConfig::from_map(&overrides, rf).map_err(|e| Error::InvalidConfig(format!("topic '{name}': {e}")))?;
+        TopicConfig::from_map(&overrides, rf)
+            .map_err(|e| Error::InvalidConfig(format!("topic '{name}': {e}")))?;
         let _guard = self.admin_lock.lock().await;
         if self.topics.read().contains_key(&name) {
             return Err(Error::TopicExists(name));
         }
-        let record = TopicRecord { name: name.clone(), partitions, replication_factor: rf, config: overrides, created_ms: now_ms() };
+        let record = TopicRecord {
+            name: name.clone(),
+            partitions,
+            replication_factor: rf,
+            config: overrides,
+            created_ms: now_ms(),
+        };
         if validate_only {
-            let config = Arc::new(TopicConfig::from_map(&record.config, rf).map_err(|e| Error::InvalidConfig(e.to_string()))?);
-            return Ok(Arc::new(Topic { record, config, partitions: Vec::new() }));
+            let config = Arc::new(
+                TopicConfig::from_map(&record.config, rf)
+                    .map_err(|e| Error::InvalidConfig(e.to_string()))?,
+            );
+            return Ok(Arc::new(Topic {
+                record,
+                config,
+                partitions: Vec::new(),
+            }));
         }
         let this = self.clone();
         let topic = tokio::task::spawn_blocking(move || -> Result<Topic> {
@@ -241,15 +307,28 @@ impl Broker {
         let _guard = self.admin_lock.lock().await;
         let topic = self.topic(name)?;
         let this = self.clone();
-        let dirs: Vec<PathBuf> = (0..topic.record.partitions).map(|p| self.partition_dir(name, p)).collect();
+        let dirs: Vec<PathBuf> = (0..topic.record.partitions)
+            .map(|p| self.partition_dir(name, p))
+            .collect();
         let n = name.to_string();
         tokio::task::spawn_blocking(move || -> Result<()> {
             this.metadata.delete_topic(&n)?;
             this.topics.write().remove(&n);
             for dir in dirs {
-                std::fs::remove_dir_all(&dir).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) }).map_err(|e| {
-                    Error::Internal(format!("topic '{n}' deleted, but removing {} failed: {e}", dir.display()))
-                })?;
+                std::fs::remove_dir_all(&dir)
+                    .or_else(|e| {
+                        if e.kind() == std::io::ErrorKind::NotFound {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        }
+                    })
+                    .map_err(|e| {
+                        Error::Internal(format!(
+                            "topic '{n}' deleted, but removing {} failed: {e}",
+                            dir.display()
+                        ))
+                    })?;
             }
             Ok(())
         })

@@ -37,10 +37,14 @@ impl FromStr for FlushPolicy {
     fn from_str(s: &str) -> Result<Self, String> {
         match s.trim() {
             "always" => Ok(FlushPolicy::Always),
-            other => match humantime::parse_duration(other.strip_prefix("interval:").unwrap_or(other)) {
-                Ok(d) if !d.is_zero() => Ok(FlushPolicy::Interval(d)),
-                _ => Err(format!("invalid flush policy '{s}': use 'always' or an interval such as '100ms'")),
-            },
+            other => {
+                match humantime::parse_duration(other.strip_prefix("interval:").unwrap_or(other)) {
+                    Ok(d) if !d.is_zero() => Ok(FlushPolicy::Interval(d)),
+                    _ => Err(format!(
+                        "invalid flush policy '{s}': use 'always' or an interval such as '100ms'"
+                    )),
+                }
+            }
         }
     }
 }
@@ -81,9 +85,13 @@ impl Default for Config {
         Config {
             node_id: DEFAULT_NODE_ID,
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
-            listen: DEFAULT_LISTEN.parse().expect("default listen address is valid"),
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address is valid"),
             advertised_address: None,
-            flush: DEFAULT_FLUSH.parse().expect("default flush policy is valid"),
+            flush: DEFAULT_FLUSH
+                .parse()
+                .expect("default flush policy is valid"),
             index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
             retention_check_interval: dur(DEFAULT_RETENTION_CHECK_INTERVAL),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
@@ -99,13 +107,19 @@ impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), String> {
         if self.node_id < 0 {
-            return Err(format!("node_id {} is negative; use 0 or more", self.node_id));
+            return Err(format!(
+                "node_id {} is negative; use 0 or more",
+                self.node_id
+            ));
         }
         if self.index_interval_bytes == 0 {
             return Err("index_interval_bytes must be at least 1".into());
         }
         if self.max_request_bytes < 1024 {
-            return Err(format!("max_request_bytes {} is below the 1024-byte minimum", self.max_request_bytes));
+            return Err(format!(
+                "max_request_bytes {} is below the 1024-byte minimum",
+                self.max_request_bytes
+            ));
         }
         if self.max_partitions_per_topic < 1 {
             return Err("max_partitions_per_topic must be at least 1".into());
@@ -135,7 +149,11 @@ struct ConfigFile {
 /// `sluice-broker` flags. Each also reads `SLUICE_<NAME>` and the `--config` YAML file
 /// (same names with underscores); flags win over the environment, which wins over the file.
 #[derive(Debug, Parser)]
-#[command(name = "sluice-broker", version, about = "The Sluice broker: a replicated, partitioned commit log.")]
+#[command(
+    name = "sluice-broker",
+    version,
+    about = "The Sluice broker: a replicated, partitioned commit log."
+)]
 pub struct Args {
     /// YAML file with any of the settings below (keys use underscores: data_dir, flush, ...).
     #[arg(long, env = "SLUICE_CONFIG")]
@@ -180,7 +198,8 @@ pub struct Args {
 }
 
 fn parse_dur(key: &str, s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("invalid {key} '{s}': {e} (use e.g. '500ms', '30s', '5m')"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("invalid {key} '{s}': {e} (use e.g. '500ms', '30s', '5m')"))
 }
 
 impl Args {
@@ -191,13 +210,15 @@ impl Args {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-                serde_yaml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))?
+                serde_yaml::from_str(&text)
+                    .map_err(|e| format!("config file {}: {e}", path.display()))?
             }
         };
         let d = Config::default();
-        let pick_dur = |key: &str, flag: Option<String>, file: Option<String>, default: Duration| {
-            flag.or(file).map_or(Ok(default), |s| parse_dur(key, &s))
-        };
+        let pick_dur =
+            |key: &str, flag: Option<String>, file: Option<String>, default: Duration| {
+                flag.or(file).map_or(Ok(default), |s| parse_dur(key, &s))
+            };
         let config = Config {
             node_id: self.node_id.or(file.node_id).unwrap_or(d.node_id),
             data_dir: self.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
@@ -207,21 +228,40 @@ impl Args {
                 Some(s) => s.parse()?,
                 None => d.flush,
             },
-            index_interval_bytes: self.index_interval_bytes.or(file.index_interval_bytes).unwrap_or(d.index_interval_bytes),
+            index_interval_bytes: self
+                .index_interval_bytes
+                .or(file.index_interval_bytes)
+                .unwrap_or(d.index_interval_bytes),
             retention_check_interval: pick_dur(
                 "retention_check_interval",
                 self.retention_check_interval,
                 file.retention_check_interval,
                 d.retention_check_interval,
             )?,
-            max_request_bytes: self.max_request_bytes.or(file.max_request_bytes).unwrap_or(d.max_request_bytes),
-            max_fetch_wait: pick_dur("max_fetch_wait", self.max_fetch_wait, file.max_fetch_wait, d.max_fetch_wait)?,
+            max_request_bytes: self
+                .max_request_bytes
+                .or(file.max_request_bytes)
+                .unwrap_or(d.max_request_bytes),
+            max_fetch_wait: pick_dur(
+                "max_fetch_wait",
+                self.max_fetch_wait,
+                file.max_fetch_wait,
+                d.max_fetch_wait,
+            )?,
             max_partitions_per_topic: self
                 .max_partitions_per_topic
                 .or(file.max_partitions_per_topic)
                 .unwrap_or(d.max_partitions_per_topic),
-            metadata_cache_bytes: self.metadata_cache_bytes.or(file.metadata_cache_bytes).unwrap_or(d.metadata_cache_bytes),
-            shutdown_timeout: pick_dur("shutdown_timeout", self.shutdown_timeout, file.shutdown_timeout, d.shutdown_timeout)?,
+            metadata_cache_bytes: self
+                .metadata_cache_bytes
+                .or(file.metadata_cache_bytes)
+                .unwrap_or(d.metadata_cache_bytes),
+            shutdown_timeout: pick_dur(
+                "shutdown_timeout",
+                self.shutdown_timeout,
+                file.shutdown_timeout,
+                d.shutdown_timeout,
+            )?,
         };
         config.validate()?;
         Ok(config)
@@ -259,7 +299,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broker.yaml");
         std::fs::write(&path, "node_id: 7\nflush: 250ms\ndata_dir: /tmp/x\n").unwrap();
-        let args = Args::parse_from(["sluice-broker", "--config", path.to_str().unwrap(), "--node-id", "3"]);
+        let args = Args::parse_from([
+            "sluice-broker",
+            "--config",
+            path.to_str().unwrap(),
+            "--node-id",
+            "3",
+        ]);
         let c = args.into_config().unwrap();
         assert_eq!(c.node_id, 3);
         assert_eq!(c.flush, FlushPolicy::Interval(Duration::from_millis(250)));
@@ -271,9 +317,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broker.yaml");
         std::fs::write(&path, "flsh: always\n").unwrap();
-        let err = Args::parse_from(["sluice-broker", "--config", path.to_str().unwrap()]).into_config().unwrap_err();
+        let err = Args::parse_from(["sluice-broker", "--config", path.to_str().unwrap()])
+            .into_config()
+            .unwrap_err();
         assert!(err.contains("flsh"), "{err}");
-        let err = Args::parse_from(["sluice-broker", "--flush", "sometimes"]).into_config().unwrap_err();
-        assert!(err.contains("'sometimes'") && err.contains("always"), "{err}");
+        let err = Args::parse_from(["sluice-broker", "--flush", "sometimes"])
+            .into_config()
+            .unwrap_err();
+        assert!(
+            err.contains("'sometimes'") && err.contains("always"),
+            "{err}"
+        );
     }
 }

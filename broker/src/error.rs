@@ -10,7 +10,11 @@ pub enum Error {
     #[error("unknown topic '{0}'")]
     UnknownTopic(String),
     #[error("topic '{topic}' has no partition {partition} (it has partitions 0..{count})")]
-    UnknownPartition { topic: String, partition: i32, count: i32 },
+    UnknownPartition {
+        topic: String,
+        partition: i32,
+        count: i32,
+    },
     #[error("topic '{0}' already exists")]
     TopicExists(String),
     #[error("{0}")]
@@ -25,16 +29,39 @@ pub enum Error {
     InvalidAcks(i32),
     #[error("{0}")]
     InvalidRequest(String),
-    #[error("batch of {size} bytes for {topic}-{partition} exceeds the topic's max.message.bytes={max}; raise max.message.bytes or send smaller batches")]
-    MessageTooLarge { topic: String, partition: i32, size: usize, max: i32 },
+    #[error(
+        "batch of {size} bytes for {topic}-{partition} exceeds the topic's max.message.bytes={max}; raise max.message.bytes or send smaller batches"
+    )]
+    MessageTooLarge {
+        topic: String,
+        partition: i32,
+        size: usize,
+        max: i32,
+    },
     #[error("batch for {topic}-{partition} failed its checks and was not stored: {source}")]
-    CorruptBatch { topic: String, partition: i32, source: BatchError },
+    CorruptBatch {
+        topic: String,
+        partition: i32,
+        source: BatchError,
+    },
     #[error("batch for {topic}-{partition} is invalid and was not stored: {source}")]
-    InvalidBatch { topic: String, partition: i32, source: BatchError },
+    InvalidBatch {
+        topic: String,
+        partition: i32,
+        source: BatchError,
+    },
     #[error("{topic}-{partition}: {source}")]
-    Storage { topic: String, partition: i32, source: StorageError },
+    Storage {
+        topic: String,
+        partition: i32,
+        source: StorageError,
+    },
     #[error("{topic}-{partition}: storage failed earlier and the partition is offline: {cause}")]
-    PartitionOffline { topic: String, partition: i32, cause: String },
+    PartitionOffline {
+        topic: String,
+        partition: i32,
+        cause: String,
+    },
     #[error("{0}")]
     Timeout(String),
     #[error("metadata store: {0}")]
@@ -50,7 +77,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::UnknownTopic(_) | Error::UnknownPartition { .. } => ErrorCode::UnknownTopicOrPartition,
+            Error::UnknownTopic(_) | Error::UnknownPartition { .. } => {
+                ErrorCode::UnknownTopicOrPartition
+            }
             Error::TopicExists(_) => ErrorCode::TopicAlreadyExists,
             Error::InvalidTopic(_) => ErrorCode::InvalidTopic,
             Error::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
@@ -60,9 +89,10 @@ impl Error {
             Error::InvalidRequest(_) => ErrorCode::InvalidRequest,
             Error::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
             Error::CorruptBatch { .. } => ErrorCode::CorruptMessage,
-            Error::InvalidBatch { source: BatchError::UnsupportedCompression(_), .. } => {
-                ErrorCode::UnsupportedCompressionType
-            }
+            Error::InvalidBatch {
+                source: BatchError::UnsupportedCompression(_),
+                ..
+            } => ErrorCode::UnsupportedCompressionType,
             Error::InvalidBatch { .. } => ErrorCode::InvalidRecord,
             Error::Storage { source, .. } => match source {
                 StorageError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
@@ -81,7 +111,14 @@ impl Error {
     /// The wire form: code, message, and the valid range for OFFSET_OUT_OF_RANGE.
     pub fn detail(&self) -> pb::ErrorDetail {
         let mut d = pb::ErrorDetail::new(self.code(), self.to_string());
-        if let Error::Storage { source: StorageError::OffsetOutOfRange { log_start, log_end, .. }, .. } = self {
+        if let Error::Storage {
+            source:
+                StorageError::OffsetOutOfRange {
+                    log_start, log_end, ..
+                },
+            ..
+        } = self
+        {
             d.log_start_offset = *log_start;
             d.log_end_offset = *log_end;
         }

@@ -6,7 +6,9 @@ use sluice_broker::config::Args;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     sluice_broker::server::init_tracing();
-    let config = Args::parse().into_config().map_err(|e| anyhow::anyhow!(e))?;
+    let config = Args::parse()
+        .into_config()
+        .map_err(|e| anyhow::anyhow!(e))?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;

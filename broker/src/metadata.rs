@@ -31,13 +31,23 @@ impl MetadataStore {
     /// Opens the store and checks that `data_dir` belongs to `node_id`.
     pub fn open(data_dir: &Path, node_id: i32, cache_bytes: u64) -> Result<(Self, String)> {
         let path = data_dir.join("metadata");
-        let db = sled::Config::new().path(&path).cache_capacity(cache_bytes).open().map_err(|e| {
-            Error::Internal(format!("cannot open the metadata store at {}: {e}", path.display()))
-        })?;
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(|e| {
+                Error::Internal(format!(
+                    "cannot open the metadata store at {}: {e}",
+                    path.display()
+                ))
+            })?;
         match db.get("node_id")? {
             Some(v) => {
                 let stored = i32::from_be_bytes(v.as_ref().try_into().map_err(|_| {
-                    Error::Internal(format!("metadata store at {} has a damaged node_id", path.display()))
+                    Error::Internal(format!(
+                        "metadata store at {} has a damaged node_id",
+                        path.display()
+                    ))
                 })?);
                 if stored != node_id {
                     return Err(Error::Internal(format!(
@@ -69,7 +79,10 @@ impl MetadataStore {
         for item in self.topics.iter() {
             let (key, value) = item?;
             let record: TopicRecord = serde_json::from_slice(&value).map_err(|e| {
-                Error::Internal(format!("stored topic '{}' is unreadable: {e}", String::from_utf8_lossy(&key)))
+                Error::Internal(format!(
+                    "stored topic '{}' is unreadable: {e}",
+                    String::from_utf8_lossy(&key)
+                ))
             })?;
             out.push(record);
         }
@@ -99,7 +112,12 @@ impl MetadataStore {
 fn new_cluster_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     h.write_u32(std::process::id());
     format!("{:016x}", h.finish())
 }

@@ -34,10 +34,19 @@ pub struct Partition {
     /// Set when a write or fsync failed: the log's state is unknown, so it takes no more
     /// writes until the broker restarts and recovers it.
     failed: Mutex<Option<String>>,
+    /// Set by `close`: later appends are refused instead of landing after the clean-shutdown
+    /// marker.
+    closed: AtomicBool,
 }
 
 impl Partition {
-    pub fn new(topic: Arc<str>, id: i32, config: Arc<TopicConfig>, log: Box<dyn LogStorage>, flush: FlushPolicy) -> Self {
+    pub fn new(
+        topic: Arc<str>,
+        id: i32,
+        config: Arc<TopicConfig>,
+        log: Box<dyn LogStorage>,
+        flush: FlushPolicy,
+    ) -> Self {
         let offsets = log.offsets();
         Partition {
             topic,
@@ -49,11 +58,16 @@ impl Partition {
             flushed: watch::Sender::new(offsets.flushed),
             dirty: AtomicBool::new(false),
             failed: Mutex::new(None),
+            closed: AtomicBool::new(false),
         }
     }
 
     fn storage_err(&self, source: crate::storage::StorageError) -> Error {
-        Error::Storage { topic: self.topic.to_string(), partition: self.id, source }
+        Error::Storage {
+            topic: self.topic.to_string(),
+            partition: self.id,
+            source,
+        }
     }
 
     fn check_online(&self) -> Result<()> {
@@ -95,17 +109,27 @@ impl Partition {
                 max,
             });
         }
-        let wrap_corrupt = |source| Error::CorruptBatch { topic: self.topic.to_string(), partition: self.id, source };
-        let wrap_invalid = |source| Error::InvalidBatch { topic: self.topic.to_string(), partition: self.id, source };
+        let wrap_corrupt = |source| Error::CorruptBatch {
+            topic: self.topic.to_string(),
+            partition: self.id,
+            source,
+        };
+        let wrap_invalid = |source| Error::InvalidBatch {
+            topic: self.topic.to_string(),
+            partition: self.id,
+            source,
+        };
         let header = batch::verify(&batch).map_err(|e| match e {
-            BatchError::CrcMismatch { .. } | BatchError::Truncated { .. } | BatchError::BadLength(_) => wrap_corrupt(e),
+            BatchError::CrcMismatch { .. }
+            | BatchError::Truncated { .. }
+            | BatchError::BadLength(_) => wrap_corrupt(e),
             other => wrap_invalid(other),
         })?;
         batch::validate_records(&batch).map_err(wrap_invalid)?;
-        if let CompressionType::Codec(codec) = self.config.compression_type {
-            if header.compression().map_err(wrap_invalid)? != codec {
-                return recompress(&batch, codec).map_err(wrap_invalid);
-            }
+        if let CompressionType::Codec(codec) = self.config.compression_type
+            && header.compression().map_err(wrap_invalid)? != codec
+        {
+            return recompress(&batch, codec).map_err(wrap_invalid);
         }
         Ok(BytesMut::from(batch))
     }
@@ -114,6 +138,9 @@ impl Partition {
     pub fn append(&self, mut batch: BytesMut, now_ms: i64) -> Result<AppendInfo> {
         self.check_online()?;
         let mut log = self.log.write();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
         let info = log.append(&mut batch, 0, now_ms).map_err(|e| {
             self.fail(format!("append failed: {e}"));
             self.storage_err(e)
@@ -182,16 +209,24 @@ impl Partition {
         let log = self.log.read();
         if offset > hw {
             let o = log.offsets();
-            return Err(self.storage_err(crate::storage::StorageError::OffsetOutOfRange {
-                requested: offset,
-                log_start: o.log_start,
-                log_end: hw,
-            }));
+            return Err(
+                self.storage_err(crate::storage::StorageError::OffsetOutOfRange {
+                    requested: offset,
+                    log_start: o.log_start,
+                    log_end: hw,
+                }),
+            );
         }
         log.read(offset, max_bytes, hw).map_err(|e| match e {
-            crate::storage::StorageError::OffsetOutOfRange { requested, log_start, .. } => {
-                self.storage_err(crate::storage::StorageError::OffsetOutOfRange { requested, log_start, log_end: hw })
-            }
+            crate::storage::StorageError::OffsetOutOfRange {
+                requested,
+                log_start,
+                ..
+            } => self.storage_err(crate::storage::StorageError::OffsetOutOfRange {
+                requested,
+                log_start,
+                log_end: hw,
+            }),
             other => self.storage_err(other),
         })
     }
@@ -199,7 +234,11 @@ impl Partition {
     /// The first offset with a timestamp >= `ts` that consumers can read. Blocking (disk).
     pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>> {
         let hw = self.high_watermark();
-        let found = self.log.read().offset_for_timestamp(ts).map_err(|e| self.storage_err(e))?;
+        let found = self
+            .log
+            .read()
+            .offset_for_timestamp(ts)
+            .map_err(|e| self.storage_err(e))?;
         Ok(found.filter(|(o, _)| *o < hw))
     }
 
@@ -221,22 +260,34 @@ impl Partition {
         if let Some(offset) = cut {
             // Never delete what consumers have not been allowed to see yet.
             let offset = offset.min(self.high_watermark());
-            self.log.write().delete_segments_before(offset).map_err(|e| self.storage_err(e))?;
+            self.log
+                .write()
+                .delete_segments_before(offset)
+                .map_err(|e| self.storage_err(e))?;
         }
         Ok(())
     }
 
     /// Flushes and closes the log for a fast, clean restart. Blocking.
     pub fn close(&self) -> Result<()> {
-        self.log.write().close().map_err(|e| self.storage_err(e))
+        let mut log = self.log.write();
+        self.closed.store(true, Ordering::Release);
+        log.close().map_err(|e| self.storage_err(e))
     }
 }
 
-fn recompress(batch: &Bytes, codec: batch::Compression) -> std::result::Result<BytesMut, BatchError> {
+fn recompress(
+    batch: &Bytes,
+    codec: batch::Compression,
+) -> std::result::Result<BytesMut, BatchError> {
     let (header, records) = batch::decode(batch, batch::DEFAULT_MAX_DECOMPRESSED)?;
     let mut b = sluice_proto::RecordBatchBuilder::new(codec);
     for r in &records {
-        let headers: Vec<(String, Option<Bytes>)> = r.headers.iter().map(|h| (h.key.clone(), h.value.clone())).collect();
+        let headers: Vec<(String, Option<Bytes>)> = r
+            .headers
+            .iter()
+            .map(|h| (h.key.clone(), h.value.clone()))
+            .collect();
         b.append(r.timestamp, r.key.as_deref(), &r.value, &headers);
     }
     debug_assert_eq!(b.record_count(), header.record_count);

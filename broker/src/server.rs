@@ -1,8 +1,8 @@
 //! Serving: [`run`] takes a bound listener and a shutdown future, so tests bind port 0 and
 //! stop brokers cleanly, and `sluice dev` runs several in one process.
 
-use std::future::Future;
 use sluice_proto::pb::{admin_server::AdminServer, log_server::LogServer};
+use std::future::Future;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -16,12 +16,24 @@ use crate::service::{AdminService, LogService};
 pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 
+/// How long a graceful shutdown waits for in-flight requests before closing connections.
+pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Opens the broker on `config.data_dir` and serves on `listener` until `shutdown`
 /// resolves; then stops accepting, finishes in-flight requests, flushes and closes every
 /// log so that the next start is fast.
-pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> Result<()> {
-    let local = listener.local_addr().map_err(|e| Error::Internal(format!("listener address: {e}")))?;
-    let advertised = config.advertised_address.clone().unwrap_or_else(|| local.to_string());
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<()> {
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
+    let advertised = config
+        .advertised_address
+        .clone()
+        .unwrap_or_else(|| local.to_string());
     let shutdown_timeout = config.shutdown_timeout;
     let broker = tokio::task::spawn_blocking(move || Broker::open(config, advertised))
         .await
@@ -35,18 +47,34 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .add_service(AdminServer::new(AdminService::new(broker.clone())))
-        .add_service(LogServer::new(LogService::new(broker.clone())).max_decoding_message_size(max).max_encoding_message_size(max))
+        .add_service(
+            LogServer::new(LogService::new(broker.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
             // Long-polls end now rather than at their deadline.
             stop.cancel();
         });
-    let result = served.await.map_err(|e| Error::Internal(format!("server failed: {e}")));
+    // Clients may keep their connections open after the server's GOAWAY; in-flight requests
+    // get DRAIN_GRACE to finish, then the connections are dropped.
+    let stopping = broker.shutdown.clone();
+    let result = tokio::select! {
+        r = served => r.map_err(|e| Error::Internal(format!("server failed: {e}"))),
+        _ = async { stopping.cancelled().await; tokio::time::sleep(DRAIN_GRACE).await } => {
+            tracing::info!(grace = ?DRAIN_GRACE, "closing connections that are still open");
+            Ok(())
+        }
+    };
     retention.abort();
     let b = broker.clone();
     let closed = tokio::task::spawn_blocking(move || b.close());
-    if tokio::time::timeout(shutdown_timeout, closed).await.is_err() {
+    if tokio::time::timeout(shutdown_timeout, closed)
+        .await
+        .is_err()
+    {
         tracing::error!(timeout = ?shutdown_timeout, "closing logs took too long; the next start will recover them");
     }
     result
@@ -54,6 +82,10 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: impl Future<Ou
 
 /// Structured logs to stderr; `RUST_LOG` filters (default `info`).
 pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -30,21 +30,27 @@ impl sluice_proto::pb::log_server::Log for LogService {
         &self,
         request: tonic::Request<sluice_proto::pb::ProduceRequest>,
     ) -> Result<tonic::Response<sluice_proto::pb::ProduceResponse>, tonic::Status> {
-        Ok(tonic::Response::new(produce::handle(&self.broker, request.into_inner()).await?))
+        Ok(tonic::Response::new(
+            produce::handle(&self.broker, request.into_inner()).await?,
+        ))
     }
 
     async fn fetch(
         &self,
         request: tonic::Request<sluice_proto::pb::FetchRequest>,
     ) -> Result<tonic::Response<sluice_proto::pb::FetchResponse>, tonic::Status> {
-        Ok(tonic::Response::new(fetch::handle(&self.broker, request.into_inner()).await?))
+        Ok(tonic::Response::new(
+            fetch::handle(&self.broker, request.into_inner()).await?,
+        ))
     }
 
     async fn list_offsets(
         &self,
         request: tonic::Request<sluice_proto::pb::ListOffsetsRequest>,
     ) -> Result<tonic::Response<sluice_proto::pb::ListOffsetsResponse>, tonic::Status> {
-        Ok(tonic::Response::new(list_offsets::handle(&self.broker, request.into_inner()).await?))
+        Ok(tonic::Response::new(
+            list_offsets::handle(&self.broker, request.into_inner()).await?,
+        ))
     }
 }
 

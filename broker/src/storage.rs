@@ -31,15 +31,27 @@ pub enum StorageError {
         source: std::io::Error,
     },
     #[error("corrupt data in {path} at byte {position} (offset {offset}): {detail}")]
-    Corrupt { path: PathBuf, position: u64, offset: i64, detail: String },
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        offset: i64,
+        detail: String,
+    },
     #[error("offset {requested} is outside the log's range [{log_start}, {log_end}]")]
-    OffsetOutOfRange { requested: i64, log_start: i64, log_end: i64 },
+    OffsetOutOfRange {
+        requested: i64,
+        log_start: i64,
+        log_end: i64,
+    },
     #[error("offset {0} is not the start of a batch")]
     NotBatchBoundary(i64),
 }
 
 impl StorageError {
-    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        op: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
         move |source| StorageError::Io { op, path, source }
     }

@@ -31,12 +31,15 @@ pub(crate) fn progress(ctx: &Context, total: Option<u64>, what: &str) -> Progres
     }
     let bar = match total {
         Some(n) => ProgressBar::new(n).with_style(
-            ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {human_pos}/{human_len} ({per_sec}, eta {eta})")
-                .expect("static template is valid")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {human_pos}/{human_len} ({per_sec}, eta {eta})",
+            )
+            .expect("static template is valid")
+            .progress_chars("=> "),
         ),
         None => ProgressBar::new_spinner().with_style(
-            ProgressStyle::with_template("{spinner} {msg} {human_pos} records ({per_sec})").expect("static template is valid"),
+            ProgressStyle::with_template("{spinner} {msg} {human_pos} records ({per_sec})")
+                .expect("static template is valid"),
         ),
     };
     bar.set_message(what.to_string());
@@ -45,12 +48,18 @@ pub(crate) fn progress(ctx: &Context, total: Option<u64>, what: &str) -> Progres
 }
 
 /// Parses `k=v` pairs from `--config`.
-pub(crate) fn parse_kv(pairs: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+pub(crate) fn parse_kv(
+    pairs: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
     pairs
         .iter()
         .map(|p| match p.split_once('=') {
-            Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
-            _ => anyhow::bail!("--config '{p}' is not key=value (e.g. --config retention.ms=86400000)"),
+            Some((k, v)) if !k.trim().is_empty() => {
+                Ok((k.trim().to_string(), v.trim().to_string()))
+            }
+            _ => anyhow::bail!(
+                "--config '{p}' is not key=value (e.g. --config retention.ms=86400000)"
+            ),
         })
         .collect()
 }
@@ -62,11 +71,17 @@ pub(crate) fn parse_time(s: &str) -> anyhow::Result<i64> {
         return Ok(ms);
     }
     if let Ok(t) = humantime::parse_rfc3339_weak(s) {
-        return Ok(t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64));
+        return Ok(t
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64));
     }
     if let Ok(d) = humantime::parse_duration(s) {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         return Ok(now - d.as_millis() as i64);
     }
-    anyhow::bail!("invalid time '{s}': use RFC 3339 (2026-11-21T10:00:00Z), epoch milliseconds, or a duration ago (15m)")
+    anyhow::bail!(
+        "invalid time '{s}': use RFC 3339 (2026-11-21T10:00:00Z), epoch milliseconds, or a duration ago (15m)"
+    )
 }

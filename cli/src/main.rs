@@ -13,10 +13,20 @@ use clap::{Parser, Subcommand};
 use crate::output::Format;
 
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about = "Sluice: a replicated, partitioned commit log.", propagate_version = true)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Sluice: a replicated, partitioned commit log.",
+    propagate_version = true
+)]
 struct Cli {
     /// Broker(s) to connect to, host:port, comma-separated.
-    #[arg(long, global = true, env = "SLUICE_BOOTSTRAP", default_value = "127.0.0.1:9092")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLUICE_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
     bootstrap: String,
     /// Output format.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
@@ -43,14 +53,20 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             std::process::exit(1);
         }
     };
-    let ctx = commands::Context { bootstrap: cli.bootstrap, output: cli.output };
+    let ctx = commands::Context {
+        bootstrap: cli.bootstrap,
+        output: cli.output,
+    };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Topics(cmd) => commands::topics::run(&ctx, cmd).await,

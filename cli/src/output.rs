@@ -10,7 +10,11 @@ pub(crate) enum Format {
 }
 
 /// Prints `value` as JSON or YAML, or calls `table` for the human form.
-pub(crate) fn print<T: Serialize>(format: Format, value: &T, table: impl FnOnce(&T)) -> anyhow::Result<()> {
+pub(crate) fn print<T: Serialize>(
+    format: Format,
+    value: &T,
+    table: impl FnOnce(&T),
+) -> anyhow::Result<()> {
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
         Format::Yaml => print!("{}", serde_yaml::to_string(value)?),
@@ -31,7 +35,11 @@ pub(crate) fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>
     }
     all.iter()
         .map(|row| {
-            let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            let line: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
             line.join("   ").trim_end().to_string()
         })
         .collect::<Vec<_>>()
@@ -47,5 +55,9 @@ pub(crate) fn bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }

@@ -19,7 +19,12 @@ pub struct NewTopic {
 
 impl NewTopic {
     pub fn new(name: impl Into<String>, partitions: i32, replication_factor: i32) -> Self {
-        NewTopic { name: name.into(), partitions, replication_factor, config: BTreeMap::new() }
+        NewTopic {
+            name: name.into(),
+            partitions,
+            replication_factor,
+            config: BTreeMap::new(),
+        }
     }
 
     pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
@@ -35,7 +40,9 @@ pub struct Admin {
 
 impl Admin {
     pub fn new(config: ClientConfig) -> Result<Self> {
-        Ok(Admin { cluster: Cluster::new(config)? })
+        Ok(Admin {
+            cluster: Cluster::new(config)?,
+        })
     }
 
     pub fn cluster(&self) -> &Cluster {
@@ -43,7 +50,11 @@ impl Admin {
     }
 
     #[tracing::instrument(skip(self))]
-    pub async fn create_topic(&self, topic: NewTopic, validate_only: bool) -> Result<pb::TopicDescription> {
+    pub async fn create_topic(
+        &self,
+        topic: NewTopic,
+        validate_only: bool,
+    ) -> Result<pb::TopicDescription> {
         let req = pb::CreateTopicRequest {
             name: topic.name,
             partitions: topic.partitions,
@@ -60,7 +71,9 @@ impl Admin {
 
     #[tracing::instrument(skip(self))]
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
-        let req = pb::DeleteTopicRequest { name: name.to_string() };
+        let req = pb::DeleteTopicRequest {
+            name: name.to_string(),
+        };
         self.cluster
             .admin_call(|mut c| {
                 let r = req.clone();
@@ -72,12 +85,16 @@ impl Admin {
     }
 
     pub async fn list_topics(&self) -> Result<Vec<pb::TopicSummary>> {
-        let resp = self.cluster.admin_call(|mut c| async move { c.list_topics(pb::ListTopicsRequest {}).await });
+        let resp = self
+            .cluster
+            .admin_call(|mut c| async move { c.list_topics(pb::ListTopicsRequest {}).await });
         Ok(resp.await?.topics)
     }
 
     pub async fn describe_topic(&self, name: &str) -> Result<pb::TopicDescription> {
-        let req = pb::DescribeTopicRequest { name: name.to_string() };
+        let req = pb::DescribeTopicRequest {
+            name: name.to_string(),
+        };
         let resp = self.cluster.admin_call(|mut c| {
             let r = req.clone();
             async move { c.describe_topic(r).await }

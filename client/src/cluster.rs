@@ -30,7 +30,11 @@ impl ClientConfig {
     /// A config for a comma-separated bootstrap list, other settings at their defaults.
     pub fn new(bootstrap: &str) -> Self {
         ClientConfig {
-            bootstrap: bootstrap.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            bootstrap: bootstrap
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
             request_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             metadata_max_age: Duration::from_secs(300),
@@ -68,7 +72,9 @@ const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 impl Cluster {
     pub fn new(config: ClientConfig) -> Result<Self> {
         if config.bootstrap.is_empty() {
-            return Err(Error::InvalidArgument("no bootstrap broker given: pass host:port (e.g. 127.0.0.1:9092)".into()));
+            return Err(Error::InvalidArgument(
+                "no bootstrap broker given: pass host:port (e.g. 127.0.0.1:9092)".into(),
+            ));
         }
         Ok(Cluster {
             config: Arc::new(config),
@@ -83,7 +89,10 @@ impl Cluster {
             return Ok(c.clone());
         }
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| Error::Connect { address: address.to_string(), source: Arc::new(e) })?
+            .map_err(|e| Error::Connect {
+                address: address.to_string(),
+                source: Arc::new(e),
+            })?
             .connect_timeout(self.config.connect_timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(STREAM_WINDOW_BYTES)
@@ -91,7 +100,9 @@ impl Cluster {
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);
         let channel = endpoint.connect_lazy();
-        self.channels.lock().insert(address.to_string(), channel.clone());
+        self.channels
+            .lock()
+            .insert(address.to_string(), channel.clone());
         Ok(channel)
     }
 
@@ -102,12 +113,16 @@ impl Cluster {
 
     pub fn log_client(&self, address: &str) -> Result<LogClient<Channel>> {
         let max = self.config.max_message_bytes;
-        Ok(LogClient::new(self.channel(address)?).max_decoding_message_size(max).max_encoding_message_size(max))
+        Ok(LogClient::new(self.channel(address)?)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max))
     }
 
     pub fn admin_client(&self, address: &str) -> Result<AdminClient<Channel>> {
         let max = self.config.max_message_bytes;
-        Ok(AdminClient::new(self.channel(address)?).max_decoding_message_size(max).max_encoding_message_size(max))
+        Ok(AdminClient::new(self.channel(address)?)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max))
     }
 
     /// Runs an admin call against the first bootstrap broker that answers.
@@ -143,13 +158,20 @@ impl Cluster {
 
     /// Fetches metadata for `topics` (all when empty) and updates the cache.
     pub async fn refresh(&self, topics: &[String]) -> Result<pb::MetadataResponse> {
-        let request = pb::MetadataRequest { topics: topics.to_vec() };
-        let resp = self.admin_call(|mut c| {
-            let r = request.clone();
-            async move { c.metadata(r).await }
-        })
-        .await?;
-        let brokers: HashMap<i32, String> = resp.brokers.iter().map(|b| (b.node_id, b.address.clone())).collect();
+        let request = pb::MetadataRequest {
+            topics: topics.to_vec(),
+        };
+        let resp = self
+            .admin_call(|mut c| {
+                let r = request.clone();
+                async move { c.metadata(r).await }
+            })
+            .await?;
+        let brokers: HashMap<i32, String> = resp
+            .brokers
+            .iter()
+            .map(|b| (b.node_id, b.address.clone()))
+            .collect();
         let now = Instant::now();
         let mut cache = self.cache.write();
         for t in topics {
@@ -162,7 +184,11 @@ impl Cluster {
                     *slot = brokers.get(&p.leader).cloned();
                 }
             }
-            let route = TopicRoute { name: t.name.clone(), leaders, max_message_bytes: t.max_message_bytes };
+            let route = TopicRoute {
+                name: t.name.clone(),
+                leaders,
+                max_message_bytes: t.max_message_bytes,
+            };
             cache.topics.insert(t.name.clone(), (Arc::new(route), now));
         }
         Ok(resp)
@@ -171,18 +197,23 @@ impl Cluster {
     /// The topic's route from the cache, refreshed when missing or stale. A topic the
     /// cluster does not have is `UNKNOWN_TOPIC_OR_PARTITION` right away.
     pub async fn topic(&self, name: &str) -> Result<Arc<TopicRoute>> {
-        if let Some((route, at)) = self.cache.read().topics.get(name) {
-            if at.elapsed() < self.config.metadata_max_age {
-                return Ok(route.clone());
-            }
+        if let Some((route, at)) = self.cache.read().topics.get(name)
+            && at.elapsed() < self.config.metadata_max_age
+        {
+            return Ok(route.clone());
         }
         self.refresh(&[name.to_string()]).await?;
-        self.cache.read().topics.get(name).map(|(r, _)| r.clone()).ok_or_else(|| {
-            Error::broker(pb::ErrorDetail::new(
-                ErrorCode::UnknownTopicOrPartition,
-                format!("unknown topic '{name}'; create it with `sluice topics create {name}`"),
-            ))
-        })
+        self.cache
+            .read()
+            .topics
+            .get(name)
+            .map(|(r, _)| r.clone())
+            .ok_or_else(|| {
+                Error::broker(pb::ErrorDetail::new(
+                    ErrorCode::UnknownTopicOrPartition,
+                    format!("unknown topic '{name}'; create it with `sluice topics create {name}`"),
+                ))
+            })
     }
 
     /// Marks a topic's routing stale (after NOT_LEADER or a connection failure).
@@ -201,7 +232,10 @@ impl Cluster {
             ))),
             None => Err(Error::broker(pb::ErrorDetail::new(
                 ErrorCode::UnknownTopicOrPartition,
-                format!("topic '{topic}' has no partition {partition} (it has {})", route.leaders.len()),
+                format!(
+                    "topic '{topic}' has no partition {partition} (it has {})",
+                    route.leaders.len()
+                ),
             ))),
         }
     }

@@ -88,7 +88,13 @@ pub struct Consumer {
 
 impl Consumer {
     pub fn new(client: ClientConfig, config: ConsumerConfig) -> Result<Self> {
-        Ok(Consumer { cluster: Cluster::new(client)?, config, positions: BTreeMap::new(), buffered: VecDeque::new(), prefetch: None })
+        Ok(Consumer {
+            cluster: Cluster::new(client)?,
+            config,
+            positions: BTreeMap::new(),
+            buffered: VecDeque::new(),
+            prefetch: None,
+        })
     }
 
     /// Partitions of a topic, from metadata.
@@ -143,14 +149,28 @@ impl Consumer {
         let address = self.cluster.leader(&tp.topic, tp.partition).await?;
         let mut client = self.cluster.log_client(&address)?;
         let req = pb::ListOffsetsRequest {
-            partitions: vec![pb::ListOffsetsPartition { topic: tp.topic.clone(), partition: tp.partition, timestamp: query }],
+            partitions: vec![pb::ListOffsetsPartition {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                timestamp: query,
+            }],
         };
-        let resp = tokio::time::timeout(self.cluster.config.request_timeout, client.list_offsets(req))
-            .await
-            .map_err(|_| Error::Timeout { what: format!("list offsets of {tp}"), after: self.cluster.config.request_timeout, last: "no answer".into() })?
-            .map_err(|s| Error::from_status(&address, s))?
-            .into_inner();
-        let entry = resp.partitions.into_iter().next().ok_or_else(|| Error::InvalidArgument(format!("empty ListOffsets answer for {tp}")))?;
+        let resp = tokio::time::timeout(
+            self.cluster.config.request_timeout,
+            client.list_offsets(req),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            what: format!("list offsets of {tp}"),
+            after: self.cluster.config.request_timeout,
+            last: "no answer".into(),
+        })?
+        .map_err(|s| Error::from_status(&address, s))?
+        .into_inner();
+        let entry =
+            resp.partitions.into_iter().next().ok_or_else(|| {
+                Error::InvalidArgument(format!("empty ListOffsets answer for {tp}"))
+            })?;
         if let Some(e) = entry.error {
             return Err(Error::broker(e));
         }
@@ -164,7 +184,9 @@ impl Consumer {
             return Ok(self.buffered.drain(..).collect());
         }
         if self.positions.is_empty() {
-            return Err(Error::InvalidArgument("poll() before assign(): no partitions to read".into()));
+            return Err(Error::InvalidArgument(
+                "poll() before assign(): no partitions to read".into(),
+            ));
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -175,7 +197,9 @@ impl Consumer {
             };
             let results = match tokio::time::timeout_at(deadline, pending).await {
                 Ok(Ok(r)) => r,
-                Ok(Err(e)) => return Err(Error::InvalidArgument(format!("fetch task failed: {e}"))),
+                Ok(Err(e)) => {
+                    return Err(Error::InvalidArgument(format!("fetch task failed: {e}")));
+                }
                 Err(_) => return Ok(Vec::new()),
             };
             self.absorb(results).await?;
@@ -198,12 +222,15 @@ impl Consumer {
             let mut out = Vec::new();
             for (tp, offset) in positions {
                 match cluster.leader(&tp.topic, tp.partition).await {
-                    Ok(address) => by_leader.entry(address).or_default().push(pb::FetchPartition {
-                        topic: tp.topic,
-                        partition: tp.partition,
-                        fetch_offset: offset,
-                        partition_max_bytes: config.max_partition_fetch_bytes,
-                    }),
+                    Ok(address) => by_leader
+                        .entry(address)
+                        .or_default()
+                        .push(pb::FetchPartition {
+                            topic: tp.topic,
+                            partition: tp.partition,
+                            fetch_offset: offset,
+                            partition_max_bytes: config.max_partition_fetch_bytes,
+                        }),
                     Err(e) => out.push((String::new(), Err(e))),
                 }
             }
@@ -219,11 +246,17 @@ impl Consumer {
                     let timeout = cluster.config.request_timeout + max_wait;
                     let result = match cluster.log_client(&address) {
                         Err(e) => Err(e),
-                        Ok(mut client) => match tokio::time::timeout(timeout, client.fetch(req)).await {
-                            Ok(Ok(resp)) => Ok(resp.into_inner()),
-                            Ok(Err(status)) => Err(Error::from_status(&address, status)),
-                            Err(_) => Err(Error::Timeout { what: format!("fetch from {address}"), after: timeout, last: "no answer".into() }),
-                        },
+                        Ok(mut client) => {
+                            match tokio::time::timeout(timeout, client.fetch(req)).await {
+                                Ok(Ok(resp)) => Ok(resp.into_inner()),
+                                Ok(Err(status)) => Err(Error::from_status(&address, status)),
+                                Err(_) => Err(Error::Timeout {
+                                    what: format!("fetch from {address}"),
+                                    after: timeout,
+                                    last: "no answer".into(),
+                                }),
+                            }
+                        }
                     };
                     (address, result)
                 }
@@ -248,7 +281,9 @@ impl Consumer {
             };
             for part in resp.partitions {
                 let tp = TopicPartition::new(part.topic.clone(), part.partition);
-                let Some(&position) = self.positions.get(&tp) else { continue };
+                let Some(&position) = self.positions.get(&tp) else {
+                    continue;
+                };
                 if let Some(err) = part.error {
                     self.partition_error(&tp, err).await?;
                     continue;
@@ -256,9 +291,19 @@ impl Consumer {
                 let topic: Arc<str> = Arc::from(part.topic.as_str());
                 let mut next = position;
                 for b in batch::split_batches(part.records) {
-                    let b = b.map_err(|source| Error::Corrupt { topic: tp.topic.clone(), partition: tp.partition, source })?;
-                    let (_, records) = batch::decode(&b, batch::DEFAULT_MAX_DECOMPRESSED)
-                        .map_err(|source| Error::Corrupt { topic: tp.topic.clone(), partition: tp.partition, source })?;
+                    let b = b.map_err(|source| Error::Corrupt {
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                        source,
+                    })?;
+                    let (_, records) =
+                        batch::decode(&b, batch::DEFAULT_MAX_DECOMPRESSED).map_err(|source| {
+                            Error::Corrupt {
+                                topic: tp.topic.clone(),
+                                partition: tp.partition,
+                                source,
+                            }
+                        })?;
                     for r in records {
                         if r.offset < next {
                             continue;

@@ -20,11 +20,18 @@ pub enum Error {
     },
     /// The call failed without an answer from Sluice (connection lost, broker restarting).
     #[error("request to {address} failed: {} ({})", status.message(), status.code())]
-    Rpc { address: String, status: Box<tonic::Status> },
+    Rpc {
+        address: String,
+        status: Box<tonic::Status>,
+    },
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{what} did not succeed within {after:?}; last error: {last}")]
-    Timeout { what: String, after: Duration, last: String },
+    Timeout {
+        what: String,
+        after: Duration,
+        last: String,
+    },
     #[error("corrupt data from {topic}-{partition}: {source}")]
     Corrupt {
         topic: String,
@@ -40,13 +47,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub(crate) fn broker(detail: pb::ErrorDetail) -> Self {
-        Error::Broker { detail: Box::new(detail) }
+        Error::Broker {
+            detail: Box::new(detail),
+        }
     }
 
     pub(crate) fn from_status(address: &str, status: tonic::Status) -> Self {
         match pb::ErrorDetail::from_status(&status) {
             Some(detail) => Error::broker(detail),
-            None => Error::Rpc { address: address.to_string(), status: Box::new(status) },
+            None => Error::Rpc {
+                address: address.to_string(),
+                status: Box::new(status),
+            },
         }
     }
 
@@ -75,7 +87,11 @@ impl Error {
             Error::Connect { .. } => true,
             Error::Rpc { status, .. } => matches!(
                 status.code(),
-                tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Aborted
+                tonic::Code::Unavailable
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Aborted
             ),
             _ => false,
         }

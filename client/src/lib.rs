@@ -29,7 +29,9 @@ pub use admin::{Admin, NewTopic};
 pub use cluster::ClientConfig;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset};
 pub use error::{Error, Result};
-pub use producer::{Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+pub use producer::{
+    Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+};
 pub use sluice_proto::batch::{Compression, Header};
 pub use sluice_proto::{ErrorCode, pb};
 
@@ -42,7 +44,10 @@ pub struct TopicPartition {
 
 impl TopicPartition {
     pub fn new(topic: impl Into<String>, partition: i32) -> Self {
-        TopicPartition { topic: topic.into(), partition }
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
     }
 }
 
@@ -53,5 +58,7 @@ impl std::fmt::Display for TopicPartition {
 }
 
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }

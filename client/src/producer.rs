@@ -109,7 +109,14 @@ pub struct ProducerRecord {
 
 impl ProducerRecord {
     pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
-        ProducerRecord { topic: topic.into(), partition: None, key: None, value: value.into(), headers: Vec::new(), timestamp: None }
+        ProducerRecord {
+            topic: topic.into(),
+            partition: None,
+            key: None,
+            value: value.into(),
+            headers: Vec::new(),
+            timestamp: None,
+        }
     }
 
     pub fn key(mut self, key: impl Into<Bytes>) -> Self {
@@ -152,7 +159,9 @@ pub struct DeliveryFuture {
 impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(Error::Closed)))
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::Closed)))
     }
 }
 
@@ -233,7 +242,10 @@ impl Producer {
             (Some(p), _) => {
                 return Err(Error::broker(pb::ErrorDetail {
                     code: "UNKNOWN_TOPIC_OR_PARTITION".into(),
-                    message: format!("topic '{}' has no partition {p} (it has {count})", record.topic),
+                    message: format!(
+                        "topic '{}' has no partition {p} (it has {count})",
+                        record.topic
+                    ),
                     retriable: false,
                     ..Default::default()
                 }));
@@ -247,14 +259,20 @@ impl Producer {
                 inner.config.buffer_memory
             )));
         }
-        let permit = tokio::time::timeout(inner.config.max_block, inner.memory.clone().acquire_many_owned(size as u32))
-            .await
-            .map_err(|_| Error::Timeout {
-                what: format!("waiting for buffer space for a record to {}", record.topic),
-                after: inner.config.max_block,
-                last: format!("buffer.memory ({} bytes) is full; the broker is not keeping up", inner.config.buffer_memory),
-            })?
-            .map_err(|_| Error::Closed)?;
+        let permit = tokio::time::timeout(
+            inner.config.max_block,
+            inner.memory.clone().acquire_many_owned(size as u32),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            what: format!("waiting for buffer space for a record to {}", record.topic),
+            after: inner.config.max_block,
+            last: format!(
+                "buffer.memory ({} bytes) is full; the broker is not keeping up",
+                inner.config.buffer_memory
+            ),
+        })?
+        .map_err(|_| Error::Closed)?;
         let (tx, rx) = oneshot::channel();
         let pending = Pending {
             timestamp: record.timestamp.unwrap_or_else(crate::now_ms),
@@ -265,15 +283,24 @@ impl Producer {
             tx,
             _permit: permit,
         };
-        self.worker(&record.topic, partition).send(Msg::Record(pending)).map_err(|_| Error::Closed)?;
+        self.worker(&record.topic, partition)
+            .send(Msg::Record(pending))
+            .map_err(|_| Error::Closed)?;
         Ok(DeliveryFuture { rx })
     }
 
     fn sticky_partition(&self, topic: &str, count: i32, size: usize) -> i32 {
         let mut sticky = self.inner.sticky.lock();
-        let s = sticky.entry(topic.to_string()).or_insert_with(|| Sticky { partition: random_below(count), bytes: 0 });
+        let s = sticky.entry(topic.to_string()).or_insert_with(|| Sticky {
+            partition: random_below(count),
+            bytes: 0,
+        });
         if s.bytes >= self.inner.config.batch_size || s.partition >= count {
-            s.partition = if count > 1 { (s.partition + 1 + random_below(count - 1)) % count } else { 0 };
+            s.partition = if count > 1 {
+                (s.partition + 1 + random_below(count - 1)) % count
+            } else {
+                0
+            };
             s.bytes = 0;
         }
         s.bytes += size;
@@ -286,7 +313,12 @@ impl Producer {
             .entry((topic.to_string(), partition))
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let worker = Worker { inner: self.inner.clone(), topic: topic.to_string(), partition, rx };
+                let worker = Worker {
+                    inner: self.inner.clone(),
+                    topic: topic.to_string(),
+                    partition,
+                    rx,
+                };
                 self.inner.tasks.lock().spawn(worker.run());
                 tx
             })
@@ -310,7 +342,9 @@ impl Producer {
 
     /// Delivers what is queued (bounded by `delivery.timeout.ms`) and stops.
     pub async fn close(&self) {
-        self.inner.closed.store(true, std::sync::atomic::Ordering::Release);
+        self.inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::Release);
         self.inner.workers.lock().clear();
         let mut tasks = std::mem::take(&mut *self.inner.tasks.lock());
         while tasks.join_next().await.is_some() {}
@@ -320,7 +354,12 @@ impl Producer {
 fn random_below(n: i32) -> i32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     (h.finish() % n.max(1) as u64) as i32
 }
 
@@ -347,15 +386,27 @@ impl Worker {
             let mut records = Vec::new();
             let max_bytes = self.max_batch_bytes().await;
             let mut builder = RecordBatchBuilder::new(self.inner.config.compression);
-            let push = |m: Msg, builder: &mut RecordBatchBuilder, records: &mut Vec<Pending>, flushes: &mut Vec<oneshot::Sender<()>>| -> Option<Msg> {
+            let push = |m: Msg,
+                        builder: &mut RecordBatchBuilder,
+                        records: &mut Vec<Pending>,
+                        flushes: &mut Vec<oneshot::Sender<()>>|
+             -> Option<Msg> {
                 match m {
                     Msg::Flush(tx) => {
                         flushes.push(tx);
                         None
                     }
                     Msg::Record(p) => {
-                        let delta = p.timestamp - records.first().map_or(p.timestamp, |f: &Pending| f.timestamp);
-                        let size = RecordBatchBuilder::record_size(delta, p.key.as_deref(), &p.value, &p.headers);
+                        let delta = p.timestamp
+                            - records
+                                .first()
+                                .map_or(p.timestamp, |f: &Pending| f.timestamp);
+                        let size = RecordBatchBuilder::record_size(
+                            delta,
+                            p.key.as_deref(),
+                            &p.value,
+                            &p.headers,
+                        );
                         if !records.is_empty() && builder.size() + size > max_bytes {
                             return Some(Msg::Record(p));
                         }
@@ -405,7 +456,11 @@ impl Worker {
         let result = loop {
             attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let timeout = cluster.config.request_timeout.min(remaining).max(Duration::from_millis(1));
+            let timeout = cluster
+                .config
+                .request_timeout
+                .min(remaining)
+                .max(Duration::from_millis(1));
             let attempt = async {
                 let address = cluster.leader(&self.topic, self.partition).await?;
                 let mut client = cluster.log_client(&address)?;
@@ -425,7 +480,11 @@ impl Worker {
                         }
                         Err(err)
                     }
-                    Err(_) => Err(Error::Timeout { what: format!("produce to {address}"), after: timeout, last: "no answer".into() }),
+                    Err(_) => Err(Error::Timeout {
+                        what: format!("produce to {address}"),
+                        after: timeout,
+                        last: "no answer".into(),
+                    }),
                 }
             };
             match attempt.await {
@@ -438,7 +497,10 @@ impl Worker {
                 }
                 Err(e) if e.is_retriable() => {
                     break Err(Error::Timeout {
-                        what: format!("delivery to {}-{} ({attempts} attempts)", self.topic, self.partition),
+                        what: format!(
+                            "delivery to {}-{} ({attempts} attempts)",
+                            self.topic, self.partition
+                        ),
                         after: config.delivery_timeout,
                         last: e.to_string(),
                     });
@@ -451,7 +513,11 @@ impl Worker {
                 Ok(resp) => Ok(RecordMetadata {
                     topic: self.topic.clone(),
                     partition: self.partition,
-                    offset: if resp.base_offset < 0 { -1 } else { resp.base_offset + i as i64 },
+                    offset: if resp.base_offset < 0 {
+                        -1
+                    } else {
+                        resp.base_offset + i as i64
+                    },
                     timestamp: p.timestamp,
                 }),
                 Err(e) => Err(e.clone()),
@@ -463,6 +529,9 @@ impl Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("topic", &self.topic).field("partition", &self.partition).finish()
+        f.debug_struct("Worker")
+            .field("topic", &self.topic)
+            .field("partition", &self.partition)
+            .finish()
     }
 }

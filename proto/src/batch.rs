@@ -48,7 +48,9 @@ pub enum BatchError {
     CrcMismatch { stored: u32, computed: u32 },
     #[error("batch is malformed: {0}")]
     Malformed(String),
-    #[error("batch uses compression codec {0}, which Sluice does not support (supported: none, lz4, zstd)")]
+    #[error(
+        "batch uses compression codec {0}, which Sluice does not support (supported: none, lz4, zstd)"
+    )]
     UnsupportedCompression(u8),
     #[error("batch records cannot be decompressed: {0}")]
     Decompress(String),
@@ -57,7 +59,12 @@ pub enum BatchError {
 impl BatchError {
     /// True for errors that mean the bytes were damaged rather than built wrong.
     pub fn is_corruption(&self) -> bool {
-        matches!(self, BatchError::CrcMismatch { .. } | BatchError::Truncated { .. } | BatchError::BadLength(_))
+        matches!(
+            self,
+            BatchError::CrcMismatch { .. }
+                | BatchError::Truncated { .. }
+                | BatchError::BadLength(_)
+        )
     }
 }
 
@@ -113,9 +120,11 @@ impl Compression {
         match self {
             Compression::None => data.to_vec(),
             Compression::Lz4 => {
-                let mut enc = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(data.len() / 2));
+                let mut enc =
+                    lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(data.len() / 2));
                 std::io::Write::write_all(&mut enc, data).expect("writing into a Vec cannot fail");
-                enc.finish().expect("finishing an lz4 frame into a Vec cannot fail")
+                enc.finish()
+                    .expect("finishing an lz4 frame into a Vec cannot fail")
             }
             Compression::Zstd => {
                 zstd::bulk::compress(data, 3).expect("zstd compression into memory cannot fail")
@@ -176,7 +185,10 @@ impl BatchHeader {
     /// (length, magic). Does not check the CRC.
     pub fn parse(buf: &[u8]) -> Result<Self, BatchError> {
         if buf.len() < HEADER_LEN {
-            return Err(BatchError::Truncated { needed: HEADER_LEN, available: buf.len() });
+            return Err(BatchError::Truncated {
+                needed: HEADER_LEN,
+                available: buf.len(),
+            });
         }
         let mut b = &buf[..HEADER_LEN];
         let header = BatchHeader {
@@ -242,7 +254,10 @@ pub fn verify(batch: &[u8]) -> Result<BatchHeader, BatchError> {
     }
     let computed = compute_crc(batch);
     if computed != header.crc {
-        return Err(BatchError::CrcMismatch { stored: header.crc, computed });
+        return Err(BatchError::CrcMismatch {
+            stored: header.crc,
+            computed,
+        });
     }
     if header.record_count < 1 || header.last_offset_delta != header.record_count - 1 {
         return Err(BatchError::Malformed(format!(
@@ -269,7 +284,10 @@ pub fn split_batches(mut buf: Bytes) -> impl Iterator<Item = Result<Bytes, Batch
         }
         let result = BatchHeader::parse(&buf).and_then(|h| {
             if h.total_len() > buf.len() {
-                Err(BatchError::Truncated { needed: h.total_len(), available: buf.len() })
+                Err(BatchError::Truncated {
+                    needed: h.total_len(),
+                    available: buf.len(),
+                })
             } else {
                 Ok(buf.split_to(h.total_len()))
             }
@@ -300,7 +318,10 @@ pub struct Record {
 
 /// Verifies `batch` (one whole batch) and decodes its records. Slices of `batch` are shared,
 /// not copied, when the batch is uncompressed.
-pub fn decode(batch: &Bytes, max_decompressed: usize) -> Result<(BatchHeader, Vec<Record>), BatchError> {
+pub fn decode(
+    batch: &Bytes,
+    max_decompressed: usize,
+) -> Result<(BatchHeader, Vec<Record>), BatchError> {
     let header = verify(batch)?;
     let body = match header.compression()? {
         Compression::None => batch.slice(HEADER_LEN..),
@@ -356,11 +377,17 @@ pub fn validate_records(batch: &[u8]) -> Result<(), BatchError> {
     for i in 0..header.record_count {
         let raw = parse_record(body, &mut pos)?;
         if raw.offset_delta != i {
-            return Err(BatchError::Malformed(format!("record {i} has offset delta {}", raw.offset_delta)));
+            return Err(BatchError::Malformed(format!(
+                "record {i} has offset delta {}",
+                raw.offset_delta
+            )));
         }
     }
     if pos != body.len() {
-        return Err(BatchError::Malformed(format!("{} bytes left after the last record", body.len() - pos)));
+        return Err(BatchError::Malformed(format!(
+            "{} bytes left after the last record",
+            body.len() - pos
+        )));
     }
     Ok(())
 }
@@ -378,7 +405,9 @@ struct RawRecord {
 fn parse_record(buf: &[u8], pos: &mut usize) -> Result<RawRecord, BatchError> {
     let len = read_varint(buf, pos)?;
     if len < 0 || *pos + len as usize > buf.len() {
-        return Err(BatchError::Malformed(format!("record length {len} exceeds the batch")));
+        return Err(BatchError::Malformed(format!(
+            "record length {len} exceeds the batch"
+        )));
     }
     let end = *pos + len as usize;
     let rec = &buf[..end];
@@ -389,7 +418,9 @@ fn parse_record(buf: &[u8], pos: &mut usize) -> Result<RawRecord, BatchError> {
     let value = read_span(rec, pos)?;
     let header_count = read_varint(rec, pos)?;
     if header_count < 0 || header_count as usize > rec.len() {
-        return Err(BatchError::Malformed(format!("header count {header_count} is invalid")));
+        return Err(BatchError::Malformed(format!(
+            "header count {header_count} is invalid"
+        )));
     }
     let mut headers = Vec::new();
     for _ in 0..header_count {
@@ -398,13 +429,23 @@ fn parse_record(buf: &[u8], pos: &mut usize) -> Result<RawRecord, BatchError> {
         headers.push((k, read_span(rec, pos)?));
     }
     if *pos != end {
-        return Err(BatchError::Malformed("record length does not match its fields".into()));
+        return Err(BatchError::Malformed(
+            "record length does not match its fields".into(),
+        ));
     }
-    Ok(RawRecord { timestamp_delta, offset_delta, key, value, headers })
+    Ok(RawRecord {
+        timestamp_delta,
+        offset_delta,
+        key,
+        value,
+        headers,
+    })
 }
 
 fn read_u8(buf: &[u8], pos: &mut usize) -> Result<u8, BatchError> {
-    let b = *buf.get(*pos).ok_or_else(|| BatchError::Malformed("record is truncated".into()))?;
+    let b = *buf
+        .get(*pos)
+        .ok_or_else(|| BatchError::Malformed("record is truncated".into()))?;
     *pos += 1;
     Ok(b)
 }
@@ -432,7 +473,9 @@ fn read_varlong(buf: &[u8], pos: &mut usize) -> Result<i64, BatchError> {
             return Ok(((value >> 1) as i64) ^ -((value & 1) as i64));
         }
     }
-    Err(BatchError::Malformed("varint is longer than 10 bytes".into()))
+    Err(BatchError::Malformed(
+        "varint is longer than 10 bytes".into(),
+    ))
 }
 
 fn read_varint(buf: &[u8], pos: &mut usize) -> Result<i32, BatchError> {
@@ -504,12 +547,23 @@ impl RecordBatchBuilder {
     }
 
     /// The encoded size of one more record, for deciding whether it still fits.
-    pub fn record_size(timestamp_delta: i64, key: Option<&[u8]>, value: &[u8], headers: &[(String, Option<Bytes>)]) -> usize {
+    pub fn record_size(
+        timestamp_delta: i64,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(String, Option<Bytes>)],
+    ) -> usize {
         let body = Self::body_len(timestamp_delta, 0, key, value, headers);
         varlong_len(body as i64) + body
     }
 
-    fn body_len(ts_delta: i64, offset_delta: i32, key: Option<&[u8]>, value: &[u8], headers: &[(String, Option<Bytes>)]) -> usize {
+    fn body_len(
+        ts_delta: i64,
+        offset_delta: i32,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(String, Option<Bytes>)],
+    ) -> usize {
         1 + varlong_len(ts_delta)
             + varlong_len(offset_delta as i64)
             + bytes_field_len(key)
@@ -522,7 +576,13 @@ impl RecordBatchBuilder {
     }
 
     /// Appends a record with a timestamp in ms since the epoch.
-    pub fn append(&mut self, timestamp: i64, key: Option<&[u8]>, value: &[u8], headers: &[(String, Option<Bytes>)]) {
+    pub fn append(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: &[u8],
+        headers: &[(String, Option<Bytes>)],
+    ) {
         if self.count == 0 {
             self.base_timestamp = timestamp;
         }
@@ -585,7 +645,15 @@ mod tests {
     fn sample(compression: Compression) -> Bytes {
         let mut b = RecordBatchBuilder::new(compression);
         b.append(1_000, Some(b"k1"), b"v1", &[]);
-        b.append(1_005, None, b"", &[("h".into(), Some(Bytes::from_static(b"x"))), ("n".into(), None)]);
+        b.append(
+            1_005,
+            None,
+            b"",
+            &[
+                ("h".into(), Some(Bytes::from_static(b"x"))),
+                ("n".into(), None),
+            ],
+        );
         b.append(999, Some(b""), &[7u8; 300], &[]);
         b.build()
     }

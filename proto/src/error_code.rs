@@ -118,7 +118,9 @@ impl ErrorDetailExt for pb::ErrorDetail {
         if status.details().is_empty() {
             return None;
         }
-        pb::ErrorDetail::decode(status.details()).ok().filter(|d| !d.code.is_empty())
+        pb::ErrorDetail::decode(status.details())
+            .ok()
+            .filter(|d| !d.code.is_empty())
     }
 }
 
@@ -137,14 +139,18 @@ mod tests {
 
     #[test]
     fn status_carries_the_detail() {
-        let mut detail = pb::ErrorDetail::new(ErrorCode::OffsetOutOfRange, "offset 99 is past the end");
+        let mut detail =
+            pb::ErrorDetail::new(ErrorCode::OffsetOutOfRange, "offset 99 is past the end");
         detail.log_start_offset = 0;
         detail.log_end_offset = 10;
         let status = detail.clone().into_status();
         assert_eq!(status.code(), tonic::Code::OutOfRange);
         assert!(status.message().starts_with("OFFSET_OUT_OF_RANGE: "));
         assert_eq!(pb::ErrorDetail::from_status(&status), Some(detail));
-        assert_eq!(pb::ErrorDetail::from_status(&tonic::Status::internal("x")), None);
+        assert_eq!(
+            pb::ErrorDetail::from_status(&tonic::Status::internal("x")),
+            None
+        );
     }
 
     #[test]

@@ -27,7 +27,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), String> {
     if name == "." || name == ".." {
         return Err(format!("topic name '{name}' is not allowed"));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
         return Err(format!(
             "topic name '{name}' contains '{c}'; use only ASCII letters, digits, '.', '_' and '-'"
         ));
@@ -79,14 +82,38 @@ struct Key {
 }
 
 const KEYS: &[Key] = &[
-    Key { name: "cleanup.policy", accepted: "delete (compact is not supported yet)" },
-    Key { name: "compression.type", accepted: "producer, uncompressed, lz4 or zstd" },
-    Key { name: "max.message.bytes", accepted: "an integer in [1, 2147483647]" },
-    Key { name: "min.insync.replicas", accepted: "an integer in [1, replication factor]" },
-    Key { name: "retention.bytes", accepted: "-1 (no limit) or an integer in [0, 9223372036854775807]" },
-    Key { name: "retention.ms", accepted: "-1 (forever) or an integer in [0, 9223372036854775807]" },
-    Key { name: "segment.bytes", accepted: "an integer in [1024, 2147483647]" },
-    Key { name: "segment.ms", accepted: "an integer in [1, 9223372036854775807]" },
+    Key {
+        name: "cleanup.policy",
+        accepted: "delete (compact is not supported yet)",
+    },
+    Key {
+        name: "compression.type",
+        accepted: "producer, uncompressed, lz4 or zstd",
+    },
+    Key {
+        name: "max.message.bytes",
+        accepted: "an integer in [1, 2147483647]",
+    },
+    Key {
+        name: "min.insync.replicas",
+        accepted: "an integer in [1, replication factor]",
+    },
+    Key {
+        name: "retention.bytes",
+        accepted: "-1 (no limit) or an integer in [0, 9223372036854775807]",
+    },
+    Key {
+        name: "retention.ms",
+        accepted: "-1 (forever) or an integer in [0, 9223372036854775807]",
+    },
+    Key {
+        name: "segment.bytes",
+        accepted: "an integer in [1024, 2147483647]",
+    },
+    Key {
+        name: "segment.ms",
+        accepted: "an integer in [1, 9223372036854775807]",
+    },
 ];
 
 impl Default for TopicConfig {
@@ -126,7 +153,10 @@ impl TopicConfig {
     }
 
     /// Defaults overridden by `overrides`, checked against `replication_factor`.
-    pub fn from_map(overrides: &BTreeMap<String, String>, replication_factor: i32) -> Result<Self, ConfigError> {
+    pub fn from_map(
+        overrides: &BTreeMap<String, String>,
+        replication_factor: i32,
+    ) -> Result<Self, ConfigError> {
         let mut config = TopicConfig::default();
         for (key, value) in overrides {
             config.set(key, value)?;
@@ -148,13 +178,20 @@ impl TopicConfig {
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         let bad = || ConfigError {
             key: key.to_string(),
-            message: format!("invalid value '{value}' for {key}; accepted: {}", accepted(key)),
+            message: format!(
+                "invalid value '{value}' for {key}; accepted: {}",
+                accepted(key)
+            ),
         };
         let v = value.trim();
         match key {
             "retention.ms" => self.retention_ms = parse_int(v, -1, i64::MAX).ok_or_else(bad)?,
-            "retention.bytes" => self.retention_bytes = parse_int(v, -1, i64::MAX).ok_or_else(bad)?,
-            "segment.bytes" => self.segment_bytes = parse_int(v, 1024, i32::MAX as i64).ok_or_else(bad)? as i32,
+            "retention.bytes" => {
+                self.retention_bytes = parse_int(v, -1, i64::MAX).ok_or_else(bad)?
+            }
+            "segment.bytes" => {
+                self.segment_bytes = parse_int(v, 1024, i32::MAX as i64).ok_or_else(bad)? as i32
+            }
             "segment.ms" => self.segment_ms = parse_int(v, 1, i64::MAX).ok_or_else(bad)?,
             "min.insync.replicas" => {
                 self.min_insync_replicas = parse_int(v, 1, i32::MAX as i64).ok_or_else(bad)? as i32
@@ -176,7 +213,10 @@ impl TopicConfig {
                 let known: Vec<_> = Self::keys().collect();
                 return Err(ConfigError {
                     key: key.to_string(),
-                    message: format!("unknown topic config key '{key}'; accepted keys: {}", known.join(", ")),
+                    message: format!(
+                        "unknown topic config key '{key}'; accepted keys: {}",
+                        known.join(", ")
+                    ),
                 });
             }
         }
@@ -194,8 +234,14 @@ impl TopicConfig {
                 CompressionType::Codec(c) => c.name().into(),
             },
         );
-        m.insert("max.message.bytes".into(), self.max_message_bytes.to_string());
-        m.insert("min.insync.replicas".into(), self.min_insync_replicas.to_string());
+        m.insert(
+            "max.message.bytes".into(),
+            self.max_message_bytes.to_string(),
+        );
+        m.insert(
+            "min.insync.replicas".into(),
+            self.min_insync_replicas.to_string(),
+        );
         m.insert("retention.bytes".into(), self.retention_bytes.to_string());
         m.insert("retention.ms".into(), self.retention_ms.to_string());
         m.insert("segment.bytes".into(), self.segment_bytes.to_string());
@@ -205,7 +251,10 @@ impl TopicConfig {
 }
 
 fn accepted(key: &str) -> &'static str {
-    KEYS.iter().find(|k| k.name == key).map(|k| k.accepted).unwrap_or("")
+    KEYS.iter()
+        .find(|k| k.name == key)
+        .map(|k| k.accepted)
+        .unwrap_or("")
 }
 
 fn parse_int(v: &str, min: i64, max: i64) -> Option<i64> {
@@ -217,7 +266,10 @@ mod tests {
     use super::*;
 
     fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -232,7 +284,11 @@ mod tests {
     #[test]
     fn every_key_round_trips_through_its_string_form() {
         let c = TopicConfig::from_map(
-            &map(&[("retention.ms", "-1"), ("compression.type", "zstd"), ("segment.bytes", "2048")]),
+            &map(&[
+                ("retention.ms", "-1"),
+                ("compression.type", "zstd"),
+                ("segment.bytes", "2048"),
+            ]),
             1,
         )
         .unwrap();
@@ -243,14 +299,24 @@ mod tests {
     fn bad_values_name_the_key_and_the_range() {
         let e = TopicConfig::from_map(&map(&[("retention.ms", "-5")]), 1).unwrap_err();
         assert_eq!(e.key, "retention.ms");
-        assert!(e.message.contains("'-5'") && e.message.contains("-1 (forever)"), "{e}");
+        assert!(
+            e.message.contains("'-5'") && e.message.contains("-1 (forever)"),
+            "{e}"
+        );
         let e = TopicConfig::from_map(&map(&[("segment.bytes", "10")]), 1).unwrap_err();
         assert!(e.message.contains("[1024, 2147483647]"), "{e}");
         let e = TopicConfig::from_map(&map(&[("retention.mss", "1")]), 1).unwrap_err();
-        assert!(e.message.contains("unknown topic config key 'retention.mss'"), "{e}");
+        assert!(
+            e.message
+                .contains("unknown topic config key 'retention.mss'"),
+            "{e}"
+        );
         assert!(e.message.contains("retention.ms"), "{e}");
         let e = TopicConfig::from_map(&map(&[("compression.type", "gzip")]), 1).unwrap_err();
-        assert!(e.message.contains("producer, uncompressed, lz4 or zstd"), "{e}");
+        assert!(
+            e.message.contains("producer, uncompressed, lz4 or zstd"),
+            "{e}"
+        );
         let e = TopicConfig::from_map(&map(&[("min.insync.replicas", "2")]), 1).unwrap_err();
         assert!(e.message.contains("replication factor 1"), "{e}");
     }

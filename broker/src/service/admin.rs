@@ -48,22 +48,39 @@ impl AdminService {
 #[tonic::async_trait]
 impl Admin for AdminService {
     #[tracing::instrument(skip_all, fields(topic = %request.get_ref().name))]
-    async fn create_topic(&self, request: Request<pb::CreateTopicRequest>) -> Result<Response<pb::CreateTopicResponse>, Status> {
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         let req = request.into_inner();
         let topic = self
             .broker
-            .create_topic(req.name, req.partitions, req.replication_factor, req.config.into_iter().collect(), req.validate_only)
+            .create_topic(
+                req.name,
+                req.partitions,
+                req.replication_factor,
+                req.config.into_iter().collect(),
+                req.validate_only,
+            )
             .await?;
-        Ok(Response::new(pb::CreateTopicResponse { topic: Some(self.describe(&topic)) }))
+        Ok(Response::new(pb::CreateTopicResponse {
+            topic: Some(self.describe(&topic)),
+        }))
     }
 
     #[tracing::instrument(skip_all, fields(topic = %request.get_ref().name))]
-    async fn delete_topic(&self, request: Request<pb::DeleteTopicRequest>) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         self.broker.delete_topic(&request.into_inner().name).await?;
         Ok(Response::new(pb::DeleteTopicResponse {}))
     }
 
-    async fn list_topics(&self, _: Request<pb::ListTopicsRequest>) -> Result<Response<pb::ListTopicsResponse>, Status> {
+    async fn list_topics(
+        &self,
+        _: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         let topics = self
             .broker
             .topics()
@@ -77,12 +94,20 @@ impl Admin for AdminService {
         Ok(Response::new(pb::ListTopicsResponse { topics }))
     }
 
-    async fn describe_topic(&self, request: Request<pb::DescribeTopicRequest>) -> Result<Response<pb::DescribeTopicResponse>, Status> {
+    async fn describe_topic(
+        &self,
+        request: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         let topic = self.broker.topic(&request.into_inner().name)?;
-        Ok(Response::new(pb::DescribeTopicResponse { topic: Some(self.describe(&topic)) }))
+        Ok(Response::new(pb::DescribeTopicResponse {
+            topic: Some(self.describe(&topic)),
+        }))
     }
 
-    async fn metadata(&self, request: Request<pb::MetadataRequest>) -> Result<Response<pb::MetadataResponse>, Status> {
+    async fn metadata(
+        &self,
+        request: Request<pb::MetadataRequest>,
+    ) -> Result<Response<pb::MetadataResponse>, Status> {
         let wanted = request.into_inner().topics;
         let node = self.broker.config.node_id;
         let topics = self
@@ -96,14 +121,22 @@ impl Admin for AdminService {
                 partitions: t
                     .partitions
                     .iter()
-                    .map(|p| pb::PartitionMetadata { partition: p.id, leader: node, replicas: vec![node], isr: vec![node] })
+                    .map(|p| pb::PartitionMetadata {
+                        partition: p.id,
+                        leader: node,
+                        replicas: vec![node],
+                        isr: vec![node],
+                    })
                     .collect(),
             })
             .collect();
         Ok(Response::new(pb::MetadataResponse {
             cluster_id: self.broker.cluster_id.clone(),
             controller_id: node,
-            brokers: vec![pb::BrokerInfo { node_id: node, address: self.broker.advertised_address.clone() }],
+            brokers: vec![pb::BrokerInfo {
+                node_id: node,
+                address: self.broker.advertised_address.clone(),
+            }],
             topics,
         }))
     }

@@ -13,10 +13,18 @@ use crate::error::{Error, Result};
 use crate::partition::Partition;
 
 #[tracing::instrument(skip_all, fields(partitions = req.partitions.len(), max_wait_ms = req.max_wait_ms))]
-pub(super) async fn handle(broker: &Arc<Broker>, req: pb::FetchRequest) -> Result<pb::FetchResponse> {
+pub(super) async fn handle(
+    broker: &Arc<Broker>,
+    req: pb::FetchRequest,
+) -> Result<pb::FetchResponse> {
     let max_wait = Duration::from_millis(req.max_wait_ms as u64).min(broker.config.max_fetch_wait);
     let deadline = tokio::time::Instant::now() + max_wait;
-    let max_bytes = if req.max_bytes == 0 { usize::MAX } else { req.max_bytes as usize }.min(broker.config.max_request_bytes);
+    let max_bytes = if req.max_bytes == 0 {
+        usize::MAX
+    } else {
+        req.max_bytes as usize
+    }
+    .min(broker.config.max_request_bytes);
     let targets: Vec<(pb::FetchPartition, Result<Arc<Partition>>)> = req
         .partitions
         .into_iter()
@@ -38,7 +46,11 @@ pub(super) async fn handle(broker: &Arc<Broker>, req: pb::FetchRequest) -> Resul
         let t = targets.clone();
         let (response, bytes, errors) = blocking(move || Ok(read_all(&t, max_bytes))).await?;
         let now = tokio::time::Instant::now();
-        if bytes >= req.min_bytes.max(1) as usize || errors || now >= deadline || watchers.is_empty() {
+        if bytes >= req.min_bytes.max(1) as usize
+            || errors
+            || now >= deadline
+            || watchers.is_empty()
+        {
             return Ok(response);
         }
         let changed = select_all(watchers.iter_mut().map(|w| Box::pin(w.changed())));
@@ -50,7 +62,10 @@ pub(super) async fn handle(broker: &Arc<Broker>, req: pb::FetchRequest) -> Resul
     }
 }
 
-fn read_all(targets: &[(pb::FetchPartition, Result<Arc<Partition>>)], max_bytes: usize) -> (pb::FetchResponse, usize, bool) {
+fn read_all(
+    targets: &[(pb::FetchPartition, Result<Arc<Partition>>)],
+    max_bytes: usize,
+) -> (pb::FetchResponse, usize, bool) {
     let mut total = 0usize;
     let mut errors = false;
     let mut out = Vec::with_capacity(targets.len());
@@ -73,7 +88,11 @@ fn read_all(targets: &[(pb::FetchPartition, Result<Arc<Partition>>)], max_bytes:
                 entry.log_start_offset = p.offsets().log_start;
                 // Past the response budget, partitions answer empty (but always one batch
                 // for the first partition with data, so a large batch is never stuck).
-                let budget = if total >= max_bytes { 0 } else { (max_bytes - total).min(fp.partition_max_bytes.max(1) as usize) };
+                let budget = if total >= max_bytes {
+                    0
+                } else {
+                    (max_bytes - total).min(fp.partition_max_bytes.max(1) as usize)
+                };
                 if budget > 0 || total == 0 {
                     match p.read(fp.fetch_offset, budget.max(1)) {
                         Ok(records) => {

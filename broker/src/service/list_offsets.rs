@@ -9,7 +9,10 @@ use crate::broker::Broker;
 use crate::error::Result;
 
 #[tracing::instrument(skip_all, fields(partitions = req.partitions.len()))]
-pub(super) async fn handle(broker: &Arc<Broker>, req: pb::ListOffsetsRequest) -> Result<pb::ListOffsetsResponse> {
+pub(super) async fn handle(
+    broker: &Arc<Broker>,
+    req: pb::ListOffsetsRequest,
+) -> Result<pb::ListOffsetsResponse> {
     let broker = broker.clone();
     blocking(move || {
         let partitions = req
@@ -23,11 +26,14 @@ pub(super) async fn handle(broker: &Arc<Broker>, req: pb::ListOffsetsRequest) ->
                     offset: -1,
                     timestamp: -1,
                 };
-                let found = broker.partition(&q.topic, q.partition).and_then(|p| match q.timestamp {
-                    list_offsets::EARLIEST => Ok(Some((p.offsets().log_start, -1))),
-                    list_offsets::LATEST => Ok(Some((p.high_watermark(), -1))),
-                    ts => p.offset_for_timestamp(ts),
-                });
+                let found =
+                    broker
+                        .partition(&q.topic, q.partition)
+                        .and_then(|p| match q.timestamp {
+                            list_offsets::EARLIEST => Ok(Some((p.offsets().log_start, -1))),
+                            list_offsets::LATEST => Ok(Some((p.high_watermark(), -1))),
+                            ts => p.offset_for_timestamp(ts),
+                        });
                 match found {
                     Ok(Some((offset, ts))) => {
                         out.offset = offset;

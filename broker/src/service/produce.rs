@@ -14,7 +14,10 @@ use crate::error::{Error, Result};
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[tracing::instrument(skip_all, fields(topic = %req.topic, partition = req.partition, acks = req.acks, bytes = req.batch.len()))]
-pub(super) async fn handle(broker: &Arc<Broker>, req: pb::ProduceRequest) -> Result<pb::ProduceResponse> {
+pub(super) async fn handle(
+    broker: &Arc<Broker>,
+    req: pb::ProduceRequest,
+) -> Result<pb::ProduceResponse> {
     if ![acks::NONE, acks::LEADER, acks::ALL].contains(&req.acks) {
         return Err(Error::InvalidAcks(req.acks));
     }
@@ -22,7 +25,11 @@ pub(super) async fn handle(broker: &Arc<Broker>, req: pb::ProduceRequest) -> Res
         return Err(Error::ShuttingDown);
     }
     let partition = broker.partition(&req.topic, req.partition)?;
-    let timeout = if req.timeout_ms == 0 { DEFAULT_TIMEOUT } else { Duration::from_millis(req.timeout_ms as u64) };
+    let timeout = if req.timeout_ms == 0 {
+        DEFAULT_TIMEOUT
+    } else {
+        Duration::from_millis(req.timeout_ms as u64)
+    };
     let p = partition.clone();
     let batch = req.batch;
     let info = blocking(move || {
@@ -42,6 +49,13 @@ pub(super) async fn handle(broker: &Arc<Broker>, req: pb::ProduceRequest) -> Res
             ))
         })??;
     }
-    let base_offset = if req.acks == acks::NONE { -1 } else { info.base_offset };
-    Ok(pb::ProduceResponse { base_offset, log_start_offset: partition.offsets().log_start })
+    let base_offset = if req.acks == acks::NONE {
+        -1
+    } else {
+        info.base_offset
+    };
+    Ok(pb::ProduceResponse {
+        base_offset,
+        log_start_offset: partition.offsets().log_start,
+    })
 }

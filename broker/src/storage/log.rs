@@ -26,7 +26,11 @@ pub struct LogOptions {
 
 impl Default for LogOptions {
     fn default() -> Self {
-        LogOptions { segment_bytes: 1 << 30, segment_ms: 7 * 24 * 3600 * 1000, index_interval_bytes: 4096 }
+        LogOptions {
+            segment_bytes: 1 << 30,
+            segment_ms: 7 * 24 * 3600 * 1000,
+            index_interval_bytes: 4096,
+        }
     }
 }
 
@@ -57,7 +61,9 @@ impl SegmentLog {
             if let Some(stem) = name.strip_suffix(".log") {
                 match stem.parse::<i64>() {
                     Ok(base) if name == log_file_name(base) => bases.push(base),
-                    _ => tracing::warn!(file = %entry.path().display(), "ignoring unexpected file in a partition directory"),
+                    _ => {
+                        tracing::warn!(file = %entry.path().display(), "ignoring unexpected file in a partition directory")
+                    }
                 }
             }
         }
@@ -84,7 +90,13 @@ impl SegmentLog {
             std::fs::remove_file(&marker).map_err(StorageError::io("remove", &marker))?;
         }
         let log_end = segments.last().map_or(0, |s| s.next_offset);
-        Ok(SegmentLog { dir: dir.to_path_buf(), options, segments, flushed: log_end, unsynced: Vec::new() })
+        Ok(SegmentLog {
+            dir: dir.to_path_buf(),
+            options,
+            segments,
+            flushed: log_end,
+            unsynced: Vec::new(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -97,11 +109,15 @@ impl SegmentLog {
     }
 
     fn active(&self) -> &Segment {
-        self.segments.last().expect("a log always has an active segment")
+        self.segments
+            .last()
+            .expect("a log always has an active segment")
     }
 
     fn active_mut(&mut self) -> &mut Segment {
-        self.segments.last_mut().expect("a log always has an active segment")
+        self.segments
+            .last_mut()
+            .expect("a log always has an active segment")
     }
 
     fn roll(&mut self, now_ms: i64) -> Result<()> {
@@ -128,7 +144,8 @@ impl LogStorage for SegmentLog {
         let active = self.active();
         let len = bytes.len() as u64;
         if active.size > 0
-            && (active.size + len > self.options.segment_bytes || now_ms - active.created_ms >= self.options.segment_ms)
+            && (active.size + len > self.options.segment_bytes
+                || now_ms - active.created_ms >= self.options.segment_ms)
         {
             self.roll(now_ms)?;
         }
@@ -141,7 +158,11 @@ impl LogStorage for SegmentLog {
             detail: format!("refusing to append an unparsable batch: {e}"),
         })?;
         self.active_mut().append(bytes, &header)?;
-        Ok(AppendInfo { base_offset, last_offset: header.last_offset(), max_timestamp: header.max_timestamp })
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: header.last_offset(),
+            max_timestamp: header.max_timestamp,
+        })
     }
 
     fn read(&self, offset: i64, max_bytes: usize, upper_bound: i64) -> Result<Bytes> {
@@ -156,15 +177,16 @@ impl LogStorage for SegmentLog {
         if offset >= upper_bound.min(offsets.log_end) {
             return Ok(Bytes::new());
         }
-        self.segment_for(offset).read(offset, max_bytes, upper_bound)
+        self.segment_for(offset)
+            .read(offset, max_bytes, upper_bound)
     }
 
     fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>> {
         for seg in &self.segments {
-            if seg.max_timestamp >= timestamp {
-                if let Some(found) = seg.find_timestamp(timestamp)? {
-                    return Ok(Some(found));
-                }
+            if seg.max_timestamp >= timestamp
+                && let Some(found) = seg.find_timestamp(timestamp)?
+            {
+                return Ok(Some(found));
             }
         }
         Ok(None)
@@ -188,7 +210,12 @@ impl LogStorage for SegmentLog {
             // Only when the log start itself is cut: start over at `offset`.
             let seg = self.segments.pop().expect("one segment");
             seg.delete_files()?;
-            self.segments.push(Segment::create(&self.dir, offset, self.options.index_interval_bytes, now)?);
+            self.segments.push(Segment::create(
+                &self.dir,
+                offset,
+                self.options.index_interval_bytes,
+                now,
+            )?);
         } else {
             self.active_mut().truncate_to(offset)?;
         }
@@ -235,7 +262,10 @@ impl LogStorage for SegmentLog {
     fn flush_target(&mut self) -> FlushTarget {
         let mut files = std::mem::take(&mut self.unsynced);
         files.push(self.active().file());
-        FlushTarget { files, end_offset: self.active().next_offset }
+        FlushTarget {
+            files,
+            end_offset: self.active().next_offset,
+        }
     }
 
     fn mark_flushed(&mut self, end_offset: i64) {
@@ -249,7 +279,8 @@ impl LogStorage for SegmentLog {
         let f = File::create(&marker).map_err(StorageError::io("create", &marker))?;
         f.sync_all().map_err(StorageError::io("fsync", &marker))?;
         let dir = File::open(&self.dir).map_err(StorageError::io("open", &self.dir))?;
-        dir.sync_all().map_err(StorageError::io("fsync", &self.dir))?;
+        dir.sync_all()
+            .map_err(StorageError::io("fsync", &self.dir))?;
         Ok(())
     }
 }
@@ -264,13 +295,22 @@ mod tests {
     fn batch(ts: i64, n: usize, size: usize) -> BytesMut {
         let mut b = RecordBatchBuilder::new(Compression::None);
         for i in 0..n {
-            b.append(ts + i as i64, Some(format!("k{i}").as_bytes()), &vec![b'v'; size], &[]);
+            b.append(
+                ts + i as i64,
+                Some(format!("k{i}").as_bytes()),
+                &vec![b'v'; size],
+                &[],
+            );
         }
         BytesMut::from(&b.build()[..])
     }
 
     fn opts(segment_bytes: u64) -> LogOptions {
-        LogOptions { segment_bytes, segment_ms: i64::MAX, index_interval_bytes: 256 }
+        LogOptions {
+            segment_bytes,
+            segment_ms: i64::MAX,
+            index_interval_bytes: 256,
+        }
     }
 
     fn offsets_in(bytes: Bytes) -> Vec<i64> {
@@ -292,7 +332,11 @@ mod tests {
         }
         let o = log.offsets();
         assert_eq!((o.log_start, o.log_end), (0, 150));
-        assert!(o.segments > 5, "expected rolls, got {} segments", o.segments);
+        assert!(
+            o.segments > 5,
+            "expected rolls, got {} segments",
+            o.segments
+        );
         // A read from the middle of a batch starts at that batch and stays in one segment.
         let got = offsets_in(log.read(31, 1 << 20, 150).unwrap());
         assert_eq!(got[0], 30);
@@ -300,16 +344,28 @@ mod tests {
         // The upper bound hides what is above it.
         assert_eq!(offsets_in(log.read(3, 1 << 20, 6).unwrap()), vec![3, 4, 5]);
         assert!(log.read(150, 100, 150).unwrap().is_empty());
-        assert!(matches!(log.read(151, 100, 150), Err(StorageError::OffsetOutOfRange { .. })));
-        assert_eq!(log.offset_for_timestamp(1000 + 250).unwrap(), Some((75, 1250)));
+        assert!(matches!(
+            log.read(151, 100, 150),
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(
+            log.offset_for_timestamp(1000 + 250).unwrap(),
+            Some((75, 1250))
+        );
         assert_eq!(log.offset_for_timestamp(1251).unwrap(), Some((76, 1251)));
         assert_eq!(log.offset_for_timestamp(99_999).unwrap(), None);
         log.close().unwrap();
 
         let log = SegmentLog::open(dir.path(), opts(2000), 0).unwrap();
         assert_eq!(log.offsets().log_end, 150);
-        assert_eq!(offsets_in(log.read(148, 1 << 20, 150).unwrap()), vec![147, 148, 149]);
-        assert_eq!(log.offset_for_timestamp(1000 + 250).unwrap(), Some((75, 1250)));
+        assert_eq!(
+            offsets_in(log.read(148, 1 << 20, 150).unwrap()),
+            vec![147, 148, 149]
+        );
+        assert_eq!(
+            log.offset_for_timestamp(1000 + 250).unwrap(),
+            Some((75, 1250))
+        );
     }
 
     #[test]
@@ -319,14 +375,22 @@ mod tests {
         for i in 0..10 {
             log.append(&mut batch(i, 2, 100), 0, 0).unwrap();
         }
-        let len = std::fs::metadata(dir.path().join(log_file_name(0))).unwrap().len();
+        let len = std::fs::metadata(dir.path().join(log_file_name(0)))
+            .unwrap()
+            .len();
         drop(log); // no close: a crash
-        let f = std::fs::OpenOptions::new().write(true).open(dir.path().join(log_file_name(0))).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(log_file_name(0)))
+            .unwrap();
         f.set_len(len - 7).unwrap();
         let mut log = SegmentLog::open(dir.path(), opts(1 << 20), 0).unwrap();
         assert_eq!(log.offsets().log_end, 18);
         assert_eq!(offsets_in(log.read(0, 1 << 20, 18).unwrap()).len(), 18);
-        assert_eq!(log.append(&mut batch(0, 1, 1), 0, 0).unwrap().base_offset, 18);
+        assert_eq!(
+            log.append(&mut batch(0, 1, 1), 0, 0).unwrap().base_offset,
+            18
+        );
     }
 
     #[test]
@@ -346,13 +410,23 @@ mod tests {
         data[third + 100] ^= 0x40;
         std::fs::write(&path, &data).unwrap();
         let log = SegmentLog::open(dir.path(), opts(1 << 20), 0).unwrap();
-        assert_eq!(log.offsets().log_end, 10, "corruption in the middle must not truncate");
-        assert_eq!(offsets_in(log.read(0, 1 << 20, 10).unwrap()), vec![0, 1, 2, 3]);
+        assert_eq!(
+            log.offsets().log_end,
+            10,
+            "corruption in the middle must not truncate"
+        );
+        assert_eq!(
+            offsets_in(log.read(0, 1 << 20, 10).unwrap()),
+            vec![0, 1, 2, 3]
+        );
         match log.read(4, 1 << 20, 10) {
             Err(StorageError::Corrupt { offset, .. }) => assert_eq!(offset, 4),
             other => panic!("expected corruption, got {other:?}"),
         }
-        assert_eq!(offsets_in(log.read(6, 1 << 20, 10).unwrap()), vec![6, 7, 8, 9]);
+        assert_eq!(
+            offsets_in(log.read(6, 1 << 20, 10).unwrap()),
+            vec![6, 7, 8, 9]
+        );
     }
 
     #[test]
@@ -365,14 +439,22 @@ mod tests {
         let before = log.offsets();
         log.truncate_suffix(40).unwrap();
         assert_eq!(log.offsets().log_end, 40);
-        assert!(matches!(log.truncate_suffix(39), Err(StorageError::NotBatchBoundary(39))));
-        assert_eq!(log.append(&mut batch(5, 1, 1), 0, 0).unwrap().base_offset, 40);
+        assert!(matches!(
+            log.truncate_suffix(39),
+            Err(StorageError::NotBatchBoundary(39))
+        ));
+        assert_eq!(
+            log.append(&mut batch(5, 1, 1), 0, 0).unwrap().base_offset,
+            40
+        );
         assert!(log.offsets().segments < before.segments);
         let segs = log.segments();
         let cut = segs[2].base_offset;
         log.delete_segments_before(cut).unwrap();
         assert_eq!(log.offsets().log_start, cut);
-        assert!(matches!(log.read(0, 100, 41), Err(StorageError::OffsetOutOfRange { log_start, .. }) if log_start == cut));
+        assert!(
+            matches!(log.read(0, 100, 41), Err(StorageError::OffsetOutOfRange { log_start, .. }) if log_start == cut)
+        );
         // A segment's max timestamp survives truncation correctly.
         assert_eq!(log.offset_for_timestamp(1900).unwrap(), Some((38, 1900)));
         assert_eq!(log.offset_for_timestamp(1901).unwrap(), Some((39, 1901)));

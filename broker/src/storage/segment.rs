@@ -42,14 +42,29 @@ struct Indexes {
 
 impl Indexes {
     /// Adds entries for a batch at `pos` when `interval` bytes passed since the last one.
-    fn observe(&mut self, base_offset: i64, header: &BatchHeader, pos: u64, running_max_ts: i64, interval: u64) {
+    fn observe(
+        &mut self,
+        base_offset: i64,
+        header: &BatchHeader,
+        pos: u64,
+        running_max_ts: i64,
+        interval: u64,
+    ) {
         if pos >= self.last_offset_pos + interval || (self.offsets.is_empty() && pos >= interval) {
-            self.offsets.push(OffsetEntry { rel: (header.base_offset - base_offset) as u32, pos: pos as u32 });
+            self.offsets.push(OffsetEntry {
+                rel: (header.base_offset - base_offset) as u32,
+                pos: pos as u32,
+            });
             self.last_offset_pos = pos;
         }
         let max_so_far = self.times.last().map_or(-1, |t| t.ts);
-        if running_max_ts > max_so_far && (self.times.is_empty() || pos >= self.last_time_pos + interval) {
-            self.times.push(TimeEntry { ts: running_max_ts, pos: pos as u32 });
+        if running_max_ts > max_so_far
+            && (self.times.is_empty() || pos >= self.last_time_pos + interval)
+        {
+            self.times.push(TimeEntry {
+                ts: running_max_ts,
+                pos: pos as u32,
+            });
             self.last_time_pos = pos;
         }
     }
@@ -57,13 +72,21 @@ impl Indexes {
     /// Position to start scanning for `offset`.
     fn position_for_offset(&self, rel: u32) -> u64 {
         let i = self.offsets.partition_point(|e| e.rel <= rel);
-        if i == 0 { 0 } else { self.offsets[i - 1].pos as u64 }
+        if i == 0 {
+            0
+        } else {
+            self.offsets[i - 1].pos as u64
+        }
     }
 
     /// Position to start scanning for the first batch with max timestamp >= `ts`.
     fn position_for_timestamp(&self, ts: i64) -> u64 {
         let i = self.times.partition_point(|e| e.ts < ts);
-        if i == 0 { 0 } else { self.times[i - 1].pos as u64 }
+        if i == 0 {
+            0
+        } else {
+            self.times[i - 1].pos as u64
+        }
     }
 
     fn truncate(&mut self, pos: u64) {
@@ -90,22 +113,38 @@ impl Indexes {
     /// Decodes index files, or `None` when they are missing or inconsistent with a
     /// segment of `size` bytes (then the caller rebuilds them).
     fn decode(offsets: &[u8], times: &[u8], size: u64) -> Option<Indexes> {
-        if offsets.len() % 8 != 0 || times.len() % 12 != 0 {
+        if !offsets.len().is_multiple_of(8) || !times.len().is_multiple_of(12) {
             return None;
         }
         let mut ix = Indexes::default();
         let mut b = offsets;
         while b.has_remaining() {
-            let e = OffsetEntry { rel: b.get_u32(), pos: b.get_u32() };
-            if (e.pos as u64) >= size || ix.offsets.last().is_some_and(|l| l.rel >= e.rel || l.pos >= e.pos) {
+            let e = OffsetEntry {
+                rel: b.get_u32(),
+                pos: b.get_u32(),
+            };
+            if (e.pos as u64) >= size
+                || ix
+                    .offsets
+                    .last()
+                    .is_some_and(|l| l.rel >= e.rel || l.pos >= e.pos)
+            {
                 return None;
             }
             ix.offsets.push(e);
         }
         let mut b = times;
         while b.has_remaining() {
-            let e = TimeEntry { ts: b.get_i64(), pos: b.get_u32() };
-            if (e.pos as u64) >= size || ix.times.last().is_some_and(|l| l.ts >= e.ts || l.pos > e.pos) {
+            let e = TimeEntry {
+                ts: b.get_i64(),
+                pos: b.get_u32(),
+            };
+            if (e.pos as u64) >= size
+                || ix
+                    .times
+                    .last()
+                    .is_some_and(|l| l.ts >= e.ts || l.pos > e.pos)
+            {
                 return None;
             }
             ix.times.push(e);
@@ -184,7 +223,8 @@ impl Segment {
     pub(crate) fn create(dir: &Path, base: i64, interval: u64, now_ms: i64) -> Result<Self> {
         let (log_path, ..) = Self::paths(dir, base);
         let file = Self::open_file(&log_path, true)?;
-        file.set_len(0).map_err(StorageError::io("truncate", &log_path))?;
+        file.set_len(0)
+            .map_err(StorageError::io("truncate", &log_path))?;
         let seg = Self::new(dir, base, file, 0, interval, now_ms);
         let _ = seg.indexes.set(Indexes::default());
         Ok(seg)
@@ -192,10 +232,19 @@ impl Segment {
 
     /// Opens a closed segment; its indexes load on first use. Rebuilds them now if the
     /// time index, which gives the segment's newest timestamp, is missing or damaged.
-    pub(crate) fn open_closed(dir: &Path, base: i64, next_offset: i64, interval: u64, now_ms: i64) -> Result<Self> {
+    pub(crate) fn open_closed(
+        dir: &Path,
+        base: i64,
+        next_offset: i64,
+        interval: u64,
+        now_ms: i64,
+    ) -> Result<Self> {
         let (log_path, ..) = Self::paths(dir, base);
         let file = Self::open_file(&log_path, false)?;
-        let size = file.metadata().map_err(StorageError::io("stat", &log_path))?.len();
+        let size = file
+            .metadata()
+            .map_err(StorageError::io("stat", &log_path))?
+            .len();
         let mut seg = Self::new(dir, base, file, size, interval, now_ms);
         seg.next_offset = next_offset;
         match seg.read_index_files() {
@@ -211,23 +260,30 @@ impl Segment {
     /// Opens the last segment of a log. After a clean shutdown the indexes are trusted and
     /// only the bytes after the last index entry are scanned; otherwise every batch is read,
     /// checked, and a torn tail is cut off.
-    pub(crate) fn open_active(dir: &Path, base: i64, clean: bool, interval: u64, now_ms: i64) -> Result<(Self, ScanReport)> {
+    pub(crate) fn open_active(
+        dir: &Path,
+        base: i64,
+        clean: bool,
+        interval: u64,
+        now_ms: i64,
+    ) -> Result<(Self, ScanReport)> {
         let (log_path, ..) = Self::paths(dir, base);
         let file = Self::open_file(&log_path, false)?;
-        let size = file.metadata().map_err(StorageError::io("stat", &log_path))?.len();
+        let size = file
+            .metadata()
+            .map_err(StorageError::io("stat", &log_path))?
+            .len();
         let mut seg = Self::new(dir, base, file, size, interval, now_ms);
-        if clean {
-            if let Some(ix) = seg.read_index_files() {
-                let _ = seg.indexes.set(ix);
-                match seg.resume_tail(true) {
-                    Ok(report) if report.truncated_bytes == 0 && report.corrupt_batches.is_empty() => {
-                        return Ok((seg, report));
-                    }
-                    _ => tracing::warn!(segment = %seg.log_path.display(),
-                        "tail after the last index entry is inconsistent; scanning the whole segment"),
+        if clean && let Some(ix) = seg.read_index_files() {
+            let _ = seg.indexes.set(ix);
+            match seg.resume_tail(true) {
+                Ok(report) if report.truncated_bytes == 0 && report.corrupt_batches.is_empty() => {
+                    return Ok((seg, report));
                 }
-                seg.size = size;
+                _ => tracing::warn!(segment = %seg.log_path.display(),
+                        "tail after the last index entry is inconsistent; scanning the whole segment"),
             }
+            seg.size = size;
         }
         let report = seg.rebuild(true)?;
         Ok((seg, report))
@@ -263,13 +319,19 @@ impl Segment {
     /// sees every batch that could raise it.
     fn resume_tail(&mut self, verify: bool) -> Result<ScanReport> {
         let ix = self.indexes();
-        let from = ix.offsets.last().map_or(0, |e| e.pos as u64).min(ix.times.last().map_or(0, |t| t.pos as u64));
+        let from = ix
+            .offsets
+            .last()
+            .map_or(0, |e| e.pos as u64)
+            .min(ix.times.last().map_or(0, |t| t.pos as u64));
         self.max_timestamp = ix.times.last().map_or(-1, |t| t.ts);
         let offset = if from == 0 {
             self.base_offset
         } else {
             let head = self.read_exact(from, HEADER_LEN)?;
-            BatchHeader::parse(&head).map_err(|e| self.corrupt(from, -1, e.to_string()))?.base_offset
+            BatchHeader::parse(&head)
+                .map_err(|e| self.corrupt(from, -1, e.to_string()))?
+                .base_offset
         };
         self.scan_from(from, offset, verify, false)
     }
@@ -278,14 +340,21 @@ impl Segment {
     /// in-memory indexes and, with `verify`, checking CRCs. A bad batch followed by a good
     /// one is kept and reported (readers get CORRUPT_MESSAGE for it); bad bytes that run to
     /// the end of the file are a torn write and, with `repair`, are cut off.
-    fn scan_from(&mut self, mut pos: u64, mut expected: i64, verify: bool, repair: bool) -> Result<ScanReport> {
+    fn scan_from(
+        &mut self,
+        mut pos: u64,
+        mut expected: i64,
+        verify: bool,
+        repair: bool,
+    ) -> Result<ScanReport> {
         let mut report = ScanReport::default();
         let file_len = self.size;
         while pos < file_len {
             let bad = match self.check_batch_at(pos, Some(expected), file_len, verify) {
                 Ok(header) => {
                     self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
-                    let (base, max_ts, interval) = (self.base_offset, self.max_timestamp, self.interval);
+                    let (base, max_ts, interval) =
+                        (self.base_offset, self.max_timestamp, self.interval);
                     if let Some(ix) = self.indexes.get_mut() {
                         ix.observe(base, &header, pos, max_ts, interval);
                     }
@@ -298,15 +367,15 @@ impl Segment {
             };
             if let Some(h) = bad.header {
                 let next = pos + h.total_len() as u64;
-                if next < file_len {
-                    if let Ok(following) = self.check_batch_at(next, None, file_len, true) {
-                        tracing::error!(segment = %self.log_path.display(), position = pos, offset = expected,
+                if next < file_len
+                    && let Ok(following) = self.check_batch_at(next, None, file_len, true)
+                {
+                    tracing::error!(segment = %self.log_path.display(), position = pos, offset = expected,
                             reason = %bad.reason, "corrupt batch kept in place; readers will get CORRUPT_MESSAGE for it");
-                        report.corrupt_batches.push((pos, expected));
-                        pos = next;
-                        expected = following.base_offset;
-                        continue;
-                    }
+                    report.corrupt_batches.push((pos, expected));
+                    pos = next;
+                    expected = following.base_offset;
+                    continue;
                 }
             }
             let cut = file_len - pos;
@@ -314,8 +383,12 @@ impl Segment {
                 bytes = cut, reason = %bad.reason, repair, "torn write at the end of the log");
             report.truncated_bytes = cut;
             if repair {
-                self.file.set_len(pos).map_err(StorageError::io("truncate", &self.log_path))?;
-                self.file.sync_all().map_err(StorageError::io("fsync", &self.log_path))?;
+                self.file
+                    .set_len(pos)
+                    .map_err(StorageError::io("truncate", &self.log_path))?;
+                self.file
+                    .sync_all()
+                    .map_err(StorageError::io("fsync", &self.log_path))?;
             }
             break;
         }
@@ -324,29 +397,59 @@ impl Segment {
         Ok(report)
     }
 
-    fn check_batch_at(&self, pos: u64, expected: Option<i64>, file_len: u64, verify: bool) -> std::result::Result<BatchHeader, BadBatch> {
+    fn check_batch_at(
+        &self,
+        pos: u64,
+        expected: Option<i64>,
+        file_len: u64,
+        verify: bool,
+    ) -> std::result::Result<BatchHeader, BadBatch> {
         let bad = |header, reason: String| BadBatch { header, reason };
         if pos + HEADER_LEN as u64 > file_len {
-            return Err(bad(None, format!("{} bytes left, a batch header needs {HEADER_LEN}", file_len - pos)));
+            return Err(bad(
+                None,
+                format!(
+                    "{} bytes left, a batch header needs {HEADER_LEN}",
+                    file_len - pos
+                ),
+            ));
         }
-        let head = self.read_exact(pos, HEADER_LEN).map_err(|e| bad(None, e.to_string()))?;
+        let head = self
+            .read_exact(pos, HEADER_LEN)
+            .map_err(|e| bad(None, e.to_string()))?;
         let header = BatchHeader::parse(&head).map_err(|e| bad(None, e.to_string()))?;
         if pos + header.total_len() as u64 > file_len {
-            return Err(bad(None, format!("batch of {} bytes runs past the end of the file", header.total_len())));
+            return Err(bad(
+                None,
+                format!(
+                    "batch of {} bytes runs past the end of the file",
+                    header.total_len()
+                ),
+            ));
         }
         if verify {
-            let whole = self.read_exact(pos, header.total_len()).map_err(|e| bad(Some(header), e.to_string()))?;
+            let whole = self
+                .read_exact(pos, header.total_len())
+                .map_err(|e| bad(Some(header), e.to_string()))?;
             batch::verify(&whole).map_err(|e| bad(Some(header), e.to_string()))?;
         }
         if let Some(expected) = expected.filter(|&e| e != header.base_offset) {
-            return Err(bad(Some(header), format!("batch says offset {}, expected {expected}", header.base_offset)));
+            return Err(bad(
+                Some(header),
+                format!(
+                    "batch says offset {}, expected {expected}",
+                    header.base_offset
+                ),
+            ));
         }
         Ok(header)
     }
 
     fn read_exact(&self, pos: u64, len: usize) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
-        self.file.read_exact_at(&mut buf, pos).map_err(StorageError::io("read", &self.log_path))?;
+        self.file
+            .read_exact_at(&mut buf, pos)
+            .map_err(StorageError::io("read", &self.log_path))?;
         Ok(buf)
     }
 
@@ -362,7 +465,9 @@ impl Segment {
     /// Appends a verified batch whose base offset is already set to `next_offset`.
     pub(crate) fn append(&mut self, bytes: &[u8], header: &BatchHeader) -> Result<()> {
         debug_assert_eq!(header.base_offset, self.next_offset);
-        self.file.write_all_at(bytes, self.size).map_err(StorageError::io("write", &self.log_path))?;
+        self.file
+            .write_all_at(bytes, self.size)
+            .map_err(StorageError::io("write", &self.log_path))?;
         let pos = self.size;
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
         let (base, max_ts, interval) = (self.base_offset, self.max_timestamp, self.interval);
@@ -377,10 +482,13 @@ impl Segment {
 
     /// Position and header of the batch that holds `offset`, or `None` past the data.
     fn locate(&self, offset: i64) -> Result<Option<(u64, BatchHeader)>> {
-        let mut pos = self.indexes().position_for_offset((offset - self.base_offset) as u32);
+        let mut pos = self
+            .indexes()
+            .position_for_offset((offset - self.base_offset) as u32);
         while pos + HEADER_LEN as u64 <= self.size {
             let head = self.read_exact(pos, HEADER_LEN)?;
-            let header = BatchHeader::parse(&head).map_err(|e| self.corrupt(pos, offset, e.to_string()))?;
+            let header =
+                BatchHeader::parse(&head).map_err(|e| self.corrupt(pos, offset, e.to_string()))?;
             if header.next_offset() > offset {
                 return Ok(Some((pos, header)));
             }
@@ -390,7 +498,12 @@ impl Segment {
     }
 
     fn corrupt(&self, position: u64, offset: i64, detail: String) -> StorageError {
-        StorageError::Corrupt { path: self.log_path.clone(), position, offset, detail }
+        StorageError::Corrupt {
+            path: self.log_path.clone(),
+            position,
+            offset,
+            detail,
+        }
     }
 
     /// See [`super::LogStorage::read`]; stays within this segment.
@@ -404,20 +517,27 @@ impl Segment {
         let available = (self.size - pos) as usize;
         let want = available.min(max_bytes.max(first.total_len()));
         let mut buf = BytesMut::zeroed(want);
-        self.file.read_exact_at(&mut buf, pos).map_err(StorageError::io("read", &self.log_path))?;
+        self.file
+            .read_exact_at(&mut buf, pos)
+            .map_err(StorageError::io("read", &self.log_path))?;
         let mut p = 0;
         let mut expected = first.base_offset;
         while p + HEADER_LEN <= buf.len() {
-            let checked = BatchHeader::parse(&buf[p..]).map_err(|e| e.to_string()).and_then(|h| {
-                if h.base_offset >= upper_bound || p + h.total_len() > buf.len() {
-                    return Ok(None);
-                }
-                batch::verify(&buf[p..p + h.total_len()]).map_err(|e| e.to_string())?;
-                if h.base_offset != expected {
-                    return Err(format!("batch says offset {}, expected {expected}", h.base_offset));
-                }
-                Ok(Some(h))
-            });
+            let checked = BatchHeader::parse(&buf[p..])
+                .map_err(|e| e.to_string())
+                .and_then(|h| {
+                    if h.base_offset >= upper_bound || p + h.total_len() > buf.len() {
+                        return Ok(None);
+                    }
+                    batch::verify(&buf[p..p + h.total_len()]).map_err(|e| e.to_string())?;
+                    if h.base_offset != expected {
+                        return Err(format!(
+                            "batch says offset {}, expected {expected}",
+                            h.base_offset
+                        ));
+                    }
+                    Ok(Some(h))
+                });
             match checked {
                 Ok(Some(h)) => {
                     p += h.total_len();
@@ -443,12 +563,16 @@ impl Segment {
         let mut pos = self.indexes().position_for_timestamp(timestamp);
         while pos + HEADER_LEN as u64 <= self.size {
             let head = self.read_exact(pos, HEADER_LEN)?;
-            let header = BatchHeader::parse(&head).map_err(|e| self.corrupt(pos, -1, e.to_string()))?;
+            let header =
+                BatchHeader::parse(&head).map_err(|e| self.corrupt(pos, -1, e.to_string()))?;
             if header.max_timestamp >= timestamp {
                 let whole = Bytes::from(self.read_exact(pos, header.total_len())?);
                 let (_, records) = batch::decode(&whole, batch::DEFAULT_MAX_DECOMPRESSED)
                     .map_err(|e| self.corrupt(pos, header.base_offset, e.to_string()))?;
-                return Ok(records.iter().find(|r| r.timestamp >= timestamp).map(|r| (r.offset, r.timestamp)));
+                return Ok(records
+                    .iter()
+                    .find(|r| r.timestamp >= timestamp)
+                    .map(|r| (r.offset, r.timestamp)));
             }
             pos += header.total_len() as u64;
         }
@@ -462,7 +586,9 @@ impl Segment {
             None if offset == self.next_offset => return Ok(()),
             _ => return Err(StorageError::NotBatchBoundary(offset)),
         };
-        self.file.set_len(pos).map_err(StorageError::io("truncate", &self.log_path))?;
+        self.file
+            .set_len(pos)
+            .map_err(StorageError::io("truncate", &self.log_path))?;
         self.indexes();
         if let Some(ix) = self.indexes.get_mut() {
             ix.truncate(pos);
@@ -478,7 +604,8 @@ impl Segment {
         for (path, data) in [(&self.index_path, o), (&self.time_path, t)] {
             let tmp = path.with_extension("tmp");
             let mut f = File::create(&tmp).map_err(StorageError::io("create", &tmp))?;
-            f.write_all(&data).map_err(StorageError::io("write", &tmp))?;
+            f.write_all(&data)
+                .map_err(StorageError::io("write", &tmp))?;
             f.sync_all().map_err(StorageError::io("fsync", &tmp))?;
             std::fs::rename(&tmp, path).map_err(StorageError::io("rename", path))?;
         }

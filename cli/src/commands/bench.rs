@@ -10,16 +10,15 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
-use std::sync::Mutex;
 use serde::Serialize;
 use sluice_client::{
-    Acks, Admin, Compression, Consumer, ConsumerConfig, ErrorCode, NewTopic, Offset, Producer, ProducerConfig, ProducerRecord,
-    TopicPartition,
+    Acks, Admin, Compression, Consumer, ConsumerConfig, ErrorCode, NewTopic, Offset, Producer,
+    ProducerConfig, ProducerRecord, TopicPartition,
 };
+use std::sync::Mutex;
 
 use super::{Context, progress};
 use crate::output;
-
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum BenchCommand {
@@ -107,23 +106,37 @@ pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> 
             r.seconds,
             r.records_per_second,
             r.mb_per_second,
-            if r.failed > 0 { format!(", {} FAILED", r.failed) } else { String::new() }
+            if r.failed > 0 {
+                format!(", {} FAILED", r.failed)
+            } else {
+                String::new()
+            }
         );
         if let Some(l) = &r.latency_ms {
-            println!("  latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}", l.p50, l.p99, l.p999, l.max);
+            println!(
+                "  latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                l.p50, l.p99, l.p999, l.max
+            );
         }
     })
 }
 
 async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
     let admin = Admin::new(ctx.client())?;
-    match admin.create_topic(NewTopic::new(&args.topic, args.partitions, 1), false).await {
+    match admin
+        .create_topic(NewTopic::new(&args.topic, args.partitions, 1), false)
+        .await
+    {
         Ok(_) => {}
         Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
         Err(e) => return Err(e).with_context(|| format!("creating bench topic '{}'", args.topic)),
     }
-    let compression = Compression::parse(&args.compression)
-        .with_context(|| format!("invalid --compression '{}': use none, lz4 or zstd", args.compression))?;
+    let compression = Compression::parse(&args.compression).with_context(|| {
+        format!(
+            "invalid --compression '{}': use none, lz4 or zstd",
+            args.compression
+        )
+    })?;
     let config = ProducerConfig {
         acks: args.acks,
         batch_size: args.batch_size,
@@ -142,16 +155,30 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
         args.batch_size,
         args.linger,
         args.producers,
-        if args.rate > 0 { format!(", rate {}/s", args.rate) } else { String::new() }
+        if args.rate > 0 {
+            format!(", rate {}/s", args.rate)
+        } else {
+            String::new()
+        }
     );
-    let histogram = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?));
+    let histogram = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?,
+    ));
     let bar = progress(ctx, Some(args.records), "producing");
-    let value = Bytes::from((0..args.record_size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let value = Bytes::from(
+        (0..args.record_size)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
     let started = Instant::now();
     let mut tasks = Vec::new();
     let per = args.records / args.producers.max(1) as u64;
     for i in 0..args.producers.max(1) as u64 {
-        let count = if i == 0 { per + args.records % args.producers.max(1) as u64 } else { per };
+        let count = if i == 0 {
+            per + args.records % args.producers.max(1) as u64
+        } else {
+            per
+        };
         let producer = Producer::connect(ctx.client(), config.clone()).await?;
         let topic = args.topic.clone();
         let value = value.clone();
@@ -163,14 +190,17 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
             let mut first_error = None;
             let mut pending = FuturesUnordered::new();
             let t0 = Instant::now();
-            let mut local = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut local =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             for n in 0..count {
                 if rate > 0 {
                     let due = t0 + Duration::from_secs_f64(n as f64 / rate as f64);
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let sent = Instant::now();
-                let delivery = producer.send(ProducerRecord::new(&topic, value.clone())).await?;
+                let delivery = producer
+                    .send(ProducerRecord::new(&topic, value.clone()))
+                    .await?;
                 pending.push(async move { (sent, delivery.await) });
                 while let Some(Some((sent, r))) = futures::FutureExt::now_or_never(pending.next()) {
                     settle(&mut local, sent, r, &mut failed, &mut first_error, &bar);
@@ -180,7 +210,10 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
                 settle(&mut local, sent, r, &mut failed, &mut first_error, &bar);
             }
             producer.close().await;
-            histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?.add(&local)?;
+            histogram
+                .lock()
+                .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
+                .add(&local)?;
             anyhow::Ok((failed, first_error))
         }));
     }
@@ -194,7 +227,9 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let h = histogram.lock().map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+    let h = histogram
+        .lock()
+        .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
     let ok = args.records - failed;
     let bytes = ok * args.record_size as u64;
     Ok(Report {
@@ -236,19 +271,33 @@ fn settle(
 
 async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
     let mut consumer = Consumer::new(ctx.client(), ConsumerConfig::default())?;
-    let partitions = consumer.partitions_for(&args.topic).await.with_context(|| format!("looking up topic '{}'", args.topic))?;
-    let tps: Vec<TopicPartition> = partitions.iter().map(|&p| TopicPartition::new(&args.topic, p)).collect();
+    let partitions = consumer
+        .partitions_for(&args.topic)
+        .await
+        .with_context(|| format!("looking up topic '{}'", args.topic))?;
+    let tps: Vec<TopicPartition> = partitions
+        .iter()
+        .map(|&p| TopicPartition::new(&args.topic, p))
+        .collect();
     let mut ends = Vec::new();
     let mut available = 0u64;
     for tp in &tps {
-        let start = consumer.list_offset(tp, sluice_proto::list_offsets::EARLIEST).await?;
-        let end = consumer.list_offset(tp, sluice_proto::list_offsets::LATEST).await?;
+        let start = consumer
+            .list_offset(tp, sluice_proto::list_offsets::EARLIEST)
+            .await?;
+        let end = consumer
+            .list_offset(tp, sluice_proto::list_offsets::LATEST)
+            .await?;
         available += (end - start) as u64;
         ends.push((tp.clone(), end));
     }
     let target = args.records.unwrap_or(available).min(available);
     if target == 0 {
-        anyhow::bail!("topic '{}' has no records to read; run `sluice bench produce --topic {}` first", args.topic, args.topic);
+        anyhow::bail!(
+            "topic '{}' has no records to read; run `sluice bench produce --topic {}` first",
+            args.topic,
+            args.topic
+        );
     }
     consumer.assign(tps, Offset::Earliest).await?;
     let bar = progress(ctx, Some(target), "consuming");
@@ -260,13 +309,21 @@ async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
             anyhow::bail!("no records for 10s after {records} of {target}");
         }
         records += batch.len() as u64;
-        bytes += batch.iter().map(|r| r.value.len() as u64 + r.key.as_ref().map_or(0, |k| k.len() as u64)).sum::<u64>();
+        bytes += batch
+            .iter()
+            .map(|r| r.value.len() as u64 + r.key.as_ref().map_or(0, |k| k.len() as u64))
+            .sum::<u64>();
         bar.set_position(records.min(target));
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     Ok(Report {
-        workload: format!("consume: topic '{}' from the start ({} partitions), {} records", args.topic, partitions.len(), target),
+        workload: format!(
+            "consume: topic '{}' from the start ({} partitions), {} records",
+            args.topic,
+            partitions.len(),
+            target
+        ),
         records,
         bytes,
         seconds,

@@ -53,14 +53,27 @@ fn text(b: &[u8]) -> String {
 }
 
 fn render(format: &str, r: &ConsumerRecord) -> String {
-    let headers =
-        r.headers.iter().map(|h| format!("{}={}", h.key, h.value.as_deref().map(text).unwrap_or_default())).collect::<Vec<_>>().join(",");
+    let headers = r
+        .headers
+        .iter()
+        .map(|h| {
+            format!(
+                "{}={}",
+                h.key,
+                h.value.as_deref().map(text).unwrap_or_default()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
     format
         .replace("{topic}", &r.topic)
         .replace("{partition}", &r.partition.to_string())
         .replace("{offset}", &r.offset.to_string())
         .replace("{timestamp}", &r.timestamp.to_string())
-        .replace("{key}", &r.key.as_deref().map(text).unwrap_or_else(|| "null".into()))
+        .replace(
+            "{key}",
+            &r.key.as_deref().map(text).unwrap_or_else(|| "null".into()),
+        )
         .replace("{headers}", &headers)
         .replace("{value}", &text(&r.value))
         .replace("\\t", "\t")
@@ -68,10 +81,17 @@ fn render(format: &str, r: &ConsumerRecord) -> String {
 
 pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> {
     let mut consumer = Consumer::new(ctx.client(), ConsumerConfig::default())?;
-    let all = consumer.partitions_for(&args.topic).await.with_context(|| format!("looking up topic '{}'", args.topic))?;
+    let all = consumer
+        .partitions_for(&args.topic)
+        .await
+        .with_context(|| format!("looking up topic '{}'", args.topic))?;
     let partitions = match args.partition {
         Some(p) if all.contains(&p) => vec![p],
-        Some(p) => anyhow::bail!("topic '{}' has no partition {p} (it has 0..{})", args.topic, all.len()),
+        Some(p) => anyhow::bail!(
+            "topic '{}' has no partition {p} (it has 0..{})",
+            args.topic,
+            all.len()
+        ),
         None => all,
     };
     let start = if args.from_beginning {
@@ -84,7 +104,13 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
         Offset::Latest
     };
     consumer
-        .assign(partitions.iter().map(|&p| TopicPartition::new(&args.topic, p)).collect(), start)
+        .assign(
+            partitions
+                .iter()
+                .map(|&p| TopicPartition::new(&args.topic, p))
+                .collect(),
+            start,
+        )
         .await
         .with_context(|| format!("positioning on '{}'", args.topic))?;
     let stdout = std::io::stdout();
@@ -98,7 +124,10 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
         if args.max_messages.is_some_and(|m| count >= m) {
             break;
         }
-        let wait = idle_limit.map_or(Duration::from_secs(1), |l| l.saturating_sub(last_record.elapsed()).min(Duration::from_secs(1)));
+        let wait = idle_limit.map_or(Duration::from_secs(1), |l| {
+            l.saturating_sub(last_record.elapsed())
+                .min(Duration::from_secs(1))
+        });
         let records = tokio::select! {
             r = consumer.poll(wait) => r.with_context(|| format!("consuming '{}'", args.topic))?,
             _ = &mut ctrl_c => break,
@@ -120,20 +149,28 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
                     timestamp: r.timestamp,
                     key: r.key.as_deref().map(text),
                     value: text(&r.value),
-                    headers: r.headers.iter().map(|h| (h.key.clone(), h.value.as_deref().map(text))).collect(),
+                    headers: r
+                        .headers
+                        .iter()
+                        .map(|h| (h.key.clone(), h.value.as_deref().map(text)))
+                        .collect(),
                 };
                 serde_json::to_writer(&mut out, &j)?;
                 writeln!(out)?;
             } else if ctx.output == Format::Yaml {
-                write!(out, "---\n{}", serde_yaml::to_string(&JsonRecord {
-                    topic: &r.topic,
-                    partition: r.partition,
-                    offset: r.offset,
-                    timestamp: r.timestamp,
-                    key: r.key.as_deref().map(text),
-                    value: text(&r.value),
-                    headers: Vec::new(),
-                })?)?;
+                write!(
+                    out,
+                    "---\n{}",
+                    serde_yaml::to_string(&JsonRecord {
+                        topic: &r.topic,
+                        partition: r.partition,
+                        offset: r.offset,
+                        timestamp: r.timestamp,
+                        key: r.key.as_deref().map(text),
+                        value: text(&r.value),
+                        headers: Vec::new(),
+                    })?
+                )?;
             } else {
                 writeln!(out, "{}", render(&args.format, r))?;
             }

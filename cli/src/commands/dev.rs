@@ -39,7 +39,9 @@ pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
     let address = format!("127.0.0.1:{}", args.port);
     let listener = tokio::net::TcpListener::bind(&address)
         .await
-        .with_context(|| format!("cannot listen on {address} (is another broker running? try --port)"))?;
+        .with_context(|| {
+            format!("cannot listen on {address} (is another broker running? try --port)")
+        })?;
     let config = Config {
         node_id: 1,
         data_dir: args.data_dir.join("broker-1"),
@@ -55,7 +57,10 @@ pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
     }));
 
     let admin = Admin::new(sluice_client::ClientConfig::new(&address))?;
-    match admin.create_topic(NewTopic::new(EXAMPLE_TOPIC, EXAMPLE_PARTITIONS, 1), false).await {
+    match admin
+        .create_topic(NewTopic::new(EXAMPLE_TOPIC, EXAMPLE_PARTITIONS, 1), false)
+        .await
+    {
         Ok(_) => {}
         Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
         Err(e) => return Err(e).context("creating the example topic"),

@@ -57,8 +57,12 @@ struct Summary {
 const MAX_OUTSTANDING: usize = 100_000;
 
 pub(crate) async fn run(ctx: &Context, args: ProduceArgs) -> anyhow::Result<()> {
-    let compression = Compression::parse(&args.compression)
-        .with_context(|| format!("invalid --compression '{}': use none, lz4 or zstd", args.compression))?;
+    let compression = Compression::parse(&args.compression).with_context(|| {
+        format!(
+            "invalid --compression '{}': use none, lz4 or zstd",
+            args.compression
+        )
+    })?;
     let config = ProducerConfig {
         acks: args.acks,
         linger: args.linger.into(),
@@ -70,7 +74,9 @@ pub(crate) async fn run(ctx: &Context, args: ProduceArgs) -> anyhow::Result<()> 
     let producer = Producer::connect(ctx.client(), config).await?;
     let input: Box<dyn AsyncBufRead + Unpin + Send> = match &args.file {
         Some(path) => Box::new(BufReader::new(
-            tokio::fs::File::open(path).await.with_context(|| format!("cannot open --file {}", path.display()))?,
+            tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("cannot open --file {}", path.display()))?,
         )),
         None => Box::new(BufReader::new(tokio::io::stdin())),
     };
@@ -99,7 +105,10 @@ pub(crate) async fn run(ctx: &Context, args: ProduceArgs) -> anyhow::Result<()> 
             record = record.partition(p);
         }
         bytes += line.len() as u64;
-        let delivery = producer.send(record).await.with_context(|| format!("sending line {line_no} to '{}'", args.topic))?;
+        let delivery = producer
+            .send(record)
+            .await
+            .with_context(|| format!("sending line {line_no} to '{}'", args.topic))?;
         pending.push(delivery);
         records += 1;
         while pending.len() >= MAX_OUTSTANDING {
@@ -120,7 +129,10 @@ pub(crate) async fn run(ctx: &Context, args: ProduceArgs) -> anyhow::Result<()> 
     }
     producer.close().await;
     bar.finish_and_clear();
-    let seconds = started.elapsed().as_secs_f64().max(Duration::from_micros(1).as_secs_f64());
+    let seconds = started
+        .elapsed()
+        .as_secs_f64()
+        .max(Duration::from_micros(1).as_secs_f64());
     let summary = Summary {
         topic: args.topic.clone(),
         records: records - failed,
@@ -138,11 +150,18 @@ pub(crate) async fn run(ctx: &Context, args: ProduceArgs) -> anyhow::Result<()> 
             s.topic,
             s.seconds,
             s.records_per_second,
-            if s.failed > 0 { format!("; {} FAILED", s.failed) } else { String::new() }
+            if s.failed > 0 {
+                format!("; {} FAILED", s.failed)
+            } else {
+                String::new()
+            }
         )
     })?;
     if let Some(e) = first_error {
-        anyhow::bail!("{failed} of {records} records were not delivered to '{}'; first error: {e}", args.topic);
+        anyhow::bail!(
+            "{failed} of {records} records were not delivered to '{}'; first error: {e}",
+            args.topic
+        );
     }
     Ok(())
 }

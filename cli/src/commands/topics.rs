@@ -89,11 +89,26 @@ fn ids(v: &[i32]) -> String {
 }
 
 fn print_topic(v: &TopicView) {
-    println!("Topic: {}  partitions: {}  replication factor: {}", v.name, v.partitions.len(), v.replication_factor);
+    println!(
+        "Topic: {}  partitions: {}  replication factor: {}",
+        v.name,
+        v.partitions.len(),
+        v.replication_factor
+    );
     println!(
         "{}",
         table(
-            &["partition", "leader", "replicas", "isr", "log-start", "high-watermark", "log-end", "size", "segments"],
+            &[
+                "partition",
+                "leader",
+                "replicas",
+                "isr",
+                "log-start",
+                "high-watermark",
+                "log-end",
+                "size",
+                "segments"
+            ],
             v.partitions.iter().map(|p| {
                 vec![
                     p.partition.to_string(),
@@ -118,16 +133,32 @@ fn print_topic(v: &TopicView) {
 pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()> {
     let admin = Admin::new(ctx.client())?;
     match cmd {
-        TopicsCommand::Create { name, partitions, replication_factor, config, dry_run } => {
+        TopicsCommand::Create {
+            name,
+            partitions,
+            replication_factor,
+            config,
+            dry_run,
+        } => {
             let mut topic = NewTopic::new(&name, partitions, replication_factor);
             topic.config = parse_kv(&config)?;
-            let created = admin.create_topic(topic, dry_run).await.with_context(|| format!("creating topic '{name}'"))?;
+            let created = admin
+                .create_topic(topic, dry_run)
+                .await
+                .with_context(|| format!("creating topic '{name}'"))?;
             let v = view(created);
             output::print(ctx.output, &v, |v| {
                 if dry_run {
-                    println!("Topic '{}' is valid ({} partitions); nothing created (--dry-run).", v.name, partitions);
+                    println!(
+                        "Topic '{}' is valid ({} partitions); nothing created (--dry-run).",
+                        v.name, partitions
+                    );
                 } else {
-                    println!("Created topic '{}' with {} partitions.", v.name, v.partitions.len());
+                    println!(
+                        "Created topic '{}' with {} partitions.",
+                        v.name,
+                        v.partitions.len()
+                    );
                 }
             })
         }
@@ -135,7 +166,11 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
             let topics = admin.list_topics().await.context("listing topics")?;
             let rows: Vec<TopicRow> = topics
                 .into_iter()
-                .map(|t| TopicRow { name: t.name, partitions: t.partitions, replication_factor: t.replication_factor })
+                .map(|t| TopicRow {
+                    name: t.name,
+                    partitions: t.partitions,
+                    replication_factor: t.replication_factor,
+                })
                 .collect();
             output::print(ctx.output, &rows, |rows| {
                 if rows.is_empty() {
@@ -145,19 +180,31 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
                         "{}",
                         table(
                             &["name", "partitions", "replication-factor"],
-                            rows.iter().map(|r| vec![r.name.clone(), r.partitions.to_string(), r.replication_factor.to_string()])
+                            rows.iter().map(|r| vec![
+                                r.name.clone(),
+                                r.partitions.to_string(),
+                                r.replication_factor.to_string()
+                            ])
                         )
                     );
                 }
             })
         }
         TopicsCommand::Describe { name } => {
-            let d = admin.describe_topic(&name).await.with_context(|| format!("describing topic '{name}'"))?;
+            let d = admin
+                .describe_topic(&name)
+                .await
+                .with_context(|| format!("describing topic '{name}'"))?;
             output::print(ctx.output, &view(d), print_topic)
         }
         TopicsCommand::Delete { name } => {
-            admin.delete_topic(&name).await.with_context(|| format!("deleting topic '{name}'"))?;
-            output::print(ctx.output, &serde_json::json!({ "deleted": name }), |_| println!("Deleted topic '{name}'."))
+            admin
+                .delete_topic(&name)
+                .await
+                .with_context(|| format!("deleting topic '{name}'"))?;
+            output::print(ctx.output, &serde_json::json!({ "deleted": name }), |_| {
+                println!("Deleted topic '{name}'.")
+            })
         }
     }
 }

@@ -1,0 +1,281 @@
+//! Test harness: starts real `sluice-broker` processes on `127.0.0.1:0` with temporary
+//! data directories, signals them (SIGKILL, SIGTERM, SIGSTOP), restarts them on the same
+//! data, and runs the real `sluice` binary.
+//!
+//! The binaries come from the same `target/` directory as the test executable; build them
+//! first (`cargo build --bins`, which `scripts/test` does).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use sluice_client::{
+    Admin, ClientConfig, Consumer, ConsumerConfig, NewTopic, Offset, Producer, ProducerConfig,
+    TopicPartition,
+};
+
+/// How long a broker may take to start or stop before the test fails.
+pub const PROCESS_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Path of a workspace binary next to the running test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executables live in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --bins` (scripts/test does)",
+        path.display()
+    );
+    path
+}
+
+/// A running `sluice-broker` process. Killed (SIGKILL) when dropped.
+#[derive(Debug)]
+pub struct Broker {
+    child: Option<Child>,
+    /// host:port of the client listener.
+    pub address: String,
+    pub data_dir: PathBuf,
+    args: Vec<String>,
+    stderr_log: PathBuf,
+}
+
+impl Broker {
+    /// Starts a broker on `data_dir` with extra flags (e.g. `--flush always`) and waits
+    /// until it listens.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Broker {
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut b = Broker {
+            child: None,
+            address: String::new(),
+            data_dir: data_dir.to_path_buf(),
+            args,
+            stderr_log: data_dir.with_extension("broker.log"),
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.stderr_log)
+            .expect("broker log file");
+        let mut child = Command::new(bin("sluice-broker"))
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice-broker");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = tx.send(addr.to_string());
+                }
+            }
+        });
+        match rx.recv_timeout(PROCESS_DEADLINE) {
+            Ok(addr) => self.address = addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "broker did not report its address within {PROCESS_DEADLINE:?}; log:\n{}",
+                    self.log()
+                );
+            }
+        }
+        self.child = Some(child);
+    }
+
+    /// The broker's stderr so far, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.as_ref().expect("broker is running").id() as i32)
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(self.pid(), signal).expect("signal the broker");
+    }
+
+    /// SIGKILL and reap: a crash, with no chance to flush or clean up.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the graceful exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal(Signal::SIGTERM);
+        let mut child = self.child.take().expect("broker is running");
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the broker") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "broker did not exit within {PROCESS_DEADLINE:?} of SIGTERM; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the broker again on the same data directory and flags (on a new port).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the broker before restarting it");
+        self.spawn();
+    }
+
+    pub fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new(&self.address);
+        c.request_timeout = Duration::from_secs(10);
+        c
+    }
+
+    pub fn admin(&self) -> Admin {
+        Admin::new(self.client()).expect("admin client")
+    }
+
+    pub async fn producer(&self, config: ProducerConfig) -> Producer {
+        Producer::connect(self.client(), config)
+            .await
+            .expect("producer")
+    }
+
+    pub async fn create_topic(&self, topic: NewTopic) {
+        let name = topic.name.clone();
+        self.admin()
+            .create_topic(topic, false)
+            .await
+            .unwrap_or_else(|e| panic!("create topic {name}: {e}"));
+    }
+
+    /// Every record of a topic from the start up to its current end.
+    pub async fn read_all(&self, topic: &str) -> Vec<sluice_client::ConsumerRecord> {
+        let mut consumer =
+            Consumer::new(self.client(), ConsumerConfig::default()).expect("consumer");
+        let partitions = consumer.partitions_for(topic).await.expect("partitions");
+        let mut remaining = 0;
+        let tps: Vec<_> = partitions
+            .iter()
+            .map(|&p| TopicPartition::new(topic, p))
+            .collect();
+        for tp in &tps {
+            let start = consumer
+                .list_offset(tp, sluice_proto::list_offsets::EARLIEST)
+                .await
+                .expect("earliest");
+            let end = consumer
+                .list_offset(tp, sluice_proto::list_offsets::LATEST)
+                .await
+                .expect("latest");
+            remaining += end - start;
+        }
+        consumer
+            .assign(tps, Offset::Earliest)
+            .await
+            .expect("assign");
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while (out.len() as i64) < remaining {
+            assert!(
+                Instant::now() < deadline,
+                "read {} of {remaining} records of {topic} before the deadline",
+                out.len()
+            );
+            out.extend(consumer.poll(Duration::from_secs(1)).await.expect("poll"));
+        }
+        out
+    }
+
+    /// Runs the `sluice` CLI against this broker.
+    pub fn cli(&self, args: &[&str], stdin: &str) -> Output {
+        run_cli(&self.address, args, stdin)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `sluice --bootstrap ADDRESS ARGS...` with `stdin`.
+pub fn run_cli(address: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(bin("sluice"))
+        .args(["--bootstrap", address])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn sluice");
+    let mut input = child.stdin.take().expect("piped stdin");
+    let data = stdin.to_string();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(data.as_bytes());
+    });
+    let out = child.wait_with_output().expect("sluice output");
+    let _ = writer.join();
+    out
+}
+
+/// A temporary directory with a broker data directory inside.
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("data");
+    (dir, data)
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after `deadline`.
+pub async fn eventually<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Segment files of a partition, oldest first.
+pub fn segment_files(data_dir: &Path, topic: &str, partition: i32) -> Vec<PathBuf> {
+    let dir = data_dir.join("logs").join(format!("{topic}-{partition}"));
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("list {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .collect();
+    files.sort();
+    files
+}

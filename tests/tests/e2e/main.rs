@@ -1,0 +1,7 @@
+//! End-to-end tests against real broker processes. One test binary (one link) with a
+//! module per area.
+
+mod cli;
+mod durability;
+mod errors;
+mod produce_consume;
