@@ -4,7 +4,7 @@
 use sluice_proto::pb::{admin_server::AdminServer, log_server::LogServer};
 use std::future::Future;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::broker::Broker;
 use crate::config::Config;
@@ -13,8 +13,8 @@ use crate::service::{AdminService, LogService};
 
 /// HTTP/2 flow-control windows: large enough that one connection carries a full-speed
 /// stream of MiB-sized batches without waiting for window updates.
-pub const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
-pub const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+pub const STREAM_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+pub const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
 
 /// How long a graceful shutdown waits for in-flight requests before closing connections.
 pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -42,8 +42,9 @@ pub async fn run(
     let max = broker.config.max_request_bytes;
     tracing::info!(address = %local, node_id = broker.config.node_id, flush = %broker.config.flush, "serving");
     let stop = broker.shutdown.clone();
+    // Options on the builder apply only to listeners tonic binds itself; set them here.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .add_service(AdminServer::new(AdminService::new(broker.clone())))
@@ -52,7 +53,7 @@ pub async fn run(
                 .max_decoding_message_size(max)
                 .max_encoding_message_size(max),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
             // Long-polls end now rather than at their deadline.

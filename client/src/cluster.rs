@@ -66,8 +66,8 @@ pub struct Cluster {
 }
 
 /// HTTP/2 windows large enough for MiB-sized batches at full speed.
-const STREAM_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
-const CONNECTION_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+const STREAM_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
 
 impl Cluster {
     pub fn new(config: ClientConfig) -> Result<Self> {

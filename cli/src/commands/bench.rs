@@ -70,6 +70,12 @@ pub(crate) struct ConsumeBench {
     /// Stop after this many records (default: everything up to the end at start).
     #[arg(long)]
     records: Option<u64>,
+    /// max.partition.fetch.bytes.
+    #[arg(long, default_value_t = ConsumerConfig::default().max_partition_fetch_bytes)]
+    max_partition_fetch_bytes: u32,
+    /// fetch.max.bytes.
+    #[arg(long, default_value_t = ConsumerConfig::default().fetch_max_bytes)]
+    fetch_max_bytes: u32,
 }
 
 #[derive(Debug, Serialize)]
@@ -270,7 +276,12 @@ fn settle(
 }
 
 async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
-    let mut consumer = Consumer::new(ctx.client(), ConsumerConfig::default())?;
+    let config = ConsumerConfig {
+        max_partition_fetch_bytes: args.max_partition_fetch_bytes,
+        fetch_max_bytes: args.fetch_max_bytes,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(ctx.client(), config)?;
     let partitions = consumer
         .partitions_for(&args.topic)
         .await
