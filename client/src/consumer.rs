@@ -277,14 +277,13 @@ impl Consumer {
     /// Moves positions past the batches in `results`; true when every partition answered
     /// cleanly and some brought data (then the next fetch can start right away).
     fn advance_positions(&mut self, results: &FetchResult) -> bool {
-        let mut any = false;
+        let mut moves = Vec::new();
         for (_, result) in results {
             let Ok(resp) = result else { return false };
             for part in &resp.partitions {
                 if part.error.is_some() {
                     return false;
                 }
-                let tp = TopicPartition::new(part.topic.clone(), part.partition);
                 let mut next = None;
                 for b in batch::split_batches(part.records.clone()) {
                     match b.as_deref().map(batch::BatchHeader::parse) {
@@ -292,11 +291,20 @@ impl Consumer {
                         _ => return false,
                     }
                 }
-                if let (Some(next), Some(pos)) = (next, self.positions.get_mut(&tp)) {
-                    if next > *pos {
-                        *pos = next;
-                        any = true;
-                    }
+                if let Some(next) = next {
+                    moves.push((
+                        TopicPartition::new(part.topic.clone(), part.partition),
+                        next,
+                    ));
+                }
+            }
+        }
+        let mut any = false;
+        for (tp, next) in moves {
+            if let Some(pos) = self.positions.get_mut(&tp) {
+                if next > *pos {
+                    *pos = next;
+                    any = true;
                 }
             }
         }
@@ -309,6 +317,7 @@ impl Consumer {
         results: FetchResult,
         before: &BTreeMap<TopicPartition, i64>,
     ) -> Result<()> {
+        let mut corrupt = None;
         for (address, result) in results {
             let resp = match result {
                 Ok(r) => r,
@@ -331,20 +340,16 @@ impl Consumer {
                 }
                 let topic: Arc<str> = Arc::from(part.topic.as_str());
                 let mut next = position;
+                let mut damaged = None;
                 for b in batch::split_batches(part.records) {
-                    let b = b.map_err(|source| Error::Corrupt {
-                        topic: tp.topic.clone(),
-                        partition: tp.partition,
-                        source,
-                    })?;
-                    let (_, records) =
-                        batch::decode(&b, batch::DEFAULT_MAX_DECOMPRESSED).map_err(|source| {
-                            Error::Corrupt {
-                                topic: tp.topic.clone(),
-                                partition: tp.partition,
-                                source,
+                    let records =
+                        match b.and_then(|b| batch::decode(&b, batch::DEFAULT_MAX_DECOMPRESSED)) {
+                            Ok((_, records)) => records,
+                            Err(source) => {
+                                damaged = Some(source);
+                                break;
                             }
-                        })?;
+                        };
                     for r in records {
                         if r.offset < next {
                             continue;
@@ -361,11 +366,38 @@ impl Consumer {
                         });
                     }
                 }
-                let pos = self.positions.entry(tp).or_insert(next);
-                *pos = (*pos).max(next);
+                let pos = self.positions.entry(tp.clone()).or_insert(next);
+                match damaged {
+                    // Stay on the first record not handed out: the next poll fetches it
+                    // again (wire damage heals) or reports it again (stored damage).
+                    Some(source) => {
+                        *pos = next;
+                        corrupt.get_or_insert(Error::Corrupt {
+                            topic: tp.topic.clone(),
+                            partition: tp.partition,
+                            offset: next,
+                            source,
+                        });
+                    }
+                    None => *pos = (*pos).max(next),
+                }
             }
         }
-        Ok(())
+        match corrupt {
+            Some(e) => {
+                // A prefetch started past the damaged batch must not skip it.
+                if let Some(p) = self.prefetch.take() {
+                    p.abort();
+                }
+                // Records before the damage are delivered first; the error comes next poll.
+                if self.buffered.is_empty() {
+                    Err(e)
+                } else {
+                    Ok(())
+                }
+            }
+            None => Ok(()),
+        }
     }
 
     async fn partition_error(&mut self, tp: &TopicPartition, err: pb::ErrorDetail) -> Result<()> {
@@ -398,5 +430,71 @@ impl Drop for Consumer {
         if let Some(p) = self.prefetch.take() {
             p.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use sluice_proto::RecordBatchBuilder;
+
+    fn batch(base: i64, values: &[&str]) -> Bytes {
+        let mut b = RecordBatchBuilder::new(Default::default());
+        for v in values {
+            b.append(1, None, v.as_bytes(), &[]);
+        }
+        let mut bytes = BytesMut::from(&b.build()[..]);
+        sluice_proto::batch::set_base_offset_and_epoch(&mut bytes, base, 0);
+        bytes.freeze()
+    }
+
+    fn response(records: Bytes) -> FetchResult {
+        let part = pb::FetchedPartition {
+            topic: "t".into(),
+            partition: 0,
+            records,
+            ..Default::default()
+        };
+        vec![(
+            "b".into(),
+            Ok(pb::FetchResponse {
+                partitions: vec![part],
+            }),
+        )]
+    }
+
+    /// Damage the client detects (on the wire) is never handed out, and the position stays
+    /// on it: records before it come first, then the error, and nothing after it is skipped.
+    #[tokio::test]
+    async fn a_damaged_batch_stops_the_partition_at_its_offset() {
+        let mut c =
+            Consumer::new(ClientConfig::new("127.0.0.1:1"), ConsumerConfig::default()).unwrap();
+        let tp = TopicPartition::new("t", 0);
+        c.positions.insert(tp.clone(), 0);
+        let mut bad = BytesMut::from(&batch(2, &["c", "d"])[..]);
+        let n = bad.len();
+        bad[n - 1] ^= 1;
+        let mut wire = BytesMut::from(&batch(0, &["a", "b"])[..]);
+        wire.extend_from_slice(&bad);
+        wire.extend_from_slice(&batch(4, &["e"]));
+        let results = response(wire.freeze());
+        let before = c.positions.clone();
+        c.advance_positions(&results);
+        c.absorb(results, &before).await.unwrap();
+        let got: Vec<i64> = c.buffered.drain(..).map(|r| r.offset).collect();
+        assert_eq!(got, vec![0, 1]);
+        assert_eq!(
+            c.position(&tp),
+            Some(2),
+            "the position stays on the damaged batch"
+        );
+
+        let again = response(bad.freeze());
+        let before = c.positions.clone();
+        let err = c.absorb(again, &before).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::CorruptMessage));
+        assert!(err.to_string().contains("offset 2"), "{err}");
+        assert_eq!(c.position(&tp), Some(2));
     }
 }

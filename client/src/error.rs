@@ -32,10 +32,11 @@ pub enum Error {
         after: Duration,
         last: String,
     },
-    #[error("corrupt data from {topic}-{partition}: {source}")]
+    #[error("corrupt data from {topic}-{partition} at offset {offset}: {source}")]
     Corrupt {
         topic: String,
         partition: i32,
+        offset: i64,
         #[source]
         source: BatchError,
     },

@@ -48,6 +48,24 @@ struct JsonRecord<'a> {
     headers: Vec<(String, Option<String>)>,
 }
 
+impl<'a> From<&'a ConsumerRecord> for JsonRecord<'a> {
+    fn from(r: &'a ConsumerRecord) -> Self {
+        JsonRecord {
+            topic: &r.topic,
+            partition: r.partition,
+            offset: r.offset,
+            timestamp: r.timestamp,
+            key: r.key.as_deref().map(text),
+            value: text(&r.value),
+            headers: r
+                .headers
+                .iter()
+                .map(|h| (h.key.clone(), h.value.as_deref().map(text)))
+                .collect(),
+        }
+    }
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -141,38 +159,15 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
         }
         last_record = Instant::now();
         for r in &records {
-            if ctx.output == Format::Json {
-                let j = JsonRecord {
-                    topic: &r.topic,
-                    partition: r.partition,
-                    offset: r.offset,
-                    timestamp: r.timestamp,
-                    key: r.key.as_deref().map(text),
-                    value: text(&r.value),
-                    headers: r
-                        .headers
-                        .iter()
-                        .map(|h| (h.key.clone(), h.value.as_deref().map(text)))
-                        .collect(),
-                };
-                serde_json::to_writer(&mut out, &j)?;
-                writeln!(out)?;
-            } else if ctx.output == Format::Yaml {
-                write!(
-                    out,
-                    "---\n{}",
-                    serde_yaml::to_string(&JsonRecord {
-                        topic: &r.topic,
-                        partition: r.partition,
-                        offset: r.offset,
-                        timestamp: r.timestamp,
-                        key: r.key.as_deref().map(text),
-                        value: text(&r.value),
-                        headers: Vec::new(),
-                    })?
-                )?;
-            } else {
-                writeln!(out, "{}", render(&args.format, r))?;
+            match ctx.output {
+                Format::Table => writeln!(out, "{}", render(&args.format, r))?,
+                Format::Json => {
+                    serde_json::to_writer(&mut out, &JsonRecord::from(r))?;
+                    writeln!(out)?;
+                }
+                Format::Yaml => {
+                    write!(out, "---\n{}", serde_yaml::to_string(&JsonRecord::from(r))?)?
+                }
             }
             count += 1;
             if args.max_messages.is_some_and(|m| count >= m) {
