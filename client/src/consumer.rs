@@ -301,11 +301,11 @@ impl Consumer {
         }
         let mut any = false;
         for (tp, next) in moves {
-            if let Some(pos) = self.positions.get_mut(&tp) {
-                if next > *pos {
-                    *pos = next;
-                    any = true;
-                }
+            if let Some(pos) = self.positions.get_mut(&tp)
+                && next > *pos
+            {
+                *pos = next;
+                any = true;
             }
         }
         any
