@@ -68,10 +68,10 @@ pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
     println!(
         "\nSluice is running: 1 broker, bootstrap {address}, data in {}\n\
          Example topic: '{EXAMPLE_TOPIC}' ({EXAMPLE_PARTITIONS} partitions). In another terminal, try:\n\n  \
-         cargo run -q --bin sluice -- topics list\n  \
-         printf 'alice:signed up\\nbob:paid\\nalice:logged in\\n' | cargo run -q --bin sluice -- produce {EXAMPLE_TOPIC} --key-separator :\n  \
-         cargo run -q --bin sluice -- consume {EXAMPLE_TOPIC} --from-beginning --format '{{partition}}@{{offset}} {{key}} {{value}}' --timeout 2s\n  \
-         cargo run -q --bin sluice -- topics describe {EXAMPLE_TOPIC}\n  \
+         cargo run -q --release --bin sluice -- topics list\n  \
+         printf 'alice:signed up\\nbob:paid\\nalice:logged in\\n' | cargo run -q --release --bin sluice -- produce {EXAMPLE_TOPIC} --key-separator :\n  \
+         cargo run -q --release --bin sluice -- consume {EXAMPLE_TOPIC} --from-beginning --format '{{partition}}@{{offset}} {{key}} {{value}}' --timeout 2s\n  \
+         cargo run -q --release --bin sluice -- topics describe {EXAMPLE_TOPIC}\n  \
          cargo run -q --release --bin sluice -- bench produce --records 200000\n\n\
          Press Ctrl-C to stop (data is kept for the next run).\n",
         data_dir.display()
