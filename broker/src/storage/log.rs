@@ -460,4 +460,78 @@ mod tests {
         assert_eq!(log.offset_for_timestamp(1901).unwrap(), Some((39, 1901)));
         assert_eq!(log.offset_for_timestamp(1902).unwrap(), None);
     }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Append {
+            records: usize,
+            size: usize,
+        },
+        /// Truncate at the start of the n-th batch from the end.
+        Truncate(usize),
+        Reopen {
+            clean: bool,
+        },
+        Roll,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            6 => (1usize..6, 0usize..300).prop_map(|(records, size)| Op::Append { records, size }),
+            1 => (0usize..4).prop_map(Op::Truncate),
+            1 => any::<bool>().prop_map(|clean| Op::Reopen { clean }),
+            1 => Just(Op::Roll),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// The log against a model (a list of batches): after any sequence of appends,
+        /// truncations, rolls, clean and unclean reopens, every batch reads back at its
+        /// offset, byte for byte, and offsets stay dense.
+        #[test]
+        fn behaves_like_a_list_of_batches(ops in proptest::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut options = opts(1500);
+            let mut log = SegmentLog::open(dir.path(), options, 0).unwrap();
+            let mut model: Vec<(i64, Vec<u8>)> = Vec::new();
+            let mut next = 0i64;
+            for op in ops {
+                match op {
+                    Op::Append { records, size } => {
+                        let mut b = batch(next, records, size);
+                        let info = log.append(&mut b, 0, 0).unwrap();
+                        proptest::prop_assert_eq!(info.base_offset, next);
+                        model.push((next, b.to_vec()));
+                        next += records as i64;
+                    }
+                    Op::Truncate(back) if back < model.len() => {
+                        let at = model.len() - 1 - back;
+                        let offset = model[at].0;
+                        log.truncate_suffix(offset).unwrap();
+                        model.truncate(at);
+                        next = offset;
+                    }
+                    Op::Truncate(_) => {}
+                    Op::Reopen { clean } => {
+                        if clean {
+                            log.close().unwrap();
+                        }
+                        drop(log);
+                        log = SegmentLog::open(dir.path(), options, 0).unwrap();
+                    }
+                    Op::Roll => {
+                        options.segment_bytes = if options.segment_bytes == 1500 { 600 } else { 1500 };
+                        log.set_options(options);
+                    }
+                }
+                proptest::prop_assert_eq!(log.offsets().log_end, next);
+            }
+            for (offset, bytes) in &model {
+                let got = log.read(*offset, 1, next).unwrap();
+                proptest::prop_assert_eq!(&got[..], &bytes[..], "batch at offset {}", offset);
+            }
+        }
+    }
 }
