@@ -12,6 +12,7 @@
 
 pub mod broker;
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod metadata;
 pub mod partition;

@@ -1,0 +1,83 @@
+//! The controller's Raft type configuration and the replicated cluster metadata.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+
+use crate::metadata::TopicRecord;
+
+openraft::declare_raft_types!(
+    /// The metadata (controller) Raft group.
+    pub MetaRaft:
+        D = MetaCommand,
+        R = MetaResponse,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<MetaRaft>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A broker as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRecord {
+    pub node_id: i32,
+    /// host:port for clients.
+    pub address: String,
+    /// host:port for other brokers (Raft, forwarding).
+    pub raft_address: String,
+}
+
+/// Everything the controller group replicates.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterState {
+    pub brokers: BTreeMap<i32, BrokerRecord>,
+    pub topics: BTreeMap<String, TopicRecord>,
+}
+
+/// A change to the cluster metadata. Validation that needs the current state happens when
+/// the command is applied, so every replica reaches the same answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaCommand {
+    RegisterBroker(BrokerRecord),
+    CreateTopic(TopicRecord),
+    DeleteTopic { name: String },
+}
+
+/// The outcome of applying a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaResponse {
+    Ok,
+    /// `code` is an ErrorCode name.
+    Rejected { code: String, message: String },
+}
+
+impl ClusterState {
+    /// Applies one command.
+    pub fn apply(&mut self, command: &MetaCommand) -> MetaResponse {
+        match command {
+            MetaCommand::RegisterBroker(b) => {
+                self.brokers.insert(b.node_id, b.clone());
+                MetaResponse::Ok
+            }
+            MetaCommand::CreateTopic(t) => {
+                if self.topics.contains_key(&t.name) {
+                    return MetaResponse::Rejected {
+                        code: "TOPIC_ALREADY_EXISTS".into(),
+                        message: format!("topic '{}' already exists", t.name),
+                    };
+                }
+                self.topics.insert(t.name.clone(), t.clone());
+                MetaResponse::Ok
+            }
+            MetaCommand::DeleteTopic { name } => match self.topics.remove(name) {
+                Some(_) => MetaResponse::Ok,
+                None => MetaResponse::Rejected {
+                    code: "UNKNOWN_TOPIC_OR_PARTITION".into(),
+                    message: format!("unknown topic '{name}'"),
+                },
+            },
+        }
+    }
+}
