@@ -6,6 +6,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .bytes(".sluice.v1.ProduceRequest.batch")
         .bytes(".sluice.v1.FetchedPartition.records")
-        .compile_with_config(config, &["proto/sluice/v1/sluice.proto"], &["proto"])?;
+        .compile_with_config(
+            config,
+            &["proto/sluice/v1/sluice.proto", "proto/sluice/v1/raft.proto"],
+            &["proto"],
+        )?;
     Ok(())
 }

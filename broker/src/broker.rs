@@ -1,16 +1,23 @@
-//! [`Broker`]: the topics and partitions this broker holds, the flusher, retention, and
-//! the admin operations. Request handlers in [`crate::service`] call into it.
+//! [`Broker`]: what this broker holds and serves. Cluster metadata (brokers, topics,
+//! assignments) comes from the [`Controller`]; a reconciler opens the partitions assigned
+//! here and removes those of deleted topics. Also the flusher, retention and the admin
+//! operations, which go through the controller.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use sluice_proto::TopicConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FlushPolicy};
+use crate::controller::{
+    BrokerRecord, ClusterState, Controller, ControllerTiming, MetaCommand, MetaResponse,
+    PeerChannels,
+};
 use crate::error::{Error, Result};
 use crate::metadata::{MetadataStore, TopicRecord};
 use crate::partition::Partition;
@@ -22,24 +29,35 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A topic and its local partitions.
+/// Identifies which incarnation of a topic a partition directory belongs to.
+const PARTITION_META_FILE: &str = "partition.json";
+
+/// A topic's partitions on this broker.
 #[derive(Debug)]
-pub struct Topic {
+pub struct LocalTopic {
     pub record: TopicRecord,
     pub config: Arc<TopicConfig>,
-    pub partitions: Vec<Arc<Partition>>,
+    pub partitions: BTreeMap<i32, Arc<Partition>>,
+}
+
+/// Where this broker is reachable.
+#[derive(Debug, Clone)]
+pub struct Addresses {
+    /// host:port for clients.
+    pub client: String,
+    /// host:port for other brokers.
+    pub raft: String,
 }
 
 #[derive(Debug)]
 pub struct Broker {
     pub config: Config,
-    pub cluster_id: String,
-    /// host:port clients connect to.
-    pub advertised_address: String,
+    pub addresses: Addresses,
+    local_cluster_id: String,
+    pub controller: Arc<Controller>,
     metadata: MetadataStore,
-    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    /// Serializes topic creation and deletion (metadata and directories change together).
-    admin_lock: tokio::sync::Mutex<()>,
+    local: RwLock<BTreeMap<String, Arc<LocalTopic>>>,
+    pub peers: PeerChannels,
     flusher: Arc<Flusher>,
     flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub shutdown: CancellationToken,
@@ -92,58 +110,209 @@ impl Flusher {
 }
 
 impl Broker {
-    /// Opens the data directory: metadata, then every topic's partition logs (recovering
-    /// them if the last run crashed). Blocking.
-    pub fn open(config: Config, advertised_address: String) -> Result<Arc<Self>> {
-        std::fs::create_dir_all(config.data_dir.join("logs")).map_err(|e| {
-            Error::Internal(format!(
-                "cannot create data directory {}: {e}",
-                config.data_dir.display()
-            ))
-        })?;
-        let (metadata, cluster_id) = MetadataStore::open(
-            &config.data_dir,
+    /// Opens the data directory, joins the controller group, opens the partitions the
+    /// metadata assigns here (recovering them if the last run crashed), and starts the
+    /// reconciler and the registration of this broker.
+    pub async fn open(
+        config: Config,
+        addresses: Addresses,
+        voters: BTreeMap<i32, String>,
+    ) -> Result<Arc<Self>> {
+        let c = config.clone();
+        let (metadata, local_cluster_id) = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(c.data_dir.join("logs")).map_err(|e| {
+                Error::Internal(format!(
+                    "cannot create data directory {}: {e}",
+                    c.data_dir.display()
+                ))
+            })?;
+            MetadataStore::open(&c.data_dir, c.node_id, c.metadata_cache_bytes)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("opening the metadata store: {e}")))??;
+        let peers = PeerChannels::default();
+        let controller = Controller::start(
             config.node_id,
-            config.metadata_cache_bytes,
-        )?;
+            metadata.db(),
+            &voters,
+            peers.clone(),
+            ControllerTiming::default(),
+        )
+        .await?;
         let flusher = Arc::new(Flusher::default());
-        let broker = Broker {
+        let policy = config.flush;
+        let f = flusher.clone();
+        let handle = std::thread::Builder::new()
+            .name("sluice-flusher".into())
+            .spawn(move || f.run(policy))
+            .map_err(|e| Error::Internal(format!("cannot start the flusher thread: {e}")))?;
+        let broker = Arc::new(Broker {
             config,
-            cluster_id,
-            advertised_address,
+            addresses,
+            local_cluster_id,
+            controller,
             metadata,
-            topics: RwLock::new(BTreeMap::new()),
-            admin_lock: tokio::sync::Mutex::new(()),
-            flusher: flusher.clone(),
-            flusher_thread: Mutex::new(None),
+            local: RwLock::new(BTreeMap::new()),
+            peers,
+            flusher,
+            flusher_thread: Mutex::new(Some(handle)),
             shutdown: CancellationToken::new(),
-        };
+        });
         let started = std::time::Instant::now();
-        let records = broker.metadata.topics()?;
-        let mut known_dirs = std::collections::HashSet::new();
-        for record in records {
-            for p in 0..record.partitions {
-                known_dirs.insert(broker.partition_dir(&record.name, p));
-            }
-            let topic = broker.open_topic(record)?;
-            broker
-                .topics
-                .write()
-                .insert(topic.record.name.clone(), Arc::new(topic));
-        }
-        broker.remove_orphan_dirs(&known_dirs);
+        let b = broker.clone();
+        let state = broker.controller.state();
+        tokio::task::spawn_blocking(move || b.reconcile(&ClusterState::default(), &state))
+            .await
+            .map_err(|e| Error::Internal(format!("opening partitions: {e}")))?;
         tracing::info!(
-            topics = broker.topics.read().len(),
+            topics = broker.local.read().len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "opened logs"
         );
-        let policy = broker.config.flush;
-        let handle = std::thread::Builder::new()
-            .name("sluice-flusher".into())
-            .spawn(move || flusher.run(policy))
-            .map_err(|e| Error::Internal(format!("cannot start the flusher thread: {e}")))?;
-        *broker.flusher_thread.lock() = Some(handle);
-        Ok(Arc::new(broker))
+        tokio::spawn(broker.clone().run_reconciler());
+        tokio::spawn(broker.clone().register());
+        Ok(broker)
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.config.node_id
+    }
+
+    /// The cluster id: the controller's once known, this data directory's until then.
+    pub fn cluster_id(&self) -> String {
+        let state = self.controller.state();
+        if state.cluster_id.is_empty() {
+            self.local_cluster_id.clone()
+        } else {
+            state.cluster_id.clone()
+        }
+    }
+
+    /// Registers this broker (its addresses) with the controller, retrying with backoff
+    /// until it succeeds or the broker stops.
+    async fn register(self: Arc<Self>) {
+        let command = MetaCommand::RegisterBroker {
+            broker: BrokerRecord {
+                node_id: self.node_id(),
+                address: self.addresses.client.clone(),
+                raft_address: self.addresses.raft.clone(),
+            },
+            cluster_id: self.local_cluster_id.clone(),
+        };
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                r = self.controller.propose(command.clone()) => match r {
+                    Ok(_) => {
+                        tracing::info!(node_id = self.node_id(), address = %self.addresses.client, "registered with the controller");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(cause = %e, "registering with the controller; will retry"),
+                },
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Applies every new metadata version to the local partitions.
+    async fn run_reconciler(self: Arc<Self>) {
+        let mut rx = self.controller.subscribe();
+        let mut seen = rx.borrow_and_update().clone();
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                r = rx.changed() => if r.is_err() { return },
+            }
+            let next = rx.borrow_and_update().clone();
+            let this = self.clone();
+            let prev = seen.clone();
+            let n = next.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || this.reconcile(&prev, &n)).await {
+                tracing::error!(cause = %e, "reconciling partitions failed");
+            }
+            seen = next;
+        }
+    }
+
+    /// Opens partitions newly assigned here; closes and deletes those of topics that are
+    /// gone. Blocking.
+    fn reconcile(&self, prev: &ClusterState, next: &ClusterState) {
+        let me = self.node_id();
+        for (name, record) in &next.topics {
+            let current = self.local.read().get(name).cloned();
+            if current
+                .as_ref()
+                .is_some_and(|t| t.record.topic_id == record.topic_id)
+            {
+                continue;
+            }
+            if let Some(stale) = current {
+                self.drop_topic(&stale);
+            }
+            let assigned: Vec<i32> = (0..record.partitions)
+                .filter(|&p| {
+                    record
+                        .replicas
+                        .get(p as usize)
+                        .is_some_and(|r| r.contains(&me))
+                })
+                .collect();
+            match self.open_topic(record.clone(), &assigned) {
+                Ok(topic) => {
+                    self.local.write().insert(name.clone(), Arc::new(topic));
+                }
+                Err(e) => {
+                    tracing::error!(topic = %name, cause = %e, "cannot open the topic's partitions")
+                }
+            }
+        }
+        let gone: Vec<Arc<LocalTopic>> = self
+            .local
+            .read()
+            .values()
+            .filter(|t| {
+                next.topics
+                    .get(&t.record.name)
+                    .is_none_or(|r| r.topic_id != t.record.topic_id)
+            })
+            .cloned()
+            .collect();
+        for t in gone {
+            if prev.topics.contains_key(&t.record.name) || !next.topics.contains_key(&t.record.name)
+            {
+                self.drop_topic(&t);
+            }
+        }
+    }
+
+    /// Stops serving a deleted topic and removes its data.
+    fn drop_topic(&self, topic: &LocalTopic) {
+        {
+            let mut local = self.local.write();
+            if local
+                .get(&topic.record.name)
+                .is_some_and(|t| t.record.topic_id == topic.record.topic_id)
+            {
+                local.remove(&topic.record.name);
+            }
+        }
+        for p in topic.partitions.keys() {
+            let dir = self.partition_dir(&topic.record.name, *p);
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    tracing::info!(dir = %dir.display(), "deleted the partition of a deleted topic")
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), cause = %e, "cannot delete a deleted topic's partition")
+                }
+            }
+        }
     }
 
     fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {
@@ -153,23 +322,7 @@ impl Broker {
             .join(format!("{topic}-{partition}"))
     }
 
-    /// Directories left by a deletion that crashed half-way (the metadata is removed first).
-    fn remove_orphan_dirs(&self, known: &std::collections::HashSet<PathBuf>) {
-        let Ok(entries) = std::fs::read_dir(self.config.data_dir.join("logs")) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            if path.is_dir() && !known.contains(&path) {
-                tracing::warn!(dir = %path.display(), "removing the log directory of a deleted topic");
-                if let Err(e) = std::fs::remove_dir_all(&path) {
-                    tracing::error!(dir = %path.display(), cause = %e, "cannot remove an orphaned log directory");
-                }
-            }
-        }
-    }
-
-    fn open_topic(&self, record: TopicRecord) -> Result<Topic> {
+    fn open_topic(&self, record: TopicRecord, assigned: &[i32]) -> Result<LocalTopic> {
         let config = Arc::new(
             TopicConfig::from_map(&record.config, record.replication_factor).map_err(|e| {
                 Error::Internal(format!(
@@ -184,52 +337,130 @@ impl Broker {
             segment_ms: config.segment_ms,
             index_interval_bytes: self.config.index_interval_bytes,
         };
-        let mut partitions = Vec::with_capacity(record.partitions as usize);
-        for p in 0..record.partitions {
+        let mut partitions = BTreeMap::new();
+        for &p in assigned {
             let dir = self.partition_dir(&record.name, p);
+            self.claim_dir(&dir, &record.topic_id)?;
             let log =
                 SegmentLog::open(&dir, options, now_ms()).map_err(|source| Error::Storage {
                     topic: record.name.clone(),
                     partition: p,
                     source,
                 })?;
-            partitions.push(Arc::new(Partition::new(
-                topic_name.clone(),
+            partitions.insert(
                 p,
-                config.clone(),
-                Box::new(log),
-                self.config.flush,
-            )));
+                Arc::new(Partition::new(
+                    topic_name.clone(),
+                    p,
+                    config.clone(),
+                    Box::new(log),
+                    self.config.flush,
+                )),
+            );
         }
-        Ok(Topic {
+        Ok(LocalTopic {
             record,
             config,
             partitions,
         })
     }
 
-    pub fn topic(&self, name: &str) -> Result<Arc<Topic>> {
-        self.topics
-            .read()
+    /// Makes `dir` belong to topic incarnation `topic_id`: a directory left by an earlier
+    /// topic of the same name (deleted while this broker was down) is removed first.
+    fn claim_dir(&self, dir: &std::path::Path, topic_id: &str) -> Result<()> {
+        let meta = dir.join(PARTITION_META_FILE);
+        let io = |e: std::io::Error| {
+            Error::Internal(format!("partition directory {}: {e}", dir.display()))
+        };
+        match std::fs::read_to_string(&meta) {
+            Ok(owner) if owner.trim() == topic_id => return Ok(()),
+            Ok(owner) => {
+                tracing::warn!(dir = %dir.display(), old = %owner.trim(), new = %topic_id,
+                    "removing the data of an earlier topic with the same name");
+                std::fs::remove_dir_all(dir).map_err(io)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::write(&meta, topic_id).map_err(io)?;
+        Ok(())
+    }
+
+    /// Brokers and their client addresses. This broker's own entry is always its current
+    /// address, even before its registration (after a restart on a new port) is committed.
+    pub fn known_brokers(&self) -> BTreeMap<i32, String> {
+        let mut out: BTreeMap<i32, String> = self
+            .controller
+            .state()
+            .brokers
+            .values()
+            .map(|b| (b.node_id, b.address.clone()))
+            .collect();
+        out.insert(self.node_id(), self.addresses.client.clone());
+        out
+    }
+
+    /// The metadata of a topic, or UNKNOWN_TOPIC_OR_PARTITION.
+    pub fn topic_record(&self, name: &str) -> Result<TopicRecord> {
+        self.controller
+            .state()
+            .topics
             .get(name)
             .cloned()
             .ok_or_else(|| Error::UnknownTopic(name.to_string()))
     }
 
-    pub fn topics(&self) -> Vec<Arc<Topic>> {
-        self.topics.read().values().cloned().collect()
+    /// This broker's partitions of a topic, if it has any.
+    pub fn local_topic(&self, name: &str) -> Option<Arc<LocalTopic>> {
+        self.local.read().get(name).cloned()
     }
 
+    pub fn local_topics(&self) -> Vec<Arc<LocalTopic>> {
+        self.local.read().values().cloned().collect()
+    }
+
+    /// A partition this broker leads, or the error that tells the client where to go.
     pub fn partition(&self, topic: &str, partition: i32) -> Result<Arc<Partition>> {
-        let t = self.topic(topic)?;
-        t.partitions
-            .get(usize::try_from(partition).unwrap_or(usize::MAX))
-            .cloned()
-            .ok_or_else(|| Error::UnknownPartition {
+        if let Some(p) = self
+            .local
+            .read()
+            .get(topic)
+            .and_then(|t| t.partitions.get(&partition).cloned())
+        {
+            return Ok(p);
+        }
+        let state = self.controller.state();
+        let record = state
+            .topics
+            .get(topic)
+            .ok_or_else(|| Error::UnknownTopic(topic.to_string()))?;
+        if partition < 0 || partition >= record.partitions {
+            return Err(Error::UnknownPartition {
                 topic: topic.to_string(),
                 partition,
-                count: t.record.partitions,
-            })
+                count: record.partitions,
+            });
+        }
+        let unavailable = || Error::LeaderNotAvailable {
+            topic: topic.to_string(),
+            partition,
+        };
+        let leader = record.leader(partition).ok_or_else(unavailable)?;
+        if leader == self.node_id() {
+            return Err(unavailable());
+        }
+        let address = state
+            .brokers
+            .get(&leader)
+            .map(|b| b.address.clone())
+            .ok_or_else(unavailable)?;
+        Err(Error::NotLeader {
+            topic: topic.to_string(),
+            partition,
+            leader,
+            address,
+        })
     }
 
     /// Queues a partition for the flusher after a write.
@@ -237,7 +468,8 @@ impl Broker {
         self.flusher.enqueue(partition);
     }
 
-    /// Validates and creates a topic: metadata first (durably), then its directories.
+    /// Validates a topic, places its partitions on registered brokers, and commits it
+    /// through the controller. Returns once this broker has applied it.
     pub async fn create_topic(
         self: &Arc<Self>,
         name: String,
@@ -245,7 +477,7 @@ impl Broker {
         replication_factor: i32,
         overrides: BTreeMap<String, String>,
         validate_only: bool,
-    ) -> Result<Arc<Topic>> {
+    ) -> Result<TopicRecord> {
         sluice_proto::validate_topic_name(&name).map_err(Error::InvalidTopic)?;
         let max = self.config.max_partitions_per_topic;
         if partitions < 1 || partitions > max {
@@ -253,87 +485,108 @@ impl Broker {
                 "topic '{name}': partitions must be between 1 and {max}, got {partitions}"
             )));
         }
-        let live_brokers = 1;
+        // Right after start this broker may not have finished registering.
+        self.await_local(|| {
+            self.controller
+                .state()
+                .brokers
+                .contains_key(&self.node_id())
+        })
+        .await;
+        let state = self.controller.state();
+        let brokers: Vec<i32> = state.brokers.keys().copied().collect();
+        let live = brokers.len() as i32;
         let rf = if replication_factor == -1 {
             1
         } else {
             replication_factor
         };
-        if rf < 1 || rf > live_brokers {
+        if rf < 1 || rf > live {
             return Err(Error::InvalidReplicationFactor(format!(
-                "topic '{name}': replication factor {replication_factor} is not possible with {live_brokers} live broker(s); \
-                 use a value between 1 and {live_brokers}"
+                "topic '{name}': replication factor {replication_factor} is not possible with {live} registered broker(s); \
+                 use a value between 1 and {live}"
+            )));
+        }
+        if rf > 1 {
+            return Err(Error::InvalidReplicationFactor(format!(
+                "topic '{name}': replication factor {rf} needs partition replication, which this version does not have yet; use 1"
             )));
         }
         TopicConfig::from_map(&overrides, rf)
             .map_err(|e| Error::InvalidConfig(format!("topic '{name}': {e}")))?;
-        let _guard = self.admin_lock.lock().await;
-        if self.topics.read().contains_key(&name) {
+        if state.topics.contains_key(&name) {
             return Err(Error::TopicExists(name));
         }
+        let replicas = place(&name, partitions, rf, &brokers);
         let record = TopicRecord {
             name: name.clone(),
             partitions,
             replication_factor: rf,
             config: overrides,
             created_ms: now_ms(),
+            topic_id: format!("{name}-{}-{}", now_ms(), self.node_id()),
+            replicas,
         };
         if validate_only {
-            let config = Arc::new(
-                TopicConfig::from_map(&record.config, rf)
-                    .map_err(|e| Error::InvalidConfig(e.to_string()))?,
-            );
-            return Ok(Arc::new(Topic {
-                record,
-                config,
-                partitions: Vec::new(),
-            }));
+            return Ok(record);
         }
-        let this = self.clone();
-        let topic = tokio::task::spawn_blocking(move || -> Result<Topic> {
-            this.metadata.put_topic(&record)?;
-            this.open_topic(record)
+        match self
+            .controller
+            .propose(MetaCommand::CreateTopic(record.clone()))
+            .await?
+        {
+            MetaResponse::Ok => {}
+            MetaResponse::Rejected { code, message } if code == "TOPIC_ALREADY_EXISTS" => {
+                let _ = message;
+                return Err(Error::TopicExists(name));
+            }
+            MetaResponse::Rejected { message, .. } => return Err(Error::Rejected(message)),
+        }
+        self.await_local(|| {
+            self.local
+                .read()
+                .get(&name)
+                .is_some_and(|t| t.record.topic_id == record.topic_id)
+                || self
+                    .controller
+                    .state()
+                    .topics
+                    .get(&name)
+                    .is_some_and(|t| t.topic_id == record.topic_id)
+                    && !record.replicas.iter().any(|r| r.contains(&self.node_id()))
         })
-        .await
-        .map_err(|e| Error::Internal(format!("topic creation task failed: {e}")))??;
-        let topic = Arc::new(topic);
-        self.topics.write().insert(name.clone(), topic.clone());
+        .await;
         tracing::info!(topic = %name, partitions, replication_factor = rf, "created topic");
-        Ok(topic)
+        Ok(record)
     }
 
-    /// Deletes a topic: metadata first (durably), then its data.
+    /// Waits (bounded) until this broker has applied a metadata change, so that a client
+    /// that created a topic here can use it here right away.
+    async fn await_local(&self, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !done() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Deletes a topic through the controller; every broker then removes its data.
     pub async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<()> {
-        let _guard = self.admin_lock.lock().await;
-        let topic = self.topic(name)?;
-        let this = self.clone();
-        let dirs: Vec<PathBuf> = (0..topic.record.partitions)
-            .map(|p| self.partition_dir(name, p))
-            .collect();
-        let n = name.to_string();
-        tokio::task::spawn_blocking(move || -> Result<()> {
-            this.metadata.delete_topic(&n)?;
-            this.topics.write().remove(&n);
-            for dir in dirs {
-                std::fs::remove_dir_all(&dir)
-                    .or_else(|e| {
-                        if e.kind() == std::io::ErrorKind::NotFound {
-                            Ok(())
-                        } else {
-                            Err(e)
-                        }
-                    })
-                    .map_err(|e| {
-                        Error::Internal(format!(
-                            "topic '{n}' deleted, but removing {} failed: {e}",
-                            dir.display()
-                        ))
-                    })?;
-            }
-            Ok(())
+        self.topic_record(name)?;
+        match self
+            .controller
+            .propose(MetaCommand::DeleteTopic {
+                name: name.to_string(),
+            })
+            .await?
+        {
+            MetaResponse::Ok => {}
+            MetaResponse::Rejected { .. } => return Err(Error::UnknownTopic(name.to_string())),
+        }
+        self.await_local(|| {
+            !self.local.read().contains_key(name)
+                && !self.controller.state().topics.contains_key(name)
         })
-        .await
-        .map_err(|e| Error::Internal(format!("topic deletion task failed: {e}")))??;
+        .await;
         tracing::info!(topic = %name, "deleted topic");
         Ok(())
     }
@@ -349,8 +602,8 @@ impl Broker {
             }
             let this = self.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                for topic in this.topics() {
-                    for p in &topic.partitions {
+                for topic in this.local_topics() {
+                    for p in topic.partitions.values() {
                         if let Err(e) = p.enforce_retention(now_ms()) {
                             tracing::error!(topic = %p.topic, partition = p.id, cause = %e, "retention failed");
                         }
@@ -369,8 +622,8 @@ impl Broker {
         if let Some(handle) = self.flusher_thread.lock().take() {
             let _ = handle.join();
         }
-        for topic in self.topics() {
-            for p in &topic.partitions {
+        for topic in self.local_topics() {
+            for p in topic.partitions.values() {
                 if let Err(e) = p.close() {
                     tracing::error!(topic = %p.topic, partition = p.id, cause = %e, "closing the log failed; it will be recovered on the next start");
                 }
@@ -380,5 +633,48 @@ impl Broker {
             tracing::error!(cause = %e, "flushing the metadata store failed");
         }
         tracing::info!("broker closed cleanly");
+    }
+}
+
+/// Spreads partitions over brokers: partition `p`'s replicas are `rf` consecutive brokers
+/// starting at a per-topic offset plus `p`, so partitions and preferred leaders are
+/// balanced across brokers and topics do not all start on the same broker.
+pub fn place(topic: &str, partitions: i32, rf: i32, brokers: &[i32]) -> Vec<Vec<i32>> {
+    let n = brokers.len();
+    let start = topic
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+        % n.max(1);
+    (0..partitions as usize)
+        .map(|p| {
+            (0..rf as usize)
+                .map(|r| brokers[(start + p + r) % n])
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn placement_spreads_partitions_and_leaders() {
+        let brokers = [1, 2, 3];
+        let replicas = place("orders", 6, 1, &brokers);
+        let mut per_broker = BTreeMap::new();
+        for r in &replicas {
+            *per_broker.entry(r[0]).or_insert(0) += 1;
+        }
+        assert_eq!(per_broker.values().collect::<Vec<_>>(), vec![&2, &2, &2]);
+        let three = place("orders", 4, 3, &brokers);
+        assert!(
+            three
+                .iter()
+                .all(|r| r.iter().collect::<HashSet<_>>().len() == 3),
+            "{three:?}"
+        );
     }
 }

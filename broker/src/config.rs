@@ -1,6 +1,7 @@
 //! Broker configuration: defaults, then a YAML file (`--config`), then `SLUICE_*`
 //! environment variables, then flags.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -66,6 +67,14 @@ pub struct Config {
     pub listen: SocketAddr,
     /// What clients are told to connect to; defaults to the bound listen address.
     pub advertised_address: Option<String>,
+    /// The controller voters, node id -> inter-broker address (Kafka's
+    /// `controller.quorum.voters`). Empty: a single-broker cluster that is its own controller.
+    pub controller_quorum_voters: BTreeMap<i32, String>,
+    /// Inter-broker listener (Raft, forwarding); defaults to this node's voter address, or
+    /// a free loopback port for a broker that is not a voter.
+    pub raft_listen: Option<SocketAddr>,
+    /// What other brokers are told to connect to; defaults to the bound inter-broker address.
+    pub advertised_raft_address: Option<String>,
     pub flush: FlushPolicy,
     pub index_interval_bytes: u64,
     pub retention_check_interval: Duration,
@@ -89,6 +98,9 @@ impl Default for Config {
                 .parse()
                 .expect("default listen address is valid"),
             advertised_address: None,
+            controller_quorum_voters: BTreeMap::new(),
+            raft_listen: None,
+            advertised_raft_address: None,
             flush: DEFAULT_FLUSH
                 .parse()
                 .expect("default flush policy is valid"),
@@ -103,7 +115,52 @@ impl Default for Config {
     }
 }
 
+/// Parses `1@host:port,2@host:port` (Kafka's `controller.quorum.voters`).
+pub fn parse_voters(s: &str) -> Result<BTreeMap<i32, String>, String> {
+    let mut voters = BTreeMap::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part.split_once('@').ok_or_else(|| {
+            format!("controller voter '{part}' is not ID@HOST:PORT (e.g. 1@127.0.0.1:9093)")
+        })?;
+        let id: i32 = id
+            .parse()
+            .map_err(|_| format!("controller voter '{part}': '{id}' is not a node id"))?;
+        if !addr.contains(':') {
+            return Err(format!("controller voter '{part}': '{addr}' has no port"));
+        }
+        if voters.insert(id, addr.to_string()).is_some() {
+            return Err(format!("controller voter {id} is listed twice"));
+        }
+    }
+    Ok(voters)
+}
+
 impl Config {
+    /// Whether this broker is one of the controller voters.
+    pub fn is_voter(&self) -> bool {
+        self.controller_quorum_voters.contains_key(&self.node_id)
+    }
+
+    /// Where the inter-broker listener binds: explicit, else this node's voter address,
+    /// else a free loopback port; none for a single-broker cluster.
+    pub fn raft_bind_address(&self) -> Result<Option<SocketAddr>, String> {
+        if self.controller_quorum_voters.is_empty() {
+            return Ok(self.raft_listen);
+        }
+        if let Some(a) = self.raft_listen {
+            return Ok(Some(a));
+        }
+        match self.controller_quorum_voters.get(&self.node_id) {
+            Some(addr) => addr.parse().map(Some).map_err(|_| {
+                format!(
+                    "voter address '{addr}' of node {} is not IP:PORT; set --raft-listen",
+                    self.node_id
+                )
+            }),
+            None => Ok(Some("127.0.0.1:0".parse().expect("static address"))),
+        }
+    }
+
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), String> {
         if self.node_id < 0 {
@@ -121,6 +178,12 @@ impl Config {
                 self.max_request_bytes
             ));
         }
+        if !self.controller_quorum_voters.is_empty()
+            && self.raft_listen.is_none()
+            && !self.is_voter()
+        {
+            // Learners pick a free port; nothing to check.
+        }
         if self.max_partitions_per_topic < 1 {
             return Err("max_partitions_per_topic must be at least 1".into());
         }
@@ -136,6 +199,9 @@ struct ConfigFile {
     data_dir: Option<PathBuf>,
     listen: Option<SocketAddr>,
     advertised_address: Option<String>,
+    controller_quorum_voters: Option<String>,
+    raft_listen: Option<SocketAddr>,
+    advertised_raft_address: Option<String>,
     flush: Option<String>,
     index_interval_bytes: Option<u64>,
     retention_check_interval: Option<String>,
@@ -170,6 +236,16 @@ pub struct Args {
     /// Address clients are told to use [default: the bound listen address]
     #[arg(long, env = "SLUICE_ADVERTISED_ADDRESS")]
     pub advertised_address: Option<String>,
+    /// Controller voters, ID@HOST:PORT comma-separated (Kafka's controller.quorum.voters)
+    /// [default: none: a single-broker cluster]
+    #[arg(long, env = "SLUICE_CONTROLLER_QUORUM_VOTERS")]
+    pub controller_quorum_voters: Option<String>,
+    /// Inter-broker listener, HOST:PORT [default: this node's voter address]
+    #[arg(long, env = "SLUICE_RAFT_LISTEN")]
+    pub raft_listen: Option<SocketAddr>,
+    /// Inter-broker address other brokers are told to use [default: the bound raft address]
+    #[arg(long, env = "SLUICE_ADVERTISED_RAFT_ADDRESS")]
+    pub advertised_raft_address: Option<String>,
     /// `always` (fsync before acknowledging, group-committed) or an interval such as
     /// `100ms` (fsync in the background; a power loss can lose that much) [default: always]
     #[arg(long, env = "SLUICE_FLUSH")]
@@ -224,6 +300,17 @@ impl Args {
             data_dir: self.data_dir.or(file.data_dir).unwrap_or(d.data_dir),
             listen: self.listen.or(file.listen).unwrap_or(d.listen),
             advertised_address: self.advertised_address.or(file.advertised_address),
+            controller_quorum_voters: match self
+                .controller_quorum_voters
+                .or(file.controller_quorum_voters)
+            {
+                Some(s) => parse_voters(&s)?,
+                None => BTreeMap::new(),
+            },
+            raft_listen: self.raft_listen.or(file.raft_listen),
+            advertised_raft_address: self
+                .advertised_raft_address
+                .or(file.advertised_raft_address),
             flush: match self.flush.or(file.flush) {
                 Some(s) => s.parse()?,
                 None => d.flush,

@@ -1,11 +1,239 @@
 //! The controller: cluster metadata (brokers, topics, partition assignments) replicated by
-//! one Raft group across the controller voters, like Kafka's KRaft.
+//! one Raft group across the controller voters, like Kafka's KRaft. Every other broker is a
+//! learner of the group, so every broker holds the metadata and serves it locally.
 //!
 //! # Layout
 //! - [`types`]: the Raft type config, [`ClusterState`] and the commands that change it.
 //! - [`store`]: the sled-backed Raft log and state machine.
+//! - [`network`]: Raft over gRPC, one connection per peer for every group.
 
+pub mod network;
 pub mod store;
 pub mod types;
 
-pub use types::{BrokerRecord, ClusterState, MetaCommand, MetaRaft, MetaResponse};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft};
+use sluice_proto::pb;
+use tokio::sync::watch;
+
+pub use self::network::{CONTROLLER_GROUP, PeerChannels, RaftService};
+pub use self::types::{BrokerRecord, ClusterState, MetaCommand, MetaRaft, MetaResponse};
+use crate::error::{Error, Result};
+
+/// Raft timing of the controller group.
+#[derive(Debug, Clone, Copy)]
+pub struct ControllerTiming {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// How long a proposal may wait for a leader (elections included).
+    pub propose_timeout: Duration,
+}
+
+impl Default for ControllerTiming {
+    fn default() -> Self {
+        ControllerTiming {
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            propose_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+pub struct Controller {
+    pub raft: Raft<MetaRaft>,
+    pub node_id: i32,
+    state: watch::Receiver<Arc<ClusterState>>,
+    channels: PeerChannels,
+    timing: ControllerTiming,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("node_id", &self.node_id)
+            .field("leader", &self.leader())
+            .finish()
+    }
+}
+
+impl Controller {
+    /// Starts this broker's member of the controller group. Voters initialize the group
+    /// with all voters (idempotent); other brokers wait to be added as learners.
+    pub async fn start(
+        node_id: i32,
+        db: &sled::Db,
+        voters: &BTreeMap<i32, String>,
+        channels: PeerChannels,
+        timing: ControllerTiming,
+    ) -> Result<Arc<Self>> {
+        let config = openraft::Config {
+            cluster_name: "sluice-controller".into(),
+            heartbeat_interval: timing.heartbeat.as_millis() as u64,
+            election_timeout_min: timing.election_timeout_min.as_millis() as u64,
+            election_timeout_max: timing.election_timeout_max.as_millis() as u64,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Internal(format!("controller Raft config: {e}")))?;
+        let log = store::LogStore::open(db)?;
+        let sm = store::StateMachine::open(db)
+            .map_err(|e| Error::Internal(format!("controller state: {e}")))?;
+        let state = sm.subscribe();
+        let network = network::Network {
+            group: CONTROLLER_GROUP,
+            channels: channels.clone(),
+        };
+        let raft = Raft::new(node_id as u64, Arc::new(config), network, log, sm)
+            .await
+            .map_err(|e| Error::Internal(format!("starting the controller Raft: {e}")))?;
+        if voters.contains_key(&node_id) {
+            let members: BTreeMap<u64, BasicNode> = voters
+                .iter()
+                .map(|(id, addr)| (*id as u64, BasicNode::new(addr)))
+                .collect();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(voters = ?voters, "initialized the controller quorum"),
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => {
+                    return Err(Error::Internal(format!(
+                        "initializing the controller quorum: {e}"
+                    )));
+                }
+            }
+        }
+        Ok(Arc::new(Controller {
+            raft,
+            node_id,
+            state,
+            channels,
+            timing,
+        }))
+    }
+
+    /// The current metadata as this broker has applied it.
+    pub fn state(&self) -> Arc<ClusterState> {
+        self.state.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+        self.state.clone()
+    }
+
+    /// The controller leader's node id, if there is one now.
+    pub fn leader(&self) -> Option<i32> {
+        self.raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .map(|l| l as i32)
+    }
+
+    fn leader_address(&self) -> Option<(i32, String)> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        let node = m.membership_config.membership().get_node(&leader)?;
+        Some((leader as i32, node.addr.clone()))
+    }
+
+    /// Commits a command through the controller leader, wherever it is, waiting through
+    /// elections up to the propose timeout.
+    pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse> {
+        let deadline = Instant::now() + self.timing.propose_timeout;
+        let mut last = String::from("no controller leader elected yet");
+        while Instant::now() < deadline {
+            let attempt = match self.leader_address() {
+                Some((leader, _)) if leader == self.node_id => {
+                    self.propose_here(command.clone()).await
+                }
+                Some((leader, address)) => self.forward(leader, &address, &command).await,
+                None => Err(Error::NotController { leader: None }),
+            };
+            match attempt {
+                Ok(r) => return Ok(r),
+                Err(e) if e.code().is_retriable() => last = e.to_string(),
+                Err(e) => return Err(e),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Error::Timeout(format!(
+            "the controller quorum did not commit the change within {:?}: {last}",
+            self.timing.propose_timeout
+        )))
+    }
+
+    async fn forward(
+        &self,
+        leader: i32,
+        address: &str,
+        command: &MetaCommand,
+    ) -> Result<MetaResponse> {
+        let bytes = serde_json::to_vec(command).map_err(|e| Error::Internal(e.to_string()))?;
+        let mut client = self.channels.client(address).map_err(Error::Internal)?;
+        match client.propose(pb::Proposal { command: bytes }).await {
+            Ok(r) => serde_json::from_slice(&r.into_inner().response).map_err(|e| {
+                Error::Internal(format!("controller {leader} answered undecodably: {e}"))
+            }),
+            Err(status) => {
+                use sluice_proto::ErrorDetailExt;
+                Err(match pb::ErrorDetail::from_status(&status) {
+                    Some(d) if d.error_code() == sluice_proto::ErrorCode::NotController => {
+                        Error::NotController { leader: None }
+                    }
+                    Some(d) => {
+                        Error::Internal(format!("controller {leader}: {}: {}", d.code, d.message))
+                    }
+                    None => {
+                        self.channels.forget(address);
+                        Error::NotController { leader: None }
+                    }
+                })
+            }
+        }
+    }
+
+    /// Commits a command on this node, which must lead the group.
+    pub async fn propose_here(&self, command: MetaCommand) -> Result<MetaResponse> {
+        if let MetaCommand::RegisterBroker { broker: b, .. } = &command {
+            let known = self
+                .raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_node(&(b.node_id as u64))
+                .is_some();
+            if !known {
+                self.raft
+                    .add_learner(b.node_id as u64, BasicNode::new(&b.raft_address), false)
+                    .await
+                    .map_err(|e| write_error(e, "adding a broker to the controller group"))?;
+            }
+        }
+        self.raft
+            .client_write(command)
+            .await
+            .map(|r| r.data)
+            .map_err(|e| write_error(e, "committing"))
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::error!(cause = %e, "stopping the controller Raft");
+        }
+    }
+}
+
+fn write_error(e: RaftError<u64, ClientWriteError<u64, BasicNode>>, what: &str) -> Error {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => Error::NotController {
+            leader: f.leader_node.map(|n| n.addr),
+        },
+        other => Error::Internal(format!("controller {what}: {other}")),
+    }
+}

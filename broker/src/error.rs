@@ -70,6 +70,19 @@ pub enum Error {
     Internal(String),
     #[error("the broker is shutting down")]
     ShuttingDown,
+    #[error("this broker is not the controller leader{}", leader.as_ref().map(|l| format!("; the leader is at {l}")).unwrap_or_default())]
+    NotController { leader: Option<String> },
+    #[error("{topic}-{partition} is led by broker {leader} at {address}, not this one")]
+    NotLeader {
+        topic: String,
+        partition: i32,
+        leader: i32,
+        address: String,
+    },
+    #[error("{topic}-{partition} has no leader right now (its broker is starting or down)")]
+    LeaderNotAvailable { topic: String, partition: i32 },
+    #[error("controller metadata: {0}")]
+    Rejected(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -105,12 +118,23 @@ impl Error {
             Error::Metadata(_) => ErrorCode::StorageError,
             Error::Internal(_) => ErrorCode::UnknownServerError,
             Error::ShuttingDown => ErrorCode::BrokerNotAvailable,
+            Error::NotController { .. } => ErrorCode::NotController,
+            Error::NotLeader { .. } => ErrorCode::NotLeader,
+            Error::LeaderNotAvailable { .. } => ErrorCode::LeaderNotAvailable,
+            Error::Rejected(_) => ErrorCode::InvalidRequest,
         }
     }
 
     /// The wire form: code, message, and the valid range for OFFSET_OUT_OF_RANGE.
     pub fn detail(&self) -> pb::ErrorDetail {
         let mut d = pb::ErrorDetail::new(self.code(), self.to_string());
+        if let Error::NotLeader {
+            leader, address, ..
+        } = self
+        {
+            d.leader_id = *leader;
+            d.leader_address = address.clone();
+        }
         if let Error::Storage {
             source:
                 StorageError::OffsetOutOfRange {

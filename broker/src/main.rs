@@ -12,9 +12,20 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-    // Scripts and tests read the bound address from this line (useful with port 0).
+    let raft = match config.raft_bind_address().map_err(|e| anyhow::anyhow!(e))? {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen for brokers on {addr}: {e}"))?,
+        ),
+        None => None,
+    };
+    // Scripts and tests read the bound addresses from these lines (useful with port 0).
+    if let Some(r) = &raft {
+        println!("raft listening on {}", r.local_addr()?);
+    }
     println!("listening on {}", listener.local_addr()?);
-    sluice_broker::server::run(config, listener, shutdown_signal()).await?;
+    sluice_broker::server::run(config, listener, raft, shutdown_signal()).await?;
     Ok(())
 }
 

@@ -1,5 +1,5 @@
-//! The broker's durable metadata in sled: topics with their config overrides, and the
-//! identity of the data directory (node id, cluster id).
+//! The broker's own sled database: the identity of the data directory (node id, cluster
+//! id), and the trees of the controller group (see [`crate::controller::store`]).
 //!
 //! sled calls block, so callers run them on the blocking pool.
 
@@ -19,12 +19,26 @@ pub struct TopicRecord {
     /// Only the keys that were set; defaults are filled in when read.
     pub config: BTreeMap<String, String>,
     pub created_ms: i64,
+    /// Unique per incarnation of the name: a deleted and re-created topic never reuses the
+    /// old one's directories.
+    pub topic_id: String,
+    /// The replicas of each partition, preferred leader first.
+    pub replicas: Vec<Vec<i32>>,
+}
+
+impl TopicRecord {
+    /// The broker that leads `partition` (its first replica while partitions have one).
+    pub fn leader(&self, partition: i32) -> Option<i32> {
+        self.replicas
+            .get(usize::try_from(partition).ok()?)?
+            .first()
+            .copied()
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct MetadataStore {
     db: sled::Db,
-    topics: sled::Tree,
 }
 
 impl MetadataStore {
@@ -70,37 +84,12 @@ impl MetadataStore {
             }
         };
         db.flush()?;
-        let topics = db.open_tree("topics")?;
-        Ok((MetadataStore { db, topics }, cluster_id))
+        Ok((MetadataStore { db }, cluster_id))
     }
 
-    pub fn topics(&self) -> Result<Vec<TopicRecord>> {
-        let mut out = Vec::new();
-        for item in self.topics.iter() {
-            let (key, value) = item?;
-            let record: TopicRecord = serde_json::from_slice(&value).map_err(|e| {
-                Error::Internal(format!(
-                    "stored topic '{}' is unreadable: {e}",
-                    String::from_utf8_lossy(&key)
-                ))
-            })?;
-            out.push(record);
-        }
-        Ok(out)
-    }
-
-    /// Stores a topic durably (flushed before returning).
-    pub fn put_topic(&self, record: &TopicRecord) -> Result<()> {
-        let value = serde_json::to_vec(record).map_err(|e| Error::Internal(e.to_string()))?;
-        self.topics.insert(record.name.as_bytes(), value)?;
-        self.db.flush()?;
-        Ok(())
-    }
-
-    pub fn delete_topic(&self, name: &str) -> Result<()> {
-        self.topics.remove(name.as_bytes())?;
-        self.db.flush()?;
-        Ok(())
+    /// The database, for the controller group's trees.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
     }
 
     pub fn flush(&self) -> Result<()> {

@@ -6,8 +6,11 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 
-use crate::broker::Broker;
+use sluice_proto::pb::raft_server::RaftServer;
+
+use crate::broker::{Addresses, Broker};
 use crate::config::Config;
+use crate::controller::RaftService;
 use crate::error::{Error, Result};
 use crate::service::{AdminService, LogService};
 
@@ -22,22 +25,67 @@ pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Opens the broker on `config.data_dir` and serves on `listener` until `shutdown`
 /// resolves; then stops accepting, finishes in-flight requests, flushes and closes every
 /// log so that the next start is fast.
+///
+/// `raft` is the inter-broker listener; a single-broker cluster (no controller voters
+/// configured) needs none.
 pub async fn run(
     config: Config,
     listener: TcpListener,
+    raft: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let local = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("listener address: {e}")))?;
-    let advertised = config
-        .advertised_address
-        .clone()
-        .unwrap_or_else(|| local.to_string());
+    let raft_local = match &raft {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(|e| Error::Internal(format!("raft listener address: {e}")))?,
+        ),
+        None => None,
+    };
+    if !config.controller_quorum_voters.is_empty() && raft.is_none() {
+        return Err(Error::Internal(
+            "controller voters are configured but there is no inter-broker listener".into(),
+        ));
+    }
+    let addresses = Addresses {
+        client: config
+            .advertised_address
+            .clone()
+            .unwrap_or_else(|| local.to_string()),
+        raft: config
+            .advertised_raft_address
+            .clone()
+            .or_else(|| {
+                config
+                    .controller_quorum_voters
+                    .get(&config.node_id)
+                    .cloned()
+            })
+            .or_else(|| raft_local.map(|a| a.to_string()))
+            .unwrap_or_default(),
+    };
+    let mut voters = config.controller_quorum_voters.clone();
+    if voters.is_empty() {
+        voters.insert(config.node_id, addresses.raft.clone());
+    }
     let shutdown_timeout = config.shutdown_timeout;
-    let broker = tokio::task::spawn_blocking(move || Broker::open(config, advertised))
-        .await
-        .map_err(|e| Error::Internal(format!("opening the broker failed: {e}")))??;
+    let broker = Broker::open(config, addresses, voters).await?;
+    let raft_server = raft.map(|l| {
+        let stop = broker.shutdown.clone();
+        let service = RaftServer::new(RaftService {
+            controller: broker.controller.clone(),
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(
+                    TcpIncoming::from(l).with_nodelay(Some(true)),
+                    async move { stop.cancelled().await },
+                ),
+        )
+    });
     let retention = tokio::spawn(broker.clone().run_retention());
     let max = broker.config.max_request_bytes;
     tracing::info!(address = %local, node_id = broker.config.node_id, flush = %broker.config.flush, "serving");
@@ -70,6 +118,11 @@ pub async fn run(
         }
     };
     retention.abort();
+    broker.shutdown.cancel();
+    if let Some(server) = raft_server {
+        server.abort();
+    }
+    broker.controller.shutdown().await;
     let b = broker.clone();
     let closed = tokio::task::spawn_blocking(move || b.close());
     if tokio::time::timeout(shutdown_timeout, closed)

@@ -94,6 +94,7 @@ impl Admin {
     pub async fn describe_topic(&self, name: &str) -> Result<pb::TopicDescription> {
         let req = pb::DescribeTopicRequest {
             name: name.to_string(),
+            local_only: false,
         };
         let resp = self.cluster.admin_call(|mut c| {
             let r = req.clone();

@@ -144,8 +144,23 @@ impl Consumer {
         Ok(())
     }
 
-    /// ListOffsets for one partition: -2 earliest, -1 latest, or a timestamp.
+    /// ListOffsets for one partition: -2 earliest, -1 latest, or a timestamp. Retriable
+    /// errors (leader moving, broker starting) are retried until the request timeout.
     pub async fn list_offset(&self, tp: &TopicPartition, query: i64) -> Result<i64> {
+        let deadline = tokio::time::Instant::now() + self.cluster.config.request_timeout;
+        loop {
+            match self.list_offset_once(tp, query).await {
+                Err(e) if e.is_retriable() && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(partition = %tp, cause = %e, "retrying ListOffsets");
+                    self.cluster.invalidate(&tp.topic);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn list_offset_once(&self, tp: &TopicPartition, query: i64) -> Result<i64> {
         let address = self.cluster.leader(&tp.topic, tp.partition).await?;
         let mut client = self.cluster.log_client(&address)?;
         let req = pb::ListOffsetsRequest {

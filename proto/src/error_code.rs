@@ -71,6 +71,7 @@ error_codes! {
     NotEnoughReplicasAfterAppend = "NOT_ENOUGH_REPLICAS_AFTER_APPEND", retriable = true, Unavailable;
     StorageError = "STORAGE_ERROR", retriable = true, Internal;
     BrokerNotAvailable = "BROKER_NOT_AVAILABLE", retriable = true, Unavailable;
+    NotController = "NOT_CONTROLLER", retriable = true, Unavailable;
 }
 
 impl fmt::Display for ErrorCode {

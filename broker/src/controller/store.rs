@@ -4,6 +4,9 @@
 //! sled suits this group: entries are small and few, and one `flush` makes a whole append
 //! or vote durable before it is acknowledged, as Raft requires.
 
+// openraft's StorageError is large by design; it is returned on the rare error path only.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::RangeBounds;
@@ -11,8 +14,8 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
 use openraft::{
-    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder, SnapshotMeta, StorageError,
-    StorageIOError, StoredMembership, Vote,
+    AnyError, Entry, EntryPayload, LogId, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership, Vote,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -23,7 +26,9 @@ type NodeId = u64;
 type Node = openraft::BasicNode;
 type SResult<T> = Result<T, StorageError<NodeId>>;
 
-fn err<E: std::error::Error + 'static>(f: fn(AnyError) -> StorageIOError<NodeId>) -> impl Fn(E) -> StorageError<NodeId> {
+fn err<E: std::error::Error + 'static>(
+    f: fn(AnyError) -> StorageIOError<NodeId>,
+) -> impl Fn(E) -> StorageError<NodeId> {
     move |e| StorageError::from(f(AnyError::new(&e)))
 }
 
@@ -46,7 +51,11 @@ fn read_sm(e: AnyError) -> StorageIOError<NodeId> {
     StorageIOError::read_state_machine(e)
 }
 
-fn get_json<T: for<'de> Deserialize<'de>>(tree: &sled::Tree, key: &str, f: fn(AnyError) -> StorageIOError<NodeId>) -> SResult<Option<T>> {
+fn get_json<T: for<'de> Deserialize<'de>>(
+    tree: &sled::Tree,
+    key: &str,
+    f: fn(AnyError) -> StorageIOError<NodeId>,
+) -> SResult<Option<T>> {
     match tree.get(key).map_err(err(f))? {
         None => Ok(None),
         Some(v) => serde_json::from_slice(&v).map(Some).map_err(err(f)),
@@ -67,7 +76,11 @@ pub struct LogStore {
 
 impl LogStore {
     pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
-        Ok(LogStore { db: db.clone(), log: db.open_tree("controller_log")?, meta: db.open_tree("controller_meta")? })
+        Ok(LogStore {
+            db: db.clone(),
+            log: db.open_tree("controller_log")?,
+            meta: db.open_tree("controller_meta")?,
+        })
     }
 }
 
@@ -85,7 +98,9 @@ impl RaftLogReader<MetaRaft> for LogStore {
         for item in self.log.range(start.to_be_bytes()..) {
             let (k, v) = item.map_err(err(read_logs))?;
             let index = u64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
-                StorageError::from(read_logs(AnyError::error("controller log key is not 8 bytes")))
+                StorageError::from(read_logs(AnyError::error(
+                    "controller log key is not 8 bytes",
+                )))
             })?);
             if !range.contains(&index) {
                 break;
@@ -102,10 +117,17 @@ impl RaftLogStorage<MetaRaft> for LogStore {
     async fn get_log_state(&mut self) -> SResult<LogState<MetaRaft>> {
         let last_purged: Option<LogId<NodeId>> = get_json(&self.meta, "purged", read_logs)?;
         let last = match self.log.last().map_err(err(read_logs))? {
-            Some((_, v)) => Some(serde_json::from_slice::<Entry<MetaRaft>>(&v).map_err(err(read_logs))?.log_id),
+            Some((_, v)) => Some(
+                serde_json::from_slice::<Entry<MetaRaft>>(&v)
+                    .map_err(err(read_logs))?
+                    .log_id,
+            ),
             None => last_purged,
         };
-        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            last_log_id: last,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -113,7 +135,9 @@ impl RaftLogStorage<MetaRaft> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> SResult<()> {
-        self.meta.insert("vote", to_json(vote, write_vote)?).map_err(err(write_vote))?;
+        self.meta
+            .insert("vote", to_json(vote, write_vote)?)
+            .map_err(err(write_vote))?;
         // Durable before Raft acts on it.
         self.db.flush_async().await.map_err(err(write_vote))?;
         Ok(())
@@ -124,7 +148,9 @@ impl RaftLogStorage<MetaRaft> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> SResult<()> {
-        self.meta.insert("committed", to_json(&committed, write_logs)?).map_err(err(write_logs))?;
+        self.meta
+            .insert("committed", to_json(&committed, write_logs)?)
+            .map_err(err(write_logs))?;
         Ok(())
     }
 
@@ -139,16 +165,29 @@ impl RaftLogStorage<MetaRaft> for LogStore {
     {
         let mut batch = sled::Batch::default();
         for entry in entries {
-            batch.insert(&entry.log_id.index.to_be_bytes(), to_json(&entry, write_logs)?);
+            batch.insert(
+                &entry.log_id.index.to_be_bytes(),
+                to_json(&entry, write_logs)?,
+            );
         }
         self.log.apply_batch(batch).map_err(err(write_logs))?;
-        let flushed = self.db.flush_async().await.map(|_| ()).map_err(std::io::Error::other);
+        let flushed = self
+            .db
+            .flush_async()
+            .await
+            .map(|_| ())
+            .map_err(std::io::Error::other);
         callback.log_io_completed(flushed);
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
-        let keys: Vec<_> = self.log.range(log_id.index.to_be_bytes()..).keys().collect::<Result<_, _>>().map_err(err(write_logs))?;
+        let keys: Vec<_> = self
+            .log
+            .range(log_id.index.to_be_bytes()..)
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(err(write_logs))?;
         let mut batch = sled::Batch::default();
         for k in keys {
             batch.remove(k);
@@ -159,9 +198,15 @@ impl RaftLogStorage<MetaRaft> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
-        self.meta.insert("purged", to_json(&log_id, write_logs)?).map_err(err(write_logs))?;
-        let keys: Vec<_> =
-            self.log.range(..=log_id.index.to_be_bytes()).keys().collect::<Result<_, _>>().map_err(err(write_logs))?;
+        self.meta
+            .insert("purged", to_json(&log_id, write_logs)?)
+            .map_err(err(write_logs))?;
+        let keys: Vec<_> = self
+            .log
+            .range(..=log_id.index.to_be_bytes())
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(err(write_logs))?;
         let mut batch = sled::Batch::default();
         for k in keys {
             batch.remove(k);
@@ -200,7 +245,12 @@ impl StateMachine {
         let tree = db.open_tree("controller_state").map_err(err(read_sm))?;
         let current: Persisted = get_json(&tree, "state", read_sm)?.unwrap_or_default();
         let watch = Arc::new(watch::Sender::new(Arc::new(current.state.clone())));
-        Ok(StateMachine { tree, current, watch, snapshot_seq: 0 })
+        Ok(StateMachine {
+            tree,
+            current,
+            watch,
+            snapshot_seq: 0,
+        })
     }
 
     /// Receives every new version of the metadata.
@@ -209,12 +259,15 @@ impl StateMachine {
     }
 
     fn persist(&self) -> SResult<()> {
-        self.tree.insert("state", to_json(&self.current, write_sm)?).map_err(err(write_sm))?;
+        self.tree
+            .insert("state", to_json(&self.current, write_sm)?)
+            .map_err(err(write_sm))?;
         Ok(())
     }
 
     fn publish(&self) {
-        self.watch.send_replace(Arc::new(self.current.state.clone()));
+        self.watch
+            .send_replace(Arc::new(self.current.state.clone()));
     }
 }
 
@@ -231,16 +284,26 @@ impl RaftSnapshotBuilder<MetaRaft> for StateMachine {
                 self.snapshot_seq
             ),
         };
-        let stored = StoredSnapshot { meta: meta.clone(), data: data.clone() };
-        self.tree.insert("snapshot", to_json(&stored, write_sm)?).map_err(err(write_sm))?;
-        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
+        self.tree
+            .insert("snapshot", to_json(&stored, write_sm)?)
+            .map_err(err(write_sm))?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
     }
 }
 
 impl RaftStateMachine<MetaRaft> for StateMachine {
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>)> {
+    async fn applied_state(
+        &mut self,
+    ) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, Node>)> {
         Ok((self.current.applied, self.current.membership.clone()))
     }
 
@@ -262,6 +325,9 @@ impl RaftStateMachine<MetaRaft> for StateMachine {
             });
         }
         self.persist()?;
+        // Metadata changes are rare and everything on this broker follows them: make them
+        // durable now, so a restart opens the right partitions before the log is replayed.
+        self.tree.flush_async().await.map_err(err(write_sm))?;
         self.publish();
         Ok(out)
     }
@@ -274,19 +340,37 @@ impl RaftStateMachine<MetaRaft> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta<NodeId, Node>, snapshot: Box<Cursor<Vec<u8>>>) -> SResult<()> {
-        let state: ClusterState = serde_json::from_slice(snapshot.get_ref()).map_err(err(write_sm))?;
-        self.current = Persisted { applied: meta.last_log_id, membership: meta.last_membership.clone(), state };
-        let stored = StoredSnapshot { meta: meta.clone(), data: snapshot.into_inner() };
-        self.tree.insert("snapshot", to_json(&stored, write_sm)?).map_err(err(write_sm))?;
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Node>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> SResult<()> {
+        let state: ClusterState =
+            serde_json::from_slice(snapshot.get_ref()).map_err(err(write_sm))?;
+        self.current = Persisted {
+            applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            state,
+        };
+        let stored = StoredSnapshot {
+            meta: meta.clone(),
+            data: snapshot.into_inner(),
+        };
+        self.tree
+            .insert("snapshot", to_json(&stored, write_sm)?)
+            .map_err(err(write_sm))?;
         self.persist()?;
         self.publish();
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<MetaRaft>>> {
-        Ok(get_json::<StoredSnapshot>(&self.tree, "snapshot", read_sm)?
-            .map(|s| Snapshot { meta: s.meta, snapshot: Box::new(Cursor::new(s.data)) }))
+        Ok(
+            get_json::<StoredSnapshot>(&self.tree, "snapshot", read_sm)?.map(|s| Snapshot {
+                meta: s.meta,
+                snapshot: Box::new(Cursor::new(s.data)),
+            }),
+        )
     }
 }
 
@@ -302,7 +386,11 @@ mod tests {
         async fn build(&self) -> SResult<(tempfile::TempDir, LogStore, StateMachine)> {
             let dir = tempfile::tempdir().expect("temp dir");
             let db = sled::Config::new().path(dir.path()).open().expect("sled");
-            Ok((dir, LogStore::open(&db).expect("log store"), StateMachine::open(&db)?))
+            Ok((
+                dir,
+                LogStore::open(&db).expect("log store"),
+                StateMachine::open(&db)?,
+            ))
         }
     }
 

@@ -32,6 +32,9 @@ pub struct BrokerRecord {
 /// Everything the controller group replicates.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterState {
+    /// Set by the first broker that registers; the same on every broker.
+    #[serde(default)]
+    pub cluster_id: String,
     pub brokers: BTreeMap<i32, BrokerRecord>,
     pub topics: BTreeMap<String, TopicRecord>,
 }
@@ -40,9 +43,16 @@ pub struct ClusterState {
 /// the command is applied, so every replica reaches the same answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaCommand {
-    RegisterBroker(BrokerRecord),
+    /// Adds or updates a broker; `cluster_id` is this broker's candidate for the cluster id,
+    /// used only when the cluster has none yet.
+    RegisterBroker {
+        broker: BrokerRecord,
+        cluster_id: String,
+    },
     CreateTopic(TopicRecord),
-    DeleteTopic { name: String },
+    DeleteTopic {
+        name: String,
+    },
 }
 
 /// The outcome of applying a command.
@@ -50,15 +60,21 @@ pub enum MetaCommand {
 pub enum MetaResponse {
     Ok,
     /// `code` is an ErrorCode name.
-    Rejected { code: String, message: String },
+    Rejected {
+        code: String,
+        message: String,
+    },
 }
 
 impl ClusterState {
     /// Applies one command.
     pub fn apply(&mut self, command: &MetaCommand) -> MetaResponse {
         match command {
-            MetaCommand::RegisterBroker(b) => {
-                self.brokers.insert(b.node_id, b.clone());
+            MetaCommand::RegisterBroker { broker, cluster_id } => {
+                if self.cluster_id.is_empty() {
+                    self.cluster_id = cluster_id.clone();
+                }
+                self.brokers.insert(broker.node_id, broker.clone());
                 MetaResponse::Ok
             }
             MetaCommand::CreateTopic(t) => {

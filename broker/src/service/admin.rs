@@ -1,11 +1,21 @@
-//! The `Admin` service: topics and cluster metadata.
+//! The `Admin` service: topics and cluster metadata, from the controller's replicated
+//! metadata; a topic's description gathers each partition's figures from the broker that
+//! holds it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use sluice_proto::pb::{self, admin_server::Admin};
+use sluice_proto::TopicConfig;
+use sluice_proto::pb::{self, admin_client::AdminClient, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
-use crate::broker::{Broker, Topic};
+use crate::broker::Broker;
+use crate::error::Error;
+use crate::metadata::TopicRecord;
+
+/// How long gathering a description waits for another broker.
+const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
 pub struct AdminService {
@@ -17,31 +27,112 @@ impl AdminService {
         AdminService { broker }
     }
 
-    fn describe(&self, topic: &Topic) -> pb::TopicDescription {
-        let node = self.broker.config.node_id;
-        pb::TopicDescription {
-            name: topic.record.name.clone(),
-            replication_factor: topic.record.replication_factor,
-            config: topic.config.to_map().into_iter().collect(),
-            partitions: topic
-                .partitions
-                .iter()
-                .map(|p| {
-                    let o = p.offsets();
-                    pb::PartitionDescription {
-                        partition: p.id,
-                        leader: node,
-                        replicas: vec![node],
-                        isr: vec![node],
-                        log_start_offset: o.log_start,
-                        high_watermark: p.high_watermark(),
-                        log_end_offset: o.log_end,
-                        size_bytes: o.size_bytes,
-                        segments: o.segments,
-                    }
-                })
-                .collect(),
+    fn local_partition(&self, record: &TopicRecord, p: i32) -> Option<pb::PartitionDescription> {
+        let part = self
+            .broker
+            .local_topic(&record.name)?
+            .partitions
+            .get(&p)?
+            .clone();
+        let o = part.offsets();
+        let replicas = record.replicas.get(p as usize).cloned().unwrap_or_default();
+        Some(pb::PartitionDescription {
+            partition: p,
+            leader: self.broker.node_id(),
+            isr: replicas.clone(),
+            replicas,
+            log_start_offset: o.log_start,
+            high_watermark: part.high_watermark(),
+            log_end_offset: o.log_end,
+            size_bytes: o.size_bytes,
+            segments: o.segments,
+        })
+    }
+
+    /// Partitions held elsewhere, asked of their brokers (one call per broker).
+    async fn remote_partitions(
+        &self,
+        record: &TopicRecord,
+        wanted: &[i32],
+    ) -> BTreeMap<i32, pb::PartitionDescription> {
+        let state = self.broker.controller.state();
+        let mut by_broker: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
+        for &p in wanted {
+            if let Some(leader) = record.leader(p) {
+                by_broker.entry(leader).or_default().push(p);
+            }
         }
+        let mut out = BTreeMap::new();
+        let calls = by_broker
+            .keys()
+            .filter_map(|id| state.brokers.get(id))
+            .map(|b| {
+                let channel = self.broker.peers.channel(&b.address);
+                let req = pb::DescribeTopicRequest {
+                    name: record.name.clone(),
+                    local_only: true,
+                };
+                async move {
+                    let mut client = AdminClient::new(channel.ok()?);
+                    let resp = tokio::time::timeout(PEER_TIMEOUT, client.describe_topic(req))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    resp.into_inner().topic
+                }
+            });
+        for d in futures::future::join_all(calls).await.into_iter().flatten() {
+            for p in d.partitions {
+                out.insert(p.partition, p);
+            }
+        }
+        out
+    }
+
+    async fn describe(
+        &self,
+        record: &TopicRecord,
+        local_only: bool,
+    ) -> Result<pb::TopicDescription, Error> {
+        let config =
+            TopicConfig::from_map(&record.config, record.replication_factor).map_err(|e| {
+                Error::Internal(format!(
+                    "stored config of '{}' is invalid: {e}",
+                    record.name
+                ))
+            })?;
+        let mut partitions = Vec::new();
+        let mut missing = Vec::new();
+        for p in 0..record.partitions {
+            match self.local_partition(record, p) {
+                Some(d) => partitions.push(d),
+                None if !local_only => missing.push(p),
+                None => {}
+            }
+        }
+        let mut remote = self.remote_partitions(record, &missing).await;
+        for p in missing {
+            let replicas = record.replicas.get(p as usize).cloned().unwrap_or_default();
+            partitions.push(remote.remove(&p).unwrap_or(pb::PartitionDescription {
+                partition: p,
+                // The leader did not answer: shown as offline.
+                leader: -1,
+                replicas,
+                isr: Vec::new(),
+                log_start_offset: -1,
+                high_watermark: -1,
+                log_end_offset: -1,
+                size_bytes: 0,
+                segments: 0,
+            }));
+        }
+        partitions.sort_by_key(|p| p.partition);
+        Ok(pb::TopicDescription {
+            name: record.name.clone(),
+            replication_factor: record.replication_factor,
+            config: config.to_map().into_iter().collect(),
+            partitions,
+        })
     }
 }
 
@@ -53,7 +144,7 @@ impl Admin for AdminService {
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         let req = request.into_inner();
-        let topic = self
+        let record = self
             .broker
             .create_topic(
                 req.name,
@@ -63,8 +154,9 @@ impl Admin for AdminService {
                 req.validate_only,
             )
             .await?;
+        let topic = self.describe(&record, req.validate_only).await?;
         Ok(Response::new(pb::CreateTopicResponse {
-            topic: Some(self.describe(&topic)),
+            topic: Some(topic),
         }))
     }
 
@@ -83,12 +175,14 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
         let topics = self
             .broker
-            .topics()
-            .iter()
+            .controller
+            .state()
+            .topics
+            .values()
             .map(|t| pb::TopicSummary {
-                name: t.record.name.clone(),
-                partitions: t.record.partitions,
-                replication_factor: t.record.replication_factor,
+                name: t.name.clone(),
+                partitions: t.partitions,
+                replication_factor: t.replication_factor,
             })
             .collect();
         Ok(Response::new(pb::ListTopicsResponse { topics }))
@@ -98,9 +192,11 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
-        let topic = self.broker.topic(&request.into_inner().name)?;
+        let req = request.into_inner();
+        let record = self.broker.topic_record(&req.name)?;
+        let topic = self.describe(&record, req.local_only).await?;
         Ok(Response::new(pb::DescribeTopicResponse {
-            topic: Some(self.describe(&topic)),
+            topic: Some(topic),
         }))
     }
 
@@ -109,34 +205,39 @@ impl Admin for AdminService {
         request: Request<pb::MetadataRequest>,
     ) -> Result<Response<pb::MetadataResponse>, Status> {
         let wanted = request.into_inner().topics;
-        let node = self.broker.config.node_id;
-        let topics = self
-            .broker
-            .topics()
-            .iter()
-            .filter(|t| wanted.is_empty() || wanted.contains(&t.record.name))
+        let state = self.broker.controller.state();
+        let topics = state
+            .topics
+            .values()
+            .filter(|t| wanted.is_empty() || wanted.contains(&t.name))
             .map(|t| pb::TopicMetadata {
-                name: t.record.name.clone(),
-                max_message_bytes: t.config.max_message_bytes,
-                partitions: t
-                    .partitions
-                    .iter()
-                    .map(|p| pb::PartitionMetadata {
-                        partition: p.id,
-                        leader: node,
-                        replicas: vec![node],
-                        isr: vec![node],
+                name: t.name.clone(),
+                max_message_bytes: TopicConfig::from_map(&t.config, t.replication_factor)
+                    .map_or(TopicConfig::default().max_message_bytes, |c| {
+                        c.max_message_bytes
+                    }),
+                partitions: (0..t.partitions)
+                    .map(|p| {
+                        let replicas = t.replicas.get(p as usize).cloned().unwrap_or_default();
+                        pb::PartitionMetadata {
+                            partition: p,
+                            leader: t.leader(p).unwrap_or(-1),
+                            isr: replicas.clone(),
+                            replicas,
+                        }
                     })
                     .collect(),
             })
             .collect();
         Ok(Response::new(pb::MetadataResponse {
-            cluster_id: self.broker.cluster_id.clone(),
-            controller_id: node,
-            brokers: vec![pb::BrokerInfo {
-                node_id: node,
-                address: self.broker.advertised_address.clone(),
-            }],
+            cluster_id: self.broker.cluster_id(),
+            controller_id: self.broker.controller.leader().unwrap_or(-1),
+            brokers: self
+                .broker
+                .known_brokers()
+                .into_iter()
+                .map(|(node_id, address)| pb::BrokerInfo { node_id, address })
+                .collect(),
             topics,
         }))
     }

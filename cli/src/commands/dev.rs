@@ -52,9 +52,14 @@ pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
     sluice_broker::server::init_tracing();
     let data_dir = config.data_dir.clone();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(sluice_broker::server::run(config, listener, async move {
-        let _ = stop_rx.await;
-    }));
+    let mut server = tokio::spawn(sluice_broker::server::run(
+        config,
+        listener,
+        None,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
 
     let admin = Admin::new(sluice_client::ClientConfig::new(&address))?;
     match admin
