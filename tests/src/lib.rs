@@ -107,6 +107,10 @@ impl Broker {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().expect("broker is running").id() as i32)
     }
@@ -218,6 +222,84 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A free loopback port (bound then released; the broker binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
+/// Brokers 1..=n, all controller voters, each in its own data directory.
+#[derive(Debug)]
+pub struct Cluster {
+    _dir: tempfile::TempDir,
+    pub brokers: Vec<Broker>,
+}
+
+impl Cluster {
+    pub fn start(n: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let raft_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let voters = raft_ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("{}@127.0.0.1:{p}", i + 1))
+            .collect::<Vec<_>>()
+            .join(",");
+        let brokers = (0..n)
+            .map(|i| {
+                let id = (i + 1).to_string();
+                Broker::start(
+                    &dir.path().join(format!("broker-{id}")),
+                    &["--node-id", &id, "--controller-quorum-voters", &voters],
+                )
+            })
+            .collect();
+        Cluster { _dir: dir, brokers }
+    }
+
+    /// Comma-separated client addresses of the running brokers.
+    pub fn bootstrap(&self) -> String {
+        self.brokers
+            .iter()
+            .filter(|b| b.is_running())
+            .map(|b| b.address.clone())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new(&self.bootstrap());
+        c.request_timeout = Duration::from_secs(10);
+        c
+    }
+
+    /// Waits until every running broker is registered and a controller leads.
+    pub async fn wait_ready(&self) -> sluice_client::pb::MetadataResponse {
+        let admin = Admin::new(self.client()).expect("admin");
+        let n = self.brokers.iter().filter(|b| b.is_running()).count();
+        eventually(
+            "all brokers registered with a controller leader",
+            Duration::from_secs(30),
+            || async {
+                admin
+                    .metadata()
+                    .await
+                    .ok()
+                    .filter(|m| m.brokers.len() >= n && m.controller_id > 0)
+            },
+        )
+        .await
+    }
+
+    /// The broker with this node id.
+    pub fn node(&mut self, id: i32) -> &mut Broker {
+        &mut self.brokers[(id - 1) as usize]
     }
 }
 

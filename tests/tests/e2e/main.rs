@@ -2,6 +2,7 @@
 //! module per area.
 
 mod cli;
+mod cluster;
 mod durability;
 mod errors;
 mod produce_consume;

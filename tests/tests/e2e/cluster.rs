@@ -1,0 +1,160 @@
+//! Several brokers: the controller quorum, placement across brokers, and routing.
+
+use std::time::Duration;
+
+use sluice_client::{Admin, ErrorCode, NewTopic, ProducerConfig, ProducerRecord};
+use sluice_proto::{ErrorDetailExt, RecordBatchBuilder, pb};
+use sluice_tests::{Cluster, eventually};
+
+#[tokio::test]
+async fn partitions_spread_over_brokers_and_clients_follow_the_leaders() {
+    let cluster = Cluster::start(3);
+    let meta = cluster.wait_ready().await;
+    assert_eq!(meta.brokers.len(), 3);
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(NewTopic::new("spread", 6, 1), false)
+        .await
+        .unwrap();
+    let meta = admin.metadata().await.unwrap();
+    let topic = meta.topics.iter().find(|t| t.name == "spread").unwrap();
+    let mut leaders: Vec<i32> = topic.partitions.iter().map(|p| p.leader).collect();
+    leaders.sort();
+    assert_eq!(
+        leaders,
+        vec![1, 1, 2, 2, 3, 3],
+        "6 partitions over 3 brokers, 2 each"
+    );
+
+    // A producer that knows only one broker reaches every partition's leader.
+    let mut only_one = cluster.client();
+    only_one.bootstrap = vec![cluster.brokers[1].address.clone()];
+    let producer = sluice_client::Producer::connect(only_one, ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut ds = Vec::new();
+    for i in 0..300 {
+        ds.push(
+            producer
+                .send(ProducerRecord::new("spread", format!("v{i}")).key(format!("k{}", i % 30)))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut partitions = std::collections::HashSet::new();
+    for d in ds {
+        partitions.insert(d.await.unwrap().partition);
+    }
+    assert_eq!(partitions.len(), 6);
+    let records = cluster.brokers[2].read_all("spread").await;
+    assert_eq!(records.len(), 300);
+
+    // Describe gathers every partition's figures from the broker that holds it.
+    let d = admin.describe_topic("spread").await.unwrap();
+    assert_eq!(
+        d.partitions.iter().map(|p| p.log_end_offset).sum::<i64>(),
+        300
+    );
+    assert!(d.partitions.iter().all(|p| p.leader > 0));
+}
+
+#[tokio::test]
+async fn a_broker_that_does_not_lead_a_partition_names_the_leader() {
+    let cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(NewTopic::new("one", 1, 1), false)
+        .await
+        .unwrap();
+    let meta = admin.metadata().await.unwrap();
+    let leader = meta
+        .topics
+        .iter()
+        .find(|t| t.name == "one")
+        .unwrap()
+        .partitions[0]
+        .leader;
+    let other = cluster
+        .brokers
+        .iter()
+        .enumerate()
+        .find(|(i, _)| *i as i32 + 1 != leader)
+        .unwrap()
+        .1;
+    let leader_address = &cluster.brokers[(leader - 1) as usize].address;
+    let cluster_client = sluice_client::cluster::Cluster::new(cluster.client()).unwrap();
+    let mut client = cluster_client.log_client(&other.address).unwrap();
+    let mut b = RecordBatchBuilder::new(Default::default());
+    b.append(1, None, b"x", &[]);
+    let status = client
+        .produce(pb::ProduceRequest {
+            topic: "one".into(),
+            partition: 0,
+            acks: -1,
+            timeout_ms: 1000,
+            batch: b.build(),
+        })
+        .await
+        .unwrap_err();
+    let detail = pb::ErrorDetail::from_status(&status).unwrap();
+    assert_eq!(detail.error_code(), ErrorCode::NotLeader);
+    assert_eq!(detail.leader_id, leader);
+    assert_eq!(&detail.leader_address, leader_address);
+}
+
+#[tokio::test]
+async fn losing_the_controller_leader_keeps_metadata_and_topic_creation() {
+    let mut cluster = Cluster::start(3);
+    let meta = cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("before", 3, 1).config("retention.ms", "3600000"),
+            false,
+        )
+        .await
+        .unwrap();
+    let old_leader = meta.controller_id;
+    cluster.node(old_leader).kill();
+
+    let admin = Admin::new(cluster.client()).unwrap();
+    let meta = eventually(
+        "a new controller leader",
+        Duration::from_secs(20),
+        || async {
+            admin
+                .metadata()
+                .await
+                .ok()
+                .filter(|m| m.controller_id > 0 && m.controller_id != old_leader)
+        },
+    )
+    .await;
+    assert!(
+        meta.topics.iter().any(|t| t.name == "before"),
+        "metadata survived: {meta:?}"
+    );
+    admin
+        .create_topic(NewTopic::new("after", 2, 1), false)
+        .await
+        .expect("topic creation works without the old leader");
+    let d = admin.describe_topic("before").await.unwrap();
+    assert_eq!(d.config["retention.ms"], "3600000");
+
+    // The old leader comes back and catches up on what it missed.
+    cluster.node(old_leader).restart();
+    let returned = Admin::new(cluster.node(old_leader).client()).unwrap();
+    eventually(
+        "the restarted broker to learn about 'after'",
+        Duration::from_secs(20),
+        || async {
+            returned
+                .list_topics()
+                .await
+                .ok()
+                .filter(|t| t.iter().any(|t| t.name == "after"))
+        },
+    )
+    .await;
+}
