@@ -1,6 +1,7 @@
 //! One module per command.
 
 pub(crate) mod bench;
+pub(crate) mod cluster;
 pub(crate) mod consume;
 pub(crate) mod dev;
 pub(crate) mod produce;

@@ -44,6 +44,9 @@ enum Command {
     Produce(commands::produce::ProduceArgs),
     /// Read records and print them.
     Consume(commands::consume::ConsumeArgs),
+    /// Cluster health: brokers, controller leader, partitions.
+    #[command(subcommand)]
+    Cluster(commands::cluster::ClusterCommand),
     /// Run a local cluster in this process, with an example topic.
     Dev(commands::dev::DevArgs),
     /// Measure produce and consume throughput and latency.
@@ -72,6 +75,7 @@ fn main() {
             Command::Topics(cmd) => commands::topics::run(&ctx, cmd).await,
             Command::Produce(args) => commands::produce::run(&ctx, args).await,
             Command::Consume(args) => commands::consume::run(&ctx, args).await,
+            Command::Cluster(cmd) => commands::cluster::run(&ctx, cmd).await,
             Command::Dev(args) => commands::dev::run(&ctx, args).await,
             Command::Bench(cmd) => commands::bench::run(&ctx, cmd).await,
         }

@@ -4,24 +4,29 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Args;
-use sluice_broker::{Config, FlushPolicy};
+use sluice_broker::config::{Config, FlushPolicy};
 use sluice_client::{Admin, ErrorCode, NewTopic};
 
 use super::Context;
 
 /// The example topic `sluice dev` creates.
 const EXAMPLE_TOPIC: &str = "events";
-const EXAMPLE_PARTITIONS: i32 = 4;
+const EXAMPLE_PARTITIONS: i32 = 6;
+/// At most this many brokers are controller voters (Kafka's usual three).
+const MAX_VOTERS: u32 = 3;
+/// Broker i's inter-broker port is its client port plus this.
+const RAFT_PORT_OFFSET: u16 = 10_000;
 
 #[derive(Debug, Args)]
 pub(crate) struct DevArgs {
-    /// Number of brokers. Replication (and with it more than one broker) is on its way.
-    #[arg(long, default_value_t = 1)]
+    /// Number of brokers; the first three are the controller quorum.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=9))]
     brokers: u32,
     /// Where the brokers keep their data (one sub-directory per broker).
     #[arg(long, default_value = "./.sluice-dev")]
     data_dir: PathBuf,
-    /// Client port of the first broker.
+    /// Client port of the first broker; broker i listens on PORT+i-1, and for other
+    /// brokers on PORT+i-1+10000.
     #[arg(long, default_value_t = 9092)]
     port: u16,
     /// Flush policy: `always` or an interval such as `100ms`.
@@ -30,38 +35,57 @@ pub(crate) struct DevArgs {
 }
 
 pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
-    if args.brokers != 1 {
-        anyhow::bail!(
-            "--brokers {}: this build runs single-broker clusters only; multi-broker clusters come with replication",
-            args.brokers
-        );
-    }
-    let address = format!("127.0.0.1:{}", args.port);
-    let listener = tokio::net::TcpListener::bind(&address)
-        .await
-        .with_context(|| {
-            format!("cannot listen on {address} (is another broker running? try --port)")
-        })?;
-    let config = Config {
-        node_id: 1,
-        data_dir: args.data_dir.join("broker-1"),
-        listen: listener.local_addr()?,
-        flush: args.flush,
-        ..Config::default()
-    };
     sluice_broker::server::init_tracing();
-    let data_dir = config.data_dir.clone();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(sluice_broker::server::run(
-        config,
-        listener,
-        None,
-        async move {
-            let _ = stop_rx.await;
-        },
-    ));
-
-    let admin = Admin::new(sluice_client::ClientConfig::new(&address))?;
+    let n = args.brokers;
+    let client_port = |i: u32| args.port + (i - 1) as u16;
+    let voters = (1..=n.min(MAX_VOTERS))
+        .map(|i| {
+            (
+                i as i32,
+                format!("127.0.0.1:{}", client_port(i) + RAFT_PORT_OFFSET),
+            )
+        })
+        .collect::<std::collections::BTreeMap<_, _>>();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut servers = tokio::task::JoinSet::new();
+    for i in 1..=n {
+        let address = format!("127.0.0.1:{}", client_port(i));
+        let raft_address = format!("127.0.0.1:{}", client_port(i) + RAFT_PORT_OFFSET);
+        let listener = tokio::net::TcpListener::bind(&address)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {address} (is another broker running? try --port)")
+            })?;
+        let raft = tokio::net::TcpListener::bind(&raft_address)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {raft_address} (is another broker running? try --port)")
+            })?;
+        let config = Config {
+            node_id: i as i32,
+            data_dir: args.data_dir.join(format!("broker-{i}")),
+            listen: listener.local_addr()?,
+            controller_quorum_voters: voters.clone(),
+            flush: args.flush,
+            ..Config::default()
+        };
+        let mut stop = stop_rx.clone();
+        servers.spawn(sluice_broker::server::run(
+            config,
+            listener,
+            Some(raft),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
+    }
+    let bootstrap = (1..=n)
+        .map(|i| format!("127.0.0.1:{}", client_port(i)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut client = sluice_client::ClientConfig::new(&bootstrap);
+    client.request_timeout = std::time::Duration::from_secs(30);
+    let admin = Admin::new(client)?;
     match admin
         .create_topic(NewTopic::new(EXAMPLE_TOPIC, EXAMPLE_PARTITIONS, 1), false)
         .await
@@ -70,27 +94,30 @@ pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
         Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
         Err(e) => return Err(e).context("creating the example topic"),
     }
+    let first = format!("127.0.0.1:{}", args.port);
     println!(
-        "\nSluice is running: 1 broker, bootstrap {address}, data in {}\n\
+        "\nSluice is running: {n} broker(s), bootstrap {bootstrap}, data in {}\n\
          Example topic: '{EXAMPLE_TOPIC}' ({EXAMPLE_PARTITIONS} partitions). In another terminal, try:\n\n  \
-         cargo run -q --release --bin sluice -- topics list\n  \
+         cargo run -q --release --bin sluice -- cluster status\n  \
          printf 'alice:signed up\\nbob:paid\\nalice:logged in\\n' | cargo run -q --release --bin sluice -- produce {EXAMPLE_TOPIC} --key-separator :\n  \
          cargo run -q --release --bin sluice -- consume {EXAMPLE_TOPIC} --from-beginning --format '{{partition}}@{{offset}} {{key}} {{value}}' --timeout 2s\n  \
          cargo run -q --release --bin sluice -- topics describe {EXAMPLE_TOPIC}\n  \
          cargo run -q --release --bin sluice -- bench produce --records 200000\n\n\
-         Press Ctrl-C to stop (data is kept for the next run).\n",
-        data_dir.display()
+         (The CLI's default --bootstrap is {first}.) Press Ctrl-C to stop; data is kept for the next run.\n",
+        args.data_dir.display()
     );
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
-        r = &mut server => {
+        Some(r) = servers.join_next() => {
             r.context("broker task")?.context("broker")?;
-            anyhow::bail!("the broker stopped unexpectedly; see the log above");
+            anyhow::bail!("a broker stopped unexpectedly; see the log above");
         }
     }
     eprintln!("Stopping...");
-    let _ = stop_tx.send(());
-    server.await.context("broker task")?.context("broker")?;
+    let _ = stop_tx.send(true);
+    while let Some(r) = servers.join_next().await {
+        r.context("broker task")?.context("broker")?;
+    }
     eprintln!("Stopped cleanly.");
     Ok(())
 }

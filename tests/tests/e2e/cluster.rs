@@ -158,3 +158,53 @@ async fn losing_the_controller_leader_keeps_metadata_and_topic_creation() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn cluster_status_shows_a_down_broker_and_its_offline_partitions() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    Admin::new(cluster.client())
+        .unwrap()
+        .create_topic(NewTopic::new("health", 3, 1), false)
+        .await
+        .unwrap();
+    let out = sluice_tests::run_cli(
+        &cluster.bootstrap(),
+        &["cluster", "status", "-o", "json"],
+        "",
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        s["brokers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["up"] == true),
+        "{s}"
+    );
+    assert_eq!(s["offline_partitions"].as_array().unwrap().len(), 0);
+
+    let victim = if s["controller_leader"] == 3 { 2 } else { 3 };
+    cluster.node(victim).kill();
+    let out = sluice_tests::run_cli(
+        &cluster.bootstrap(),
+        &["cluster", "status", "-o", "json"],
+        "",
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let down: Vec<_> = s["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|b| b["up"] == false)
+        .map(|b| b["node_id"].clone())
+        .collect();
+    assert_eq!(down, vec![serde_json::json!(victim)], "{s}");
+    assert_eq!(
+        s["offline_partitions"].as_array().unwrap().len(),
+        1,
+        "the down broker led one of 3 partitions: {s}"
+    );
+    let table = sluice_tests::run_cli(&cluster.bootstrap(), &["cluster", "status"], "");
+    assert!(String::from_utf8_lossy(&table.stdout).contains("DOWN"));
+}

@@ -1,0 +1,142 @@
+//! `sluice cluster status`: brokers up or down, the controller leader, and partitions that
+//! are offline or under-replicated.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Subcommand;
+use serde::Serialize;
+use sluice_client::{Admin, ClientConfig};
+
+use super::Context;
+use crate::output::{self, table};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Brokers, controller leader, and partition health.
+    Status,
+}
+
+#[derive(Debug, Serialize)]
+struct BrokerRow {
+    node_id: i32,
+    address: String,
+    up: bool,
+    controller_leader: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Status {
+    cluster_id: String,
+    controller_leader: Option<i32>,
+    brokers: Vec<BrokerRow>,
+    topics: usize,
+    partitions: usize,
+    offline_partitions: Vec<String>,
+    under_replicated_partitions: Vec<String>,
+    under_min_isr_partitions: Vec<String>,
+}
+
+/// How long a broker may take to answer before it counts as down.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(crate) async fn run(ctx: &Context, cmd: ClusterCommand) -> anyhow::Result<()> {
+    let ClusterCommand::Status = cmd;
+    let admin = Admin::new(ctx.client())?;
+    let meta = admin.metadata().await.context("reading cluster metadata")?;
+    let mut brokers = Vec::new();
+    for b in &meta.brokers {
+        let mut probe = ClientConfig::new(&b.address);
+        probe.request_timeout = PROBE_TIMEOUT;
+        probe.connect_timeout = PROBE_TIMEOUT;
+        let up = Admin::new(probe)?.list_topics().await.is_ok();
+        brokers.push(BrokerRow {
+            node_id: b.node_id,
+            address: b.address.clone(),
+            up,
+            controller_leader: b.node_id == meta.controller_id,
+        });
+    }
+    let down: std::collections::HashSet<i32> = brokers
+        .iter()
+        .filter(|b| !b.up)
+        .map(|b| b.node_id)
+        .collect();
+    let (mut offline, mut under, mut under_min) = (Vec::new(), Vec::new(), Vec::new());
+    let mut partitions = 0;
+    for t in &meta.topics {
+        let min_isr: usize = match admin.describe_topic(&t.name).await {
+            Ok(d) => d
+                .config
+                .get("min.insync.replicas")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1),
+            Err(_) => 1,
+        };
+        for p in &t.partitions {
+            partitions += 1;
+            let name = format!("{}-{}", t.name, p.partition);
+            let live_isr = p.isr.iter().filter(|r| !down.contains(r)).count();
+            if p.leader < 0 || down.contains(&p.leader) {
+                offline.push(name.clone());
+            }
+            if live_isr < p.replicas.len() {
+                under.push(name.clone());
+            }
+            if live_isr < min_isr {
+                under_min.push(name);
+            }
+        }
+    }
+    let status = Status {
+        cluster_id: meta.cluster_id.clone(),
+        controller_leader: (meta.controller_id >= 0).then_some(meta.controller_id),
+        brokers,
+        topics: meta.topics.len(),
+        partitions,
+        offline_partitions: offline,
+        under_replicated_partitions: under,
+        under_min_isr_partitions: under_min,
+    };
+    output::print(ctx.output, &status, |s| {
+        println!(
+            "Cluster {}  controller leader: {}",
+            s.cluster_id,
+            s.controller_leader
+                .map_or("none (no quorum)".to_string(), |c| format!("broker {c}"))
+        );
+        println!(
+            "{}",
+            table(
+                &["broker", "address", "status", "role"],
+                s.brokers.iter().map(|b| vec![
+                    b.node_id.to_string(),
+                    b.address.clone(),
+                    if b.up { "up".into() } else { "DOWN".into() },
+                    if b.controller_leader {
+                        "controller leader".into()
+                    } else {
+                        String::new()
+                    },
+                ])
+            )
+        );
+        let list = |v: &[String]| {
+            if v.is_empty() {
+                "0".to_string()
+            } else {
+                format!("{} ({})", v.len(), v.join(", "))
+            }
+        };
+        println!("Topics: {}  partitions: {}", s.topics, s.partitions);
+        println!("Offline partitions: {}", list(&s.offline_partitions));
+        println!(
+            "Under-replicated partitions: {}",
+            list(&s.under_replicated_partitions)
+        );
+        println!(
+            "Under min ISR partitions: {}",
+            list(&s.under_min_isr_partitions)
+        );
+    })
+}
