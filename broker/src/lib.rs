@@ -16,6 +16,7 @@ pub mod controller;
 pub mod error;
 pub mod metadata;
 pub mod partition;
+pub mod replica;
 pub mod server;
 pub mod service;
 pub mod storage;

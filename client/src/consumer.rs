@@ -359,6 +359,12 @@ impl Consumer {
                 for b in batch::split_batches(part.records) {
                     let records =
                         match b.and_then(|b| batch::decode(&b, batch::DEFAULT_MAX_DECOMPRESSED)) {
+                            // Control batches (Raft bookkeeping) take offsets that
+                            // consumers never see.
+                            Ok((h, _)) if h.is_control() => {
+                                next = next.max(h.next_offset());
+                                continue;
+                            }
                             Ok((_, records)) => records,
                             Err(source) => {
                                 damaged = Some(source);

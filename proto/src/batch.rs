@@ -32,6 +32,8 @@ pub const MAGIC: i8 = 2;
 pub const LOG_OVERHEAD: usize = 12;
 /// Where the CRC-covered part starts.
 const CRC_START: usize = 21;
+/// Attribute bit of a control batch (Kafka's bit 5).
+pub const CONTROL_ATTRIBUTE: i16 = 0x20;
 /// Default bound on one batch's decompressed records, against decompression bombs.
 pub const DEFAULT_MAX_DECOMPRESSED: usize = 64 * 1024 * 1024;
 
@@ -230,6 +232,12 @@ impl BatchHeader {
         self.last_offset() + 1
     }
 
+    /// Whether this is a control batch (Raft entries that are not records); consumers skip
+    /// control batches, whose offsets they never see.
+    pub fn is_control(&self) -> bool {
+        self.attributes & CONTROL_ATTRIBUTE != 0
+    }
+
     /// The records' compression codec.
     pub fn compression(&self) -> Result<Compression, BatchError> {
         Compression::from_id((self.attributes & 0x07) as u8)
@@ -273,6 +281,18 @@ pub fn verify(batch: &[u8]) -> Result<BatchHeader, BatchError> {
 pub fn set_base_offset_and_epoch(batch: &mut [u8], base_offset: i64, leader_epoch: i32) {
     batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
     batch[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+}
+
+/// Builds a control batch: one uncompressed record with `key` and `value`.
+pub fn control_batch(key: &[u8], value: &[u8]) -> BytesMut {
+    let mut b = RecordBatchBuilder::new(Compression::None);
+    b.append(-1, Some(key), value, &[]);
+    let mut out = BytesMut::from(&b.build()[..]);
+    let attributes = i16::from_be_bytes([out[21], out[22]]) | CONTROL_ATTRIBUTE;
+    out[21..23].copy_from_slice(&attributes.to_be_bytes());
+    let crc = compute_crc(&out);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    out
 }
 
 /// Splits concatenated batches. Stops with an error at the first batch that is incomplete

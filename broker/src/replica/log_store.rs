@@ -1,0 +1,549 @@
+//! The partition's Raft log *is* its segment log (layout (a) of docs/DESIGN.md): one entry
+//! is one batch, written once. Normal entries are record batches; blank and membership
+//! entries are control batches, which take an offset that consumers never see.
+//!
+//! What segments cannot say is kept in `raft.json` beside them: the vote, the last purged
+//! log id, the committed log id, and the leader ids of runs of entries (a leader id changes
+//! only on elections, so the list is short; Kafka's leader-epoch checkpoint is the same
+//! idea). The batch's leader epoch field carries the term too. The Raft index of an entry
+//! is its position in the log: `first_index` plus how many batches precede it.
+//!
+//! File and segment I/O blocks, so every call runs on the blocking pool.
+
+// openraft's StorageError is large by design; it is returned on the rare error path only.
+#![allow(clippy::result_large_err)]
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
+use openraft::{
+    AnyError, CommittedLeaderId, Entry, EntryPayload, LogId, Membership, OptionalSend,
+    RaftLogReader, StorageError, StorageIOError, Vote,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use sluice_proto::batch::{self, BatchHeader};
+
+use super::types::{PartitionRaft, Payload};
+use crate::broker::now_ms;
+use crate::storage::{LogStorage, SegmentLog};
+
+type NodeId = u64;
+type SResult<T> = Result<T, StorageError<NodeId>>;
+
+const META_FILE: &str = "raft.json";
+const BLANK_KEY: &[u8] = b"raft:blank";
+const MEMBERSHIP_KEY: &[u8] = b"raft:membership";
+
+fn io_err(
+    f: fn(AnyError) -> StorageIOError<NodeId>,
+    e: impl std::fmt::Display,
+) -> StorageError<NodeId> {
+    StorageError::from(f(AnyError::error(e.to_string())))
+}
+
+/// A run of entries written under one leader.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Epoch {
+    first_index: u64,
+    leader: CommittedLeaderId<NodeId>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Meta {
+    vote: Option<Vote<NodeId>>,
+    committed: Option<LogId<NodeId>>,
+    last_purged: Option<LogId<NodeId>>,
+    /// Raft index and offset of the first entry still in the log (none when it is empty):
+    /// where a restart starts counting batches.
+    first_index: u64,
+    first_offset: Option<i64>,
+    epochs: Vec<Epoch>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    dir: PathBuf,
+    log: SegmentLog,
+    meta: Meta,
+    /// Base offset of each entry from `meta.first_index` on.
+    offsets: Vec<i64>,
+}
+
+/// A partition replica's Raft log on its segment files. Cheap to clone (shared state).
+#[derive(Debug, Clone)]
+pub struct SegmentRaftLog {
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl Inner {
+    fn persist_meta(&self) -> std::io::Result<()> {
+        let path = self.dir.join(META_FILE);
+        let tmp = path.with_extension("tmp");
+        let data = serde_json::to_vec(&self.meta).map_err(std::io::Error::other)?;
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&data)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&self.dir)?.sync_all()
+    }
+
+    fn last_index(&self) -> Option<u64> {
+        (!self.offsets.is_empty()).then(|| self.meta.first_index + self.offsets.len() as u64 - 1)
+    }
+
+    fn leader_at(&self, index: u64) -> Option<CommittedLeaderId<NodeId>> {
+        let i = self.meta.epochs.partition_point(|e| e.first_index <= index);
+        (i > 0).then(|| self.meta.epochs[i - 1].leader)
+    }
+
+    fn log_id(&self, index: u64) -> SResult<LogId<NodeId>> {
+        let leader = self
+            .leader_at(index)
+            .ok_or_else(|| io_err(StorageIOError::read_logs, format!("no leader recorded for Raft index {index} (runs: {:?}, first index {}, last purged {:?})", self.meta.epochs, self.meta.first_index, self.meta.last_purged)))?;
+        Ok(LogId::new(leader, index))
+    }
+
+    /// Reads the entry at `index`.
+    fn entry(&self, index: u64) -> SResult<Entry<PartitionRaft>> {
+        let pos = (index - self.meta.first_index) as usize;
+        let offset = self.offsets[pos];
+        let bytes = self
+            .log
+            .read(offset, 1, i64::MAX)
+            .map_err(|e| io_err(StorageIOError::read_logs, e))?;
+        let header =
+            BatchHeader::parse(&bytes).map_err(|e| io_err(StorageIOError::read_logs, e))?;
+        if header.base_offset != offset {
+            return Err(io_err(
+                StorageIOError::read_logs,
+                format!(
+                    "Raft index {index} should be at offset {offset}, found {}",
+                    header.base_offset
+                ),
+            ));
+        }
+        let whole = bytes.slice(..header.total_len());
+        let payload = if header.is_control() {
+            let (_, records) =
+                batch::decode(&whole, 1 << 20).map_err(|e| io_err(StorageIOError::read_logs, e))?;
+            let r = records
+                .first()
+                .ok_or_else(|| io_err(StorageIOError::read_logs, "empty control batch"))?;
+            match r.key.as_deref() {
+                Some(BLANK_KEY) => EntryPayload::Blank,
+                Some(MEMBERSHIP_KEY) => EntryPayload::Membership(
+                    serde_json::from_slice::<Membership<NodeId, openraft::BasicNode>>(&r.value)
+                        .map_err(|e| io_err(StorageIOError::read_logs, e))?,
+                ),
+                other => {
+                    return Err(io_err(
+                        StorageIOError::read_logs,
+                        format!("unknown control batch {other:?} at offset {offset}"),
+                    ));
+                }
+            }
+        } else {
+            EntryPayload::Normal(Payload(whole))
+        };
+        Ok(Entry {
+            log_id: self.log_id(index)?,
+            payload,
+        })
+    }
+
+    fn encode(entry: &Entry<PartitionRaft>) -> SResult<BytesMut> {
+        Ok(match &entry.payload {
+            EntryPayload::Normal(Payload(b)) => {
+                batch::verify(b).map_err(|e| {
+                    io_err(
+                        StorageIOError::write_logs,
+                        format!("entry {}: {e}", entry.log_id),
+                    )
+                })?;
+                BytesMut::from(&b[..])
+            }
+            EntryPayload::Blank => batch::control_batch(BLANK_KEY, b""),
+            EntryPayload::Membership(m) => batch::control_batch(
+                MEMBERSHIP_KEY,
+                &serde_json::to_vec(m).map_err(|e| io_err(StorageIOError::write_logs, e))?,
+            ),
+        })
+    }
+
+    fn append_one(&mut self, entry: &Entry<PartitionRaft>) -> SResult<bool> {
+        let index = entry.log_id.index;
+        // An empty log takes any first index (Raft picks it); after that entries are dense.
+        if let Some(last) = self.last_index()
+            && index != last + 1
+        {
+            return Err(io_err(
+                StorageIOError::write_logs,
+                format!("appending Raft index {index}, expected {}", last + 1),
+            ));
+        }
+        let mut meta_changed = false;
+        if self.offsets.is_empty() {
+            // Runs recorded past a new first entry (e.g. by a purge) no longer apply.
+            self.meta.epochs.retain(|e| e.first_index < index);
+        }
+        if self
+            .meta
+            .epochs
+            .last()
+            .is_none_or(|e| e.leader != entry.log_id.leader_id)
+        {
+            self.meta.epochs.push(Epoch {
+                first_index: index,
+                leader: entry.log_id.leader_id,
+            });
+            meta_changed = true;
+        }
+        let mut bytes = Self::encode(entry)?;
+        let term = i32::try_from(entry.log_id.leader_id.term).unwrap_or(i32::MAX);
+        let info = self
+            .log
+            .append(&mut bytes, term, now_ms())
+            .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+        if self.offsets.is_empty() {
+            self.meta.first_index = index;
+            self.meta.first_offset = Some(info.base_offset);
+            meta_changed = true;
+        }
+        self.offsets.push(info.base_offset);
+        Ok(meta_changed)
+    }
+}
+
+impl SegmentRaftLog {
+    /// Opens the log in `dir`: the segments (recovered as usual) and `raft.json`. Rebuilds
+    /// the entry-to-offset map by reading batch headers.
+    pub fn open(dir: &Path, log: SegmentLog) -> std::io::Result<Self> {
+        let meta: Meta = match std::fs::read(dir.join(META_FILE)) {
+            Ok(b) => serde_json::from_slice(&b).map_err(std::io::Error::other)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
+            Err(e) => return Err(e),
+        };
+        let mut inner = Inner {
+            dir: dir.to_path_buf(),
+            log,
+            meta,
+            offsets: Vec::new(),
+        };
+        if let Some(start) = inner.meta.first_offset {
+            let end = inner.log.offsets().log_end;
+            let mut offset = start;
+            while offset < end {
+                let bytes = inner
+                    .log
+                    .read(offset, 1, i64::MAX)
+                    .map_err(std::io::Error::other)?;
+                let h = BatchHeader::parse(&bytes).map_err(std::io::Error::other)?;
+                inner.offsets.push(h.base_offset);
+                offset = h.next_offset();
+            }
+        }
+        Ok(SegmentRaftLog {
+            inner: Arc::new(Mutex::new(inner)),
+        })
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Inner) -> SResult<T> + Send + 'static,
+    ) -> SResult<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&mut inner.lock()))
+            .await
+            .map_err(|e| {
+                io_err(
+                    StorageIOError::write_logs,
+                    format!("storage task failed: {e}"),
+                )
+            })?
+    }
+
+    /// Whole batches for consumers, up to `upper_bound` (the high watermark).
+    pub fn read(
+        &self,
+        offset: i64,
+        max_bytes: usize,
+        upper_bound: i64,
+    ) -> crate::storage::Result<Bytes> {
+        self.inner.lock().log.read(offset, max_bytes, upper_bound)
+    }
+}
+
+impl RaftLogReader<PartitionRaft> for SegmentRaftLog {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> SResult<Vec<Entry<PartitionRaft>>> {
+        let start = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(i) => Some(i + 1),
+            Bound::Excluded(i) => Some(*i),
+            Bound::Unbounded => None,
+        };
+        self.blocking(move |inner| {
+            let Some(last) = inner.last_index() else {
+                return Ok(Vec::new());
+            };
+            let from = start.max(inner.meta.first_index);
+            let to = end.unwrap_or(last + 1).min(last + 1);
+            (from..to).map(|i| inner.entry(i)).collect()
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> SResult<LogState<PartitionRaft>> {
+        self.blocking(|inner| {
+            let last = match inner.last_index() {
+                Some(i) => Some(inner.log_id(i)?),
+                None => inner.meta.last_purged,
+            };
+            Ok(LogState {
+                last_purged_log_id: inner.meta.last_purged,
+                last_log_id: last,
+            })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> SResult<()> {
+        let vote = *vote;
+        self.blocking(move |inner| {
+            inner.meta.vote = Some(vote);
+            // Durable before Raft acts on it.
+            inner
+                .persist_meta()
+                .map_err(|e| io_err(StorageIOError::write_vote, e))
+        })
+        .await
+    }
+
+    async fn read_vote(&mut self) -> SResult<Option<Vote<NodeId>>> {
+        self.blocking(|inner| Ok(inner.meta.vote)).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId<NodeId>>) -> SResult<()> {
+        self.blocking(move |inner| {
+            inner.meta.committed = committed;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn read_committed(&mut self) -> SResult<Option<LogId<NodeId>>> {
+        self.blocking(|inner| Ok(inner.meta.committed)).await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<PartitionRaft>) -> SResult<()>
+    where
+        I: IntoIterator<Item = Entry<PartitionRaft>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let entries: Vec<_> = entries.into_iter().collect();
+        let result = self
+            .blocking(move |inner| {
+                let mut meta_changed = false;
+                for e in &entries {
+                    meta_changed |= inner.append_one(e)?;
+                }
+                if meta_changed {
+                    inner
+                        .persist_meta()
+                        .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+                }
+                // Durable before it is acknowledged: one fsync for the whole append.
+                inner
+                    .log
+                    .flush()
+                    .map_err(|e| io_err(StorageIOError::write_logs, e))
+            })
+            .await;
+        match &result {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        }
+        result
+    }
+
+    async fn truncate(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
+        self.blocking(move |inner| {
+            let Some(last) = inner.last_index() else {
+                return Ok(());
+            };
+            if log_id.index > last {
+                return Ok(());
+            }
+            let keep = log_id.index.saturating_sub(inner.meta.first_index) as usize;
+            if let Some(&offset) = inner.offsets.get(keep) {
+                inner
+                    .log
+                    .truncate_suffix(offset)
+                    .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+                inner.offsets.truncate(keep);
+            }
+            if inner.offsets.is_empty() {
+                inner.meta.first_offset = None;
+            }
+            inner.meta.epochs.retain(|e| e.first_index < log_id.index);
+            inner
+                .persist_meta()
+                .map_err(|e| io_err(StorageIOError::write_logs, e))
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
+        self.blocking(move |inner| {
+            let drop = (log_id.index + 1).saturating_sub(inner.meta.first_index) as usize;
+            let drop = drop.min(inner.offsets.len());
+            let next_offset = inner.offsets.get(drop).copied();
+            inner.offsets.drain(..drop);
+            inner.meta.first_index = inner.meta.first_index.max(log_id.index + 1);
+            inner.meta.first_offset = inner.offsets.first().copied();
+            inner.meta.last_purged = Some(log_id);
+            // Keep the run that covers the first remaining entry (or the purged id).
+            let keep_from = inner
+                .meta
+                .epochs
+                .partition_point(|e| e.first_index <= log_id.index)
+                .saturating_sub(1);
+            inner.meta.epochs.drain(..keep_from);
+            if inner.meta.epochs.is_empty() {
+                inner.meta.epochs.push(Epoch {
+                    first_index: log_id.index,
+                    leader: log_id.leader_id,
+                });
+            }
+            inner
+                .persist_meta()
+                .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+            // Whole segments below the first kept entry go; a partial one stays until it is.
+            let below = next_offset.unwrap_or_else(|| inner.log.offsets().log_end);
+            inner
+                .log
+                .delete_segments_before(below)
+                .map_err(|e| io_err(StorageIOError::write_logs, e))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftLogStorageExt;
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader};
+    use sluice_proto::RecordBatchBuilder;
+
+    use super::*;
+    use crate::storage::LogOptions;
+
+    fn batch(n: usize) -> Payload {
+        let mut b = RecordBatchBuilder::new(Default::default());
+        for i in 0..n {
+            b.append(i as i64, None, b"value", &[]);
+        }
+        Payload(b.build())
+    }
+
+    fn entry(term: u64, index: u64, payload: EntryPayload<PartitionRaft>) -> Entry<PartitionRaft> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
+            payload,
+        }
+    }
+
+    fn open(dir: &Path) -> SegmentRaftLog {
+        let options = LogOptions {
+            segment_bytes: 2048,
+            segment_ms: i64::MAX,
+            index_interval_bytes: 256,
+        };
+        SegmentRaftLog::open(dir, SegmentLog::open(dir, options, 0).unwrap()).unwrap()
+    }
+
+    /// Record batches are the entries: offsets follow the log prefix, control batches take
+    /// one offset each, and a restart finds every entry at its index.
+    #[tokio::test]
+    async fn batches_are_entries_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        let mut entries = vec![entry(1, 0, EntryPayload::Blank)];
+        for i in 1..=20 {
+            entries.push(entry(
+                if i < 10 { 1 } else { 2 },
+                i,
+                EntryPayload::Normal(batch(3)),
+            ));
+        }
+        log.blocking_append(entries).await.unwrap();
+        let got = log.try_get_log_entries(5..8).await.unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            vec![5, 6, 7]
+        );
+        let EntryPayload::Normal(Payload(b)) = &got[0].payload else {
+            panic!("normal entry expected")
+        };
+        // The blank entry took offset 0; entry i holds offsets 1 + 3(i-1) ..
+        assert_eq!(BatchHeader::parse(b).unwrap().base_offset, 13);
+        assert_eq!(got[0].log_id.leader_id.term, 1);
+        let last = log.get_log_state().await.unwrap().last_log_id.unwrap();
+        assert_eq!((last.index, last.leader_id.term), (20, 2));
+
+        // A conflicting suffix is cut from the segments too.
+        log.truncate(LogId::new(CommittedLeaderId::new(2, 1), 15))
+            .await
+            .unwrap();
+        log.blocking_append([entry(3, 15, EntryPayload::Normal(batch(1)))])
+            .await
+            .unwrap();
+        drop(log);
+
+        let mut log = open(dir.path());
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(
+            state.last_log_id,
+            Some(LogId::new(CommittedLeaderId::new(3, 1), 15))
+        );
+        let all = log.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(all.len(), 16);
+        assert_eq!(all[14].log_id.leader_id.term, 2);
+        let EntryPayload::Normal(Payload(b)) = &all[15].payload else {
+            panic!("normal entry expected")
+        };
+        assert_eq!(BatchHeader::parse(b).unwrap().base_offset, 1 + 14 * 3);
+
+        // Purging drops whole segments below the first kept entry.
+        log.purge(LogId::new(CommittedLeaderId::new(2, 1), 12))
+            .await
+            .unwrap();
+        let rest = log.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(rest.first().unwrap().log_id.index, 13);
+        drop(log);
+        let mut log = open(dir.path());
+        assert_eq!(log.try_get_log_entries(0..).await.unwrap().len(), 3);
+    }
+}

@@ -1,0 +1,185 @@
+//! The partition replica's state machine. The data is already in the log (layout (a)), so
+//! applying a committed entry only moves the high watermark: consumers may now read it.
+//! Snapshots hold the applied log id and membership; the segments themselves are the data.
+
+// openraft's StorageError is large by design; it is returned on the rare error path only.
+#![allow(clippy::result_large_err)]
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder,
+    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use sluice_proto::batch::BatchHeader;
+use tokio::sync::watch;
+
+use super::types::{Appended, PartitionRaft};
+
+type NodeId = u64;
+type SResult<T> = Result<T, StorageError<NodeId>>;
+
+const STATE_FILE: &str = "raft-applied.json";
+
+fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
+    StorageError::from(StorageIOError::write_state_machine(AnyError::error(
+        e.to_string(),
+    )))
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Applied {
+    last: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    /// The offset after the last applied record batch: the high watermark.
+    high_watermark: i64,
+}
+
+/// A snapshot's metadata and data (the high watermark).
+type StoredSnapshot = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
+
+#[derive(Debug, Clone)]
+pub struct ReplicaState {
+    path: PathBuf,
+    applied: Applied,
+    high_watermark: Arc<watch::Sender<i64>>,
+    /// The last snapshot built or installed, shared with snapshot builders (clones).
+    snapshot: Arc<parking_lot::Mutex<Option<StoredSnapshot>>>,
+}
+
+impl ReplicaState {
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        let path = dir.join(STATE_FILE);
+        let applied: Applied = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(std::io::Error::other)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Applied::default(),
+            Err(e) => return Err(e),
+        };
+        let high_watermark = Arc::new(watch::Sender::new(applied.high_watermark));
+        Ok(ReplicaState {
+            path,
+            applied,
+            high_watermark,
+            snapshot: Arc::default(),
+        })
+    }
+
+    /// Consumers read below this offset.
+    pub fn subscribe_high_watermark(&self) -> watch::Receiver<i64> {
+        self.high_watermark.subscribe()
+    }
+
+    /// Written without fsync: after a crash the committed entries are applied again from the
+    /// log, which only moves the high watermark again.
+    fn persist(&self) -> SResult<()> {
+        let data = serde_json::to_vec(&self.applied).map_err(sm_err)?;
+        let tmp = self.path.with_extension("tmp");
+        std::fs::write(&tmp, data).map_err(sm_err)?;
+        std::fs::rename(&tmp, &self.path).map_err(sm_err)
+    }
+}
+
+impl RaftSnapshotBuilder<PartitionRaft> for ReplicaState {
+    async fn build_snapshot(&mut self) -> SResult<Snapshot<PartitionRaft>> {
+        let meta = SnapshotMeta {
+            last_log_id: self.applied.last,
+            last_membership: self.applied.membership.clone(),
+            snapshot_id: format!(
+                "{}-{}",
+                self.applied.last.map_or(0, |l| l.index),
+                self.applied.high_watermark
+            ),
+        };
+        let data = serde_json::to_vec(&self.applied.high_watermark).map_err(sm_err)?;
+        *self.snapshot.lock() = Some((meta.clone(), data.clone()));
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<PartitionRaft> for ReplicaState {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
+        Ok((self.applied.last, self.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> SResult<Vec<Appended>>
+    where
+        I: IntoIterator<Item = Entry<PartitionRaft>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut out = Vec::new();
+        for entry in entries {
+            self.applied.last = Some(entry.log_id);
+            out.push(match &entry.payload {
+                EntryPayload::Normal(batch) => {
+                    let h = BatchHeader::parse(&batch.0).map_err(sm_err)?;
+                    self.applied.high_watermark = self.applied.high_watermark.max(h.next_offset());
+                    Appended {
+                        base_offset: h.base_offset,
+                        last_offset: h.last_offset(),
+                    }
+                }
+                EntryPayload::Blank => Appended::default(),
+                EntryPayload::Membership(m) => {
+                    self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    Appended::default()
+                }
+            });
+        }
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.persist())
+            .await
+            .map_err(sm_err)??;
+        self.high_watermark.send_if_modified(|hw| {
+            let moved = self.applied.high_watermark > *hw;
+            *hw = (*hw).max(self.applied.high_watermark);
+            moved
+        });
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> SResult<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> SResult<()> {
+        let hw: i64 = serde_json::from_slice(snapshot.get_ref()).map_err(sm_err)?;
+        self.applied = Applied {
+            last: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            high_watermark: hw,
+        };
+        *self.snapshot.lock() = Some((meta.clone(), snapshot.get_ref().clone()));
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.persist())
+            .await
+            .map_err(sm_err)??;
+        self.high_watermark.send_replace(hw);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> SResult<Option<Snapshot<PartitionRaft>>> {
+        Ok(self.snapshot.lock().clone().map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
