@@ -400,6 +400,27 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/broker.yaml");
+        let c = Args::parse_from(["sluice-broker", "--config", path])
+            .into_config()
+            .unwrap();
+        assert_eq!(c.flush, FlushPolicy::Always);
+        assert!(
+            parse_voters("1@10.0.0.1:9093,2@10.0.0.2:9093")
+                .unwrap()
+                .len()
+                == 2
+        );
+        assert!(parse_voters("1@10.0.0.1").unwrap_err().contains("no port"));
+        assert!(
+            parse_voters("x@10.0.0.1:1")
+                .unwrap_err()
+                .contains("not a node id")
+        );
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("broker.yaml");
