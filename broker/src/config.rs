@@ -178,12 +178,6 @@ impl Config {
                 self.max_request_bytes
             ));
         }
-        if !self.controller_quorum_voters.is_empty()
-            && self.raft_listen.is_none()
-            && !self.is_voter()
-        {
-            // Learners pick a free port; nothing to check.
-        }
         if self.max_partitions_per_topic < 1 {
             return Err("max_partitions_per_topic must be at least 1".into());
         }
