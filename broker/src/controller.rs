@@ -85,10 +85,7 @@ impl Controller {
         let sm = store::StateMachine::open(db)
             .map_err(|e| Error::Internal(format!("controller state: {e}")))?;
         let state = sm.subscribe();
-        let network = network::Network {
-            group: CONTROLLER_GROUP,
-            channels: channels.clone(),
-        };
+        let network = network::Network::<MetaRaft>::new(CONTROLLER_GROUP, channels.clone());
         let raft = Raft::new(node_id as u64, Arc::new(config), network, log, sm)
             .await
             .map_err(|e| Error::Internal(format!("starting the controller Raft: {e}")))?;
@@ -173,10 +170,10 @@ impl Controller {
         address: &str,
         command: &MetaCommand,
     ) -> Result<MetaResponse> {
-        let bytes = serde_json::to_vec(command).map_err(|e| Error::Internal(e.to_string()))?;
+        let bytes = network::encode(command).map_err(|e| Error::Internal(e.to_string()))?;
         let mut client = self.channels.client(address).map_err(Error::Internal)?;
         match client.propose(pb::Proposal { command: bytes }).await {
-            Ok(r) => serde_json::from_slice(&r.into_inner().response).map_err(|e| {
+            Ok(r) => network::decode(&r.into_inner().response).map_err(|e| {
                 Error::Internal(format!("controller {leader} answered undecodably: {e}"))
             }),
             Err(status) => {

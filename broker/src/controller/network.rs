@@ -1,7 +1,10 @@
 //! Raft over gRPC: the client side ([`Network`], one connection per peer shared by every
 //! group) and the server side ([`RaftService`], which routes each call to its group).
+//! Payloads are openraft's serde types in MessagePack: compact, and record batches travel as
+//! raw bytes.
 
 use std::collections::HashMap;
+use std::marker::PhantomData;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,17 +16,25 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{AnyError, BasicNode};
+use openraft::{AnyError, BasicNode, RaftTypeConfig};
 use parking_lot::Mutex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_proto::pb::{self, raft_client::RaftClient};
 use tonic::transport::{Channel, Endpoint};
 
-use super::types::MetaRaft;
-
 /// The controller's Raft group id.
 pub const CONTROLLER_GROUP: u64 = 0;
+
+/// Encodes a Raft message or proposal.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+    rmp_serde::to_vec_named(value)
+}
+
+/// Decodes a Raft message or proposal.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+    rmp_serde::from_slice(bytes)
+}
 
 /// One lazily connected channel per peer address, shared by all groups and by forwarding.
 #[derive(Debug, Clone, Default)]
@@ -56,48 +67,67 @@ impl PeerChannels {
     }
 }
 
-/// Creates a [`Peer`] per target node.
+/// Creates a [`Peer`] per target node, for Raft group `group` of type config `C`.
 #[derive(Debug, Clone)]
-pub struct Network {
-    pub group: u64,
-    pub channels: PeerChannels,
+pub struct Network<C> {
+    group: u64,
+    channels: PeerChannels,
+    _config: PhantomData<C>,
 }
 
-impl RaftNetworkFactory<MetaRaft> for Network {
-    type Network = Peer;
+impl<C> Network<C> {
+    pub fn new(group: u64, channels: PeerChannels) -> Self {
+        Network {
+            group,
+            channels,
+            _config: PhantomData,
+        }
+    }
+}
 
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer {
+impl<C> RaftNetworkFactory<C> for Network<C>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    AppendEntriesRequest<C>: Serialize,
+    InstallSnapshotRequest<C>: Serialize,
+{
+    type Network = Peer<C>;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer<C> {
         Peer {
             group: self.group,
             target,
             address: node.addr.clone(),
             channels: self.channels.clone(),
+            _config: PhantomData,
         }
     }
 }
 
 #[derive(Debug)]
-pub struct Peer {
+pub struct Peer<C> {
     group: u64,
     target: u64,
     address: String,
     channels: PeerChannels,
+    _config: PhantomData<C>,
 }
 
-impl Peer {
+type CallResult<Resp, E> = Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>;
+
+impl<C> Peer<C> {
     async fn call<Req, Resp, E>(
         &self,
         rpc: pb::RaftRpc,
         req: &Req,
         timeout: Duration,
-    ) -> Result<Resp, RPCError<u64, BasicNode, RaftError<u64, E>>>
+    ) -> CallResult<Resp, E>
     where
         Req: Serialize,
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let payload =
-            serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut client = self
             .channels
             .client(&self.address)
@@ -109,29 +139,34 @@ impl Peer {
         };
         let reply = match tokio::time::timeout(timeout, client.call(call)).await {
             Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(status)) => {
-                if status.code() == tonic::Code::Unavailable {
-                    self.channels.forget(&self.address);
-                    return Err(RPCError::Unreachable(Unreachable::new(&status)));
-                }
-                return Err(RPCError::Network(NetworkError::new(&status)));
+            Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
+                self.channels.forget(&self.address);
+                return Err(RPCError::Unreachable(Unreachable::new(&status)));
             }
+            Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
             Err(_) => {
-                return Err(RPCError::Unreachable(Unreachable::new(&AnyError::error(
-                    format!("no answer from node {} within {timeout:?}", self.target),
-                ))));
+                let e = AnyError::error(format!(
+                    "no answer from node {} within {timeout:?}",
+                    self.target
+                ));
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
             }
         };
-        let result: Result<Resp, RaftError<u64, E>> = serde_json::from_slice(&reply.payload)
-            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let result: Result<Resp, RaftError<u64, E>> =
+            decode(&reply.payload).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
 }
 
-impl RaftNetwork<MetaRaft> for Peer {
+impl<C> RaftNetwork<C> for Peer<C>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    AppendEntriesRequest<C>: Serialize,
+    InstallSnapshotRequest<C>: Serialize,
+{
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<MetaRaft>,
+        rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         self.call(pb::RaftRpc::AppendEntries, &rpc, option.hard_ttl())
@@ -140,7 +175,7 @@ impl RaftNetwork<MetaRaft> for Peer {
 
     async fn install_snapshot(
         &mut self,
-        rpc: InstallSnapshotRequest<MetaRaft>,
+        rpc: InstallSnapshotRequest<C>,
         option: RPCOption,
     ) -> Result<
         InstallSnapshotResponse<u64>,
@@ -166,13 +201,13 @@ pub struct RaftService {
 }
 
 fn reply<T: Serialize>(value: &T) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
-    serde_json::to_vec(value)
+    encode(value)
         .map(|payload| tonic::Response::new(pb::RaftReply { payload }))
         .map_err(|e| tonic::Status::internal(format!("encoding a Raft reply: {e}")))
 }
 
-fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, tonic::Status> {
-    serde_json::from_slice(payload)
+fn request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, tonic::Status> {
+    decode(payload)
         .map_err(|e| tonic::Status::invalid_argument(format!("undecodable Raft request: {e}")))
 }
 
@@ -180,9 +215,9 @@ fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, tonic::Status> {
 impl pb::raft_server::Raft for RaftService {
     async fn call(
         &self,
-        request: tonic::Request<pb::RaftCall>,
+        request_: tonic::Request<pb::RaftCall>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
-        let call = request.into_inner();
+        let call = request_.into_inner();
         if call.group != CONTROLLER_GROUP {
             return Err(tonic::Status::not_found(format!(
                 "no Raft group {} on this broker",
@@ -192,11 +227,11 @@ impl pb::raft_server::Raft for RaftService {
         let raft = &self.controller.raft;
         match pb::RaftRpc::try_from(call.rpc) {
             Ok(pb::RaftRpc::AppendEntries) => {
-                reply(&raft.append_entries(decode(&call.payload)?).await)
+                reply(&raft.append_entries(request(&call.payload)?).await)
             }
-            Ok(pb::RaftRpc::Vote) => reply(&raft.vote(decode(&call.payload)?).await),
+            Ok(pb::RaftRpc::Vote) => reply(&raft.vote(request(&call.payload)?).await),
             Ok(pb::RaftRpc::InstallSnapshot) => {
-                reply(&raft.install_snapshot(decode(&call.payload)?).await)
+                reply(&raft.install_snapshot(request(&call.payload)?).await)
             }
             Err(_) => Err(tonic::Status::invalid_argument(format!(
                 "unknown Raft RPC {}",
@@ -207,16 +242,15 @@ impl pb::raft_server::Raft for RaftService {
 
     async fn propose(
         &self,
-        request: tonic::Request<pb::Proposal>,
+        request_: tonic::Request<pb::Proposal>,
     ) -> Result<tonic::Response<pb::ProposalReply>, tonic::Status> {
-        let command = decode(&request.into_inner().command)?;
+        let command = request(&request_.into_inner().command)?;
         let response = self
             .controller
             .propose_here(command)
             .await
             .map_err(tonic::Status::from)?;
-        let bytes =
-            serde_json::to_vec(&response).map_err(|e| tonic::Status::internal(e.to_string()))?;
+        let bytes = encode(&response).map_err(|e| tonic::Status::internal(e.to_string()))?;
         Ok(tonic::Response::new(pb::ProposalReply { response: bytes }))
     }
 }
