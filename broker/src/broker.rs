@@ -14,6 +14,7 @@ use sluice_proto::TopicConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FlushPolicy};
+use crate::controller::network::Groups;
 use crate::controller::{
     BrokerRecord, ClusterState, Controller, ControllerTiming, MetaCommand, MetaResponse,
     PeerChannels,
@@ -21,6 +22,7 @@ use crate::controller::{
 use crate::error::{Error, Result};
 use crate::metadata::{MetadataStore, TopicRecord};
 use crate::partition::Partition;
+use crate::replica::group::{Replica, ReplicaStores, ReplicaTiming};
 use crate::storage::{LogOptions, SegmentLog};
 
 pub fn now_ms() -> i64 {
@@ -32,12 +34,69 @@ pub fn now_ms() -> i64 {
 /// Identifies which incarnation of a topic a partition directory belongs to.
 const PARTITION_META_FILE: &str = "partition.json";
 
-/// A topic's partitions on this broker.
+/// A topic's partitions on this broker: unreplicated ones (`replication.factor` 1) in
+/// `partitions`, replicas of Raft-replicated ones in `replicas`.
 #[derive(Debug)]
 pub struct LocalTopic {
     pub record: TopicRecord,
     pub config: Arc<TopicConfig>,
     pub partitions: BTreeMap<i32, Arc<Partition>>,
+    pub replicas: RwLock<BTreeMap<i32, Arc<Replica>>>,
+}
+
+/// A partition this broker serves, either kind.
+#[derive(Debug, Clone)]
+pub enum PartitionRef {
+    Local(Arc<Partition>),
+    Replica(Arc<Replica>),
+}
+
+impl PartitionRef {
+    /// Whole batches from `offset`, below the high watermark. Blocking (disk).
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<bytes::Bytes> {
+        match self {
+            PartitionRef::Local(p) => p.read(offset, max_bytes),
+            PartitionRef::Replica(r) => r.read(offset, max_bytes),
+        }
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        match self {
+            PartitionRef::Local(p) => p.high_watermark(),
+            PartitionRef::Replica(r) => r.high_watermark(),
+        }
+    }
+
+    pub fn subscribe_high_watermark(&self) -> tokio::sync::watch::Receiver<i64> {
+        match self {
+            PartitionRef::Local(p) => p.subscribe_high_watermark(),
+            PartitionRef::Replica(r) => r.subscribe_high_watermark(),
+        }
+    }
+
+    pub fn offsets(&self) -> crate::storage::LogOffsets {
+        match self {
+            PartitionRef::Local(p) => p.offsets(),
+            PartitionRef::Replica(r) => r.offsets(),
+        }
+    }
+
+    /// Blocking (disk).
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>> {
+        match self {
+            PartitionRef::Local(p) => p.offset_for_timestamp(ts),
+            PartitionRef::Replica(r) => r.offset_for_timestamp(ts),
+        }
+    }
+}
+
+/// A replica opened on disk, waiting for its Raft group to start.
+#[derive(Debug)]
+struct PendingReplica {
+    record: TopicRecord,
+    config: Arc<TopicConfig>,
+    partition: i32,
+    stores: ReplicaStores,
 }
 
 /// Where this broker is reachable.
@@ -58,6 +117,8 @@ pub struct Broker {
     metadata: MetadataStore,
     local: RwLock<BTreeMap<String, Arc<LocalTopic>>>,
     pub peers: PeerChannels,
+    /// Raft groups of the partition replicas here, for the inter-broker service.
+    pub groups: Groups,
     flusher: Arc<Flusher>,
     flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub shutdown: CancellationToken,
@@ -154,6 +215,7 @@ impl Broker {
             metadata,
             local: RwLock::new(BTreeMap::new()),
             peers,
+            groups: Groups::default(),
             flusher,
             flusher_thread: Mutex::new(Some(handle)),
             shutdown: CancellationToken::new(),
@@ -161,9 +223,11 @@ impl Broker {
         let started = std::time::Instant::now();
         let b = broker.clone();
         let state = broker.controller.state();
-        tokio::task::spawn_blocking(move || b.reconcile(&ClusterState::default(), &state))
-            .await
-            .map_err(|e| Error::Internal(format!("opening partitions: {e}")))?;
+        let pending =
+            tokio::task::spawn_blocking(move || b.reconcile(&ClusterState::default(), &state))
+                .await
+                .map_err(|e| Error::Internal(format!("opening partitions: {e}")))?;
+        broker.start_replicas(pending).await;
         tracing::info!(
             topics = broker.local.read().len(),
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -232,8 +296,9 @@ impl Broker {
             let this = self.clone();
             let prev = seen.clone();
             let n = next.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || this.reconcile(&prev, &n)).await {
-                tracing::error!(cause = %e, "reconciling partitions failed");
+            match tokio::task::spawn_blocking(move || this.reconcile(&prev, &n)).await {
+                Ok(pending) => self.start_replicas(pending).await,
+                Err(e) => tracing::error!(cause = %e, "reconciling partitions failed"),
             }
             seen = next;
         }
@@ -241,7 +306,8 @@ impl Broker {
 
     /// Opens partitions newly assigned here; closes and deletes those of topics that are
     /// gone. Blocking.
-    fn reconcile(&self, prev: &ClusterState, next: &ClusterState) {
+    fn reconcile(&self, prev: &ClusterState, next: &ClusterState) -> Vec<PendingReplica> {
+        let mut pending = Vec::new();
         let me = self.node_id();
         for (name, record) in &next.topics {
             let current = self.local.read().get(name).cloned();
@@ -263,8 +329,9 @@ impl Broker {
                 })
                 .collect();
             match self.open_topic(record.clone(), &assigned) {
-                Ok(topic) => {
+                Ok((topic, replicas)) => {
                     self.local.write().insert(name.clone(), Arc::new(topic));
+                    pending.extend(replicas);
                 }
                 Err(e) => {
                     tracing::error!(topic = %name, cause = %e, "cannot open the topic's partitions")
@@ -288,6 +355,72 @@ impl Broker {
                 self.drop_topic(&t);
             }
         }
+        pending
+    }
+
+    /// Starts the Raft groups of replicas opened by `reconcile`, and reports their
+    /// leaderships to the controller.
+    async fn start_replicas(self: &Arc<Self>, pending: Vec<PendingReplica>) {
+        let state = self.controller.state();
+        for p in pending {
+            let Some(replicas) = p.record.replicas.get(p.partition as usize) else {
+                continue;
+            };
+            let members = replicas
+                .iter()
+                .filter_map(|id| {
+                    state
+                        .brokers
+                        .get(id)
+                        .map(|b| (*id as u64, openraft::BasicNode::new(&b.raft_address)))
+                })
+                .collect::<BTreeMap<_, _>>();
+            if members.len() != replicas.len() {
+                tracing::error!(topic = %p.record.name, partition = p.partition, ?replicas,
+                    "a replica's broker is not registered; the partition stays closed");
+                continue;
+            }
+            let group = p.record.group(p.partition);
+            let started = Replica::start(
+                Arc::from(p.record.name.as_str()),
+                p.record.topic_id.clone(),
+                p.partition,
+                p.config.clone(),
+                self.node_id(),
+                members,
+                group,
+                p.stores,
+                self.peers.clone(),
+                ReplicaTiming {
+                    lag_time_max: self.config.replica_lag_time_max,
+                    ..ReplicaTiming::default()
+                },
+            )
+            .await;
+            match started {
+                Ok(replica) => {
+                    self.groups.insert(group, replica.raft.clone());
+                    if let Some(t) = self.local_topic(&p.record.name) {
+                        t.replicas.write().insert(p.partition, replica.clone());
+                    }
+                    tokio::spawn(replica.report_leadership(self.controller.clone()));
+                }
+                Err(e) => {
+                    tracing::error!(topic = %p.record.name, partition = p.partition, cause = %e, "cannot start the replica")
+                }
+            }
+        }
+    }
+
+    /// Stops every partition Raft group (at shutdown).
+    pub async fn stop_replicas(&self) {
+        for t in self.local_topics() {
+            let replicas: Vec<_> = t.replicas.read().values().cloned().collect();
+            for r in replicas {
+                self.groups.remove(t.record.group(r.id));
+                r.shutdown().await;
+            }
+        }
     }
 
     /// Stops serving a deleted topic and removes its data.
@@ -301,7 +434,22 @@ impl Broker {
                 local.remove(&topic.record.name);
             }
         }
-        for p in topic.partitions.keys() {
+        let replicas: Vec<Arc<Replica>> = topic.replicas.read().values().cloned().collect();
+        for r in &replicas {
+            self.groups.remove(topic.record.group(r.id));
+            let raft = r.raft.clone();
+            // The group stops in the background; its files are removed below.
+            tokio::runtime::Handle::current().spawn(async move {
+                let _ = raft.shutdown().await;
+            });
+        }
+        let ids: Vec<i32> = topic
+            .partitions
+            .keys()
+            .copied()
+            .chain(replicas.iter().map(|r| r.id))
+            .collect();
+        for p in &ids {
             let dir = self.partition_dir(&topic.record.name, *p);
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {
@@ -322,7 +470,11 @@ impl Broker {
             .join(format!("{topic}-{partition}"))
     }
 
-    fn open_topic(&self, record: TopicRecord, assigned: &[i32]) -> Result<LocalTopic> {
+    fn open_topic(
+        &self,
+        record: TopicRecord,
+        assigned: &[i32],
+    ) -> Result<(LocalTopic, Vec<PendingReplica>)> {
         let config = Arc::new(
             TopicConfig::from_map(&record.config, record.replication_factor).map_err(|e| {
                 Error::Internal(format!(
@@ -338,9 +490,22 @@ impl Broker {
             index_interval_bytes: self.config.index_interval_bytes,
         };
         let mut partitions = BTreeMap::new();
+        let mut pending = Vec::new();
         for &p in assigned {
             let dir = self.partition_dir(&record.name, p);
             self.claim_dir(&dir, &record.topic_id)?;
+            if record.replicated() {
+                let stores = ReplicaStores::open(&dir, options).map_err(|e| {
+                    Error::Internal(format!("{}-{p}: opening the replica: {e}", record.name))
+                })?;
+                pending.push(PendingReplica {
+                    record: record.clone(),
+                    config: config.clone(),
+                    partition: p,
+                    stores,
+                });
+                continue;
+            }
             let log =
                 SegmentLog::open(&dir, options, now_ms()).map_err(|source| Error::Storage {
                     topic: record.name.clone(),
@@ -358,11 +523,15 @@ impl Broker {
                 )),
             );
         }
-        Ok(LocalTopic {
-            record,
-            config,
-            partitions,
-        })
+        Ok((
+            LocalTopic {
+                record,
+                config,
+                partitions,
+                replicas: RwLock::new(BTreeMap::new()),
+            },
+            pending,
+        ))
     }
 
     /// Makes `dir` belong to topic incarnation `topic_id`: a directory left by an earlier
@@ -421,16 +590,18 @@ impl Broker {
     }
 
     /// A partition this broker leads, or the error that tells the client where to go.
-    pub fn partition(&self, topic: &str, partition: i32) -> Result<Arc<Partition>> {
-        if let Some(p) = self
-            .local
-            .read()
-            .get(topic)
-            .and_then(|t| t.partitions.get(&partition).cloned())
-        {
-            return Ok(p);
-        }
+    pub fn partition(&self, topic: &str, partition: i32) -> Result<PartitionRef> {
+        let local = self.local.read().get(topic).cloned();
         let state = self.controller.state();
+        if let Some(t) = local {
+            if let Some(p) = t.partitions.get(&partition) {
+                return Ok(PartitionRef::Local(p.clone()));
+            }
+            if let Some(r) = t.replicas.read().get(&partition).cloned() {
+                r.check_leader(&state)?;
+                return Ok(PartitionRef::Replica(r));
+            }
+        }
         let record = state
             .topics
             .get(topic)
@@ -507,11 +678,6 @@ impl Broker {
                  use a value between 1 and {live}"
             )));
         }
-        if rf > 1 {
-            return Err(Error::InvalidReplicationFactor(format!(
-                "topic '{name}': replication factor {rf} needs partition replication, which this version does not have yet; use 1"
-            )));
-        }
         TopicConfig::from_map(&overrides, rf)
             .map_err(|e| Error::InvalidConfig(format!("topic '{name}': {e}")))?;
         if state.topics.contains_key(&name) {
@@ -526,6 +692,8 @@ impl Broker {
             created_ms: now_ms(),
             topic_id: format!("{name}-{}-{}", now_ms(), self.node_id()),
             replicas,
+            group_base: 0,
+            leaders: Vec::new(),
         };
         if validate_only {
             return Ok(record);

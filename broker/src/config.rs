@@ -21,6 +21,7 @@ pub const DEFAULT_MAX_FETCH_WAIT: &str = "30s";
 pub const DEFAULT_MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
 pub const DEFAULT_METADATA_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
+pub const DEFAULT_REPLICA_LAG_TIME_MAX: &str = "10s";
 
 /// When appended data is forced to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +84,9 @@ pub struct Config {
     pub max_partitions_per_topic: i32,
     pub metadata_cache_bytes: u64,
     pub shutdown_timeout: Duration,
+    /// Kafka's `replica.lag.time.max.ms`: a follower not caught up for this long leaves the
+    /// in-sync set.
+    pub replica_lag_time_max: Duration,
 }
 
 fn dur(s: &str) -> Duration {
@@ -111,6 +115,7 @@ impl Default for Config {
             max_partitions_per_topic: DEFAULT_MAX_PARTITIONS_PER_TOPIC,
             metadata_cache_bytes: DEFAULT_METADATA_CACHE_BYTES,
             shutdown_timeout: dur(DEFAULT_SHUTDOWN_TIMEOUT),
+            replica_lag_time_max: dur(DEFAULT_REPLICA_LAG_TIME_MAX),
         }
     }
 }
@@ -204,6 +209,7 @@ struct ConfigFile {
     max_partitions_per_topic: Option<i32>,
     metadata_cache_bytes: Option<u64>,
     shutdown_timeout: Option<String>,
+    replica_lag_time_max: Option<String>,
 }
 
 /// `sluice-broker` flags. Each also reads `SLUICE_<NAME>` and the `--config` YAML file
@@ -265,6 +271,10 @@ pub struct Args {
     /// How long a graceful shutdown may take before the broker exits anyway [default: 30s]
     #[arg(long, env = "SLUICE_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<String>,
+    /// A follower not caught up for this long leaves the in-sync set
+    /// (replica.lag.time.max.ms) [default: 10s]
+    #[arg(long, env = "SLUICE_REPLICA_LAG_TIME_MAX")]
+    pub replica_lag_time_max: Option<String>,
 }
 
 fn parse_dur(key: &str, s: &str) -> Result<Duration, String> {
@@ -343,6 +353,12 @@ impl Args {
                 file.shutdown_timeout,
                 d.shutdown_timeout,
             )?,
+            replica_lag_time_max: pick_dur(
+                "replica_lag_time_max",
+                self.replica_lag_time_max,
+                file.replica_lag_time_max,
+                d.replica_lag_time_max,
+            )?,
         };
         config.validate()?;
         Ok(config)
@@ -370,6 +386,7 @@ mod tests {
             format!("[default: {}]", d.max_partitions_per_topic),
             format!("[default: {}]", d.metadata_cache_bytes),
             format!("[default: {DEFAULT_SHUTDOWN_TIMEOUT}]"),
+            format!("[default: {DEFAULT_REPLICA_LAG_TIME_MAX}]"),
         ] {
             assert!(help.contains(&expected), "--help lacks {expected}:\n{help}");
         }

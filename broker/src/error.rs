@@ -83,6 +83,22 @@ pub enum Error {
     LeaderNotAvailable { topic: String, partition: i32 },
     #[error("controller metadata: {0}")]
     Rejected(String),
+    #[error("{topic}-{partition}: {} replica(s) in sync ({in_sync:?}), min.insync.replicas is {required}; nothing was written", in_sync.len())]
+    NotEnoughReplicas {
+        topic: String,
+        partition: i32,
+        in_sync: Vec<i32>,
+        required: usize,
+    },
+    #[error(
+        "{topic}-{partition}: the batch was committed but only {holding} replica(s) hold it, min.insync.replicas is {required}"
+    )]
+    NotEnoughReplicasAfterAppend {
+        topic: String,
+        partition: i32,
+        holding: usize,
+        required: usize,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -122,6 +138,8 @@ impl Error {
             Error::NotLeader { .. } => ErrorCode::NotLeader,
             Error::LeaderNotAvailable { .. } => ErrorCode::LeaderNotAvailable,
             Error::Rejected(_) => ErrorCode::InvalidRequest,
+            Error::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
+            Error::NotEnoughReplicasAfterAppend { .. } => ErrorCode::NotEnoughReplicasAfterAppend,
         }
     }
 

@@ -24,15 +24,41 @@ pub struct TopicRecord {
     pub topic_id: String,
     /// The replicas of each partition, preferred leader first.
     pub replicas: Vec<Vec<i32>>,
+    /// Raft group id of partition 0; partition `p` is group `group_base + p`. Assigned by
+    /// the controller when the topic is created (replicated topics only).
+    #[serde(default)]
+    pub group_base: u64,
+    /// The last leader each replicated partition reported, with its Raft term.
+    #[serde(default)]
+    pub leaders: Vec<Option<LeaderRecord>>,
+}
+
+/// A partition leader as reported by its Raft group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderRecord {
+    pub leader: i32,
+    pub term: u64,
 }
 
 impl TopicRecord {
-    /// The broker that leads `partition` (its first replica while partitions have one).
+    /// Whether partitions are Raft groups (more than one replica).
+    pub fn replicated(&self) -> bool {
+        self.replication_factor > 1
+    }
+
+    /// The Raft group id of a partition.
+    pub fn group(&self, partition: i32) -> u64 {
+        self.group_base + partition as u64
+    }
+
+    /// The broker that leads `partition`: the last one its group reported, else the
+    /// preferred (first) replica.
     pub fn leader(&self, partition: i32) -> Option<i32> {
-        self.replicas
-            .get(usize::try_from(partition).ok()?)?
-            .first()
-            .copied()
+        let p = usize::try_from(partition).ok()?;
+        if let Some(Some(l)) = self.leaders.get(p) {
+            return Some(l.leader);
+        }
+        self.replicas.get(p)?.first().copied()
     }
 }
 

@@ -97,41 +97,9 @@ impl Partition {
         self.log.read().offsets()
     }
 
-    /// Checks a batch as received (size, CRC, record structure) and applies the topic's
-    /// `compression.type`. Blocking (CPU): runs on the blocking pool.
+    /// Checks a batch as received; see [`validate_batch`]. Blocking (CPU).
     pub fn validate(&self, batch: Bytes) -> Result<BytesMut> {
-        let max = self.config.max_message_bytes;
-        if batch.len() > max as usize {
-            return Err(Error::MessageTooLarge {
-                topic: self.topic.to_string(),
-                partition: self.id,
-                size: batch.len(),
-                max,
-            });
-        }
-        let wrap_corrupt = |source| Error::CorruptBatch {
-            topic: self.topic.to_string(),
-            partition: self.id,
-            source,
-        };
-        let wrap_invalid = |source| Error::InvalidBatch {
-            topic: self.topic.to_string(),
-            partition: self.id,
-            source,
-        };
-        let header = batch::verify(&batch).map_err(|e| match e {
-            BatchError::CrcMismatch { .. }
-            | BatchError::Truncated { .. }
-            | BatchError::BadLength(_) => wrap_corrupt(e),
-            other => wrap_invalid(other),
-        })?;
-        batch::validate_records(&batch).map_err(wrap_invalid)?;
-        if let CompressionType::Codec(codec) = self.config.compression_type
-            && header.compression().map_err(wrap_invalid)? != codec
-        {
-            return recompress(&batch, codec).map_err(wrap_invalid);
-        }
-        Ok(BytesMut::from(batch))
+        validate_batch(&self.topic, self.id, &self.config, batch)
     }
 
     /// Appends a validated batch. Blocking (disk): runs on the blocking pool.
@@ -292,4 +260,46 @@ fn recompress(
     }
     debug_assert_eq!(b.record_count(), header.record_count);
     Ok(BytesMut::from(&b.build()[..]))
+}
+
+/// Checks a batch as received (size, CRC, record structure) and applies the topic's
+/// `compression.type`. Blocking (CPU): runs on the blocking pool.
+pub fn validate_batch(
+    topic: &str,
+    partition: i32,
+    config: &TopicConfig,
+    batch: Bytes,
+) -> Result<BytesMut> {
+    let max = config.max_message_bytes;
+    if batch.len() > max as usize {
+        return Err(Error::MessageTooLarge {
+            topic: topic.to_string(),
+            partition,
+            size: batch.len(),
+            max,
+        });
+    }
+    let wrap_corrupt = |source| Error::CorruptBatch {
+        topic: topic.to_string(),
+        partition,
+        source,
+    };
+    let wrap_invalid = |source| Error::InvalidBatch {
+        topic: topic.to_string(),
+        partition,
+        source,
+    };
+    let header = batch::verify(&batch).map_err(|e| match e {
+        BatchError::CrcMismatch { .. }
+        | BatchError::Truncated { .. }
+        | BatchError::BadLength(_) => wrap_corrupt(e),
+        other => wrap_invalid(other),
+    })?;
+    batch::validate_records(&batch).map_err(wrap_invalid)?;
+    if let CompressionType::Codec(codec) = config.compression_type
+        && header.compression().map_err(wrap_invalid)? != codec
+    {
+        return recompress(&batch, codec).map_err(wrap_invalid);
+    }
+    Ok(BytesMut::from(batch))
 }

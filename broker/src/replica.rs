@@ -4,9 +4,11 @@
 //!
 //! # Layout
 //! - [`types`]: the partition groups' Raft type config.
+//! - [`group`]: [`group::Replica`], a running replica: produce, read, in-sync set.
 //! - [`log_store`]: [`log_store::SegmentRaftLog`], the Raft log on segment files.
 //! - [`state_machine`]: [`state_machine::ReplicaState`], applied index and high watermark.
 
+pub mod group;
 pub mod log_store;
 pub mod state_machine;
 pub mod types;

@@ -76,6 +76,7 @@ pub async fn run(
         let stop = broker.shutdown.clone();
         let service = RaftServer::new(RaftService {
             controller: broker.controller.clone(),
+            groups: broker.groups.clone(),
         });
         tokio::spawn(
             tonic::transport::Server::builder()
@@ -122,6 +123,7 @@ pub async fn run(
     if let Some(server) = raft_server {
         server.abort();
     }
+    broker.stop_replicas().await;
     broker.controller.shutdown().await;
     let b = broker.clone();
     let closed = tokio::task::spawn_blocking(move || b.close());

@@ -85,7 +85,7 @@ impl Error {
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Broker { detail } => detail.error_code().is_retriable(),
-            Error::Connect { .. } => true,
+            Error::Connect { .. } | Error::Timeout { .. } => true,
             Error::Rpc { status, .. } => matches!(
                 status.code(),
                 tonic::Code::Unavailable

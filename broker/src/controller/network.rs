@@ -40,6 +40,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode:
 #[derive(Debug, Clone, Default)]
 pub struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// When each node last answered a Raft RPC (heartbeats included): follower liveness
+    /// for the in-sync set.
+    answered: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
 }
 
 impl PeerChannels {
@@ -60,6 +63,11 @@ impl PeerChannels {
             .connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)
+    }
+
+    /// When `node` last answered a Raft call from this broker.
+    pub fn last_answer(&self, node: u64) -> Option<std::time::Instant> {
+        self.answered.lock().get(&node).copied()
     }
 
     pub fn forget(&self, address: &str) {
@@ -138,7 +146,13 @@ impl<C> Peer<C> {
             payload,
         };
         let reply = match tokio::time::timeout(timeout, client.call(call)).await {
-            Ok(Ok(r)) => r.into_inner(),
+            Ok(Ok(r)) => {
+                self.channels
+                    .answered
+                    .lock()
+                    .insert(self.target, std::time::Instant::now());
+                r.into_inner()
+            }
             Ok(Err(status)) if status.code() == tonic::Code::Unavailable => {
                 self.channels.forget(&self.address);
                 return Err(RPCError::Unreachable(Unreachable::new(&status)));
@@ -194,10 +208,37 @@ where
     }
 }
 
+type PartitionRaftHandle = openraft::Raft<crate::replica::types::PartitionRaft>;
+
+/// The partition groups this broker is a member of, by group id.
+#[derive(Clone, Default)]
+pub struct Groups(Arc<parking_lot::RwLock<HashMap<u64, PartitionRaftHandle>>>);
+
+impl std::fmt::Debug for Groups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Groups({})", self.0.read().len())
+    }
+}
+
+impl Groups {
+    pub fn get(&self, group: u64) -> Option<PartitionRaftHandle> {
+        self.0.read().get(&group).cloned()
+    }
+
+    pub fn insert(&self, group: u64, raft: PartitionRaftHandle) {
+        self.0.write().insert(group, raft);
+    }
+
+    pub fn remove(&self, group: u64) {
+        self.0.write().remove(&group);
+    }
+}
+
 /// Serves Raft calls and forwarded proposals on the inter-broker listener.
 #[derive(Debug, Clone)]
 pub struct RaftService {
     pub controller: Arc<super::Controller>,
+    pub groups: Groups,
 }
 
 fn reply<T: Serialize>(value: &T) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
@@ -211,6 +252,31 @@ fn request<T: DeserializeOwned>(payload: &[u8]) -> Result<T, tonic::Status> {
         .map_err(|e| tonic::Status::invalid_argument(format!("undecodable Raft request: {e}")))
 }
 
+/// Runs one Raft RPC against a group of any type config.
+async fn dispatch<C>(
+    raft: &openraft::Raft<C>,
+    call: &pb::RaftCall,
+) -> Result<tonic::Response<pb::RaftReply>, tonic::Status>
+where
+    C: RaftTypeConfig<NodeId = u64, Node = BasicNode>,
+    AppendEntriesRequest<C>: DeserializeOwned,
+    InstallSnapshotRequest<C>: DeserializeOwned,
+{
+    match pb::RaftRpc::try_from(call.rpc) {
+        Ok(pb::RaftRpc::AppendEntries) => {
+            reply(&raft.append_entries(request(&call.payload)?).await)
+        }
+        Ok(pb::RaftRpc::Vote) => reply(&raft.vote(request(&call.payload)?).await),
+        Ok(pb::RaftRpc::InstallSnapshot) => {
+            reply(&raft.install_snapshot(request(&call.payload)?).await)
+        }
+        Err(_) => Err(tonic::Status::invalid_argument(format!(
+            "unknown Raft RPC {}",
+            call.rpc
+        ))),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::raft_server::Raft for RaftService {
     async fn call(
@@ -218,24 +284,14 @@ impl pb::raft_server::Raft for RaftService {
         request_: tonic::Request<pb::RaftCall>,
     ) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
         let call = request_.into_inner();
-        if call.group != CONTROLLER_GROUP {
-            return Err(tonic::Status::not_found(format!(
+        if call.group == CONTROLLER_GROUP {
+            return dispatch(&self.controller.raft, &call).await;
+        }
+        match self.groups.get(call.group) {
+            Some(raft) => dispatch(&raft, &call).await,
+            None => Err(tonic::Status::not_found(format!(
                 "no Raft group {} on this broker",
                 call.group
-            )));
-        }
-        let raft = &self.controller.raft;
-        match pb::RaftRpc::try_from(call.rpc) {
-            Ok(pb::RaftRpc::AppendEntries) => {
-                reply(&raft.append_entries(request(&call.payload)?).await)
-            }
-            Ok(pb::RaftRpc::Vote) => reply(&raft.vote(request(&call.payload)?).await),
-            Ok(pb::RaftRpc::InstallSnapshot) => {
-                reply(&raft.install_snapshot(request(&call.payload)?).await)
-            }
-            Err(_) => Err(tonic::Status::invalid_argument(format!(
-                "unknown Raft RPC {}",
-                call.rpc
             ))),
         }
     }

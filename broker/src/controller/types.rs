@@ -36,6 +36,9 @@ pub struct ClusterState {
     #[serde(default)]
     pub cluster_id: String,
     pub brokers: BTreeMap<i32, BrokerRecord>,
+    /// The next Raft group id to hand out (0 is the controller).
+    #[serde(default)]
+    pub next_group: u64,
     pub topics: BTreeMap<String, TopicRecord>,
 }
 
@@ -52,6 +55,13 @@ pub enum MetaCommand {
     CreateTopic(TopicRecord),
     DeleteTopic {
         name: String,
+    },
+    /// A partition's Raft group elected `leader` in `term`.
+    PartitionLeader {
+        topic_id: String,
+        partition: i32,
+        leader: i32,
+        term: u64,
     },
 }
 
@@ -84,7 +94,36 @@ impl ClusterState {
                         message: format!("topic '{}' already exists", t.name),
                     };
                 }
-                self.topics.insert(t.name.clone(), t.clone());
+                let mut t = t.clone();
+                if t.replicated() {
+                    self.next_group = self.next_group.max(1);
+                    t.group_base = self.next_group;
+                    self.next_group += t.partitions as u64;
+                }
+                t.leaders = vec![None; t.partitions.max(0) as usize];
+                self.topics.insert(t.name.clone(), t);
+                MetaResponse::Ok
+            }
+            MetaCommand::PartitionLeader {
+                topic_id,
+                partition,
+                leader,
+                term,
+            } => {
+                let Some(t) = self.topics.values_mut().find(|t| &t.topic_id == topic_id) else {
+                    return MetaResponse::Rejected {
+                        code: "UNKNOWN_TOPIC_OR_PARTITION".into(),
+                        message: format!("no topic with id {topic_id}"),
+                    };
+                };
+                if let Some(slot) = t.leaders.get_mut(*partition as usize)
+                    && slot.is_none_or(|l| l.term <= *term)
+                {
+                    *slot = Some(crate::metadata::LeaderRecord {
+                        leader: *leader,
+                        term: *term,
+                    });
+                }
                 MetaResponse::Ok
             }
             MetaCommand::DeleteTopic { name } => match self.topics.remove(name) {

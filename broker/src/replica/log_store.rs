@@ -270,6 +270,21 @@ impl SegmentRaftLog {
             })?
     }
 
+    /// The segment log's bounds and size.
+    pub fn offsets(&self) -> crate::storage::LogOffsets {
+        self.inner.lock().log.offsets()
+    }
+
+    /// The first offset with a timestamp at or after `ts`.
+    pub fn offset_for_timestamp(&self, ts: i64) -> crate::storage::Result<Option<(i64, i64)>> {
+        self.inner.lock().log.offset_for_timestamp(ts)
+    }
+
+    /// Flushes and closes the segments for a fast restart. Blocking.
+    pub fn close(&self) -> crate::storage::Result<()> {
+        self.inner.lock().log.close()
+    }
+
     /// Whole batches for consumers, up to `upper_bound` (the high watermark).
     pub fn read(
         &self,

@@ -10,7 +10,7 @@ use sluice_proto::TopicConfig;
 use sluice_proto::pb::{self, admin_client::AdminClient, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, PartitionRef};
 use crate::error::Error;
 use crate::metadata::TopicRecord;
 
@@ -27,19 +27,26 @@ impl AdminService {
         AdminService { broker }
     }
 
+    /// A partition this broker leads (replicated partitions are described by their leader).
     fn local_partition(&self, record: &TopicRecord, p: i32) -> Option<pb::PartitionDescription> {
-        let part = self
-            .broker
-            .local_topic(&record.name)?
-            .partitions
-            .get(&p)?
-            .clone();
-        let o = part.offsets();
+        let topic = self.broker.local_topic(&record.name)?;
         let replicas = record.replicas.get(p as usize).cloned().unwrap_or_default();
+        let (part, isr) = match topic.partitions.get(&p) {
+            Some(local) => (PartitionRef::Local(local.clone()), replicas.clone()),
+            None => {
+                let replica = topic.replicas.read().get(&p).cloned()?;
+                if !replica.is_leader() {
+                    return None;
+                }
+                let isr = replica.in_sync();
+                (PartitionRef::Replica(replica), isr)
+            }
+        };
+        let o = part.offsets();
         Some(pb::PartitionDescription {
             partition: p,
             leader: self.broker.node_id(),
-            isr: replicas.clone(),
+            isr,
             replicas,
             log_start_offset: o.log_start,
             high_watermark: part.high_watermark(),

@@ -9,8 +9,8 @@ use sluice_proto::pb;
 
 use super::blocking;
 use crate::broker::Broker;
+use crate::broker::PartitionRef;
 use crate::error::{Error, Result};
-use crate::partition::Partition;
 
 #[tracing::instrument(skip_all, fields(partitions = req.partitions.len(), max_wait_ms = req.max_wait_ms))]
 pub(super) async fn handle(
@@ -25,7 +25,7 @@ pub(super) async fn handle(
         req.max_bytes as usize
     }
     .min(broker.config.max_request_bytes);
-    let targets: Vec<(pb::FetchPartition, Result<Arc<Partition>>)> = req
+    let targets: Vec<(pb::FetchPartition, Result<PartitionRef>)> = req
         .partitions
         .into_iter()
         .map(|fp| {
@@ -63,7 +63,7 @@ pub(super) async fn handle(
 }
 
 fn read_all(
-    targets: &[(pb::FetchPartition, Result<Arc<Partition>>)],
+    targets: &[(pb::FetchPartition, Result<PartitionRef>)],
     max_bytes: usize,
 ) -> (pb::FetchResponse, usize, bool) {
     let mut total = 0usize;

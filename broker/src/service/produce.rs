@@ -1,4 +1,5 @@
-//! Produce: validate, append, then wait as `acks` and the flush policy require.
+//! Produce: validate, append (locally or through the partition's Raft group), then answer
+//! as `acks` and the flush policy require.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,7 +7,7 @@ use std::time::Duration;
 use sluice_proto::{acks, pb};
 
 use super::blocking;
-use crate::broker::{Broker, now_ms};
+use crate::broker::{Broker, PartitionRef, now_ms};
 use crate::config::FlushPolicy;
 use crate::error::{Error, Result};
 
@@ -24,11 +25,27 @@ pub(super) async fn handle(
     if broker.shutdown.is_cancelled() {
         return Err(Error::ShuttingDown);
     }
-    let partition = broker.partition(&req.topic, req.partition)?;
+    // Answer a little before the client gives up, so it learns why.
     let timeout = if req.timeout_ms == 0 {
         DEFAULT_TIMEOUT
     } else {
-        Duration::from_millis(req.timeout_ms as u64)
+        Duration::from_millis(req.timeout_ms as u64) * 9 / 10
+    };
+    let partition = match broker.partition(&req.topic, req.partition)? {
+        PartitionRef::Local(p) => p,
+        PartitionRef::Replica(r) => {
+            let state = broker.controller.state();
+            let (base_offset, _) = r.produce(&state, req.batch, req.acks, timeout).await?;
+            let base_offset = if req.acks == acks::NONE {
+                -1
+            } else {
+                base_offset
+            };
+            return Ok(pb::ProduceResponse {
+                base_offset,
+                log_start_offset: r.offsets().log_start,
+            });
+        }
     };
     let p = partition.clone();
     let batch = req.batch;

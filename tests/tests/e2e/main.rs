@@ -6,3 +6,4 @@ mod cluster;
 mod durability;
 mod errors;
 mod produce_consume;
+mod replication;

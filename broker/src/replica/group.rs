@@ -1,0 +1,413 @@
+//! [`Replica`]: a partition replica in its Raft group. The leader takes produce requests
+//! (each batch is one Raft entry) and serves fetches below the high watermark; followers
+//! point clients at the leader. The in-sync set and `min.insync.replicas` follow Kafka.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
+use openraft::{BasicNode, Raft, ServerState};
+use parking_lot::Mutex;
+use sluice_proto::{TopicConfig, acks};
+use tokio::sync::watch;
+
+use super::log_store::SegmentRaftLog;
+use super::state_machine::ReplicaState;
+use super::types::{PartitionRaft, Payload};
+use crate::controller::{Controller, MetaCommand, PeerChannels, network::Network};
+use crate::error::{Error, Result};
+use crate::partition::validate_batch;
+use crate::storage::{LogOffsets, LogOptions, SegmentLog};
+
+/// Raft timing and in-sync rules of partition groups.
+#[derive(Debug, Clone, Copy)]
+pub struct ReplicaTiming {
+    pub heartbeat: Duration,
+    pub election_timeout_min: Duration,
+    pub election_timeout_max: Duration,
+    /// Kafka's `replica.lag.time.max.ms`: a follower not caught up for this long leaves the
+    /// in-sync set.
+    pub lag_time_max: Duration,
+}
+
+impl Default for ReplicaTiming {
+    fn default() -> Self {
+        ReplicaTiming {
+            heartbeat: Duration::from_millis(100),
+            election_timeout_min: Duration::from_millis(500),
+            election_timeout_max: Duration::from_millis(1000),
+            lag_time_max: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Stores opened on the blocking pool, before the group starts.
+#[derive(Debug)]
+pub struct ReplicaStores {
+    log: SegmentRaftLog,
+    state: ReplicaState,
+}
+
+impl ReplicaStores {
+    /// Opens (recovering if needed) the segment log and Raft state in `dir`. Blocking.
+    pub fn open(dir: &Path, options: LogOptions) -> std::io::Result<Self> {
+        let segments = SegmentLog::open(dir, options, crate::broker::now_ms())
+            .map_err(std::io::Error::other)?;
+        Ok(ReplicaStores {
+            log: SegmentRaftLog::open(dir, segments)?,
+            state: ReplicaState::open(dir)?,
+        })
+    }
+}
+
+pub struct Replica {
+    pub topic: Arc<str>,
+    pub topic_id: String,
+    pub id: i32,
+    pub config: Arc<TopicConfig>,
+    pub replicas: Vec<i32>,
+    pub raft: Raft<PartitionRaft>,
+    node_id: i32,
+    log: SegmentRaftLog,
+    high_watermark: watch::Receiver<i64>,
+    /// When each follower was last seen caught up with the leader.
+    caught_up: Mutex<BTreeMap<u64, Instant>>,
+    channels: PeerChannels,
+    timing: ReplicaTiming,
+}
+
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("topic", &self.topic)
+            .field("partition", &self.id)
+            .finish()
+    }
+}
+
+impl Replica {
+    /// Starts this broker's member of the partition's group; every replica initializes the
+    /// group with all replicas (idempotent).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn start(
+        topic: Arc<str>,
+        topic_id: String,
+        id: i32,
+        config: Arc<TopicConfig>,
+        node_id: i32,
+        members: BTreeMap<u64, BasicNode>,
+        group: u64,
+        stores: ReplicaStores,
+        channels: PeerChannels,
+        timing: ReplicaTiming,
+    ) -> Result<Arc<Self>> {
+        let raft_config = openraft::Config {
+            cluster_name: format!("{topic}-{id}"),
+            heartbeat_interval: timing.heartbeat.as_millis() as u64,
+            election_timeout_min: timing.election_timeout_min.as_millis() as u64,
+            election_timeout_max: timing.election_timeout_max.as_millis() as u64,
+            // The log is the data: never snapshot-and-purge it behind retention's back.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Internal(format!("{topic}-{id}: Raft config: {e}")))?;
+        let high_watermark = stores.state.subscribe_high_watermark();
+        let raft = Raft::new(
+            node_id as u64,
+            Arc::new(raft_config),
+            Network::<PartitionRaft>::new(group, channels.clone()),
+            stores.log.clone(),
+            stores.state,
+        )
+        .await
+        .map_err(|e| Error::Internal(format!("{topic}-{id}: starting its Raft group: {e}")))?;
+        let replicas: Vec<i32> = members.keys().map(|k| *k as i32).collect();
+        match raft.initialize(members).await {
+            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => {
+                return Err(Error::Internal(format!(
+                    "{topic}-{id}: initializing its Raft group: {e}"
+                )));
+            }
+        }
+        Ok(Arc::new(Replica {
+            topic,
+            topic_id,
+            id,
+            config,
+            replicas,
+            raft,
+            node_id,
+            log: stores.log,
+            high_watermark,
+            caught_up: Mutex::new(BTreeMap::new()),
+            channels,
+            timing,
+        }))
+    }
+
+    /// The leader's node id, if the group has one.
+    pub fn leader(&self) -> Option<i32> {
+        self.raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .map(|l| l as i32)
+    }
+
+    pub fn is_leader(&self) -> bool {
+        let m = self.raft.metrics().borrow().clone();
+        m.state == ServerState::Leader && m.current_leader == Some(self.node_id as u64)
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        *self.high_watermark.borrow()
+    }
+
+    pub fn subscribe_high_watermark(&self) -> watch::Receiver<i64> {
+        self.high_watermark.clone()
+    }
+
+    pub fn offsets(&self) -> LogOffsets {
+        self.log.offsets()
+    }
+
+    /// The in-sync replicas: the leader, and each follower that answered Raft calls and was
+    /// caught up with the leader's log within `lag_time_max` (Kafka's
+    /// `replica.lag.time.max.ms`). Only meaningful on the leader.
+    pub fn in_sync(&self) -> Vec<i32> {
+        let m = self.raft.metrics().borrow().clone();
+        let now = Instant::now();
+        let lag = self.timing.lag_time_max;
+        let mut isr = vec![self.node_id];
+        let Some(replication) = &m.replication else {
+            return isr;
+        };
+        let mut caught_up = self.caught_up.lock();
+        for (follower, matched) in replication {
+            if *follower == self.node_id as u64 {
+                continue;
+            }
+            let alive = self
+                .channels
+                .last_answer(*follower)
+                .is_some_and(|t| now.duration_since(t) <= lag);
+            if alive && matched.map(|l| l.index) >= m.last_log_index {
+                caught_up.insert(*follower, now);
+            }
+            let recent = caught_up
+                .get(follower)
+                .is_some_and(|t| now.duration_since(*t) <= lag);
+            if alive && recent {
+                isr.push(*follower as i32);
+            }
+        }
+        isr.sort_unstable();
+        isr
+    }
+
+    fn not_leader(&self, state: &crate::controller::ClusterState) -> Error {
+        match self.leader().filter(|l| *l != self.node_id) {
+            Some(leader) => match state.brokers.get(&leader) {
+                Some(b) => Error::NotLeader {
+                    topic: self.topic.to_string(),
+                    partition: self.id,
+                    leader,
+                    address: b.address.clone(),
+                },
+                None => Error::LeaderNotAvailable {
+                    topic: self.topic.to_string(),
+                    partition: self.id,
+                },
+            },
+            None => Error::LeaderNotAvailable {
+                topic: self.topic.to_string(),
+                partition: self.id,
+            },
+        }
+    }
+
+    /// Fails unless this replica leads its group.
+    pub fn check_leader(&self, state: &crate::controller::ClusterState) -> Result<()> {
+        if self.is_leader() {
+            Ok(())
+        } else {
+            Err(self.not_leader(state))
+        }
+    }
+
+    /// Appends a batch through Raft. `acks=all` requires `min.insync.replicas` in-sync
+    /// replicas up front (NOT_ENOUGH_REPLICAS) and holding the batch after the commit
+    /// (NOT_ENOUGH_REPLICAS_AFTER_APPEND); every acks level answers after the commit, so an
+    /// acknowledged batch survives the loss of a minority of replicas.
+    pub async fn produce(
+        &self,
+        state: &crate::controller::ClusterState,
+        batch: Bytes,
+        acks_level: i32,
+        timeout: Duration,
+    ) -> Result<(i64, i64)> {
+        self.check_leader(state)?;
+        let min_isr = self.config.min_insync_replicas as usize;
+        if acks_level == acks::ALL {
+            let isr = self.in_sync();
+            tracing::debug!(topic = %self.topic, partition = self.id, ?isr, min_isr, "in-sync check");
+            if isr.len() < min_isr {
+                return Err(Error::NotEnoughReplicas {
+                    topic: self.topic.to_string(),
+                    partition: self.id,
+                    in_sync: isr,
+                    required: min_isr,
+                });
+            }
+        }
+        let (topic, id, config) = (self.topic.clone(), self.id, self.config.clone());
+        let batch = tokio::task::spawn_blocking(move || validate_batch(&topic, id, &config, batch))
+            .await
+            .map_err(|e| Error::Internal(format!("validating a batch: {e}")))??;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let written =
+            tokio::time::timeout_at(deadline, self.raft.client_write(Payload(batch.freeze())))
+                .await
+                .map_err(|_| {
+                    Error::Timeout(format!(
+                        "{}-{}: the batch was not committed by a quorum within {} ms",
+                        self.topic,
+                        self.id,
+                        timeout.as_millis()
+                    ))
+                })?;
+        let resp = match written {
+            Ok(r) => r,
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                return Err(self.not_leader(state));
+            }
+            Err(e) => return Err(Error::Internal(format!("{}-{}: {e}", self.topic, self.id))),
+        };
+        if acks_level == acks::ALL {
+            let index = resp.log_id.index;
+            loop {
+                let holding = self.holding(index);
+                if holding >= min_isr {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::NotEnoughReplicasAfterAppend {
+                        topic: self.topic.to_string(),
+                        partition: self.id,
+                        holding,
+                        required: min_isr,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        Ok((resp.data.base_offset, resp.data.last_offset))
+    }
+
+    /// Replicas (the leader included) whose log holds entry `index`.
+    fn holding(&self, index: u64) -> usize {
+        let m = self.raft.metrics().borrow().clone();
+        1 + m
+            .replication
+            .iter()
+            .flatten()
+            .filter(|(f, matched)| {
+                **f != self.node_id as u64 && matched.is_some_and(|l| l.index >= index)
+            })
+            .count()
+    }
+
+    /// Whole batches below the high watermark, on the leader. Blocking (disk).
+    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
+        let hw = self.high_watermark();
+        let storage_err = |source| Error::Storage {
+            topic: self.topic.to_string(),
+            partition: self.id,
+            source,
+        };
+        if offset > hw {
+            let o = self.log.offsets();
+            return Err(storage_err(
+                crate::storage::StorageError::OffsetOutOfRange {
+                    requested: offset,
+                    log_start: o.log_start,
+                    log_end: hw,
+                },
+            ));
+        }
+        self.log.read(offset, max_bytes, hw).map_err(|e| match e {
+            crate::storage::StorageError::OffsetOutOfRange {
+                requested,
+                log_start,
+                ..
+            } => storage_err(crate::storage::StorageError::OffsetOutOfRange {
+                requested,
+                log_start,
+                log_end: hw,
+            }),
+            other => storage_err(other),
+        })
+    }
+
+    /// The first offset at or after `ts` that consumers can read. Blocking.
+    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>> {
+        let hw = self.high_watermark();
+        let found = self
+            .log
+            .offset_for_timestamp(ts)
+            .map_err(|source| Error::Storage {
+                topic: self.topic.to_string(),
+                partition: self.id,
+                source,
+            })?;
+        Ok(found.filter(|(o, _)| *o < hw))
+    }
+
+    /// Reports each leadership this replica wins to the controller, so metadata points
+    /// clients here. Runs until the group stops.
+    pub async fn report_leadership(self: Arc<Self>, controller: Arc<Controller>) {
+        let mut metrics = self.raft.metrics();
+        let mut reported = 0u64;
+        loop {
+            let (leader, term) = {
+                let m = metrics.borrow_and_update();
+                (m.state == ServerState::Leader, m.current_term)
+            };
+            if leader && term > reported {
+                let command = MetaCommand::PartitionLeader {
+                    topic_id: self.topic_id.clone(),
+                    partition: self.id,
+                    leader: self.node_id,
+                    term,
+                };
+                match controller.propose(command).await {
+                    Ok(_) => {
+                        reported = term;
+                        tracing::info!(topic = %self.topic, partition = self.id, term, "leading the partition");
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic = %self.topic, partition = self.id, cause = %e, "reporting leadership; will retry")
+                    }
+                }
+                continue;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Stops the group and closes the segments.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::error!(topic = %self.topic, partition = self.id, cause = %e, "stopping the Raft group");
+        }
+        let log = self.log.clone();
+        let _ = tokio::task::spawn_blocking(move || log.close()).await;
+    }
+}

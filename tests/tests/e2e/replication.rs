@@ -1,0 +1,161 @@
+//! Raft-replicated partitions: acks=all, min.insync.replicas, leader failover.
+
+use std::time::{Duration, Instant};
+
+use sluice_client::{Acks, Admin, ErrorCode, NewTopic, Producer, ProducerConfig, ProducerRecord};
+use sluice_tests::{Cluster, eventually};
+
+async fn leader_of(admin: &Admin, topic: &str) -> i32 {
+    eventually("a partition leader", Duration::from_secs(20), || async {
+        let d = admin.describe_topic(topic).await.ok()?;
+        let p = &d.partitions[0];
+        (p.leader > 0 && p.isr.len() == p.replicas.len()).then_some(p.leader)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn rf3_partition_replicates_and_survives_its_leader() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("safe", 1, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .unwrap();
+    let leader = leader_of(&admin, "safe").await;
+
+    let config = ProducerConfig {
+        acks: Acks::All,
+        linger: Duration::from_millis(1),
+        batch_size: 2048,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(cluster.client(), config).await.unwrap();
+    let mut acked = Vec::new();
+    for i in 0..200 {
+        let d = producer
+            .send(ProducerRecord::new("safe", format!("{i:05}")).partition(0))
+            .await
+            .unwrap();
+        acked.push((i, d.await.unwrap().offset));
+    }
+    // Kill the leader; the producer keeps going without being restarted.
+    cluster.node(leader).kill();
+    let started = Instant::now();
+    let mut pending = Vec::new();
+    for i in 200..400 {
+        pending.push((
+            i,
+            producer
+                .send(ProducerRecord::new("safe", format!("{i:05}")).partition(0))
+                .await
+                .unwrap(),
+        ));
+    }
+    for (i, d) in pending {
+        acked.push((i, d.await.expect("delivered after failover").offset));
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    let admin = Admin::new(cluster.client()).unwrap();
+    let new_leader = eventually("a new leader", Duration::from_secs(20), || async {
+        let d = admin.describe_topic("safe").await.ok()?;
+        let l = d.partitions[0].leader;
+        (l > 0 && l != leader).then_some(l)
+    })
+    .await;
+    let records = cluster.node(new_leader).read_all("safe").await;
+    let values: Vec<u32> = records
+        .iter()
+        .map(|r| std::str::from_utf8(&r.value).unwrap().parse().unwrap())
+        .collect();
+    // Every acknowledged record is there, at the offset it was acknowledged with.
+    for (i, offset) in &acked {
+        let r = records
+            .iter()
+            .find(|r| r.offset == *offset)
+            .unwrap_or_else(|| panic!("offset {offset} missing"));
+        assert_eq!(
+            std::str::from_utf8(&r.value)
+                .unwrap()
+                .parse::<u32>()
+                .unwrap(),
+            *i as u32
+        );
+    }
+    // In order: first occurrences increase (a retried batch may appear twice until
+    // idempotent producers land).
+    let mut seen = std::collections::HashSet::new();
+    let firsts: Vec<u32> = values.iter().copied().filter(|v| seen.insert(*v)).collect();
+    assert_eq!(firsts, (0..400).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn acks_all_is_refused_without_enough_in_sync_replicas() {
+    let mut cluster = Cluster::start_with(3, &["--replica-lag-time-max", "1s"]);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("strict", 1, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .unwrap();
+    let leader = leader_of(&admin, "strict").await;
+    let followers: Vec<i32> = (1..=3).filter(|id| *id != leader).collect();
+    for f in &followers {
+        cluster.node(*f).kill();
+    }
+    let mut client = cluster.node(leader).client();
+    client.request_timeout = Duration::from_secs(5);
+    let config = ProducerConfig {
+        acks: Acks::All,
+        delivery_timeout: Duration::from_secs(8),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(client, config).await.unwrap();
+    let started = Instant::now();
+    let err = producer
+        .send(ProducerRecord::new("strict", "x").partition(0))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "no hang: {:?}",
+        started.elapsed()
+    );
+    let text = err.to_string();
+    let log = cluster.node(leader).log();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    assert!(
+        text.contains("NOT_ENOUGH_REPLICAS"),
+        "{text}\nleader log (newest first):\n{}",
+        tail.join("\n")
+    );
+
+    // One follower back: two in sync, writes succeed again.
+    cluster.node(followers[0]).restart();
+    let producer = Producer::connect(
+        cluster.client(),
+        ProducerConfig {
+            acks: Acks::All,
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let meta = producer
+        .send(ProducerRecord::new("strict", "y").partition(0))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(meta.offset >= 0);
+    let _ = ErrorCode::NotEnoughReplicas;
+}
