@@ -3,14 +3,14 @@
 //! `poll` returns what one fetch brought and, when it brought data, starts the next fetch
 //! in the background, so decoding and the application's work overlap the network.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use sluice_proto::batch::{self, Header};
 use sluice_proto::{ErrorCode, ErrorDetailExt, list_offsets, pb};
-use tokio::task::JoinHandle;
+use tokio::task::JoinSet;
 
 use crate::TopicPartition;
 use crate::cluster::{ClientConfig, Cluster};
@@ -77,13 +77,23 @@ pub struct ConsumerRecord {
 
 type FetchResult = Vec<(String, Result<pb::FetchResponse>)>;
 
+/// One broker's finished fetch, with the positions it asked from.
+struct FetchDone {
+    address: String,
+    asked: BTreeMap<TopicPartition, i64>,
+    result: Result<pb::FetchResponse>,
+}
+
 #[derive(Debug)]
 pub struct Consumer {
     cluster: Cluster,
     config: ConsumerConfig,
     positions: BTreeMap<TopicPartition, i64>,
     buffered: VecDeque<ConsumerRecord>,
-    prefetch: Option<JoinHandle<FetchResult>>,
+    /// One fetch in flight per leader broker, each for the partitions it leads; a broker
+    /// with nothing new long-polls without holding up the others.
+    inflight: JoinSet<FetchDone>,
+    fetching: HashSet<TopicPartition>,
 }
 
 impl Consumer {
@@ -93,7 +103,8 @@ impl Consumer {
             config,
             positions: BTreeMap::new(),
             buffered: VecDeque::new(),
-            prefetch: None,
+            inflight: JoinSet::new(),
+            fetching: HashSet::new(),
         })
     }
 
@@ -123,9 +134,9 @@ impl Consumer {
     }
 
     fn reset_fetch_state(&mut self) {
-        if let Some(p) = self.prefetch.take() {
-            p.abort();
-        }
+        // Dropping the set aborts every fetch in flight.
+        self.inflight = JoinSet::new();
+        self.fetching.clear();
         self.buffered.clear();
     }
 
@@ -205,29 +216,38 @@ impl Consumer {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let pending = match self.prefetch.take() {
-                Some(p) => p,
-                None => self.start_fetch(remaining.min(self.config.fetch_max_wait)),
-            };
-            let results = match tokio::time::timeout_at(deadline, pending).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
+            self.start_fetches().await;
+            if self.inflight.is_empty() {
+                // No leader known for any idle partition: wait a little, then ask again.
+                if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(100)))
+                    .await
+                    .is_err()
+                {
+                    return Ok(Vec::new());
+                }
+                continue;
+            }
+            let done = match tokio::time::timeout_at(deadline, self.inflight.join_next()).await {
+                Err(_) => return Ok(Vec::new()),
+                Ok(None) => continue,
+                Ok(Some(Err(e))) if e.is_cancelled() => continue,
+                Ok(Some(Err(e))) => {
                     return Err(Error::InvalidArgument(format!("fetch task failed: {e}")));
                 }
-                Err(_) => return Ok(Vec::new()),
+                Ok(Some(Ok(done))) => done,
             };
-            // Start the next fetch before decoding this one, so the broker's read and the
-            // transfer overlap the decoding. Positions come from batch headers alone.
-            let before = self.positions.clone();
+            for tp in done.asked.keys() {
+                self.fetching.remove(tp);
+            }
+            let before = done.asked;
+            let results = vec![(done.address, done.result)];
+            // Fetch again from this broker before decoding, so its read and transfer
+            // overlap the decoding. Positions come from batch headers alone.
             if self.advance_positions(&results) {
-                self.prefetch = Some(self.start_fetch(self.config.fetch_max_wait));
+                self.start_fetches().await;
             }
             self.absorb(results, &before).await?;
             if !self.buffered.is_empty() {
-                if self.prefetch.is_none() {
-                    self.prefetch = Some(self.start_fetch(self.config.fetch_max_wait));
-                }
                 return Ok(self.buffered.drain(..).collect());
             }
             if tokio::time::Instant::now() >= deadline {
@@ -236,57 +256,67 @@ impl Consumer {
         }
     }
 
-    fn start_fetch(&self, max_wait: Duration) -> JoinHandle<FetchResult> {
-        let cluster = self.cluster.clone();
-        let config = self.config.clone();
-        let positions = self.positions.clone();
-        tokio::spawn(async move {
-            let mut by_leader: HashMap<String, Vec<pb::FetchPartition>> = HashMap::new();
-            let mut out = Vec::new();
-            for (tp, offset) in positions {
-                match cluster.leader(&tp.topic, tp.partition).await {
-                    Ok(address) => by_leader
-                        .entry(address)
-                        .or_default()
-                        .push(pb::FetchPartition {
-                            topic: tp.topic,
-                            partition: tp.partition,
-                            fetch_offset: offset,
-                            partition_max_bytes: config.max_partition_fetch_bytes,
-                        }),
-                    Err(e) => out.push((String::new(), Err(e))),
+    /// Starts a fetch for every assigned partition not in one, one request per leader.
+    async fn start_fetches(&mut self) {
+        let max_wait = self.config.fetch_max_wait;
+        let mut by_leader: HashMap<String, BTreeMap<TopicPartition, i64>> = HashMap::new();
+        let idle: Vec<(TopicPartition, i64)> = self
+            .positions
+            .iter()
+            .filter(|(tp, _)| !self.fetching.contains(*tp))
+            .map(|(tp, o)| (tp.clone(), *o))
+            .collect();
+        for (tp, offset) in idle {
+            match self.cluster.leader(&tp.topic, tp.partition).await {
+                Ok(address) => {
+                    by_leader.entry(address).or_default().insert(tp, offset);
+                }
+                Err(e) => {
+                    tracing::debug!(partition = %tp, cause = %e, "no leader to fetch from yet")
                 }
             }
-            let calls = by_leader.into_iter().map(|(address, partitions)| {
-                let cluster = cluster.clone();
+        }
+        for (address, asked) in by_leader {
+            self.fetching.extend(asked.keys().cloned());
+            let cluster = self.cluster.clone();
+            let config = self.config.clone();
+            self.inflight.spawn(async move {
                 let req = pb::FetchRequest {
                     max_wait_ms: max_wait.as_millis() as u32,
                     min_bytes: config.fetch_min_bytes,
                     max_bytes: config.fetch_max_bytes,
-                    partitions,
+                    partitions: asked
+                        .iter()
+                        .map(|(tp, offset)| pb::FetchPartition {
+                            topic: tp.topic.clone(),
+                            partition: tp.partition,
+                            fetch_offset: *offset,
+                            partition_max_bytes: config.max_partition_fetch_bytes,
+                        })
+                        .collect(),
                 };
-                async move {
-                    let timeout = cluster.config.request_timeout + max_wait;
-                    let result = match cluster.log_client(&address) {
-                        Err(e) => Err(e),
-                        Ok(mut client) => {
-                            match tokio::time::timeout(timeout, client.fetch(req)).await {
-                                Ok(Ok(resp)) => Ok(resp.into_inner()),
-                                Ok(Err(status)) => Err(Error::from_status(&address, status)),
-                                Err(_) => Err(Error::Timeout {
-                                    what: format!("fetch from {address}"),
-                                    after: timeout,
-                                    last: "no answer".into(),
-                                }),
-                            }
+                let timeout = cluster.config.request_timeout + max_wait;
+                let result = match cluster.log_client(&address) {
+                    Err(e) => Err(e),
+                    Ok(mut client) => {
+                        match tokio::time::timeout(timeout, client.fetch(req)).await {
+                            Ok(Ok(resp)) => Ok(resp.into_inner()),
+                            Ok(Err(status)) => Err(Error::from_status(&address, status)),
+                            Err(_) => Err(Error::Timeout {
+                                what: format!("fetch from {address}"),
+                                after: timeout,
+                                last: "no answer".into(),
+                            }),
                         }
-                    };
-                    (address, result)
+                    }
+                };
+                FetchDone {
+                    address,
+                    asked,
+                    result,
                 }
             });
-            out.extend(futures::future::join_all(calls).await);
-            out
-        })
+        }
     }
 
     /// Moves positions past the batches in `results`; true when every partition answered
@@ -406,10 +436,9 @@ impl Consumer {
         }
         match corrupt {
             Some(e) => {
-                // A prefetch started past the damaged batch must not skip it.
-                if let Some(p) = self.prefetch.take() {
-                    p.abort();
-                }
+                // A fetch started past the damaged batch must not skip it.
+                self.inflight = JoinSet::new();
+                self.fetching.clear();
                 // Records before the damage are delivered first; the error comes next poll.
                 if self.buffered.is_empty() {
                     Err(e)
@@ -442,14 +471,6 @@ impl Consumer {
                 Ok(())
             }
             _ => Err(Error::broker(err)),
-        }
-    }
-}
-
-impl Drop for Consumer {
-    fn drop(&mut self) {
-        if let Some(p) = self.prefetch.take() {
-            p.abort();
         }
     }
 }

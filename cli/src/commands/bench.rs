@@ -40,6 +40,12 @@ pub(crate) struct ProduceBench {
     record_size: usize,
     #[arg(long, default_value_t = 4)]
     partitions: i32,
+    /// Replication factor of the topic when the bench creates it.
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
+    /// min.insync.replicas of the topic when the bench creates it.
+    #[arg(long, default_value_t = 1)]
+    min_insync_replicas: i32,
     /// 0, 1 or all.
     #[arg(long, default_value = "all")]
     acks: Acks,
@@ -129,10 +135,9 @@ pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> 
 
 async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
     let admin = Admin::new(ctx.client())?;
-    match admin
-        .create_topic(NewTopic::new(&args.topic, args.partitions, 1), false)
-        .await
-    {
+    let topic = NewTopic::new(&args.topic, args.partitions, args.replication_factor)
+        .config("min.insync.replicas", args.min_insync_replicas.to_string());
+    match admin.create_topic(topic, false).await {
         Ok(_) => {}
         Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
         Err(e) => return Err(e).with_context(|| format!("creating bench topic '{}'", args.topic)),
@@ -314,9 +319,17 @@ async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
     let bar = progress(ctx, Some(target), "consuming");
     let started = Instant::now();
     let (mut records, mut bytes) = (0u64, 0u64);
-    while records < target {
+    // Offsets count control batches (Raft bookkeeping) that yield no records: the read is
+    // done when every partition reached its end offset, or at --records.
+    let done = |c: &Consumer, records: u64| {
+        records >= target
+            || ends
+                .iter()
+                .all(|(tp, end)| c.position(tp).unwrap_or(0) >= *end)
+    };
+    while !done(&consumer, records) {
         let batch = consumer.poll(Duration::from_secs(10)).await?;
-        if batch.is_empty() {
+        if batch.is_empty() && !done(&consumer, records) {
             anyhow::bail!("no records for 10s after {records} of {target}");
         }
         records += batch.len() as u64;

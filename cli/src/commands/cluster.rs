@@ -64,16 +64,21 @@ pub(crate) async fn run(ctx: &Context, cmd: ClusterCommand) -> anyhow::Result<()
         .collect();
     let (mut offline, mut under, mut under_min) = (Vec::new(), Vec::new(), Vec::new());
     let mut partitions = 0;
+    // Describe asks each partition's leader, so leaders and in-sync sets are live.
     for t in &meta.topics {
-        let min_isr: usize = match admin.describe_topic(&t.name).await {
-            Ok(d) => d
-                .config
-                .get("min.insync.replicas")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(1),
-            Err(_) => 1,
+        let d = match admin.describe_topic(&t.name).await {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("warning: cannot describe topic '{}': {e}", t.name);
+                continue;
+            }
         };
-        for p in &t.partitions {
+        let min_isr: usize = d
+            .config
+            .get("min.insync.replicas")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        for p in &d.partitions {
             partitions += 1;
             let name = format!("{}-{}", t.name, p.partition);
             let live_isr = p.isr.iter().filter(|r| !down.contains(r)).count();
