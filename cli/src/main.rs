@@ -5,6 +5,20 @@
 //! - [`commands`]: one file per command.
 //! - [`output`]: tables, JSON and YAML.
 
+/// `println!` that ends the program quietly when stdout is closed (`sluice ... | head`).
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` with the same handling as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::output::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod commands;
 mod output;
 
@@ -81,6 +95,13 @@ fn main() {
         }
     });
     if let Err(e) = result {
+        let closed_pipe = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        });
+        if closed_pipe {
+            std::process::exit(0);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -9,6 +9,17 @@ pub(crate) enum Format {
     Yaml,
 }
 
+/// Writes to stdout; a closed stdout (the reader went away) ends the program quietly, as
+/// Unix tools do.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
 /// Prints `value` as JSON or YAML, or calls `table` for the human form.
 pub(crate) fn print<T: Serialize>(
     format: Format,
@@ -16,8 +27,8 @@ pub(crate) fn print<T: Serialize>(
     table: impl FnOnce(&T),
 ) -> anyhow::Result<()> {
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Format::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(value)?),
+        Format::Yaml => out!("{}", serde_yaml::to_string(value)?),
         Format::Table => table(value),
     }
     Ok(())

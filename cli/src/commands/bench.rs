@@ -110,8 +110,8 @@ pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> 
         BenchCommand::Consume(args) => consume(ctx, args).await?,
     };
     output::print(ctx.output, &report, |r| {
-        println!("{}", r.workload);
-        println!(
+        outln!("{}", r.workload);
+        outln!(
             "  {} records, {} in {:.2}s: {:.0} records/s, {:.1} MB/s{}",
             r.records,
             output::bytes(r.bytes),
@@ -125,9 +125,12 @@ pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> 
             }
         );
         if let Some(l) = &r.latency_ms {
-            println!(
+            outln!(
                 "  latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-                l.p50, l.p99, l.p999, l.max
+                l.p50,
+                l.p99,
+                l.p999,
+                l.max
             );
         }
     })

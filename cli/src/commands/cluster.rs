@@ -104,13 +104,13 @@ pub(crate) async fn run(ctx: &Context, cmd: ClusterCommand) -> anyhow::Result<()
         under_min_isr_partitions: under_min,
     };
     output::print(ctx.output, &status, |s| {
-        println!(
+        outln!(
             "Cluster {}  controller leader: {}",
             s.cluster_id,
             s.controller_leader
                 .map_or("none (no quorum)".to_string(), |c| format!("broker {c}"))
         );
-        println!(
+        outln!(
             "{}",
             table(
                 &["broker", "address", "status", "role"],
@@ -133,13 +133,13 @@ pub(crate) async fn run(ctx: &Context, cmd: ClusterCommand) -> anyhow::Result<()
                 format!("{} ({})", v.len(), v.join(", "))
             }
         };
-        println!("Topics: {}  partitions: {}", s.topics, s.partitions);
-        println!("Offline partitions: {}", list(&s.offline_partitions));
-        println!(
+        outln!("Topics: {}  partitions: {}", s.topics, s.partitions);
+        outln!("Offline partitions: {}", list(&s.offline_partitions));
+        outln!(
             "Under-replicated partitions: {}",
             list(&s.under_replicated_partitions)
         );
-        println!(
+        outln!(
             "Under min ISR partitions: {}",
             list(&s.under_min_isr_partitions)
         );

@@ -95,7 +95,7 @@ pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("creating the example topic"),
     }
     let first = format!("127.0.0.1:{}", args.port);
-    println!(
+    outln!(
         "\nSluice is running: {n} broker(s), bootstrap {bootstrap}, data in {}\n\
          Example topic: '{EXAMPLE_TOPIC}' ({EXAMPLE_PARTITIONS} partitions). In another terminal, try:\n\n  \
          cargo run -q --release --bin sluice -- cluster status\n  \

@@ -89,13 +89,13 @@ fn ids(v: &[i32]) -> String {
 }
 
 fn print_topic(v: &TopicView) {
-    println!(
+    outln!(
         "Topic: {}  partitions: {}  replication factor: {}",
         v.name,
         v.partitions.len(),
         v.replication_factor
     );
-    println!(
+    outln!(
         "{}",
         table(
             &[
@@ -124,9 +124,9 @@ fn print_topic(v: &TopicView) {
             })
         )
     );
-    println!("Config:");
+    outln!("Config:");
     for (k, v) in &v.config {
-        println!("  {k}={v}");
+        outln!("  {k}={v}");
     }
 }
 
@@ -149,12 +149,13 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
             let v = view(created);
             output::print(ctx.output, &v, |v| {
                 if dry_run {
-                    println!(
+                    outln!(
                         "Topic '{}' is valid ({} partitions); nothing created (--dry-run).",
-                        v.name, partitions
+                        v.name,
+                        partitions
                     );
                 } else {
-                    println!(
+                    outln!(
                         "Created topic '{}' with {} partitions.",
                         v.name,
                         v.partitions.len()
@@ -174,9 +175,9 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
                 .collect();
             output::print(ctx.output, &rows, |rows| {
                 if rows.is_empty() {
-                    println!("No topics. Create one: sluice topics create NAME --partitions 3");
+                    outln!("No topics. Create one: sluice topics create NAME --partitions 3");
                 } else {
-                    println!(
+                    outln!(
                         "{}",
                         table(
                             &["name", "partitions", "replication-factor"],
@@ -203,7 +204,7 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
                 .await
                 .with_context(|| format!("deleting topic '{name}'"))?;
             output::print(ctx.output, &serde_json::json!({ "deleted": name }), |_| {
-                println!("Deleted topic '{name}'.")
+                outln!("Deleted topic '{name}'.")
             })
         }
     }
