@@ -37,8 +37,8 @@ impl Default for ReplicaTiming {
     fn default() -> Self {
         ReplicaTiming {
             heartbeat: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(500),
-            election_timeout_max: Duration::from_millis(1000),
+            election_timeout_min: Duration::from_millis(300),
+            election_timeout_max: Duration::from_millis(600),
             lag_time_max: Duration::from_secs(10),
         }
     }

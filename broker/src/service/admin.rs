@@ -228,7 +228,7 @@ impl Admin for AdminService {
                         let replicas = t.replicas.get(p as usize).cloned().unwrap_or_default();
                         pb::PartitionMetadata {
                             partition: p,
-                            leader: t.leader(p).unwrap_or(-1),
+                            leader: self.broker.current_leader(t, p).unwrap_or(-1),
                             isr: replicas.clone(),
                             replicas,
                         }
