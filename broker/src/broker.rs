@@ -14,7 +14,7 @@ use sluice_proto::TopicConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FlushPolicy};
-use crate::controller::network::Groups;
+use crate::controller::network::{Groups, Quiesced};
 use crate::controller::{
     BrokerRecord, ClusterState, Controller, ControllerTiming, MetaCommand, MetaResponse,
     PeerChannels,
@@ -30,6 +30,14 @@ pub fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
 }
+
+/// How often brokers ping each other (liveness for quiesced groups).
+const PING_INTERVAL: Duration = Duration::from_millis(100);
+/// A quiesced follower restarts its election timer after its leader's broker has not
+/// answered pings for this long.
+const LEADER_SILENCE: Duration = Duration::from_millis(400);
+/// A leader with no writes for this long quiesces its group.
+const QUIESCE_AFTER: Duration = Duration::from_secs(2);
 
 /// Identifies which incarnation of a topic a partition directory belongs to.
 const PARTITION_META_FILE: &str = "partition.json";
@@ -118,7 +126,9 @@ pub struct Broker {
     local: RwLock<BTreeMap<String, Arc<LocalTopic>>>,
     pub peers: PeerChannels,
     /// Raft groups of the partition replicas here, for the inter-broker service.
-    pub groups: Groups,
+        pub groups: Groups,
+    /// Follower replicas whose idle leader stopped heartbeats (see [`Broker::run_liveness`]).
+    pub quiesced: Quiesced,
     flusher: Arc<Flusher>,
     flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     pub shutdown: CancellationToken,
@@ -215,7 +225,8 @@ impl Broker {
             metadata,
             local: RwLock::new(BTreeMap::new()),
             peers,
-            groups: Groups::default(),
+                        groups: Groups::default(),
+            quiesced: Quiesced::default(),
             flusher,
             flusher_thread: Mutex::new(Some(handle)),
             shutdown: CancellationToken::new(),
@@ -234,7 +245,8 @@ impl Broker {
             "opened logs"
         );
         tokio::spawn(broker.clone().run_reconciler());
-        tokio::spawn(broker.clone().register());
+                tokio::spawn(broker.clone().register());
+        tokio::spawn(broker.clone().run_liveness());
         Ok(broker)
     }
 
@@ -407,6 +419,59 @@ impl Broker {
                 }
                 Err(e) => {
                     tracing::error!(topic = %p.record.name, partition = p.partition, cause = %e, "cannot start the replica")
+                }
+            }
+        }
+    }
+
+        /// Idle partition groups cost (almost) nothing: a leader with no writes for
+    /// [`QUIESCE_AFTER`] asks its followers to stop their election timers and then stops its
+    /// heartbeats. Instead, every broker pings every other broker each [`PING_INTERVAL`]; a
+    /// follower whose quiesced leader's broker stops answering for [`LEADER_SILENCE`]
+    /// restarts its election timer, and the group elects a new leader as usual. A write
+    /// resumes heartbeats (leader) and election timers (followers, on the new entries).
+    async fn run_liveness(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(PING_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut rounds = 0u64;
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            rounds += 1;
+            let state = self.controller.state();
+            let me = self.node_id();
+            for b in state.brokers.values().filter(|b| b.node_id != me) {
+                let (peers, node, address) = (self.peers.clone(), b.node_id as u64, b.raft_address.clone());
+                tokio::spawn(async move {
+                    let Ok(mut client) = peers.client(&address) else { return };
+                    let ping = client.ping(sluice_proto::pb::PingRequest { from: me });
+                    if let Ok(Ok(_)) = tokio::time::timeout(PING_INTERVAL * 2, ping).await {
+                        peers.mark_answer(node);
+                    }
+                });
+            }
+            // Followers: a quiesced group whose leader's broker went silent elects again.
+            for (group, leader) in self.quiesced.snapshot() {
+                let silent = self.peers.last_answer(leader).is_none_or(|t| t.elapsed() > LEADER_SILENCE);
+                if silent && self.quiesced.remove(group) {
+                    if let Some(raft) = self.groups.get(group) {
+                        tracing::info!(group, leader, "leader broker silent; restarting the election timer");
+                        raft.runtime_config().elect(true);
+                    }
+                }
+            }
+            // Leaders: quiesce idle groups (checked less often than pings).
+            if rounds % 5 == 0 {
+                for t in self.local_topics() {
+                    let replicas: Vec<_> = t.replicas.read().values().cloned().collect();
+                    for r in replicas {
+                                                if r.should_quiesce(QUIESCE_AFTER) {
+                            let (peers, group) = (self.peers.clone(), t.record.group(r.id));
+                            tokio::spawn(async move { r.quiesce(&peers, group).await });
+                        }
+                    }
                 }
             }
         }

@@ -65,6 +65,11 @@ impl PeerChannels {
         Ok(channel)
     }
 
+        /// Records that `node` answered (a ping or a Raft call).
+    pub fn mark_answer(&self, node: u64) {
+        self.answered.lock().insert(node, std::time::Instant::now());
+    }
+
     /// When `node` last answered a Raft call from this broker.
     pub fn last_answer(&self, node: u64) -> Option<std::time::Instant> {
         self.answered.lock().get(&node).copied()
@@ -234,11 +239,32 @@ impl Groups {
     }
 }
 
+/// Partition groups whose leader asked this (follower) replica to stop its election timer,
+/// with that leader's node id.
+#[derive(Debug, Clone, Default)]
+pub struct Quiesced(Arc<Mutex<HashMap<u64, u64>>>);
+
+impl Quiesced {
+    pub fn insert(&self, group: u64, leader: u64) {
+        self.0.lock().insert(group, leader);
+    }
+
+    /// True if the group was quiesced (it is not any more).
+    pub fn remove(&self, group: u64) -> bool {
+        self.0.lock().remove(&group).is_some()
+    }
+
+    pub fn snapshot(&self) -> Vec<(u64, u64)> {
+        self.0.lock().iter().map(|(g, l)| (*g, *l)).collect()
+    }
+}
+
 /// Serves Raft calls and forwarded proposals on the inter-broker listener.
 #[derive(Debug, Clone)]
 pub struct RaftService {
     pub controller: Arc<super::Controller>,
     pub groups: Groups,
+    pub quiesced: Quiesced,
 }
 
 fn reply<T: Serialize>(value: &T) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
@@ -287,13 +313,37 @@ impl pb::raft_server::Raft for RaftService {
         if call.group == CONTROLLER_GROUP {
             return dispatch(&self.controller.raft, &call).await;
         }
-        match self.groups.get(call.group) {
-            Some(raft) => dispatch(&raft, &call).await,
-            None => Err(tonic::Status::not_found(format!(
-                "no Raft group {} on this broker",
-                call.group
-            ))),
+                let Some(raft) = self.groups.get(call.group) else {
+            return Err(tonic::Status::not_found(format!("no Raft group {} on this broker", call.group)));
+        };
+        if call.rpc == pb::RaftRpc::AppendEntries as i32 {
+            let req: AppendEntriesRequest<crate::replica::types::PartitionRaft> = request(&call.payload)?;
+            // New entries mean the group is active again: restart the election timer.
+            // (Empty appends are heartbeats, which a quiesced leader does not send.)
+            if !req.entries.is_empty() && self.quiesced.remove(call.group) {
+                raft.runtime_config().elect(true);
+            }
+            return reply(&raft.append_entries(req).await);
         }
+        dispatch(&raft, &call).await
+    }
+
+        async fn ping(&self, _: tonic::Request<pb::PingRequest>) -> Result<tonic::Response<pb::PingReply>, tonic::Status> {
+        Ok(tonic::Response::new(pb::PingReply {}))
+    }
+
+    async fn quiesce(&self, request_: tonic::Request<pb::QuiesceRequest>) -> Result<tonic::Response<pb::QuiesceReply>, tonic::Status> {
+        let q = request_.into_inner();
+        let Some(raft) = self.groups.get(q.group) else {
+            return Ok(tonic::Response::new(pb::QuiesceReply { accepted: false }));
+        };
+        let m = raft.metrics().borrow().clone();
+        let accepted = m.current_leader == Some(q.leader) && m.current_term == q.term;
+        if accepted {
+            raft.runtime_config().elect(false);
+            self.quiesced.insert(q.group, q.leader);
+        }
+        Ok(tonic::Response::new(pb::QuiesceReply { accepted }))
     }
 
     async fn propose(

@@ -36,9 +36,9 @@ pub struct ReplicaTiming {
 impl Default for ReplicaTiming {
     fn default() -> Self {
         ReplicaTiming {
-            heartbeat: Duration::from_millis(100),
-            election_timeout_min: Duration::from_millis(300),
-            election_timeout_max: Duration::from_millis(600),
+                        heartbeat: Duration::from_millis(60),
+            election_timeout_min: Duration::from_millis(250),
+            election_timeout_max: Duration::from_millis(500),
             lag_time_max: Duration::from_secs(10),
         }
     }
@@ -74,7 +74,11 @@ pub struct Replica {
     log: SegmentRaftLog,
     high_watermark: watch::Receiver<i64>,
     /// When each follower was last seen caught up with the leader.
-    caught_up: Mutex<BTreeMap<u64, Instant>>,
+        caught_up: Mutex<BTreeMap<u64, Instant>>,
+    /// When this replica last took a write as leader, and whether its group is quiesced.
+    last_write: Mutex<Instant>,
+        quiesced: std::sync::atomic::AtomicBool,
+    quiescing: std::sync::atomic::AtomicBool,
     channels: PeerChannels,
     timing: ReplicaTiming,
 }
@@ -144,7 +148,10 @@ impl Replica {
             node_id,
             log: stores.log,
             high_watermark,
-            caught_up: Mutex::new(BTreeMap::new()),
+                        caught_up: Mutex::new(BTreeMap::new()),
+            last_write: Mutex::new(Instant::now()),
+                        quiesced: std::sync::atomic::AtomicBool::new(false),
+            quiescing: std::sync::atomic::AtomicBool::new(false),
             channels,
             timing,
         }))
@@ -265,6 +272,7 @@ impl Replica {
                 });
             }
         }
+                self.wake();
         let (topic, id, config) = (self.topic.clone(), self.id, self.config.clone());
         let batch = tokio::task::spawn_blocking(move || validate_batch(&topic, id, &config, batch))
             .await
@@ -307,6 +315,56 @@ impl Replica {
             }
         }
         Ok((resp.data.base_offset, resp.data.last_offset))
+    }
+
+        /// Resumes heartbeats if the group was quiesced; notes the write.
+    fn wake(&self) {
+        *self.last_write.lock() = Instant::now();
+        if self.quiesced.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            self.raft.runtime_config().heartbeat(true);
+        }
+    }
+
+    /// Whether this leader has been idle long enough to quiesce its group.
+    pub fn should_quiesce(&self, idle: Duration) -> bool {
+        !self.quiesced.load(std::sync::atomic::Ordering::Acquire)
+            && self.is_leader()
+            && self.last_write.lock().elapsed() >= idle
+    }
+
+    /// Asks every follower to stop its election timer; if all agree, stops heartbeats.
+        pub async fn quiesce(&self, channels: &PeerChannels, group: u64) {
+        if self.quiescing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        self.quiesce_followers(channels, group).await;
+        self.quiescing.store(false, std::sync::atomic::Ordering::Release);
+    }
+
+    async fn quiesce_followers(&self, channels: &PeerChannels, group: u64) {
+        let m = self.raft.metrics().borrow().clone();
+        let followers: Vec<(u64, String)> = m
+            .membership_config
+            .membership()
+            .nodes()
+            .filter(|(id, _)| **id != self.node_id as u64)
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect();
+        for (_, address) in &followers {
+            let Ok(mut client) = channels.client(address) else { return };
+            let req = sluice_proto::pb::QuiesceRequest { group, leader: self.node_id as u64, term: m.current_term };
+            match tokio::time::timeout(Duration::from_secs(1), client.quiesce(req)).await {
+                Ok(Ok(r)) if r.get_ref().accepted => {}
+                _ => return,
+            }
+        }
+        // A write may have arrived meanwhile: then stay active.
+        if self.last_write.lock().elapsed() < Duration::from_millis(100) || !self.is_leader() {
+            return;
+        }
+        self.raft.runtime_config().heartbeat(false);
+        self.quiesced.store(true, std::sync::atomic::Ordering::Release);
+        tracing::debug!(topic = %self.topic, partition = self.id, "quiesced an idle group");
     }
 
     /// Replicas (the leader included) whose log holds entry `index`.
@@ -378,7 +436,11 @@ impl Replica {
                 let m = metrics.borrow_and_update();
                 (m.state == ServerState::Leader, m.current_term)
             };
-            if leader && term > reported {
+                        if leader && term > reported {
+                // A new leadership starts active, whatever an earlier one left behind.
+                self.quiesced.store(false, std::sync::atomic::Ordering::Release);
+                self.raft.runtime_config().heartbeat(true);
+                *self.last_write.lock() = Instant::now();
                 let command = MetaCommand::PartitionLeader {
                     topic_id: self.topic_id.clone(),
                     partition: self.id,
