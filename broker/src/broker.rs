@@ -638,7 +638,9 @@ impl Broker {
     /// A partition's leader: what this broker's own replica of it knows from its Raft group
     /// (freshest, right after an election), else what the controller recorded.
     pub fn current_leader(&self, record: &TopicRecord, partition: i32) -> Option<i32> {
-        let local = self.local_topic(&record.name).filter(|t| t.record.topic_id == record.topic_id);
+        let local = self
+            .local_topic(&record.name)
+            .filter(|t| t.record.topic_id == record.topic_id);
         if let Some(r) = local.and_then(|t| t.replicas.read().get(&partition).cloned()) {
             if let Some(leader) = r.leader() {
                 return Some(leader);
