@@ -126,7 +126,7 @@ pub struct Broker {
     local: RwLock<BTreeMap<String, Arc<LocalTopic>>>,
     pub peers: PeerChannels,
     /// Raft groups of the partition replicas here, for the inter-broker service.
-        pub groups: Groups,
+    pub groups: Groups,
     /// Follower replicas whose idle leader stopped heartbeats (see [`Broker::run_liveness`]).
     pub quiesced: Quiesced,
     flusher: Arc<Flusher>,
@@ -225,7 +225,7 @@ impl Broker {
             metadata,
             local: RwLock::new(BTreeMap::new()),
             peers,
-                        groups: Groups::default(),
+            groups: Groups::default(),
             quiesced: Quiesced::default(),
             flusher,
             flusher_thread: Mutex::new(Some(handle)),
@@ -245,7 +245,7 @@ impl Broker {
             "opened logs"
         );
         tokio::spawn(broker.clone().run_reconciler());
-                tokio::spawn(broker.clone().register());
+        tokio::spawn(broker.clone().register());
         tokio::spawn(broker.clone().run_liveness());
         Ok(broker)
     }
@@ -424,7 +424,7 @@ impl Broker {
         }
     }
 
-        /// Idle partition groups cost (almost) nothing: a leader with no writes for
+    /// Idle partition groups cost (almost) nothing: a leader with no writes for
     /// [`QUIESCE_AFTER`] asks its followers to stop their election timers and then stops its
     /// heartbeats. Instead, every broker pings every other broker each [`PING_INTERVAL`]; a
     /// follower whose quiesced leader's broker stops answering for [`LEADER_SILENCE`]
@@ -443,9 +443,12 @@ impl Broker {
             let state = self.controller.state();
             let me = self.node_id();
             for b in state.brokers.values().filter(|b| b.node_id != me) {
-                let (peers, node, address) = (self.peers.clone(), b.node_id as u64, b.raft_address.clone());
+                let (peers, node, address) =
+                    (self.peers.clone(), b.node_id as u64, b.raft_address.clone());
                 tokio::spawn(async move {
-                    let Ok(mut client) = peers.client(&address) else { return };
+                    let Ok(mut client) = peers.client(&address) else {
+                        return;
+                    };
                     let ping = client.ping(sluice_proto::pb::PingRequest { from: me });
                     if let Ok(Ok(_)) = tokio::time::timeout(PING_INTERVAL * 2, ping).await {
                         peers.mark_answer(node);
@@ -454,10 +457,17 @@ impl Broker {
             }
             // Followers: a quiesced group whose leader's broker went silent elects again.
             for (group, leader) in self.quiesced.snapshot() {
-                let silent = self.peers.last_answer(leader).is_none_or(|t| t.elapsed() > LEADER_SILENCE);
+                let silent = self
+                    .peers
+                    .last_answer(leader)
+                    .is_none_or(|t| t.elapsed() > LEADER_SILENCE);
                 if silent && self.quiesced.remove(group) {
                     if let Some(raft) = self.groups.get(group) {
-                        tracing::info!(group, leader, "leader broker silent; restarting the election timer");
+                        tracing::info!(
+                            group,
+                            leader,
+                            "leader broker silent; restarting the election timer"
+                        );
                         raft.runtime_config().elect(true);
                     }
                 }
@@ -467,7 +477,7 @@ impl Broker {
                 for t in self.local_topics() {
                     let replicas: Vec<_> = t.replicas.read().values().cloned().collect();
                     for r in replicas {
-                                                if r.should_quiesce(QUIESCE_AFTER) {
+                        if r.should_quiesce(QUIESCE_AFTER) {
                             let (peers, group) = (self.peers.clone(), t.record.group(r.id));
                             tokio::spawn(async move { r.quiesce(&peers, group).await });
                         }

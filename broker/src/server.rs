@@ -76,7 +76,7 @@ pub async fn run(
         let stop = broker.shutdown.clone();
         let service = RaftServer::new(RaftService {
             controller: broker.controller.clone(),
-                        groups: broker.groups.clone(),
+            groups: broker.groups.clone(),
             quiesced: broker.quiesced.clone(),
         });
         tokio::spawn(

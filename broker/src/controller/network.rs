@@ -65,7 +65,7 @@ impl PeerChannels {
         Ok(channel)
     }
 
-        /// Records that `node` answered (a ping or a Raft call).
+    /// Records that `node` answered (a ping or a Raft call).
     pub fn mark_answer(&self, node: u64) {
         self.answered.lock().insert(node, std::time::Instant::now());
     }
@@ -313,11 +313,15 @@ impl pb::raft_server::Raft for RaftService {
         if call.group == CONTROLLER_GROUP {
             return dispatch(&self.controller.raft, &call).await;
         }
-                let Some(raft) = self.groups.get(call.group) else {
-            return Err(tonic::Status::not_found(format!("no Raft group {} on this broker", call.group)));
+        let Some(raft) = self.groups.get(call.group) else {
+            return Err(tonic::Status::not_found(format!(
+                "no Raft group {} on this broker",
+                call.group
+            )));
         };
         if call.rpc == pb::RaftRpc::AppendEntries as i32 {
-            let req: AppendEntriesRequest<crate::replica::types::PartitionRaft> = request(&call.payload)?;
+            let req: AppendEntriesRequest<crate::replica::types::PartitionRaft> =
+                request(&call.payload)?;
             // New entries mean the group is active again: restart the election timer.
             // (Empty appends are heartbeats, which a quiesced leader does not send.)
             if !req.entries.is_empty() && self.quiesced.remove(call.group) {
@@ -328,11 +332,17 @@ impl pb::raft_server::Raft for RaftService {
         dispatch(&raft, &call).await
     }
 
-        async fn ping(&self, _: tonic::Request<pb::PingRequest>) -> Result<tonic::Response<pb::PingReply>, tonic::Status> {
+    async fn ping(
+        &self,
+        _: tonic::Request<pb::PingRequest>,
+    ) -> Result<tonic::Response<pb::PingReply>, tonic::Status> {
         Ok(tonic::Response::new(pb::PingReply {}))
     }
 
-    async fn quiesce(&self, request_: tonic::Request<pb::QuiesceRequest>) -> Result<tonic::Response<pb::QuiesceReply>, tonic::Status> {
+    async fn quiesce(
+        &self,
+        request_: tonic::Request<pb::QuiesceRequest>,
+    ) -> Result<tonic::Response<pb::QuiesceReply>, tonic::Status> {
         let q = request_.into_inner();
         let Some(raft) = self.groups.get(q.group) else {
             return Ok(tonic::Response::new(pb::QuiesceReply { accepted: false }));

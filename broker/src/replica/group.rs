@@ -36,7 +36,7 @@ pub struct ReplicaTiming {
 impl Default for ReplicaTiming {
     fn default() -> Self {
         ReplicaTiming {
-                        heartbeat: Duration::from_millis(60),
+            heartbeat: Duration::from_millis(60),
             election_timeout_min: Duration::from_millis(250),
             election_timeout_max: Duration::from_millis(500),
             lag_time_max: Duration::from_secs(10),
@@ -74,10 +74,10 @@ pub struct Replica {
     log: SegmentRaftLog,
     high_watermark: watch::Receiver<i64>,
     /// When each follower was last seen caught up with the leader.
-        caught_up: Mutex<BTreeMap<u64, Instant>>,
+    caught_up: Mutex<BTreeMap<u64, Instant>>,
     /// When this replica last took a write as leader, and whether its group is quiesced.
     last_write: Mutex<Instant>,
-        quiesced: std::sync::atomic::AtomicBool,
+    quiesced: std::sync::atomic::AtomicBool,
     quiescing: std::sync::atomic::AtomicBool,
     channels: PeerChannels,
     timing: ReplicaTiming,
@@ -148,9 +148,9 @@ impl Replica {
             node_id,
             log: stores.log,
             high_watermark,
-                        caught_up: Mutex::new(BTreeMap::new()),
+            caught_up: Mutex::new(BTreeMap::new()),
             last_write: Mutex::new(Instant::now()),
-                        quiesced: std::sync::atomic::AtomicBool::new(false),
+            quiesced: std::sync::atomic::AtomicBool::new(false),
             quiescing: std::sync::atomic::AtomicBool::new(false),
             channels,
             timing,
@@ -272,7 +272,7 @@ impl Replica {
                 });
             }
         }
-                self.wake();
+        self.wake();
         let (topic, id, config) = (self.topic.clone(), self.id, self.config.clone());
         let batch = tokio::task::spawn_blocking(move || validate_batch(&topic, id, &config, batch))
             .await
@@ -317,10 +317,13 @@ impl Replica {
         Ok((resp.data.base_offset, resp.data.last_offset))
     }
 
-        /// Resumes heartbeats if the group was quiesced; notes the write.
+    /// Resumes heartbeats if the group was quiesced; notes the write.
     fn wake(&self) {
         *self.last_write.lock() = Instant::now();
-        if self.quiesced.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        if self
+            .quiesced
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+        {
             self.raft.runtime_config().heartbeat(true);
         }
     }
@@ -333,12 +336,16 @@ impl Replica {
     }
 
     /// Asks every follower to stop its election timer; if all agree, stops heartbeats.
-        pub async fn quiesce(&self, channels: &PeerChannels, group: u64) {
-        if self.quiescing.swap(true, std::sync::atomic::Ordering::AcqRel) {
+    pub async fn quiesce(&self, channels: &PeerChannels, group: u64) {
+        if self
+            .quiescing
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             return;
         }
         self.quiesce_followers(channels, group).await;
-        self.quiescing.store(false, std::sync::atomic::Ordering::Release);
+        self.quiescing
+            .store(false, std::sync::atomic::Ordering::Release);
     }
 
     async fn quiesce_followers(&self, channels: &PeerChannels, group: u64) {
@@ -351,8 +358,14 @@ impl Replica {
             .map(|(id, n)| (*id, n.addr.clone()))
             .collect();
         for (_, address) in &followers {
-            let Ok(mut client) = channels.client(address) else { return };
-            let req = sluice_proto::pb::QuiesceRequest { group, leader: self.node_id as u64, term: m.current_term };
+            let Ok(mut client) = channels.client(address) else {
+                return;
+            };
+            let req = sluice_proto::pb::QuiesceRequest {
+                group,
+                leader: self.node_id as u64,
+                term: m.current_term,
+            };
             match tokio::time::timeout(Duration::from_secs(1), client.quiesce(req)).await {
                 Ok(Ok(r)) if r.get_ref().accepted => {}
                 _ => return,
@@ -363,7 +376,8 @@ impl Replica {
             return;
         }
         self.raft.runtime_config().heartbeat(false);
-        self.quiesced.store(true, std::sync::atomic::Ordering::Release);
+        self.quiesced
+            .store(true, std::sync::atomic::Ordering::Release);
         tracing::debug!(topic = %self.topic, partition = self.id, "quiesced an idle group");
     }
 
@@ -436,9 +450,10 @@ impl Replica {
                 let m = metrics.borrow_and_update();
                 (m.state == ServerState::Leader, m.current_term)
             };
-                        if leader && term > reported {
+            if leader && term > reported {
                 // A new leadership starts active, whatever an earlier one left behind.
-                self.quiesced.store(false, std::sync::atomic::Ordering::Release);
+                self.quiesced
+                    .store(false, std::sync::atomic::Ordering::Release);
                 self.raft.runtime_config().heartbeat(true);
                 *self.last_write.lock() = Instant::now();
                 let command = MetaCommand::PartitionLeader {
