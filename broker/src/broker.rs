@@ -651,10 +651,10 @@ impl Broker {
         let local = self
             .local_topic(&record.name)
             .filter(|t| t.record.topic_id == record.topic_id);
-        if let Some(r) = local.and_then(|t| t.replicas.read().get(&partition).cloned()) {
-            if let Some(leader) = r.leader() {
-                return Some(leader);
-            }
+        if let Some(r) = local.and_then(|t| t.replicas.read().get(&partition).cloned())
+            && let Some(leader) = r.leader()
+        {
+            return Some(leader);
         }
         record.leader(partition)
     }
