@@ -461,19 +461,20 @@ impl Broker {
                     .peers
                     .last_answer(leader)
                     .is_none_or(|t| t.elapsed() > LEADER_SILENCE);
-                if silent && self.quiesced.remove(group) {
-                    if let Some(raft) = self.groups.get(group) {
-                        tracing::info!(
-                            group,
-                            leader,
-                            "leader broker silent; restarting the election timer"
-                        );
-                        raft.runtime_config().elect(true);
-                    }
+                if silent
+                    && self.quiesced.remove(group)
+                    && let Some(raft) = self.groups.get(group)
+                {
+                    tracing::info!(
+                        group,
+                        leader,
+                        "leader broker silent; restarting the election timer"
+                    );
+                    raft.runtime_config().elect(true);
                 }
             }
             // Leaders: quiesce idle groups (checked less often than pings).
-            if rounds % 5 == 0 {
+            if rounds.is_multiple_of(5) {
                 for t in self.local_topics() {
                     let replicas: Vec<_> = t.replicas.read().values().cloned().collect();
                     for r in replicas {
