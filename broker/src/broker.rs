@@ -470,6 +470,7 @@ impl Broker {
                         leader,
                         "leader broker silent; restarting the election timer"
                     );
+                    raft.runtime_config().tick(true);
                     raft.runtime_config().elect(true);
                 }
             }

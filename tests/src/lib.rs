@@ -46,12 +46,22 @@ pub struct Broker {
     pub data_dir: PathBuf,
     args: Vec<String>,
     stderr_log: PathBuf,
+    log_filter: String,
 }
 
 impl Broker {
     /// Starts a broker on `data_dir` with extra flags (e.g. `--flush always`) and waits
     /// until it listens.
     pub fn start(data_dir: &Path, args: &[&str]) -> Broker {
+        Broker::start_logged(
+            data_dir,
+            args,
+            &std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+    }
+
+    /// Like [`Broker::start`], with a log filter (RUST_LOG syntax).
+    pub fn start_logged(data_dir: &Path, args: &[&str], log_filter: &str) -> Broker {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut b = Broker {
             child: None,
@@ -59,6 +69,7 @@ impl Broker {
             data_dir: data_dir.to_path_buf(),
             args,
             stderr_log: data_dir.with_extension("broker.log"),
+            log_filter: log_filter.to_string(),
         };
         b.spawn();
         b
@@ -75,10 +86,7 @@ impl Broker {
             .arg(&self.data_dir)
             .args(["--listen", "127.0.0.1:0"])
             .args(&self.args)
-            .env(
-                "RUST_LOG",
-                std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", &self.log_filter)
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
@@ -254,6 +262,15 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra flags for every broker.
     pub fn start_with(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_logged(
+            n,
+            extra,
+            &std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+    }
+
+    /// Like [`Cluster::start_with`], with a log filter (RUST_LOG syntax) for every broker.
+    pub fn start_logged(n: usize, extra: &[&str], log_filter: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let raft_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let voters = raft_ports
@@ -272,7 +289,7 @@ impl Cluster {
                     voters.as_str(),
                 ];
                 args.extend_from_slice(extra);
-                Broker::start(&dir.path().join(format!("broker-{id}")), &args)
+                Broker::start_logged(&dir.path().join(format!("broker-{id}")), &args, log_filter)
             })
             .collect();
         Cluster { _dir: dir, brokers }

@@ -325,6 +325,7 @@ impl pb::raft_server::Raft for RaftService {
             // New entries mean the group is active again: restart the election timer.
             // (Empty appends are heartbeats, which a quiesced leader does not send.)
             if !req.entries.is_empty() && self.quiesced.remove(call.group) {
+                raft.runtime_config().tick(true);
                 raft.runtime_config().elect(true);
             }
             return reply(&raft.append_entries(req).await);
@@ -351,6 +352,7 @@ impl pb::raft_server::Raft for RaftService {
         let accepted = m.current_leader == Some(q.leader) && m.current_term == q.term;
         if accepted {
             raft.runtime_config().elect(false);
+            raft.runtime_config().tick(false);
             self.quiesced.insert(q.group, q.leader);
         }
         Ok(tonic::Response::new(pb::QuiesceReply { accepted }))

@@ -324,6 +324,7 @@ impl Replica {
             .quiesced
             .swap(false, std::sync::atomic::Ordering::AcqRel)
         {
+            self.raft.runtime_config().tick(true);
             self.raft.runtime_config().heartbeat(true);
         }
     }
@@ -376,6 +377,7 @@ impl Replica {
             return;
         }
         self.raft.runtime_config().heartbeat(false);
+        self.raft.runtime_config().tick(false);
         self.quiesced
             .store(true, std::sync::atomic::Ordering::Release);
         tracing::debug!(topic = %self.topic, partition = self.id, "quiesced an idle group");
@@ -454,6 +456,7 @@ impl Replica {
                 // A new leadership starts active, whatever an earlier one left behind.
                 self.quiesced
                     .store(false, std::sync::atomic::Ordering::Release);
+                self.raft.runtime_config().tick(true);
                 self.raft.runtime_config().heartbeat(true);
                 *self.last_write.lock() = Instant::now();
                 let command = MetaCommand::PartitionLeader {

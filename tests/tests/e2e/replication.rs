@@ -159,3 +159,68 @@ async fn acks_all_is_refused_without_enough_in_sync_replicas() {
     assert!(meta.offset >= 0);
     let _ = ErrorCode::NotEnoughReplicas;
 }
+
+/// An idle group stops its heartbeats (followers stop their election timers); losing its
+/// leader's broker must still elect a new leader, and nothing acknowledged is lost.
+#[tokio::test]
+async fn an_idle_quiesced_partition_still_fails_over() {
+    let mut cluster = Cluster::start_logged(3, &[], "info,sluice_broker::replica=debug");
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("quiet", 1, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .unwrap();
+    let leader = leader_of(&admin, "quiet").await;
+    let producer = Producer::connect(cluster.client(), ProducerConfig::default())
+        .await
+        .unwrap();
+    producer
+        .send(ProducerRecord::new("quiet", "before").partition(0))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually("the idle group to quiesce", Duration::from_secs(20), || {
+        let log = cluster.brokers[(leader - 1) as usize].log();
+        async move { log.contains("quiesced an idle group").then_some(()) }
+    })
+    .await;
+    cluster.node(leader).kill();
+    let producer = Producer::connect(cluster.client(), ProducerConfig::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    producer
+        .send(ProducerRecord::new("quiet", "after").partition(0))
+        .await
+        .unwrap()
+        .await
+        .expect("a new leader takes writes");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "failover of a quiet group took {:?}",
+        started.elapsed()
+    );
+    let admin = Admin::new(cluster.client()).unwrap();
+    let new_leader = leader_of_live(&admin, "quiet", leader).await;
+    let values: Vec<String> = cluster
+        .node(new_leader)
+        .read_all("quiet")
+        .await
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    assert_eq!(values, vec!["before", "after"]);
+}
+
+async fn leader_of_live(admin: &Admin, topic: &str, dead: i32) -> i32 {
+    eventually("a live leader", Duration::from_secs(20), || async {
+        let l = admin.describe_topic(topic).await.ok()?.partitions[0].leader;
+        (l > 0 && l != dead).then_some(l)
+    })
+    .await
+}
