@@ -815,6 +815,18 @@ impl Broker {
                     && !record.replicas.iter().any(|r| r.contains(&self.node_id()))
         })
         .await;
+        if record.replicated() {
+            // Clients route by the leaders the controller knows: wait (bounded) until every
+            // partition's group has elected and reported one, so the topic is usable at once.
+            self.await_local(|| {
+                self.controller.state().topics.get(&name).is_some_and(|t| {
+                    t.topic_id == record.topic_id
+                        && t.leaders.len() == t.partitions as usize
+                        && t.leaders.iter().all(Option::is_some)
+                })
+            })
+            .await;
+        }
         tracing::info!(topic = %name, partitions, replication_factor = rf, "created topic");
         Ok(record)
     }

@@ -74,13 +74,18 @@ pub async fn run(
     let broker = Broker::open(config, addresses, voters).await?;
     let raft_server = raft.map(|l| {
         let stop = broker.shutdown.clone();
+        let max = broker.config.max_request_bytes;
         let service = RaftServer::new(RaftService {
             controller: broker.controller.clone(),
             groups: broker.groups.clone(),
             quiesced: broker.quiesced.clone(),
-        });
+        })
+        .max_decoding_message_size(max)
+        .max_encoding_message_size(max);
         tokio::spawn(
             tonic::transport::Server::builder()
+                .initial_stream_window_size(STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
                 .add_service(service)
                 .serve_with_incoming_shutdown(
                     TcpIncoming::from(l).with_nodelay(Some(true)),

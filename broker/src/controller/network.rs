@@ -60,6 +60,8 @@ impl PeerChannels {
             .map_err(|e| format!("invalid peer address '{address}': {e}"))?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
+            .initial_stream_window_size(crate::server::STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(crate::server::CONNECTION_WINDOW_BYTES)
             .connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)

@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 use crate::partition::validate_batch;
 use crate::storage::{LogOffsets, LogOptions, SegmentLog};
 
+/// Most batches in one AppendEntries call.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
+
 /// Raft timing and in-sync rules of partition groups.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplicaTiming {
@@ -36,7 +39,9 @@ pub struct ReplicaTiming {
 impl Default for ReplicaTiming {
     fn default() -> Self {
         ReplicaTiming {
-            heartbeat: Duration::from_millis(60),
+            // openraft 0.9 also uses the heartbeat interval as the AppendEntries timeout, so
+            // it must cover a loaded follower's append and fsync.
+            heartbeat: Duration::from_millis(100),
             election_timeout_min: Duration::from_millis(250),
             election_timeout_max: Duration::from_millis(500),
             lag_time_max: Duration::from_secs(10),
@@ -115,6 +120,9 @@ impl Replica {
             election_timeout_max: timing.election_timeout_max.as_millis() as u64,
             // The log is the data: never snapshot-and-purge it behind retention's back.
             snapshot_policy: openraft::SnapshotPolicy::Never,
+            // Bounds one AppendEntries (entries are batches of up to max.message.bytes) and
+            // keeps it fast enough for the timeout above.
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             ..Default::default()
         }
         .validate()
