@@ -3,8 +3,10 @@
 //! # Layout
 //! - [`config`]: settings from YAML, `SLUICE_*` environment and flags.
 //! - [`server`]: [`server::run`], which takes a bound listener and a shutdown future.
-//! - [`broker`]: topics, partitions, the flusher, retention, admin operations.
-//! - [`partition`]: one partition: validate, append, read, high watermark, flush.
+//! - [`broker`]: topics, partitions, the flusher, retention, admin operations, liveness.
+//! - [`controller`]: the metadata Raft group (KRaft-like) and the inter-broker transport.
+//! - [`partition`]: an unreplicated partition: validate, append, read, high watermark, flush.
+//! - [`replica`]: replicated partitions: a Raft group per partition on segment files.
 //! - [`storage`]: the [`storage::LogStorage`] trait and its segment-file implementation.
 //! - [`metadata`]: topics and node identity, durable in sled.
 //! - [`service`]: the gRPC handlers, one file per RPC group.

@@ -1,8 +1,6 @@
-//! A partition replica: its log, its high watermark and what waits on them.
-//!
-//! Today a broker is the only replica and leader of each of its partitions; the replication
-//! issue puts a Raft group in front of [`Partition::append`], which stays the one place
-//! where batches enter the log.
+//! An unreplicated partition (`replication.factor` 1): its log, its high watermark and
+//! what waits on them. Replicated partitions are [`crate::replica::group::Replica`]s; both
+//! validate batches with [`validate_batch`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
