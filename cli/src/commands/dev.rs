@@ -34,6 +34,14 @@ pub(crate) struct DevArgs {
     flush: FlushPolicy,
 }
 
+/// The example topic: replicated three ways (two in sync for acks=all) when there are
+/// enough brokers.
+fn example_topic(brokers: u32) -> NewTopic {
+    let rf = brokers.min(3) as i32;
+    NewTopic::new(EXAMPLE_TOPIC, EXAMPLE_PARTITIONS, rf)
+        .config("min.insync.replicas", rf.min(2).to_string())
+}
+
 pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
     sluice_broker::server::init_tracing();
     let n = args.brokers;
@@ -86,10 +94,7 @@ pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
     let mut client = sluice_client::ClientConfig::new(&bootstrap);
     client.request_timeout = std::time::Duration::from_secs(30);
     let admin = Admin::new(client)?;
-    match admin
-        .create_topic(NewTopic::new(EXAMPLE_TOPIC, EXAMPLE_PARTITIONS, 1), false)
-        .await
-    {
+    match admin.create_topic(example_topic(n), false).await {
         Ok(_) => {}
         Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
         Err(e) => return Err(e).context("creating the example topic"),
@@ -97,14 +102,15 @@ pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
     let first = format!("127.0.0.1:{}", args.port);
     outln!(
         "\nSluice is running: {n} broker(s), bootstrap {bootstrap}, data in {}\n\
-         Example topic: '{EXAMPLE_TOPIC}' ({EXAMPLE_PARTITIONS} partitions). In another terminal, try:\n\n  \
+         Example topic: '{EXAMPLE_TOPIC}' ({EXAMPLE_PARTITIONS} partitions, replication factor {}). In another terminal, try:\n\n  \
          cargo run -q --release --bin sluice -- cluster status\n  \
          printf 'alice:signed up\\nbob:paid\\nalice:logged in\\n' | cargo run -q --release --bin sluice -- produce {EXAMPLE_TOPIC} --key-separator :\n  \
          cargo run -q --release --bin sluice -- consume {EXAMPLE_TOPIC} --from-beginning --format '{{partition}}@{{offset}} {{key}} {{value}}' --timeout 2s\n  \
          cargo run -q --release --bin sluice -- topics describe {EXAMPLE_TOPIC}\n  \
          cargo run -q --release --bin sluice -- bench produce --records 200000\n\n\
          (The CLI's default --bootstrap is {first}.) Press Ctrl-C to stop; data is kept for the next run.\n",
-        args.data_dir.display()
+        args.data_dir.display(),
+        n.min(3)
     );
     tokio::select! {
         r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
