@@ -84,6 +84,19 @@ impl LogStore {
     }
 }
 
+impl LogStore {
+    /// Removes the entries whose keys fall in `range`, in one batch, and flushes.
+    async fn remove_durably(&self, range: impl RangeBounds<[u8; 8]>) -> SResult<()> {
+        let mut batch = sled::Batch::default();
+        for key in self.log.range(range).keys() {
+            batch.remove(key.map_err(err(write_logs))?);
+        }
+        self.log.apply_batch(batch).map_err(err(write_logs))?;
+        self.db.flush_async().await.map_err(err(write_logs))?;
+        Ok(())
+    }
+}
+
 impl RaftLogReader<MetaRaft> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -182,38 +195,14 @@ impl RaftLogStorage<MetaRaft> for LogStore {
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
-        let keys: Vec<_> = self
-            .log
-            .range(log_id.index.to_be_bytes()..)
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(err(write_logs))?;
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(err(write_logs))?;
-        self.db.flush_async().await.map_err(err(write_logs))?;
-        Ok(())
+        self.remove_durably(log_id.index.to_be_bytes()..).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> SResult<()> {
         self.meta
             .insert("purged", to_json(&log_id, write_logs)?)
             .map_err(err(write_logs))?;
-        let keys: Vec<_> = self
-            .log
-            .range(..=log_id.index.to_be_bytes())
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(err(write_logs))?;
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k);
-        }
-        self.log.apply_batch(batch).map_err(err(write_logs))?;
-        self.db.flush_async().await.map_err(err(write_logs))?;
-        Ok(())
+        self.remove_durably(..=log_id.index.to_be_bytes()).await
     }
 }
 

@@ -175,7 +175,9 @@ impl Replica {
     }
 
     pub fn is_leader(&self) -> bool {
-        let m = self.raft.metrics().borrow().clone();
+        // Borrowed, not cloned: this runs on every produce and fetch.
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         m.state == ServerState::Leader && m.current_leader == Some(self.node_id as u64)
     }
 
@@ -195,7 +197,8 @@ impl Replica {
     /// caught up with the leader's log within `lag_time_max` (Kafka's
     /// `replica.lag.time.max.ms`). Only meaningful on the leader.
     pub fn in_sync(&self) -> Vec<i32> {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let now = Instant::now();
         let lag = self.timing.lag_time_max;
         let mut isr = vec![self.node_id];
@@ -393,7 +396,8 @@ impl Replica {
 
     /// Replicas (the leader included) whose log holds entry `index`.
     fn holding(&self, index: u64) -> usize {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         1 + m
             .replication
             .iter()
