@@ -131,8 +131,15 @@ pub struct Broker {
     pub quiesced: Quiesced,
     flusher: Arc<Flusher>,
     flusher_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Producer ids reserved at the controller and not handed out yet, in blocks. A block is
+    /// reserved ahead, so producers can start while the controller quorum is down.
+    producer_ids: tokio::sync::Mutex<std::collections::VecDeque<std::ops::Range<i64>>>,
+    refilling_producer_ids: std::sync::atomic::AtomicBool,
     pub shutdown: CancellationToken,
 }
+
+/// Producer ids a broker reserves at the controller at a time (Kafka reserves 1,000 too).
+const PRODUCER_ID_BLOCK: u32 = 1000;
 
 /// Partitions with unsynced writes, and the thread that syncs them. One thread for all
 /// partitions: concurrent writers share fsyncs (group commit), and fsync never runs on the
@@ -229,6 +236,8 @@ impl Broker {
             quiesced: Quiesced::default(),
             flusher,
             flusher_thread: Mutex::new(Some(handle)),
+            producer_ids: tokio::sync::Mutex::default(),
+            refilling_producer_ids: Default::default(),
             shutdown: CancellationToken::new(),
         });
         let started = std::time::Instant::now();
@@ -248,6 +257,57 @@ impl Broker {
         tokio::spawn(broker.clone().register());
         tokio::spawn(broker.clone().run_liveness());
         Ok(broker)
+    }
+
+    /// A producer id no other producer of the cluster gets: from this broker's reserved
+    /// blocks; the next block is reserved through the controller before this one runs out.
+    pub async fn allocate_producer_id(self: &Arc<Self>) -> Result<i64> {
+        let mut ids = self.producer_ids.lock().await;
+        while ids.front().is_some_and(|r| r.is_empty()) {
+            ids.pop_front();
+        }
+        if ids.is_empty() {
+            ids.push_back(self.reserve_producer_ids().await?);
+        }
+        let Some(front) = ids.front_mut() else {
+            return Err(Error::Internal("no producer ids reserved".into()));
+        };
+        let id = front.start;
+        front.start += 1;
+        let left: i64 = ids.iter().map(|r| r.end - r.start).sum();
+        if left < i64::from(PRODUCER_ID_BLOCK / 2) {
+            self.prefetch_producer_ids();
+        }
+        Ok(id)
+    }
+
+    /// Reserves a block of producer ids in the background, unless one is on its way.
+    fn prefetch_producer_ids(self: &Arc<Self>) {
+        if self.refilling_producer_ids.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            match this.reserve_producer_ids().await {
+                Ok(block) => this.producer_ids.lock().await.push_back(block),
+                Err(e) => {
+                    tracing::warn!(cause = %e, "reserving producer ids; will retry when asked")
+                }
+            }
+            this.refilling_producer_ids.store(false, Ordering::Release);
+        });
+    }
+
+    async fn reserve_producer_ids(&self) -> Result<std::ops::Range<i64>> {
+        let command = MetaCommand::AllocateProducerIds {
+            count: PRODUCER_ID_BLOCK,
+        };
+        match self.controller.propose(command).await? {
+            MetaResponse::ProducerIds { first } => Ok(first..first + i64::from(PRODUCER_ID_BLOCK)),
+            other => Err(Error::Internal(format!(
+                "the controller answered a producer id request with {other:?}"
+            ))),
+        }
     }
 
     pub fn node_id(&self) -> i32 {
@@ -282,6 +342,7 @@ impl Broker {
                 r = self.controller.propose(command.clone()) => match r {
                     Ok(_) => {
                         tracing::info!(node_id = self.node_id(), address = %self.addresses.client, "registered with the controller");
+                        self.prefetch_producer_ids();
                         return;
                     }
                     Err(e) => tracing::warn!(cause = %e, "registering with the controller; will retry"),
@@ -589,16 +650,15 @@ impl Broker {
                     partition: p,
                     source,
                 })?;
-            partitions.insert(
+            let partition = Partition::open(
+                topic_name.clone(),
                 p,
-                Arc::new(Partition::new(
-                    topic_name.clone(),
-                    p,
-                    config.clone(),
-                    Box::new(log),
-                    self.config.flush,
-                )),
-            );
+                config.clone(),
+                Box::new(log),
+                self.config.flush,
+                &dir,
+            )?;
+            partitions.insert(p, Arc::new(partition));
         }
         Ok((
             LocalTopic {
@@ -800,6 +860,11 @@ impl Broker {
                 return Err(Error::TopicExists(name));
             }
             MetaResponse::Rejected { message, .. } => return Err(Error::Rejected(message)),
+            other => {
+                return Err(Error::Internal(format!(
+                    "the controller answered creating '{name}' with {other:?}"
+                )));
+            }
         }
         self.await_local(|| {
             self.local
@@ -852,6 +917,11 @@ impl Broker {
         {
             MetaResponse::Ok => {}
             MetaResponse::Rejected { .. } => return Err(Error::UnknownTopic(name.to_string())),
+            other => {
+                return Err(Error::Internal(format!(
+                    "the controller answered deleting '{name}' with {other:?}"
+                )));
+            }
         }
         self.await_local(|| {
             !self.local.read().contains_key(name)

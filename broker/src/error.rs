@@ -99,6 +99,12 @@ pub enum Error {
         holding: usize,
         required: usize,
     },
+    #[error("{topic}-{partition}: {source}")]
+    Sequence {
+        topic: String,
+        partition: i32,
+        source: crate::producer_state::SequenceError,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -140,6 +146,14 @@ impl Error {
             Error::Rejected(_) => ErrorCode::InvalidRequest,
             Error::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
             Error::NotEnoughReplicasAfterAppend { .. } => ErrorCode::NotEnoughReplicasAfterAppend,
+            Error::Sequence {
+                source: crate::producer_state::SequenceError::OutOfOrder { .. },
+                ..
+            } => ErrorCode::OutOfOrderSequenceNumber,
+            Error::Sequence {
+                source: crate::producer_state::SequenceError::Fenced { .. },
+                ..
+            } => ErrorCode::InvalidProducerEpoch,
         }
     }
 

@@ -6,6 +6,7 @@
 //! - [`broker`]: topics, partitions, the flusher, retention, admin operations, liveness.
 //! - [`controller`]: the metadata Raft group (KRaft-like) and the inter-broker transport.
 //! - [`partition`]: an unreplicated partition: validate, append, read, high watermark, flush.
+//! - [`producer_state`]: idempotent producers: what each partition remembers to drop retries.
 //! - [`replica`]: replicated partitions: a Raft group per partition on segment files.
 //! - [`storage`]: the [`storage::LogStorage`] trait and its segment-file implementation.
 //! - [`metadata`]: topics and node identity, durable in sled.
@@ -18,6 +19,7 @@ pub mod controller;
 pub mod error;
 pub mod metadata;
 pub mod partition;
+pub mod producer_state;
 pub mod replica;
 pub mod server;
 pub mod service;

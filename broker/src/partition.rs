@@ -14,7 +14,17 @@ use tokio::sync::watch;
 
 use crate::config::FlushPolicy;
 use crate::error::{Error, Result};
+use crate::producer_state::{BatchId, ProducerStates, Verdict};
 use crate::storage::{AppendInfo, LogOffsets, LogStorage};
+
+/// Producer state saved on a clean close, with the log end it describes.
+const PRODUCER_SNAPSHOT: &str = "producers.json";
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ProducerSnapshot {
+    end_offset: i64,
+    producers: ProducerStates,
+}
 
 #[derive(Debug)]
 pub struct Partition {
@@ -22,6 +32,10 @@ pub struct Partition {
     pub id: i32,
     pub config: Arc<TopicConfig>,
     log: RwLock<Box<dyn LogStorage>>,
+    /// Idempotent producers' last batches; changed only under the log's write lock.
+    producers: Mutex<ProducerStates>,
+    /// Where the producer snapshot is written on close (none for in-memory logs).
+    dir: Option<std::path::PathBuf>,
     flush: FlushPolicy,
     /// Consumers read below this offset only.
     high_watermark: watch::Sender<i64>,
@@ -51,6 +65,8 @@ impl Partition {
             id,
             config,
             log: RwLock::new(log),
+            producers: Mutex::new(ProducerStates::default()),
+            dir: None,
             flush,
             high_watermark: watch::Sender::new(offsets.log_end),
             flushed: watch::Sender::new(offsets.flushed),
@@ -58,6 +74,52 @@ impl Partition {
             failed: Mutex::new(None),
             closed: AtomicBool::new(false),
         }
+    }
+
+    /// A partition on disk in `dir`: restores its idempotent producers from the snapshot of
+    /// the last clean close and the batches written after it (at most the active segment's).
+    /// Blocking.
+    pub fn open(
+        topic: Arc<str>,
+        id: i32,
+        config: Arc<TopicConfig>,
+        log: Box<dyn LogStorage>,
+        flush: FlushPolicy,
+        dir: &std::path::Path,
+    ) -> Result<Self> {
+        let mut p = Partition::new(topic, id, config, log, flush);
+        p.dir = Some(dir.to_path_buf());
+        let offsets = p.offsets();
+        let snapshot: Option<ProducerSnapshot> = std::fs::read(dir.join(PRODUCER_SNAPSHOT))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .filter(|s: &ProducerSnapshot| s.end_offset <= offsets.log_end);
+        let active_base = p
+            .log
+            .read()
+            .segments()
+            .last()
+            .map_or(offsets.log_start, |s| s.base_offset);
+        let (mut states, from) = match snapshot {
+            Some(s) if s.end_offset >= active_base => (s.producers, s.end_offset),
+            Some(s) => (s.producers, active_base),
+            None => (ProducerStates::default(), active_base),
+        };
+        let mut offset = from.max(offsets.log_start);
+        let log = p.log.read();
+        while offset < offsets.log_end {
+            let bytes = log
+                .read(offset, 1, i64::MAX)
+                .map_err(|e| p.storage_err(e))?;
+            let Ok(h) = batch::BatchHeader::parse(&bytes) else {
+                break;
+            };
+            states.record_header(&h, h.max_timestamp);
+            offset = h.next_offset();
+        }
+        drop(log);
+        *p.producers.lock() = states;
+        Ok(p)
     }
 
     fn storage_err(&self, source: crate::storage::StorageError) -> Error {
@@ -100,17 +162,46 @@ impl Partition {
         validate_batch(&self.topic, self.id, &self.config, batch)
     }
 
-    /// Appends a validated batch. Blocking (disk): runs on the blocking pool.
+    /// Appends a validated batch, unless it is a retry of one an idempotent producer already
+    /// stored here: then nothing is written and the original's offsets are returned. Blocking
+    /// (disk): runs on the blocking pool.
     pub fn append(&self, mut batch: BytesMut, now_ms: i64) -> Result<AppendInfo> {
         self.check_online()?;
         let mut log = self.log.write();
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::ShuttingDown);
         }
+        let id = batch::BatchHeader::parse(&batch)
+            .ok()
+            .and_then(|h| BatchId::of(&h));
+        if let Some(id) = &id {
+            let verdict =
+                self.producers
+                    .lock()
+                    .check(id, None)
+                    .map_err(|source| Error::Sequence {
+                        topic: self.topic.to_string(),
+                        partition: self.id,
+                        source,
+                    })?;
+            if let Verdict::Duplicate(b) = verdict {
+                tracing::debug!(topic = %self.topic, partition = self.id, producer = id.producer_id, base_offset = b.base_offset, "dropped a duplicate batch");
+                return Ok(AppendInfo {
+                    base_offset: b.base_offset,
+                    last_offset: b.last_offset,
+                    max_timestamp: -1,
+                });
+            }
+        }
         let info = log.append(&mut batch, 0, now_ms).map_err(|e| {
             self.fail(format!("append failed: {e}"));
             self.storage_err(e)
         })?;
+        if let Some(id) = &id {
+            self.producers
+                .lock()
+                .record(id, info.base_offset, info.last_offset, now_ms);
+        }
         if let FlushPolicy::Interval(_) = self.flush {
             self.advance_high_watermark(info.last_offset + 1);
         }
@@ -226,10 +317,12 @@ impl Partition {
         if let Some(offset) = cut {
             // Never delete what consumers have not been allowed to see yet.
             let offset = offset.min(self.high_watermark());
-            self.log
-                .write()
-                .delete_segments_before(offset)
+            let mut log = self.log.write();
+            log.delete_segments_before(offset)
                 .map_err(|e| self.storage_err(e))?;
+            let mut producers = self.producers.lock();
+            producers.truncate_head(log.offsets().log_start);
+            producers.expire(now_ms, crate::producer_state::PRODUCER_EXPIRATION_MS);
         }
         Ok(())
     }
@@ -238,8 +331,25 @@ impl Partition {
     pub fn close(&self) -> Result<()> {
         let mut log = self.log.write();
         self.closed.store(true, Ordering::Release);
+        if let Some(dir) = &self.dir {
+            let snapshot = ProducerSnapshot {
+                end_offset: log.offsets().log_end,
+                producers: self.producers.lock().clone(),
+            };
+            // Only saves a rescan on the next open: a failure here loses nothing.
+            if let Err(e) = write_atomically(&dir.join(PRODUCER_SNAPSHOT), &snapshot) {
+                tracing::warn!(topic = %self.topic, partition = self.id, cause = %e, "saving producer state; it will be rebuilt from the log");
+            }
+        }
         log.close().map_err(|e| self.storage_err(e))
     }
+}
+
+fn write_atomically(path: &std::path::Path, value: &impl serde::Serialize) -> std::io::Result<()> {
+    let data = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn recompress(
@@ -248,6 +358,11 @@ fn recompress(
 ) -> std::result::Result<BytesMut, BatchError> {
     let (header, records) = batch::decode(batch, batch::DEFAULT_MAX_DECOMPRESSED)?;
     let mut b = sluice_proto::RecordBatchBuilder::new(codec);
+    b.producer(batch::ProducerFields {
+        producer_id: header.producer_id,
+        producer_epoch: header.producer_epoch,
+        base_sequence: header.base_sequence,
+    });
     for r in &records {
         let headers: Vec<(String, Option<Bytes>)> = r
             .headers

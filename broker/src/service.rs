@@ -44,6 +44,19 @@ impl sluice_proto::pb::log_server::Log for LogService {
         ))
     }
 
+    async fn init_producer_id(
+        &self,
+        _request: tonic::Request<sluice_proto::pb::InitProducerIdRequest>,
+    ) -> Result<tonic::Response<sluice_proto::pb::InitProducerIdResponse>, tonic::Status> {
+        let producer_id = self.broker.allocate_producer_id().await?;
+        Ok(tonic::Response::new(
+            sluice_proto::pb::InitProducerIdResponse {
+                producer_id,
+                producer_epoch: 0,
+            },
+        ))
+    }
+
     async fn list_offsets(
         &self,
         request: tonic::Request<sluice_proto::pb::ListOffsetsRequest>,

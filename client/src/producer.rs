@@ -4,6 +4,12 @@
 //!
 //! Memory is bounded by `buffer.memory`: `send` waits (up to `max.block.ms`) when that
 //! much data is queued and unacknowledged.
+//!
+//! With `enable.idempotence` (the default, with `acks=all`) the producer gets an id from the
+//! cluster and numbers its records per partition, so a batch retried after a lost answer or
+//! a leader failover is stored once: the partition recognises it and answers with the
+//! original offsets. After a batch finally fails (its fate unknown), the partition's sequence
+//! starts over under a new epoch, so later batches are never mistaken for it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -76,6 +82,9 @@ pub struct ProducerConfig {
     pub retry_backoff_max: Duration,
     /// `compression.type`.
     pub compression: Compression,
+    /// `enable.idempotence`: retries never store a batch twice. Takes effect with
+    /// `acks=all` (as in Kafka, other acks levels turn it off).
+    pub enable_idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -90,7 +99,14 @@ impl Default for ProducerConfig {
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
             compression: Compression::None,
+            enable_idempotence: true,
         }
+    }
+}
+
+impl ProducerConfig {
+    fn idempotent(&self) -> bool {
+        self.enable_idempotence && self.acks == Acks::All
     }
 }
 
@@ -196,6 +212,8 @@ struct Inner {
     tasks: Mutex<JoinSet<()>>,
     sticky: Mutex<HashMap<String, Sticky>>,
     closed: std::sync::atomic::AtomicBool,
+    /// The id the cluster gave this producer (idempotence), fetched on first use.
+    producer_id: tokio::sync::Mutex<Option<i64>>,
 }
 
 /// A thread-safe producer; clone it freely.
@@ -223,6 +241,7 @@ impl Producer {
                 tasks: Mutex::new(JoinSet::new()),
                 sticky: Mutex::default(),
                 closed: Default::default(),
+                producer_id: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -318,6 +337,8 @@ impl Producer {
                     topic: topic.to_string(),
                     partition,
                     rx,
+                    sequence: None,
+                    fresh_id: false,
                 };
                 self.inner.tasks.lock().spawn(worker.run());
                 tx
@@ -369,6 +390,17 @@ struct Worker {
     topic: String,
     partition: i32,
     rx: mpsc::UnboundedReceiver<Msg>,
+    /// Idempotence: this partition's producer id, epoch and next sequence number.
+    sequence: Option<Sequence>,
+    /// Set when the epochs of the producer id ran out: ask for a new id.
+    fresh_id: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Sequence {
+    producer_id: i64,
+    epoch: i16,
+    next: i32,
 }
 
 impl Worker {
@@ -429,7 +461,7 @@ impl Worker {
                 }
             }
             if !records.is_empty() {
-                self.deliver(builder.build(), records).await;
+                self.deliver(builder, records).await;
             }
             for f in flushes {
                 let _ = f.send(());
@@ -445,14 +477,119 @@ impl Worker {
         self.inner.config.batch_size.min(limit)
     }
 
+    /// The producer id, asked of the partition's leader once per producer.
+    async fn producer_id(&self) -> Result<i64> {
+        let mut id = self.inner.producer_id.lock().await;
+        if let Some(id) = *id
+            && !self.fresh_id
+        {
+            return Ok(id);
+        }
+        let cluster = &self.inner.cluster;
+        let address = cluster.leader(&self.topic, self.partition).await?;
+        let mut client = cluster.log_client(&address)?;
+        let got = tokio::time::timeout(
+            cluster.config.request_timeout,
+            client.init_producer_id(pb::InitProducerIdRequest {}),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            what: format!("asking {address} for a producer id"),
+            after: cluster.config.request_timeout,
+            last: "no answer".into(),
+        })?
+        .map_err(|status| Error::from_status(&address, status))?
+        .into_inner()
+        .producer_id;
+        *id = Some(got);
+        Ok(got)
+    }
+
+    /// Numbers the batch (idempotence) with `producer_id` on first use.
+    fn seal(&mut self, mut builder: RecordBatchBuilder, producer_id: Option<i64>) -> Bytes {
+        let seq = match (self.sequence, producer_id) {
+            (Some(s), _) => s,
+            (None, Some(producer_id)) => Sequence {
+                producer_id,
+                epoch: 0,
+                next: 0,
+            },
+            (None, None) => return builder.build(),
+        };
+        let count = builder.record_count();
+        builder.producer(sluice_proto::batch::ProducerFields {
+            producer_id: seq.producer_id,
+            producer_epoch: seq.epoch,
+            base_sequence: seq.next,
+        });
+        // The next batch continues after this one (sequences wrap at i32::MAX, as in Kafka).
+        let next = seq.next as i64 + count as i64;
+        self.sequence = Some(Sequence {
+            next: if next > i32::MAX as i64 {
+                (next - i32::MAX as i64 - 1) as i32
+            } else {
+                next as i32
+            },
+            ..seq
+        });
+        builder.build()
+    }
+
+    /// The producer id for idempotence, if this partition needs one yet; retried within the
+    /// delivery timeout.
+    async fn await_producer_id(&mut self, deadline: Instant) -> Result<Option<i64>> {
+        if !self.inner.config.idempotent() || self.sequence.is_some() {
+            return Ok(None);
+        }
+        let mut backoff = self.inner.config.retry_backoff;
+        loop {
+            match self.producer_id().await {
+                Ok(id) => {
+                    self.fresh_id = false;
+                    return Ok(Some(id));
+                }
+                Err(e) if e.is_retriable() && Instant::now() + backoff < deadline => {
+                    self.inner.cluster.invalidate(&self.topic);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.inner.config.retry_backoff_max);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// After a batch finally failed, perhaps stored and perhaps not: later batches start a
+    /// new epoch at sequence 0, so the partition never takes one of them for that batch.
+    fn restart_sequence(&mut self) {
+        if let Some(s) = &mut self.sequence {
+            if s.epoch == i16::MAX {
+                self.sequence = None;
+                self.fresh_id = true;
+            } else {
+                s.epoch += 1;
+                s.next = 0;
+            }
+        }
+    }
+
     /// Sends one batch, retrying retriable failures until `delivery.timeout.ms` after its
     /// oldest record was queued, then resolves every record's future.
-    async fn deliver(&self, batch: Bytes, records: Vec<Pending>) {
-        let config = &self.inner.config;
-        let cluster = &self.inner.cluster;
+    async fn deliver(&mut self, builder: RecordBatchBuilder, records: Vec<Pending>) {
+        let inner = self.inner.clone();
+        let config = &inner.config;
+        let cluster = &inner.cluster;
         let deadline = records[0].enqueued + config.delivery_timeout;
         let mut backoff = config.retry_backoff;
         let mut attempts = 0u32;
+        let batch = match self.await_producer_id(deadline).await {
+            Ok(id) => self.seal(builder, id),
+            Err(e) => {
+                for p in records {
+                    let _ = p.tx.send(Err(e.clone()));
+                }
+                return;
+            }
+        };
         let result = loop {
             attempts += 1;
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -508,6 +645,9 @@ impl Worker {
                 Err(e) => break Err(e),
             }
         };
+        if result.is_err() {
+            self.restart_sequence();
+        }
         for (i, p) in records.into_iter().enumerate() {
             let r = match &result {
                 Ok(resp) => Ok(RecordMetadata {

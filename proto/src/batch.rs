@@ -542,6 +542,47 @@ pub struct RecordBatchBuilder {
     base_timestamp: i64,
     max_timestamp: i64,
     count: i32,
+    producer: ProducerFields,
+}
+
+/// The idempotent-producer fields of a batch header: who wrote it and its first record's
+/// sequence number. Brokers use them to drop a retried batch they already hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerFields {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ProducerFields {
+    /// A batch from a producer without idempotence.
+    pub const NONE: ProducerFields = ProducerFields {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+}
+
+impl BatchHeader {
+    /// The producer fields, or `None` if the batch is not from an idempotent producer.
+    pub fn producer(&self) -> Option<ProducerFields> {
+        (self.producer_id >= 0).then_some(ProducerFields {
+            producer_id: self.producer_id,
+            producer_epoch: self.producer_epoch,
+            base_sequence: self.base_sequence,
+        })
+    }
+
+    /// The sequence number of the batch's last record (sequences wrap at `i32::MAX`, as in
+    /// Kafka).
+    pub fn last_sequence(&self) -> i32 {
+        let last = self.base_sequence as i64 + self.last_offset_delta as i64;
+        if last > i32::MAX as i64 {
+            (last - i32::MAX as i64 - 1) as i32
+        } else {
+            last as i32
+        }
+    }
 }
 
 impl RecordBatchBuilder {
@@ -553,7 +594,14 @@ impl RecordBatchBuilder {
             base_timestamp: 0,
             max_timestamp: -1,
             count: 0,
+            producer: ProducerFields::NONE,
         }
+    }
+
+    /// Marks the batch as written by an idempotent producer.
+    pub fn producer(&mut self, fields: ProducerFields) -> &mut Self {
+        self.producer = fields;
+        self
     }
 
     /// Records appended so far.
@@ -646,9 +694,9 @@ impl RecordBatchBuilder {
         out.put_i32(self.count - 1);
         out.put_i64(self.base_timestamp);
         out.put_i64(self.max_timestamp);
-        out.put_i64(-1); // producer id: idempotence comes with its own issue
-        out.put_i16(-1);
-        out.put_i32(-1);
+        out.put_i64(self.producer.producer_id);
+        out.put_i16(self.producer.producer_epoch);
+        out.put_i32(self.producer.base_sequence);
         out.put_i32(self.count);
         out.put_slice(records);
         let crc = compute_crc(&out);

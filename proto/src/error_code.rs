@@ -72,6 +72,8 @@ error_codes! {
     StorageError = "STORAGE_ERROR", retriable = true, Internal;
     BrokerNotAvailable = "BROKER_NOT_AVAILABLE", retriable = true, Unavailable;
     NotController = "NOT_CONTROLLER", retriable = true, Unavailable;
+    OutOfOrderSequenceNumber = "OUT_OF_ORDER_SEQUENCE_NUMBER", retriable = false, FailedPrecondition;
+    InvalidProducerEpoch = "INVALID_PRODUCER_EPOCH", retriable = false, FailedPrecondition;
 }
 
 impl fmt::Display for ErrorCode {

@@ -39,6 +39,9 @@ pub struct ClusterState {
     /// The next Raft group id to hand out (0 is the controller).
     #[serde(default)]
     pub next_group: u64,
+    /// The next idempotent-producer id to hand out; brokers take them in blocks.
+    #[serde(default)]
+    pub next_producer_id: i64,
     pub topics: BTreeMap<String, TopicRecord>,
 }
 
@@ -63,12 +66,20 @@ pub enum MetaCommand {
         leader: i32,
         term: u64,
     },
+    /// Reserves `count` producer ids for one broker to hand out.
+    AllocateProducerIds {
+        count: u32,
+    },
 }
 
 /// The outcome of applying a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MetaResponse {
     Ok,
+    /// The first of the ids an [`MetaCommand::AllocateProducerIds`] reserved.
+    ProducerIds {
+        first: i64,
+    },
     /// `code` is an ErrorCode name.
     Rejected {
         code: String,
@@ -125,6 +136,11 @@ impl ClusterState {
                     });
                 }
                 MetaResponse::Ok
+            }
+            MetaCommand::AllocateProducerIds { count } => {
+                let first = self.next_producer_id;
+                self.next_producer_id = first.saturating_add(i64::from(*count));
+                MetaResponse::ProducerIds { first }
             }
             MetaCommand::DeleteTopic { name } => match self.topics.remove(name) {
                 Some(_) => MetaResponse::Ok,

@@ -16,10 +16,11 @@ use tokio::sync::watch;
 
 use super::log_store::SegmentRaftLog;
 use super::state_machine::ReplicaState;
-use super::types::{PartitionRaft, Payload};
+use super::types::{Appended, PartitionRaft, Payload, Progress, Proposals};
 use crate::controller::{Controller, MetaCommand, PeerChannels, network::Network};
 use crate::error::{Error, Result};
 use crate::partition::validate_batch;
+use crate::producer_state::{BatchId, Latest, ProducerStates, Verdict};
 use crate::storage::{LogOffsets, LogOptions, SegmentLog};
 
 /// Most batches in one AppendEntries call.
@@ -86,6 +87,26 @@ pub struct Replica {
     quiescing: std::sync::atomic::AtomicBool,
     channels: PeerChannels,
     timing: ReplicaTiming,
+    /// Batches proposed by this leader, told of their durable append by the log.
+    proposals: Proposals,
+    /// Idempotent producers of the committed batches (kept by the state machine).
+    producers: Arc<Mutex<ProducerStates>>,
+    /// Idempotent producers' batches proposed and not yet committed or failed.
+    inflight: tokio::sync::Mutex<Inflight>,
+}
+
+/// An idempotent producer's batch on its way through Raft.
+#[derive(Debug)]
+struct InflightBatch {
+    id: BatchId,
+    progress: watch::Receiver<Progress>,
+}
+
+/// The batches in flight under one leadership (term).
+#[derive(Debug, Default)]
+struct Inflight {
+    term: u64,
+    by_producer: BTreeMap<i64, std::collections::VecDeque<InflightBatch>>,
 }
 
 impl std::fmt::Debug for Replica {
@@ -128,6 +149,8 @@ impl Replica {
         .validate()
         .map_err(|e| Error::Internal(format!("{topic}-{id}: Raft config: {e}")))?;
         let high_watermark = stores.state.subscribe_high_watermark();
+        let proposals = stores.log.proposals();
+        let producers = stores.state.producers();
         let raft = Raft::new(
             node_id as u64,
             Arc::new(raft_config),
@@ -162,6 +185,9 @@ impl Replica {
             quiescing: std::sync::atomic::AtomicBool::new(false),
             channels,
             timing,
+            proposals,
+            producers,
+            inflight: tokio::sync::Mutex::new(Inflight::default()),
         }))
     }
 
@@ -258,10 +284,13 @@ impl Replica {
         }
     }
 
-    /// Appends a batch through Raft. `acks=all` requires `min.insync.replicas` in-sync
-    /// replicas up front (NOT_ENOUGH_REPLICAS) and holding the batch after the commit
-    /// (NOT_ENOUGH_REPLICAS_AFTER_APPEND); every acks level answers after the commit, so an
-    /// acknowledged batch survives the loss of a minority of replicas.
+    /// Appends a batch through Raft (one entry) and answers as `acks` asks: `0` once
+    /// proposed, `1` once durable in this leader's log, `all` once committed by a quorum and
+    /// held by `min.insync.replicas` replicas. `acks=all` is refused up front with too few
+    /// in-sync replicas (NOT_ENOUGH_REPLICAS) and fails if too few hold the batch after the
+    /// commit (NOT_ENOUGH_REPLICAS_AFTER_APPEND). A retry of an idempotent producer's batch
+    /// that this partition holds or is committing is not appended again: it gets the
+    /// original's offsets.
     pub async fn produce(
         &self,
         state: &crate::controller::ClusterState,
@@ -270,45 +299,42 @@ impl Replica {
         timeout: Duration,
     ) -> Result<(i64, i64)> {
         self.check_leader(state)?;
+        let deadline = tokio::time::Instant::now() + timeout;
         let min_isr = self.config.min_insync_replicas as usize;
         if acks_level == acks::ALL {
-            let isr = self.in_sync();
-            tracing::debug!(topic = %self.topic, partition = self.id, ?isr, min_isr, "in-sync check");
-            if isr.len() < min_isr {
-                return Err(Error::NotEnoughReplicas {
-                    topic: self.topic.to_string(),
-                    partition: self.id,
-                    in_sync: isr,
-                    required: min_isr,
-                });
-            }
+            self.check_in_sync(min_isr)?;
         }
         self.wake();
         let (topic, id, config) = (self.topic.clone(), self.id, self.config.clone());
         let batch = tokio::task::spawn_blocking(move || validate_batch(&topic, id, &config, batch))
             .await
-            .map_err(|e| Error::Internal(format!("validating a batch: {e}")))??;
-        let deadline = tokio::time::Instant::now() + timeout;
-        let written =
-            tokio::time::timeout_at(deadline, self.raft.client_write(Payload(batch.freeze())))
-                .await
-                .map_err(|_| {
-                    Error::Timeout(format!(
-                        "{}-{}: the batch was not committed by a quorum within {} ms",
-                        self.topic,
-                        self.id,
-                        timeout.as_millis()
-                    ))
-                })?;
-        let resp = match written {
-            Ok(r) => r,
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
-                return Err(self.not_leader(state));
-            }
-            Err(e) => return Err(Error::Internal(format!("{}-{}: {e}", self.topic, self.id))),
+            .map_err(|e| Error::Internal(format!("validating a batch: {e}")))??
+            .freeze();
+        let batch_id = sluice_proto::batch::BatchHeader::parse(&batch)
+            .ok()
+            .and_then(|h| BatchId::of(&h));
+        let progress = match batch_id {
+            None => self.propose(batch).await?.1,
+            Some(batch_id) => match self
+                .propose_idempotent(state, batch, batch_id, deadline)
+                .await?
+            {
+                Ok(progress) => progress,
+                Err(stored) => {
+                    if acks_level == acks::ALL {
+                        self.check_in_sync(min_isr)?;
+                    }
+                    return Ok((stored.base_offset, stored.last_offset));
+                }
+            },
         };
+        if acks_level == acks::NONE {
+            return Ok((-1, -1));
+        }
+        let (at, index) = self
+            .await_progress(state, progress, acks_level == acks::ALL, deadline)
+            .await?;
         if acks_level == acks::ALL {
-            let index = resp.log_id.index;
             loop {
                 let holding = self.holding(index);
                 if holding >= min_isr {
@@ -325,7 +351,194 @@ impl Replica {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        Ok((resp.data.base_offset, resp.data.last_offset))
+        Ok((at.base_offset, at.last_offset))
+    }
+
+    fn check_in_sync(&self, min_isr: usize) -> Result<()> {
+        let isr = self.in_sync();
+        if isr.len() < min_isr {
+            return Err(Error::NotEnoughReplicas {
+                topic: self.topic.to_string(),
+                partition: self.id,
+                in_sync: isr,
+                required: min_isr,
+            });
+        }
+        Ok(())
+    }
+
+    /// Hands a batch to Raft; a task reports its commit (or failure) to its waiters.
+    async fn propose(&self, batch: Bytes) -> Result<(u64, watch::Receiver<Progress>)> {
+        let (token, progress) = self.proposals.register();
+        let responder = match self.raft.client_write_ff(Payload(batch, token)).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.proposals.advance(
+                    token,
+                    Progress::Failed {
+                        not_leader: false,
+                        message: e.to_string(),
+                    },
+                );
+                return Err(Error::Internal(format!("{}-{}: {e}", self.topic, self.id)));
+            }
+        };
+        let proposals = self.proposals.clone();
+        tokio::spawn(async move {
+            let outcome = match responder.await {
+                Ok(Ok(r)) => Progress::Committed {
+                    at: r.data,
+                    index: r.log_id.index,
+                },
+                Ok(Err(ClientWriteError::ForwardToLeader(_))) => Progress::Failed {
+                    not_leader: true,
+                    message: "leadership moved".into(),
+                },
+                Ok(Err(e)) => Progress::Failed {
+                    not_leader: false,
+                    message: e.to_string(),
+                },
+                Err(_) => Progress::Failed {
+                    not_leader: true,
+                    message: "the Raft group stopped".into(),
+                },
+            };
+            proposals.advance(token, outcome);
+        });
+        Ok((token, progress))
+    }
+
+    /// Proposes an idempotent producer's batch unless it is a duplicate: `Err(stored)` for
+    /// a batch committed already; the original's progress for one still in flight.
+    async fn propose_idempotent(
+        &self,
+        state: &crate::controller::ClusterState,
+        batch: Bytes,
+        id: BatchId,
+        deadline: tokio::time::Instant,
+    ) -> Result<std::result::Result<watch::Receiver<Progress>, crate::producer_state::StoredBatch>>
+    {
+        let term = self.await_ready(state, deadline).await?;
+        let mut inflight = self.inflight.lock().await;
+        if inflight.term != term {
+            // Batches of an earlier leadership were committed (and are in `producers`) or
+            // dropped by now: `await_ready` saw this term's first entry applied.
+            *inflight = Inflight {
+                term,
+                ..Default::default()
+            };
+        }
+        let queue = inflight.by_producer.entry(id.producer_id).or_default();
+        queue.retain(|b| {
+            !matches!(
+                *b.progress.borrow(),
+                Progress::Failed { .. } | Progress::Committed { .. }
+            )
+        });
+        if let Some(b) = queue.iter().find(|b| b.id == id) {
+            tracing::debug!(topic = %self.topic, partition = self.id, producer = id.producer_id, "a retry joins its batch in flight");
+            return Ok(Ok(b.progress.clone()));
+        }
+        let pending = queue.back().map(|b| Latest {
+            epoch: b.id.epoch,
+            last_seq: b.id.last_seq,
+        });
+        let verdict = self
+            .producers
+            .lock()
+            .check(&id, pending)
+            .map_err(|source| Error::Sequence {
+                topic: self.topic.to_string(),
+                partition: self.id,
+                source,
+            })?;
+        if let Verdict::Duplicate(stored) = verdict {
+            tracing::debug!(topic = %self.topic, partition = self.id, producer = id.producer_id, base_offset = stored.base_offset, "dropped a duplicate batch");
+            return Ok(Err(stored));
+        }
+        let (_, progress) = self.propose(batch).await?;
+        queue.push_back(InflightBatch {
+            id,
+            progress: progress.clone(),
+        });
+        if inflight.by_producer.len() > crate::producer_state::MAX_PRODUCERS {
+            inflight.by_producer.retain(|_, q| !q.is_empty());
+        }
+        Ok(Ok(progress))
+    }
+
+    /// Waits until this leader has applied everything earlier leaders left in its log (its
+    /// own term's first entry is applied), so its producer state is complete. Returns the term.
+    async fn await_ready(
+        &self,
+        state: &crate::controller::ClusterState,
+        deadline: tokio::time::Instant,
+    ) -> Result<u64> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow_and_update();
+                if m.state != ServerState::Leader {
+                    drop(m);
+                    return Err(self.not_leader(state));
+                }
+                if m.last_applied
+                    .is_some_and(|l| l.leader_id.term == m.current_term)
+                {
+                    return Ok(m.current_term);
+                }
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::ShuttingDown),
+                Err(_) => {
+                    return Err(Error::Timeout(format!(
+                        "{}-{}: the new leader did not finish applying its log in time",
+                        self.topic, self.id
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Waits until the batch is durable here (`committed` false) or committed, and returns
+    /// where it landed and its Raft index (0 if only appended).
+    async fn await_progress(
+        &self,
+        state: &crate::controller::ClusterState,
+        mut progress: watch::Receiver<Progress>,
+        committed: bool,
+        deadline: tokio::time::Instant,
+    ) -> Result<(Appended, u64)> {
+        loop {
+            match &*progress.borrow_and_update() {
+                Progress::Committed { at, index } => return Ok((*at, *index)),
+                Progress::Appended(at) if !committed => return Ok((*at, 0)),
+                Progress::Failed {
+                    not_leader: true, ..
+                } => return Err(self.not_leader(state)),
+                Progress::Failed { message, .. } => {
+                    return Err(Error::Internal(format!(
+                        "{}-{}: {message}",
+                        self.topic, self.id
+                    )));
+                }
+                _ => {}
+            }
+            let waited = tokio::time::timeout_at(deadline, progress.changed()).await;
+            if !matches!(waited, Ok(Ok(()))) {
+                return Err(Error::Timeout(format!(
+                    "{}-{}: the batch was not {} within the request timeout; an idempotent producer's retry will not duplicate it",
+                    self.topic,
+                    self.id,
+                    if committed {
+                        "committed by a quorum"
+                    } else {
+                        "written by the leader"
+                    },
+                )));
+            }
+        }
     }
 
     /// Resumes heartbeats if the group was quiesced; notes the write.

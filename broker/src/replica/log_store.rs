@@ -28,7 +28,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sluice_proto::batch::{self, BatchHeader};
 
-use super::types::{PartitionRaft, Payload};
+use super::types::{Appended, PartitionRaft, Payload, Progress, Proposals};
 use crate::broker::now_ms;
 use crate::storage::{LogStorage, SegmentLog};
 
@@ -78,6 +78,8 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub struct SegmentRaftLog {
     inner: Arc<Mutex<Inner>>,
+    /// This leader's proposals, told when their batch is durable here.
+    proposals: Proposals,
 }
 
 impl Inner {
@@ -151,7 +153,7 @@ impl Inner {
                 }
             }
         } else {
-            EntryPayload::Normal(Payload(whole))
+            EntryPayload::Normal(Payload::batch(whole))
         };
         Ok(Entry {
             log_id: self.log_id(index)?,
@@ -161,7 +163,7 @@ impl Inner {
 
     fn encode(entry: &Entry<PartitionRaft>) -> SResult<BytesMut> {
         Ok(match &entry.payload {
-            EntryPayload::Normal(Payload(b)) => {
+            EntryPayload::Normal(Payload(b, _)) => {
                 batch::verify(b).map_err(|e| {
                     io_err(
                         StorageIOError::write_logs,
@@ -178,7 +180,8 @@ impl Inner {
         })
     }
 
-    fn append_one(&mut self, entry: &Entry<PartitionRaft>) -> SResult<bool> {
+    /// Appends one entry; says whether the metadata changed and where the batch landed.
+    fn append_one(&mut self, entry: &Entry<PartitionRaft>) -> SResult<(bool, Appended)> {
         let index = entry.log_id.index;
         // An empty log takes any first index (Raft picks it); after that entries are dense.
         if let Some(last) = self.last_index()
@@ -218,7 +221,13 @@ impl Inner {
             meta_changed = true;
         }
         self.offsets.push(info.base_offset);
-        Ok(meta_changed)
+        Ok((
+            meta_changed,
+            Appended {
+                base_offset: info.base_offset,
+                last_offset: info.last_offset,
+            },
+        ))
     }
 }
 
@@ -252,7 +261,13 @@ impl SegmentRaftLog {
         }
         Ok(SegmentRaftLog {
             inner: Arc::new(Mutex::new(inner)),
+            proposals: Proposals::default(),
         })
+    }
+
+    /// Where this log reports the durable append of the batches the leader proposed.
+    pub fn proposals(&self) -> Proposals {
+        self.proposals.clone()
     }
 
     async fn blocking<T: Send + 'static>(
@@ -381,8 +396,15 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
         let result = self
             .blocking(move |inner| {
                 let mut meta_changed = false;
+                let mut appended = Vec::new();
                 for e in &entries {
-                    meta_changed |= inner.append_one(e)?;
+                    let (changed, at) = inner.append_one(e)?;
+                    meta_changed |= changed;
+                    if let EntryPayload::Normal(Payload(_, token)) = &e.payload
+                        && *token != 0
+                    {
+                        appended.push((*token, at));
+                    }
                 }
                 if meta_changed {
                     inner
@@ -393,9 +415,15 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
                 inner
                     .log
                     .flush()
-                    .map_err(|e| io_err(StorageIOError::write_logs, e))
+                    .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+                Ok(appended)
             })
             .await;
+        let result = result.map(|appended| {
+            for (token, at) in appended {
+                self.proposals.advance(token, Progress::Appended(at));
+            }
+        });
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
@@ -480,7 +508,7 @@ mod tests {
         for i in 0..n {
             b.append(i as i64, None, b"value", &[]);
         }
-        Payload(b.build())
+        Payload::batch(b.build())
     }
 
     fn entry(term: u64, index: u64, payload: EntryPayload<PartitionRaft>) -> Entry<PartitionRaft> {
@@ -519,7 +547,7 @@ mod tests {
             got.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
             vec![5, 6, 7]
         );
-        let EntryPayload::Normal(Payload(b)) = &got[0].payload else {
+        let EntryPayload::Normal(Payload(b, _)) = &got[0].payload else {
             panic!("normal entry expected")
         };
         // The blank entry took offset 0; entry i holds offsets 1 + 3(i-1) ..
@@ -546,7 +574,7 @@ mod tests {
         let all = log.try_get_log_entries(0..).await.unwrap();
         assert_eq!(all.len(), 16);
         assert_eq!(all[14].log_id.leader_id.term, 2);
-        let EntryPayload::Normal(Payload(b)) = &all[15].payload else {
+        let EntryPayload::Normal(Payload(b, _)) = &all[15].payload else {
             panic!("normal entry expected")
         };
         assert_eq!(BatchHeader::parse(b).unwrap().base_offset, 1 + 14 * 3);

@@ -1,6 +1,8 @@
 //! The partition replica's state machine. The data is already in the log (layout (a)), so
-//! applying a committed entry only moves the high watermark: consumers may now read it.
-//! Snapshots hold the applied log id and membership; the segments themselves are the data.
+//! applying a committed entry moves the high watermark (consumers may now read it) and
+//! records the batch's idempotent producer, so that any replica that becomes leader knows
+//! which retries are duplicates. Snapshots hold the applied log id, membership, high
+//! watermark and producers; the segments themselves are the data.
 
 // openraft's StorageError is large by design; it is returned on the rare error path only.
 #![allow(clippy::result_large_err)]
@@ -19,6 +21,7 @@ use sluice_proto::batch::BatchHeader;
 use tokio::sync::watch;
 
 use super::types::{Appended, PartitionRaft};
+use crate::producer_state::ProducerStates;
 
 type NodeId = u64;
 type SResult<T> = Result<T, StorageError<NodeId>>;
@@ -39,7 +42,35 @@ struct Applied {
     high_watermark: i64,
 }
 
-/// A snapshot's metadata and data (the high watermark).
+/// What `raft-applied.json` and snapshots hold beside [`Applied`].
+#[derive(Debug, Serialize)]
+struct Saved<'a> {
+    applied: &'a Applied,
+    producers: &'a ProducerStates,
+}
+
+#[derive(Debug, Deserialize)]
+struct Loaded {
+    applied: Applied,
+    #[serde(default)]
+    producers: ProducerStates,
+}
+
+impl Loaded {
+    /// Also reads the format before idempotent producers: [`Applied`] alone.
+    fn decode(bytes: &[u8]) -> serde_json::Result<Loaded> {
+        serde_json::from_slice(bytes).or_else(|e| {
+            serde_json::from_slice::<Applied>(bytes)
+                .map(|applied| Loaded {
+                    applied,
+                    producers: ProducerStates::default(),
+                })
+                .map_err(|_| e)
+        })
+    }
+}
+
+/// A snapshot's metadata and data.
 type StoredSnapshot = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
 
 #[derive(Debug, Clone)]
@@ -47,6 +78,8 @@ pub struct ReplicaState {
     path: PathBuf,
     applied: Applied,
     high_watermark: Arc<watch::Sender<i64>>,
+    /// Idempotent producers of the applied batches (shared with the leader's produce path).
+    producers: Arc<parking_lot::Mutex<ProducerStates>>,
     /// The last snapshot built or installed, shared with snapshot builders (clones).
     snapshot: Arc<parking_lot::Mutex<Option<StoredSnapshot>>>,
 }
@@ -54,9 +87,12 @@ pub struct ReplicaState {
 impl ReplicaState {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         let path = dir.join(STATE_FILE);
-        let applied: Applied = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(std::io::Error::other)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Applied::default(),
+        let Loaded { applied, producers } = match std::fs::read(&path) {
+            Ok(b) => Loaded::decode(&b).map_err(std::io::Error::other)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Loaded {
+                applied: Applied::default(),
+                producers: ProducerStates::default(),
+            },
             Err(e) => return Err(e),
         };
         let high_watermark = Arc::new(watch::Sender::new(applied.high_watermark));
@@ -64,6 +100,7 @@ impl ReplicaState {
             path,
             applied,
             high_watermark,
+            producers: Arc::new(parking_lot::Mutex::new(producers)),
             snapshot: Arc::default(),
         })
     }
@@ -73,10 +110,23 @@ impl ReplicaState {
         self.high_watermark.subscribe()
     }
 
+    /// The producers of the applied batches.
+    pub fn producers(&self) -> Arc<parking_lot::Mutex<ProducerStates>> {
+        self.producers.clone()
+    }
+
+    fn encode(&self) -> SResult<Vec<u8>> {
+        serde_json::to_vec(&Saved {
+            applied: &self.applied,
+            producers: &self.producers.lock(),
+        })
+        .map_err(sm_err)
+    }
+
     /// Written without fsync: after a crash the committed entries are applied again from the
-    /// log, which only moves the high watermark again.
+    /// log, which moves the high watermark and records their producers again.
     fn persist(&self) -> SResult<()> {
-        let data = serde_json::to_vec(&self.applied).map_err(sm_err)?;
+        let data = self.encode()?;
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, data).map_err(sm_err)?;
         std::fs::rename(&tmp, &self.path).map_err(sm_err)
@@ -94,7 +144,7 @@ impl RaftSnapshotBuilder<PartitionRaft> for ReplicaState {
                 self.applied.high_watermark
             ),
         };
-        let data = serde_json::to_vec(&self.applied.high_watermark).map_err(sm_err)?;
+        let data = self.encode()?;
         *self.snapshot.lock() = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
@@ -124,6 +174,9 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
                 EntryPayload::Normal(batch) => {
                     let h = BatchHeader::parse(&batch.0).map_err(sm_err)?;
                     self.applied.high_watermark = self.applied.high_watermark.max(h.next_offset());
+                    self.producers
+                        .lock()
+                        .record_header(&h, crate::broker::now_ms());
                     Appended {
                         base_offset: h.base_offset,
                         last_offset: h.last_offset(),
@@ -161,12 +214,14 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
         meta: &SnapshotMeta<NodeId, BasicNode>,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> SResult<()> {
-        let hw: i64 = serde_json::from_slice(snapshot.get_ref()).map_err(sm_err)?;
+        let loaded = Loaded::decode(snapshot.get_ref()).map_err(sm_err)?;
+        let hw = loaded.applied.high_watermark;
         self.applied = Applied {
             last: meta.last_log_id,
             membership: meta.last_membership.clone(),
             high_watermark: hw,
         };
+        *self.producers.lock() = loaded.producers;
         *self.snapshot.lock() = Some((meta.clone(), snapshot.get_ref().clone()));
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.persist())

@@ -1,9 +1,14 @@
 //! The partition Raft groups' type configuration.
 
+use std::collections::HashMap;
 use std::io::Cursor;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 openraft::declare_raft_types!(
     /// One Raft group per partition; one entry is one record batch.
@@ -17,13 +22,95 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
-/// An encoded record batch (base offset assigned when it is appended to a replica's log).
+/// An encoded record batch (base offset assigned when it is appended to a replica's log),
+/// and, on the leader that proposed it, the token of the request waiting for it (never sent
+/// or stored: 0 elsewhere).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payload(pub Bytes);
+pub struct Payload(pub Bytes, #[serde(skip)] pub u64);
+
+impl Payload {
+    /// A batch nobody waits on by token.
+    pub fn batch(bytes: Bytes) -> Self {
+        Payload(bytes, 0)
+    }
+}
 
 impl std::fmt::Debug for Payload {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Payload({} bytes)", self.0.len())
+    }
+}
+
+/// How far a batch proposed by this leader got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    Proposed,
+    /// Durable in the leader's log (what `acks=1` waits for).
+    Appended(Appended),
+    /// Committed by a quorum and applied, at Raft index `index`.
+    Committed {
+        at: Appended,
+        index: u64,
+    },
+    /// Not committed by this leader; it may still be committed by the next one.
+    Failed {
+        not_leader: bool,
+        message: String,
+    },
+}
+
+impl Progress {
+    fn rank(&self) -> u8 {
+        match self {
+            Progress::Proposed => 0,
+            Progress::Appended(_) => 1,
+            Progress::Committed { .. } | Progress::Failed { .. } => 2,
+        }
+    }
+}
+
+/// Batches this leader proposed, by token, for the log store to report their durable append
+/// and the proposer to report their commit. Cheap to clone (shared).
+#[derive(Debug, Clone, Default)]
+pub struct Proposals {
+    waiting: Arc<Mutex<HashMap<u64, watch::Sender<Progress>>>>,
+    next: Arc<AtomicU64>,
+}
+
+impl Proposals {
+    /// A token for a new proposal, and where its progress shows.
+    pub fn register(&self) -> (u64, watch::Receiver<Progress>) {
+        let token = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = watch::channel(Progress::Proposed);
+        self.waiting.lock().insert(token, tx);
+        (token, rx)
+    }
+
+    /// Moves a proposal forward (never back); the last step removes it.
+    pub fn advance(&self, token: u64, progress: Progress) {
+        let mut waiting = self.waiting.lock();
+        let done = progress.rank() == 2;
+        if let Some(tx) = waiting.get(&token) {
+            tx.send_if_modified(|p| {
+                let forward = progress.rank() > p.rank();
+                if forward {
+                    *p = progress;
+                }
+                forward
+            });
+        }
+        if done {
+            waiting.remove(&token);
+        }
+    }
+
+    /// Proposals still waiting (bounded by the requests in flight).
+    pub fn len(&self) -> usize {
+        self.waiting.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
