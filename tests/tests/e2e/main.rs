@@ -5,5 +5,6 @@ mod cli;
 mod cluster;
 mod durability;
 mod errors;
+mod idempotence;
 mod produce_consume;
 mod replication;

@@ -35,30 +35,42 @@ async fn rf3_partition_replicates_and_survives_its_leader() {
         ..ProducerConfig::default()
     };
     let producer = Producer::connect(cluster.client(), config).await.unwrap();
-    let mut acked = Vec::new();
-    for i in 0..200 {
-        let d = producer
-            .send(ProducerRecord::new("safe", format!("{i:05}")).partition(0))
-            .await
-            .unwrap();
-        acked.push((i, d.await.unwrap().offset));
-    }
-    // Kill the leader; the producer keeps going without being restarted.
-    cluster.node(leader).kill();
-    let started = Instant::now();
-    let mut pending = Vec::new();
-    for i in 200..400 {
-        pending.push((
-            i,
-            producer
+    // Records go out continuously (paced, so batches are in flight all along); the leader
+    // is killed once a third of them are acknowledged.
+    let acked_so_far = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let p = producer.clone();
+    let sender = tokio::spawn(async move {
+        for i in 0..400u32 {
+            let d = p
                 .send(ProducerRecord::new("safe", format!("{i:05}")).partition(0))
                 .await
-                .unwrap(),
-        ));
-    }
-    for (i, d) in pending {
-        acked.push((i, d.await.expect("delivered after failover").offset));
-    }
+                .unwrap();
+            tx.send((i, d)).unwrap();
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    });
+    let counter = acked_so_far.clone();
+    let collector = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        while let Some((i, d)) = rx.recv().await {
+            let offset = d
+                .await
+                .expect("every record is delivered, across the failover")
+                .offset;
+            acked.push((i, offset));
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        acked
+    });
+    eventually("a third acknowledged", Duration::from_secs(30), || async {
+        (acked_so_far.load(std::sync::atomic::Ordering::Relaxed) >= 130).then_some(())
+    })
+    .await;
+    cluster.node(leader).kill();
+    let started = Instant::now();
+    sender.await.unwrap();
+    let acked = collector.await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(30));
     let admin = Admin::new(cluster.client()).unwrap();
     let new_leader = eventually("a new leader", Duration::from_secs(20), || async {
@@ -83,14 +95,19 @@ async fn rf3_partition_replicates_and_survives_its_leader() {
                 .unwrap()
                 .parse::<u32>()
                 .unwrap(),
-            *i as u32
+            *i
         );
     }
-    // In order: first occurrences increase (a retried batch may appear twice until
-    // idempotent producers land).
+    // Exactly once, in order: batches retried across the failover were not stored twice
+    // (the producer is idempotent by default).
     let mut seen = std::collections::HashSet::new();
-    let firsts: Vec<u32> = values.iter().copied().filter(|v| seen.insert(*v)).collect();
-    assert_eq!(firsts, (0..400).collect::<Vec<_>>());
+    let twice: Vec<u32> = values
+        .iter()
+        .copied()
+        .filter(|v| !seen.insert(*v))
+        .collect();
+    assert!(twice.is_empty(), "stored twice: {twice:?}");
+    assert_eq!(values, (0..400).collect::<Vec<_>>());
 }
 
 #[tokio::test]
