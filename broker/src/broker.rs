@@ -952,6 +952,14 @@ impl Broker {
                 }
             })
             .await;
+            for topic in self.local_topics() {
+                let replicas: Vec<_> = topic.replicas.read().values().cloned().collect();
+                for r in replicas {
+                    if let Err(e) = r.enforce_retention(now_ms()).await {
+                        tracing::error!(topic = %r.topic, partition = r.id, cause = %e, "retention failed");
+                    }
+                }
+            }
         }
     }
 

@@ -302,18 +302,12 @@ impl Partition {
     /// Deletes segments that `retention.ms` / `retention.bytes` no longer keep. Blocking.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<()> {
         let segments = self.log.read().segments();
-        let (ms, bytes) = (self.config.retention_ms, self.config.retention_bytes);
-        let mut total: u64 = segments.iter().map(|s| s.size_bytes).sum();
-        let mut cut = None;
-        for s in segments.iter().filter(|s| !s.active) {
-            let expired = ms >= 0 && s.max_timestamp < now_ms.saturating_sub(ms);
-            let oversized = bytes >= 0 && total.saturating_sub(s.size_bytes) >= bytes as u64;
-            if !(expired || oversized) {
-                break;
-            }
-            total -= s.size_bytes;
-            cut = Some(s.next_offset);
-        }
+        let cut = crate::storage::retention_cut(
+            &segments,
+            self.config.retention_ms,
+            self.config.retention_bytes,
+            now_ms,
+        );
         if let Some(offset) = cut {
             // Never delete what consumers have not been allowed to see yet.
             let offset = offset.min(self.high_watermark());

@@ -37,7 +37,9 @@ mod tests {
             };
             let log = SegmentLog::open(dir.path(), options, 0).expect("segment log");
             let raft_log = SegmentRaftLog::open(dir.path(), log).expect("raft log");
-            let state = ReplicaState::open(dir.path()).expect("state");
+            let state = ReplicaState::open(dir.path())
+                .expect("state")
+                .with_log(raft_log.clone());
             Ok((dir, raft_log, state))
         }
     }

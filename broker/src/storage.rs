@@ -91,6 +91,30 @@ pub struct SegmentInfo {
     pub active: bool,
 }
 
+/// Where retention cuts a log: the end of the last whole segment that `retention.ms`
+/// (newest record older than that) or `retention.bytes` (the log is larger without it) no
+/// longer keeps, or `None`. The active segment always stays. Negative limits are off.
+pub fn retention_cut(
+    segments: &[SegmentInfo],
+    retention_ms: i64,
+    retention_bytes: i64,
+    now_ms: i64,
+) -> Option<i64> {
+    let mut total: u64 = segments.iter().map(|s| s.size_bytes).sum();
+    let mut cut = None;
+    for s in segments.iter().filter(|s| !s.active) {
+        let expired = retention_ms >= 0 && s.max_timestamp < now_ms.saturating_sub(retention_ms);
+        let oversized =
+            retention_bytes >= 0 && total.saturating_sub(s.size_bytes) >= retention_bytes as u64;
+        if !(expired || oversized) {
+            break;
+        }
+        total -= s.size_bytes;
+        cut = Some(s.next_offset);
+    }
+    cut
+}
+
 /// Files to fsync so that everything below `end_offset` is durable. Obtained under the
 /// partition lock, synced outside it, so appends continue during the fsync.
 #[derive(Debug, Default)]

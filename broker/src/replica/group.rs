@@ -62,9 +62,10 @@ impl ReplicaStores {
     pub fn open(dir: &Path, options: LogOptions) -> std::io::Result<Self> {
         let segments = SegmentLog::open(dir, options, crate::broker::now_ms())
             .map_err(std::io::Error::other)?;
+        let log = SegmentRaftLog::open(dir, segments)?;
         Ok(ReplicaStores {
-            log: SegmentRaftLog::open(dir, segments)?,
-            state: ReplicaState::open(dir)?,
+            state: ReplicaState::open(dir)?.with_log(log.clone()),
+            log,
         })
     }
 }
@@ -93,6 +94,8 @@ pub struct Replica {
     producers: Arc<Mutex<ProducerStates>>,
     /// Idempotent producers' batches proposed and not yet committed or failed.
     inflight: tokio::sync::Mutex<Inflight>,
+    /// Where retention asks the state machine to take its next snapshot.
+    snapshot_upto: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// An idempotent producer's batch on its way through Raft.
@@ -151,6 +154,7 @@ impl Replica {
         let high_watermark = stores.state.subscribe_high_watermark();
         let proposals = stores.log.proposals();
         let producers = stores.state.producers();
+        let snapshot_upto = stores.state.snapshot_upto();
         let raft = Raft::new(
             node_id as u64,
             Arc::new(raft_config),
@@ -188,6 +192,7 @@ impl Replica {
             proposals,
             producers,
             inflight: tokio::sync::Mutex::new(Inflight::default()),
+            snapshot_upto,
         }))
     }
 
@@ -705,6 +710,55 @@ impl Replica {
                 return;
             }
         }
+    }
+
+    /// Deletes the segments `retention.ms` / `retention.bytes` no longer keep, on every
+    /// replica independently, never past the high watermark. Raft's side of it: a snapshot
+    /// (the applied state and where the log continues) covers the entries first, then the log
+    /// is purged; a follower that later needs purged entries gets the snapshot and continues
+    /// at the same offsets.
+    pub async fn enforce_retention(&self, now_ms: i64) -> Result<()> {
+        let log = self.log.clone();
+        let hw = self.high_watermark();
+        let (ms, bytes) = (self.config.retention_ms, self.config.retention_bytes);
+        let upto = tokio::task::spawn_blocking(move || {
+            let cut = crate::storage::retention_cut(&log.segments(), ms, bytes, now_ms)?;
+            log.last_index_below(cut.min(hw))
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("retention: {e}")))?;
+        let Some(upto) = upto else {
+            return Ok(());
+        };
+        let failed = |e: openraft::error::Fatal<u64>| {
+            Error::Internal(format!("{}-{}: retention: {e}", self.topic, self.id))
+        };
+        let mut metrics = self.raft.metrics();
+        let covered =
+            |m: &openraft::RaftMetrics<u64, BasicNode>| m.snapshot.is_some_and(|s| s.index >= upto);
+        if !covered(&metrics.borrow()) {
+            if metrics.borrow().last_applied.is_none_or(|l| l.index < upto) {
+                return Ok(());
+            }
+            self.snapshot_upto
+                .store(upto, std::sync::atomic::Ordering::Release);
+            self.raft.trigger().snapshot().await.map_err(failed)?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while !covered(&metrics.borrow_and_update()) {
+                match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                    Ok(Ok(())) => {}
+                    _ => {
+                        return Err(Error::Timeout(format!(
+                            "{}-{}: retention: no snapshot covered Raft index {upto} in time",
+                            self.topic, self.id
+                        )));
+                    }
+                }
+            }
+        }
+        self.raft.trigger().purge_log(upto).await.map_err(failed)?;
+        tracing::debug!(topic = %self.topic, partition = self.id, upto, "retention purged the Raft log");
+        Ok(())
     }
 
     /// Stops the group and closes the segments.

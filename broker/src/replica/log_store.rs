@@ -290,6 +290,82 @@ impl SegmentRaftLog {
         self.inner.lock().log.offsets()
     }
 
+    /// The segments, for retention.
+    pub fn segments(&self) -> Vec<crate::storage::SegmentInfo> {
+        self.inner.lock().log.segments()
+    }
+
+    /// The last Raft index whose batch ends at or below `offset` (what retention may purge
+    /// when it cuts the log there).
+    pub fn last_index_below(&self, offset: i64) -> Option<u64> {
+        let inner = self.inner.lock();
+        let n = inner.offsets.partition_point(|o| *o <= offset);
+        let whole = if n == inner.offsets.len() && inner.log.offsets().log_end <= offset {
+            n
+        } else {
+            n.saturating_sub(1)
+        };
+        (whole > 0).then(|| inner.meta.first_index + whole as u64 - 1)
+    }
+
+    /// The log id of entry `index`, if the log holds it.
+    pub fn log_id_at(&self, index: u64) -> Option<LogId<NodeId>> {
+        let inner = self.inner.lock();
+        let held =
+            index >= inner.meta.first_index && inner.last_index().is_some_and(|l| index <= l);
+        held.then(|| inner.log_id(index).ok()).flatten()
+    }
+
+    /// The offset after entry `index`: where the log continues after a snapshot at it.
+    pub fn next_offset_after(&self, index: u64) -> Option<i64> {
+        let inner = self.inner.lock();
+        let first = inner.meta.first_index;
+        if index + 1 < first {
+            return None;
+        }
+        let k = (index + 1 - first) as usize;
+        Some(
+            inner
+                .offsets
+                .get(k)
+                .copied()
+                .unwrap_or_else(|| inner.log.offsets().log_end),
+        )
+    }
+
+    /// After installing a snapshot at `last` (a follower too far behind for the leader's
+    /// retained log): unless this log holds that entry, it is emptied and continues at
+    /// `next_offset`, so the leader's next batches land at the offsets they have there.
+    /// Blocking.
+    pub fn restart_at_snapshot(
+        &self,
+        last: LogId<NodeId>,
+        next_offset: i64,
+    ) -> std::io::Result<()> {
+        let mut inner = self.inner.lock();
+        let holds = inner.last_index().is_some_and(|l| l >= last.index)
+            && last.index >= inner.meta.first_index
+            && inner.log_id(last.index).ok() == Some(last);
+        if holds {
+            return Ok(());
+        }
+        inner
+            .log
+            .reset_to(next_offset, now_ms())
+            .map_err(std::io::Error::other)?;
+        inner.offsets.clear();
+        inner.meta.first_index = last.index + 1;
+        inner.meta.first_offset = None;
+        if inner.meta.last_purged < Some(last) {
+            inner.meta.last_purged = Some(last);
+        }
+        inner.meta.epochs = vec![Epoch {
+            first_index: last.index,
+            leader: last.leader_id,
+        }];
+        inner.persist_meta()
+    }
+
     /// The first offset with a timestamp at or after `ts`.
     pub fn offset_for_timestamp(&self, ts: i64) -> crate::storage::Result<Option<(i64, i64)>> {
         self.inner.lock().log.offset_for_timestamp(ts)

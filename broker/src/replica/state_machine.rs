@@ -47,6 +47,9 @@ struct Applied {
 struct Saved<'a> {
     applied: &'a Applied,
     producers: &'a ProducerStates,
+    /// Snapshots only: the offset after the last entry the snapshot covers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_offset: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -54,6 +57,8 @@ struct Loaded {
     applied: Applied,
     #[serde(default)]
     producers: ProducerStates,
+    #[serde(default)]
+    next_offset: Option<i64>,
 }
 
 impl Loaded {
@@ -64,6 +69,7 @@ impl Loaded {
                 .map(|applied| Loaded {
                     applied,
                     producers: ProducerStates::default(),
+                    next_offset: None,
                 })
                 .map_err(|_| e)
         })
@@ -82,16 +88,23 @@ pub struct ReplicaState {
     producers: Arc<parking_lot::Mutex<ProducerStates>>,
     /// The last snapshot built or installed, shared with snapshot builders (clones).
     snapshot: Arc<parking_lot::Mutex<Option<StoredSnapshot>>>,
+    /// The replica's log (the data), for where a snapshot's log continues.
+    log: Option<super::log_store::SegmentRaftLog>,
+    /// The Raft index the next snapshot covers (0: the last applied): set by retention.
+    snapshot_upto: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl ReplicaState {
     pub fn open(dir: &Path) -> std::io::Result<Self> {
         let path = dir.join(STATE_FILE);
-        let Loaded { applied, producers } = match std::fs::read(&path) {
+        let Loaded {
+            applied, producers, ..
+        } = match std::fs::read(&path) {
             Ok(b) => Loaded::decode(&b).map_err(std::io::Error::other)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Loaded {
                 applied: Applied::default(),
                 producers: ProducerStates::default(),
+                next_offset: None,
             },
             Err(e) => return Err(e),
         };
@@ -102,7 +115,16 @@ impl ReplicaState {
             high_watermark,
             producers: Arc::new(parking_lot::Mutex::new(producers)),
             snapshot: Arc::default(),
+            log: None,
+            snapshot_upto: Arc::default(),
         })
+    }
+
+    /// Ties the state to its replica's log: snapshots then say at which offset the log
+    /// continues after them, and installing one restarts a log that is behind it.
+    pub fn with_log(mut self, log: super::log_store::SegmentRaftLog) -> Self {
+        self.log = Some(log);
+        self
     }
 
     /// Consumers read below this offset.
@@ -110,15 +132,21 @@ impl ReplicaState {
         self.high_watermark.subscribe()
     }
 
+    /// Where retention asks the next snapshot to be taken.
+    pub fn snapshot_upto(&self) -> Arc<std::sync::atomic::AtomicU64> {
+        self.snapshot_upto.clone()
+    }
+
     /// The producers of the applied batches.
     pub fn producers(&self) -> Arc<parking_lot::Mutex<ProducerStates>> {
         self.producers.clone()
     }
 
-    fn encode(&self) -> SResult<Vec<u8>> {
+    fn encode(&self, next_offset: Option<i64>) -> SResult<Vec<u8>> {
         serde_json::to_vec(&Saved {
             applied: &self.applied,
             producers: &self.producers.lock(),
+            next_offset,
         })
         .map_err(sm_err)
     }
@@ -126,7 +154,7 @@ impl ReplicaState {
     /// Written without fsync: after a crash the committed entries are applied again from the
     /// log, which moves the high watermark and records their producers again.
     fn persist(&self) -> SResult<()> {
-        let data = self.encode()?;
+        let data = self.encode(None)?;
         let tmp = self.path.with_extension("tmp");
         std::fs::write(&tmp, data).map_err(sm_err)?;
         std::fs::rename(&tmp, &self.path).map_err(sm_err)
@@ -134,17 +162,36 @@ impl ReplicaState {
 }
 
 impl RaftSnapshotBuilder<PartitionRaft> for ReplicaState {
+    /// A snapshot at the point retention asked for ([`ReplicaState::snapshot_upto`]), not
+    /// at the last applied entry: the entries after it are data that must still reach a
+    /// follower that installs the snapshot.
     async fn build_snapshot(&mut self) -> SResult<Snapshot<PartitionRaft>> {
+        let upto = self
+            .snapshot_upto
+            .load(std::sync::atomic::Ordering::Acquire);
+        let membership_index = self.applied.membership.log_id().map_or(0, |l| l.index);
+        let (last, next_offset) = match (&self.log, self.applied.last) {
+            (Some(log), Some(applied)) => {
+                let at = if upto > 0 {
+                    upto.max(membership_index).min(applied.index)
+                } else {
+                    applied.index
+                };
+                let last = log.log_id_at(at).unwrap_or(applied);
+                (Some(last), log.next_offset_after(last.index))
+            }
+            (_, applied) => (applied, None),
+        };
         let meta = SnapshotMeta {
-            last_log_id: self.applied.last,
+            last_log_id: last,
             last_membership: self.applied.membership.clone(),
             snapshot_id: format!(
                 "{}-{}",
-                self.applied.last.map_or(0, |l| l.index),
-                self.applied.high_watermark
+                last.map_or(0, |l| l.index),
+                next_offset.unwrap_or(self.applied.high_watermark)
             ),
         };
-        let data = self.encode()?;
+        let data = self.encode(next_offset)?;
         *self.snapshot.lock() = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
             meta,
@@ -215,13 +262,22 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> SResult<()> {
         let loaded = Loaded::decode(snapshot.get_ref()).map_err(sm_err)?;
-        let hw = loaded.applied.high_watermark;
+        // Everything before the snapshot point is committed (and deleted by retention).
+        let hw = loaded.next_offset.unwrap_or(loaded.applied.high_watermark);
         self.applied = Applied {
             last: meta.last_log_id,
             membership: meta.last_membership.clone(),
             high_watermark: hw,
         };
         *self.producers.lock() = loaded.producers;
+        if let (Some(log), Some(last), Some(next_offset)) =
+            (self.log.clone(), meta.last_log_id, loaded.next_offset)
+        {
+            tokio::task::spawn_blocking(move || log.restart_at_snapshot(last, next_offset))
+                .await
+                .map_err(sm_err)?
+                .map_err(sm_err)?;
+        }
         *self.snapshot.lock() = Some((meta.clone(), snapshot.get_ref().clone()));
         let me = self.clone();
         tokio::task::spawn_blocking(move || me.persist())

@@ -133,6 +133,27 @@ impl SegmentLog {
         Ok(())
     }
 
+    /// Empties the log and makes it continue at `next_offset` (a follower that installed a
+    /// snapshot past its own end: what came before is gone from the leader too). The new
+    /// segment is created before the old ones are deleted.
+    pub fn reset_to(&mut self, next_offset: i64, now_ms: i64) -> Result<()> {
+        let seg = Segment::create(
+            &self.dir,
+            next_offset,
+            self.options.index_interval_bytes,
+            now_ms,
+        )?;
+        for old in std::mem::replace(&mut self.segments, vec![seg]) {
+            if old.base_offset != next_offset {
+                old.delete_files()?;
+            }
+        }
+        self.unsynced.clear();
+        self.flushed = next_offset;
+        tracing::info!(dir = %self.dir.display(), next_offset, "log restarted at a snapshot of the leader");
+        Ok(())
+    }
+
     fn segment_for(&self, offset: i64) -> &Segment {
         let i = self.segments.partition_point(|s| s.base_offset <= offset);
         &self.segments[i.saturating_sub(1)]
