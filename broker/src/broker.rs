@@ -310,6 +310,24 @@ impl Broker {
         }
     }
 
+    /// This broker and the registered brokers that answered a ping recently.
+    pub fn live_brokers(&self) -> Vec<i32> {
+        let me = self.node_id();
+        self.controller
+            .state()
+            .brokers
+            .keys()
+            .copied()
+            .filter(|b| {
+                *b == me
+                    || self
+                        .peers
+                        .last_answer(*b as u64)
+                        .is_some_and(|t| t.elapsed() <= LEADER_SILENCE)
+            })
+            .collect()
+    }
+
     pub fn node_id(&self) -> i32 {
         self.config.node_id
     }
@@ -815,17 +833,38 @@ impl Broker {
                 .contains_key(&self.node_id())
         })
         .await;
-        let state = self.controller.state();
-        let brokers: Vec<i32> = state.brokers.keys().copied().collect();
-        let live = brokers.len() as i32;
         let rf = if replication_factor == -1 {
             1
         } else {
             replication_factor
         };
+        // Replicas go to live brokers only. A broker this one has not heard from yet (it
+        // just started) gets a moment to answer a ping.
+        let deadline = tokio::time::Instant::now() + LEADER_SILENCE * 2;
+        let brokers = loop {
+            let live = self.live_brokers();
+            let registered = self.controller.state().brokers.len();
+            if live.len() >= registered || tokio::time::Instant::now() >= deadline {
+                break live;
+            }
+            tokio::time::sleep(PING_INTERVAL / 2).await;
+        };
+        let state = self.controller.state();
+        let live = brokers.len() as i32;
         if rf < 1 || rf > live {
+            let down: Vec<i32> = state
+                .brokers
+                .keys()
+                .filter(|b| !brokers.contains(b))
+                .copied()
+                .collect();
+            let down = if down.is_empty() {
+                String::new()
+            } else {
+                format!(" (registered but not answering: {down:?})")
+            };
             return Err(Error::InvalidReplicationFactor(format!(
-                "topic '{name}': replication factor {replication_factor} is not possible with {live} registered broker(s); \
+                "topic '{name}': replication factor {replication_factor} is not possible with {live} live broker(s) {brokers:?}{down}; \
                  use a value between 1 and {live}"
             )));
         }

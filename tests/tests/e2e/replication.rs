@@ -532,3 +532,44 @@ async fn retention_trims_every_replica_and_a_late_follower_continues_at_the_same
 fn value_index(r: &sluice_client::ConsumerRecord) -> u32 {
     std::str::from_utf8(&r.value).unwrap()[..5].parse().unwrap()
 }
+
+/// New partitions go to live brokers only; a replication factor above the live count is
+/// refused at creation, naming the broker that is down.
+#[tokio::test]
+async fn replicas_are_placed_on_live_brokers_only() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    cluster.node(3).kill();
+    let admin = Admin::new(cluster.node(1).client()).unwrap();
+    // Once broker 1 notices (validate-only attempts create nothing meanwhile)...
+    eventually("broker 3 noticed down", Duration::from_secs(20), || async {
+        admin
+            .create_topic(NewTopic::new("wide", 1, 3), true)
+            .await
+            .err()
+    })
+    .await;
+    let err = admin
+        .create_topic(NewTopic::new("wide", 1, 3), false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidReplicationFactor));
+    let text = err.to_string();
+    assert!(
+        text.contains("2 live broker(s)") && text.contains("[3]"),
+        "{text}"
+    );
+    admin
+        .create_topic(NewTopic::new("narrow", 4, 2), false)
+        .await
+        .unwrap();
+    let d = admin.describe_topic("narrow").await.unwrap();
+    for p in &d.partitions {
+        assert!(
+            !p.replicas.contains(&3),
+            "partition {} on the dead broker: {:?}",
+            p.partition,
+            p.replicas
+        );
+    }
+}
