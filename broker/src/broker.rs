@@ -256,6 +256,7 @@ impl Broker {
         tokio::spawn(broker.clone().run_reconciler());
         tokio::spawn(broker.clone().register());
         tokio::spawn(broker.clone().run_liveness());
+        tokio::spawn(broker.clone().run_leader_rebalance());
         Ok(broker)
     }
 
@@ -374,6 +375,35 @@ impl Broker {
         }
     }
 
+    /// Hands leadership of partitions led here back to their preferred replicas, one
+    /// partition at a time, every `leader_rebalance_interval`.
+    async fn run_leader_rebalance(self: Arc<Self>) {
+        let every = self.config.leader_rebalance_interval;
+        if every.is_zero() {
+            return;
+        }
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            for topic in self.local_topics() {
+                let replicas: Vec<_> = topic.replicas.read().values().cloned().collect();
+                for r in replicas {
+                    if self.shutdown.is_cancelled() {
+                        return;
+                    }
+                    let group = topic.record.group(r.id);
+                    if r.hand_back_leadership(group).await {
+                        tracing::info!(topic = %r.topic, partition = r.id, leader = r.preferred, "preferred leader restored");
+                    }
+                }
+            }
+        }
+    }
+
     /// Applies every new metadata version to the local partitions.
     async fn run_reconciler(self: Arc<Self>) {
         let mut rx = self.controller.subscribe();
@@ -486,6 +516,7 @@ impl Broker {
                     lag_time_max: self.config.replica_lag_time_max,
                     ..ReplicaTiming::default()
                 },
+                replicas.first().copied().unwrap_or(self.node_id()),
             )
             .await;
             match started {

@@ -22,6 +22,7 @@ pub const DEFAULT_MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
 pub const DEFAULT_METADATA_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
 pub const DEFAULT_REPLICA_LAG_TIME_MAX: &str = "10s";
+pub const DEFAULT_LEADER_REBALANCE_INTERVAL: &str = "30s";
 
 /// When appended data is forced to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +88,11 @@ pub struct Config {
     /// Kafka's `replica.lag.time.max.ms`: a follower not caught up for this long leaves the
     /// in-sync set.
     pub replica_lag_time_max: Duration,
+    /// How often a leader that is not its partition's preferred leader (the first replica)
+    /// hands leadership back once the preferred one is in sync (Kafka's
+    /// `auto.leader.rebalance.enable` with `leader.imbalance.check.interval.seconds`).
+    /// Zero turns it off.
+    pub leader_rebalance_interval: Duration,
 }
 
 fn dur(s: &str) -> Duration {
@@ -116,6 +122,7 @@ impl Default for Config {
             metadata_cache_bytes: DEFAULT_METADATA_CACHE_BYTES,
             shutdown_timeout: dur(DEFAULT_SHUTDOWN_TIMEOUT),
             replica_lag_time_max: dur(DEFAULT_REPLICA_LAG_TIME_MAX),
+            leader_rebalance_interval: dur(DEFAULT_LEADER_REBALANCE_INTERVAL),
         }
     }
 }
@@ -210,6 +217,7 @@ struct ConfigFile {
     metadata_cache_bytes: Option<u64>,
     shutdown_timeout: Option<String>,
     replica_lag_time_max: Option<String>,
+    leader_rebalance_interval: Option<String>,
 }
 
 /// `sluice-broker` flags. Each also reads `SLUICE_<NAME>` and the `--config` YAML file
@@ -275,6 +283,10 @@ pub struct Args {
     /// (replica.lag.time.max.ms) [default: 10s]
     #[arg(long, env = "SLUICE_REPLICA_LAG_TIME_MAX")]
     pub replica_lag_time_max: Option<String>,
+    /// How often a leader hands leadership back to its partition's preferred replica (the
+    /// first) once that one is in sync; 0s turns it off [default: 30s]
+    #[arg(long, env = "SLUICE_LEADER_REBALANCE_INTERVAL")]
+    pub leader_rebalance_interval: Option<String>,
 }
 
 fn parse_dur(key: &str, s: &str) -> Result<Duration, String> {
@@ -359,6 +371,12 @@ impl Args {
                 file.replica_lag_time_max,
                 d.replica_lag_time_max,
             )?,
+            leader_rebalance_interval: pick_dur(
+                "leader_rebalance_interval",
+                self.leader_rebalance_interval,
+                file.leader_rebalance_interval,
+                d.leader_rebalance_interval,
+            )?,
         };
         config.validate()?;
         Ok(config)
@@ -387,6 +405,7 @@ mod tests {
             format!("[default: {}]", d.metadata_cache_bytes),
             format!("[default: {DEFAULT_SHUTDOWN_TIMEOUT}]"),
             format!("[default: {DEFAULT_REPLICA_LAG_TIME_MAX}]"),
+            format!("[default: {DEFAULT_LEADER_REBALANCE_INTERVAL}]"),
         ] {
             assert!(help.contains(&expected), "--help lacks {expected}:\n{help}");
         }

@@ -360,6 +360,32 @@ impl pb::raft_server::Raft for RaftService {
         Ok(tonic::Response::new(pb::QuiesceReply { accepted }))
     }
 
+    async fn elect(
+        &self,
+        request_: tonic::Request<pb::ElectRequest>,
+    ) -> Result<tonic::Response<pb::ElectReply>, tonic::Status> {
+        let e = request_.into_inner();
+        let Some(raft) = self.groups.get(e.group) else {
+            return Ok(tonic::Response::new(pb::ElectReply { accepted: false }));
+        };
+        let (leader, term) = {
+            let m = raft.metrics();
+            let m = m.borrow();
+            (m.current_leader, m.current_term)
+        };
+        let accepted = leader == Some(e.leader) && term == e.term;
+        if accepted {
+            self.quiesced.remove(e.group);
+            raft.runtime_config().tick(true);
+            raft.runtime_config().elect(true);
+            if let Err(err) = raft.trigger().elect().await {
+                tracing::warn!(group = e.group, cause = %err, "starting an election on request");
+                return Ok(tonic::Response::new(pb::ElectReply { accepted: false }));
+            }
+        }
+        Ok(tonic::Response::new(pb::ElectReply { accepted }))
+    }
+
     async fn propose(
         &self,
         request_: tonic::Request<pb::Proposal>,

@@ -76,6 +76,8 @@ pub struct Replica {
     pub id: i32,
     pub config: Arc<TopicConfig>,
     pub replicas: Vec<i32>,
+    /// The preferred leader: the first replica of the assignment.
+    pub preferred: i32,
     pub raft: Raft<PartitionRaft>,
     node_id: i32,
     log: SegmentRaftLog,
@@ -96,6 +98,8 @@ pub struct Replica {
     inflight: tokio::sync::Mutex<Inflight>,
     /// Where retention asks the state machine to take its next snapshot.
     snapshot_upto: Arc<std::sync::atomic::AtomicU64>,
+    /// Set while this leader hands leadership to the preferred replica: writes wait.
+    handing_over: std::sync::atomic::AtomicBool,
 }
 
 /// An idempotent producer's batch on its way through Raft.
@@ -136,6 +140,7 @@ impl Replica {
         stores: ReplicaStores,
         channels: PeerChannels,
         timing: ReplicaTiming,
+        preferred: i32,
     ) -> Result<Arc<Self>> {
         let raft_config = openraft::Config {
             cluster_name: format!("{topic}-{id}"),
@@ -179,6 +184,7 @@ impl Replica {
             id,
             config,
             replicas,
+            preferred,
             raft,
             node_id,
             log: stores.log,
@@ -193,6 +199,7 @@ impl Replica {
             producers,
             inflight: tokio::sync::Mutex::new(Inflight::default()),
             snapshot_upto,
+            handing_over: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -304,6 +311,13 @@ impl Replica {
         timeout: Duration,
     ) -> Result<(i64, i64)> {
         self.check_leader(state)?;
+        if self.handing_over.load(std::sync::atomic::Ordering::Acquire) {
+            // Retriable: the client asks again once the preferred replica leads.
+            return Err(Error::LeaderNotAvailable {
+                topic: self.topic.to_string(),
+                partition: self.id,
+            });
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let min_isr = self.config.min_insync_replicas as usize;
         if acks_level == acks::ALL {
@@ -610,6 +624,105 @@ impl Replica {
         self.quiesced
             .store(true, std::sync::atomic::Ordering::Release);
         tracing::debug!(topic = %self.topic, partition = self.id, "quiesced an idle group");
+    }
+
+    /// Hands leadership to the preferred replica if this leader is not it and it is in sync
+    /// and caught up: the other followers pause their election timers, this leader stops
+    /// its heartbeats, so the preferred replica's timer fires first and it wins the
+    /// election. If no new leader emerges within a few election timeouts, this one resumes.
+    /// Returns whether leadership moved.
+    pub async fn hand_back_leadership(&self, group: u64) -> bool {
+        if self.preferred == self.node_id || !self.is_leader() {
+            return false;
+        }
+        let caught_up = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            m.replication.as_ref().is_some_and(|r| {
+                r.get(&(self.preferred as u64))
+                    .is_some_and(|matched| matched.map(|l| l.index) >= m.last_log_index)
+            })
+        };
+        if !caught_up || !self.in_sync().contains(&self.preferred) {
+            return false;
+        }
+        let (term, nodes) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let nodes: Vec<(u64, String)> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.node_id as u64 && **id != self.preferred as u64)
+                .map(|(id, n)| (*id, n.addr.clone()))
+                .collect();
+            (m.current_term, nodes)
+        };
+        for (_, address) in &nodes {
+            let Ok(mut client) = self.channels.client(address) else {
+                return false;
+            };
+            let req = sluice_proto::pb::QuiesceRequest {
+                group,
+                leader: self.node_id as u64,
+                term,
+            };
+            match tokio::time::timeout(Duration::from_secs(1), client.quiesce(req)).await {
+                Ok(Ok(r)) if r.get_ref().accepted => {}
+                _ => return false,
+            }
+        }
+        let Some(preferred_address) = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&(self.preferred as u64))
+            .map(|n| n.addr.clone())
+        else {
+            return false;
+        };
+        tracing::info!(topic = %self.topic, partition = self.id, to = self.preferred, "handing leadership back to the preferred replica");
+        // Writes wait for the new leader (clients retry on LEADER_NOT_AVAILABLE): appends
+        // would keep the followers from voting for anyone.
+        self.handing_over
+            .store(true, std::sync::atomic::Ordering::Release);
+        self.raft.runtime_config().heartbeat(false);
+        self.raft.runtime_config().tick(false);
+        let asked = match self.channels.client(&preferred_address) {
+            Ok(mut client) => {
+                let req = sluice_proto::pb::ElectRequest {
+                    group,
+                    leader: self.node_id as u64,
+                    term,
+                };
+                matches!(
+                    tokio::time::timeout(Duration::from_secs(1), client.elect(req)).await,
+                    Ok(Ok(r)) if r.get_ref().accepted
+                )
+            }
+            Err(_) => false,
+        };
+        let deadline = tokio::time::Instant::now() + self.timing.election_timeout_max * 6;
+        let mut metrics = self.raft.metrics();
+        let moved = asked
+            && loop {
+                if metrics.borrow_and_update().current_term > term {
+                    break true;
+                }
+                match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                    Ok(Ok(())) => {}
+                    _ => break false,
+                }
+            };
+        // As a follower it must campaign again if the new leader fails; if it still leads,
+        // it resumes heartbeats.
+        self.raft.runtime_config().tick(true);
+        self.raft.runtime_config().heartbeat(true);
+        self.handing_over
+            .store(false, std::sync::atomic::Ordering::Release);
+        moved
     }
 
     /// Replicas (the leader included) whose log holds entry `index`.

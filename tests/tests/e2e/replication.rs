@@ -573,3 +573,67 @@ async fn replicas_are_placed_on_live_brokers_only() {
         );
     }
 }
+
+/// A preferred leader (the first replica) that comes back takes its partition back once it
+/// is in sync; producing carries on across both moves.
+#[tokio::test]
+async fn the_preferred_leader_takes_its_partition_back() {
+    let mut cluster = Cluster::start_with(3, &["--leader-rebalance-interval", "300ms"]);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("home", 1, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .unwrap();
+    let preferred = admin.describe_topic("home").await.unwrap().partitions[0].replicas[0];
+    let leads = |who: i32| {
+        let admin = &admin;
+        async move {
+            let p = admin
+                .describe_topic("home")
+                .await
+                .ok()?
+                .partitions
+                .remove(0);
+            (p.leader == who).then_some(())
+        }
+    };
+    eventually(
+        "the preferred replica leads",
+        Duration::from_secs(20),
+        || leads(preferred),
+    )
+    .await;
+    let producer = Producer::connect(cluster.client(), ProducerConfig::default())
+        .await
+        .unwrap();
+    let send = |i: u32| producer.send(ProducerRecord::new("home", format!("{i}")).partition(0));
+    for i in 0..10 {
+        send(i).await.unwrap().await.unwrap();
+    }
+    cluster.node(preferred).kill();
+    for i in 10..20 {
+        send(i).await.unwrap().await.unwrap();
+    }
+    cluster.node(preferred).restart();
+    eventually(
+        "the preferred replica leads again",
+        Duration::from_secs(30),
+        || leads(preferred),
+    )
+    .await;
+    for i in 20..30 {
+        send(i).await.unwrap().await.unwrap();
+    }
+    let values: Vec<u32> = cluster
+        .node(preferred)
+        .read_all("home")
+        .await
+        .iter()
+        .map(|r| std::str::from_utf8(&r.value).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(values, (0..30).collect::<Vec<_>>());
+}
