@@ -514,6 +514,7 @@ impl Broker {
                 self.peers.clone(),
                 ReplicaTiming {
                     lag_time_max: self.config.replica_lag_time_max,
+                    producer_expiration: self.config.producer_id_expiration,
                     ..ReplicaTiming::default()
                 },
                 replicas.first().copied().unwrap_or(self.node_id()),
@@ -682,9 +683,10 @@ impl Broker {
             let dir = self.partition_dir(&record.name, p);
             self.claim_dir(&dir, &record.topic_id)?;
             if record.replicated() {
-                let stores = ReplicaStores::open(&dir, options).map_err(|e| {
-                    Error::Internal(format!("{}-{p}: opening the replica: {e}", record.name))
-                })?;
+                let stores = ReplicaStores::open(&dir, options, self.config.producer_limits())
+                    .map_err(|e| {
+                        Error::Internal(format!("{}-{p}: opening the replica: {e}", record.name))
+                    })?;
                 pending.push(PendingReplica {
                     record: record.clone(),
                     config: config.clone(),
@@ -706,6 +708,7 @@ impl Broker {
                 Box::new(log),
                 self.config.flush,
                 &dir,
+                self.config.producer_limits(),
             )?;
             partitions.insert(p, Arc::new(partition));
         }

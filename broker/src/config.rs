@@ -23,6 +23,8 @@ pub const DEFAULT_METADATA_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
 pub const DEFAULT_REPLICA_LAG_TIME_MAX: &str = "10s";
 pub const DEFAULT_LEADER_REBALANCE_INTERVAL: &str = "30s";
+pub const DEFAULT_MAX_PRODUCERS_PER_PARTITION: usize = crate::producer_state::MAX_PRODUCERS;
+pub const DEFAULT_PRODUCER_ID_EXPIRATION: &str = "24h";
 
 /// When appended data is forced to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +95,20 @@ pub struct Config {
     /// `auto.leader.rebalance.enable` with `leader.imbalance.check.interval.seconds`).
     /// Zero turns it off.
     pub leader_rebalance_interval: Duration,
+    /// Idempotent producers each partition remembers at most (least recently seen go
+    /// first).
+    pub max_producers_per_partition: usize,
+    /// Kafka's `producer.id.expiration.ms`: an idle producer is forgotten after this long.
+    pub producer_id_expiration: Duration,
+}
+
+impl Config {
+    pub fn producer_limits(&self) -> crate::producer_state::ProducerLimits {
+        crate::producer_state::ProducerLimits {
+            max_producers: self.max_producers_per_partition,
+            expiration: self.producer_id_expiration,
+        }
+    }
 }
 
 fn dur(s: &str) -> Duration {
@@ -123,6 +139,8 @@ impl Default for Config {
             shutdown_timeout: dur(DEFAULT_SHUTDOWN_TIMEOUT),
             replica_lag_time_max: dur(DEFAULT_REPLICA_LAG_TIME_MAX),
             leader_rebalance_interval: dur(DEFAULT_LEADER_REBALANCE_INTERVAL),
+            max_producers_per_partition: DEFAULT_MAX_PRODUCERS_PER_PARTITION,
+            producer_id_expiration: dur(DEFAULT_PRODUCER_ID_EXPIRATION),
         }
     }
 }
@@ -190,6 +208,9 @@ impl Config {
                 self.max_request_bytes
             ));
         }
+        if self.max_producers_per_partition < 1 {
+            return Err("max_producers_per_partition must be at least 1".into());
+        }
         if self.max_partitions_per_topic < 1 {
             return Err("max_partitions_per_topic must be at least 1".into());
         }
@@ -218,6 +239,8 @@ struct ConfigFile {
     shutdown_timeout: Option<String>,
     replica_lag_time_max: Option<String>,
     leader_rebalance_interval: Option<String>,
+    max_producers_per_partition: Option<usize>,
+    producer_id_expiration: Option<String>,
 }
 
 /// `sluice-broker` flags. Each also reads `SLUICE_<NAME>` and the `--config` YAML file
@@ -287,6 +310,13 @@ pub struct Args {
     /// first) once that one is in sync; 0s turns it off [default: 30s]
     #[arg(long, env = "SLUICE_LEADER_REBALANCE_INTERVAL")]
     pub leader_rebalance_interval: Option<String>,
+    /// Idempotent producers each partition remembers at most [default: 10000]
+    #[arg(long, env = "SLUICE_MAX_PRODUCERS_PER_PARTITION")]
+    pub max_producers_per_partition: Option<usize>,
+    /// An idle idempotent producer is forgotten after this long
+    /// (producer.id.expiration.ms) [default: 24h]
+    #[arg(long, env = "SLUICE_PRODUCER_ID_EXPIRATION")]
+    pub producer_id_expiration: Option<String>,
 }
 
 fn parse_dur(key: &str, s: &str) -> Result<Duration, String> {
@@ -377,6 +407,16 @@ impl Args {
                 file.leader_rebalance_interval,
                 d.leader_rebalance_interval,
             )?,
+            max_producers_per_partition: self
+                .max_producers_per_partition
+                .or(file.max_producers_per_partition)
+                .unwrap_or(d.max_producers_per_partition),
+            producer_id_expiration: pick_dur(
+                "producer_id_expiration",
+                self.producer_id_expiration,
+                file.producer_id_expiration,
+                d.producer_id_expiration,
+            )?,
         };
         config.validate()?;
         Ok(config)
@@ -406,6 +446,8 @@ mod tests {
             format!("[default: {DEFAULT_SHUTDOWN_TIMEOUT}]"),
             format!("[default: {DEFAULT_REPLICA_LAG_TIME_MAX}]"),
             format!("[default: {DEFAULT_LEADER_REBALANCE_INTERVAL}]"),
+            format!("[default: {DEFAULT_MAX_PRODUCERS_PER_PARTITION}]"),
+            format!("[default: {DEFAULT_PRODUCER_ID_EXPIRATION}]"),
         ] {
             assert!(help.contains(&expected), "--help lacks {expected}:\n{help}");
         }

@@ -36,6 +36,7 @@ pub struct Partition {
     producers: Mutex<ProducerStates>,
     /// Where the producer snapshot is written on close (none for in-memory logs).
     dir: Option<std::path::PathBuf>,
+    producer_limits: crate::producer_state::ProducerLimits,
     flush: FlushPolicy,
     /// Consumers read below this offset only.
     high_watermark: watch::Sender<i64>,
@@ -67,6 +68,7 @@ impl Partition {
             log: RwLock::new(log),
             producers: Mutex::new(ProducerStates::default()),
             dir: None,
+            producer_limits: Default::default(),
             flush,
             high_watermark: watch::Sender::new(offsets.log_end),
             flushed: watch::Sender::new(offsets.flushed),
@@ -86,9 +88,11 @@ impl Partition {
         log: Box<dyn LogStorage>,
         flush: FlushPolicy,
         dir: &std::path::Path,
+        producer_limits: crate::producer_state::ProducerLimits,
     ) -> Result<Self> {
         let mut p = Partition::new(topic, id, config, log, flush);
         p.dir = Some(dir.to_path_buf());
+        p.producer_limits = producer_limits;
         let offsets = p.offsets();
         let snapshot: Option<ProducerSnapshot> = std::fs::read(dir.join(PRODUCER_SNAPSHOT))
             .ok()
@@ -118,6 +122,7 @@ impl Partition {
             offset = h.next_offset();
         }
         drop(log);
+        states.set_max_producers(producer_limits.max_producers);
         *p.producers.lock() = states;
         Ok(p)
     }
@@ -316,8 +321,9 @@ impl Partition {
                 .map_err(|e| self.storage_err(e))?;
             let mut producers = self.producers.lock();
             producers.truncate_head(log.offsets().log_start);
-            producers.expire(now_ms, crate::producer_state::PRODUCER_EXPIRATION_MS);
         }
+        let expiration = self.producer_limits.expiration.as_millis() as i64;
+        self.producers.lock().expire(now_ms, expiration);
         Ok(())
     }
 

@@ -23,11 +23,32 @@ use sluice_proto::batch::BatchHeader;
 /// Batches remembered per producer (Kafka's bound on in-flight requests with idempotence).
 pub const MAX_BATCHES_PER_PRODUCER: usize = 5;
 
-/// Producers remembered per partition.
+/// Producers remembered per partition, by default (`max_producers_per_partition`).
 pub const MAX_PRODUCERS: usize = 10_000;
 
-/// How long an idle producer is remembered (Kafka's `producer.id.expiration.ms` default).
+/// How long an idle producer is remembered, by default (Kafka's `producer.id.expiration.ms`).
 pub const PRODUCER_EXPIRATION_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// What a partition remembers of idempotent producers, at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProducerLimits {
+    pub max_producers: usize,
+    /// Idle producers are forgotten after this long.
+    pub expiration: std::time::Duration,
+}
+
+impl Default for ProducerLimits {
+    fn default() -> Self {
+        ProducerLimits {
+            max_producers: MAX_PRODUCERS,
+            expiration: std::time::Duration::from_millis(PRODUCER_EXPIRATION_MS as u64),
+        }
+    }
+}
+
+fn default_max_producers() -> usize {
+    MAX_PRODUCERS
+}
 
 /// One stored batch of a producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,12 +140,24 @@ pub struct Latest {
 }
 
 /// Every producer a partition remembers.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProducerStates {
     /// Stored as a list of pairs: JSON map keys are strings, which nested (flattened)
     /// decoding does not turn back into numbers.
     #[serde(with = "as_pairs")]
     producers: HashMap<i64, ProducerEntry>,
+    /// The bound on `producers` (a broker setting, not stored).
+    #[serde(skip, default = "default_max_producers")]
+    max_producers: usize,
+}
+
+impl Default for ProducerStates {
+    fn default() -> Self {
+        ProducerStates {
+            producers: HashMap::new(),
+            max_producers: MAX_PRODUCERS,
+        }
+    }
 }
 
 mod as_pairs {
@@ -153,6 +186,19 @@ mod as_pairs {
 }
 
 impl ProducerStates {
+    /// Sets how many producers are remembered (at least 1).
+    pub fn set_max_producers(&mut self, max: usize) {
+        self.max_producers = max.max(1);
+    }
+
+    /// Takes `other`'s producers (a snapshot's), keeping this one's bound.
+    pub fn replace_producers(&mut self, other: ProducerStates) {
+        self.producers = other.producers;
+        while self.producers.len() > self.max_producers {
+            self.evict_oldest();
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.producers.len()
     }

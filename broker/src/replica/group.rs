@@ -35,6 +35,8 @@ pub struct ReplicaTiming {
     /// Kafka's `replica.lag.time.max.ms`: a follower not caught up for this long leaves the
     /// in-sync set.
     pub lag_time_max: Duration,
+    /// Idle idempotent producers are forgotten after this long.
+    pub producer_expiration: Duration,
 }
 
 impl Default for ReplicaTiming {
@@ -46,6 +48,7 @@ impl Default for ReplicaTiming {
             election_timeout_min: Duration::from_millis(250),
             election_timeout_max: Duration::from_millis(500),
             lag_time_max: Duration::from_secs(10),
+            producer_expiration: crate::producer_state::ProducerLimits::default().expiration,
         }
     }
 }
@@ -59,14 +62,20 @@ pub struct ReplicaStores {
 
 impl ReplicaStores {
     /// Opens (recovering if needed) the segment log and Raft state in `dir`. Blocking.
-    pub fn open(dir: &Path, options: LogOptions) -> std::io::Result<Self> {
+    pub fn open(
+        dir: &Path,
+        options: LogOptions,
+        producer_limits: crate::producer_state::ProducerLimits,
+    ) -> std::io::Result<Self> {
         let segments = SegmentLog::open(dir, options, crate::broker::now_ms())
             .map_err(std::io::Error::other)?;
         let log = SegmentRaftLog::open(dir, segments)?;
-        Ok(ReplicaStores {
-            state: ReplicaState::open(dir)?.with_log(log.clone()),
-            log,
-        })
+        let state = ReplicaState::open(dir)?.with_log(log.clone());
+        state
+            .producers()
+            .lock()
+            .set_max_producers(producer_limits.max_producers);
+        Ok(ReplicaStores { log, state })
     }
 }
 
@@ -832,6 +841,9 @@ impl Replica {
     /// at the same offsets.
     pub async fn enforce_retention(&self, now_ms: i64) -> Result<()> {
         let log = self.log.clone();
+        self.producers
+            .lock()
+            .expire(now_ms, self.timing.producer_expiration.as_millis() as i64);
         let hw = self.high_watermark();
         let (ms, bytes) = (self.config.retention_ms, self.config.retention_bytes);
         let upto = tokio::task::spawn_blocking(move || {

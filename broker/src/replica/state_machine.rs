@@ -269,7 +269,7 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
             membership: meta.last_membership.clone(),
             high_watermark: hw,
         };
-        *self.producers.lock() = loaded.producers;
+        self.producers.lock().replace_producers(loaded.producers);
         if let (Some(log), Some(last), Some(next_offset)) =
             (self.log.clone(), meta.last_log_id, loaded.next_offset)
         {
