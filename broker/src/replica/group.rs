@@ -362,13 +362,19 @@ impl Replica {
         let (at, index) = self
             .await_progress(state, progress, acks_level == acks::ALL, deadline)
             .await?;
-        if acks_level == acks::ALL {
+        // A commit means a majority holds the batch; only a min.insync.replicas above the
+        // majority needs more (watched on the replication metrics, not polled).
+        let majority = self.replicas.len() / 2 + 1;
+        if acks_level == acks::ALL && min_isr > majority {
+            let mut metrics = self.raft.metrics();
             loop {
+                metrics.borrow_and_update();
                 let holding = self.holding(index);
                 if holding >= min_isr {
                     break;
                 }
-                if tokio::time::Instant::now() >= deadline {
+                let changed = tokio::time::timeout_at(deadline, metrics.changed()).await;
+                if !matches!(changed, Ok(Ok(()))) {
                     return Err(Error::NotEnoughReplicasAfterAppend {
                         topic: self.topic.to_string(),
                         partition: self.id,
@@ -376,7 +382,6 @@ impl Replica {
                         required: min_isr,
                     });
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
         Ok((at.base_offset, at.last_offset))

@@ -67,6 +67,9 @@ pub(crate) struct ProduceBench {
     /// none, lz4 or zstd.
     #[arg(long, default_value = "none")]
     compression: String,
+    /// enable.idempotence (takes effect with acks=all, as in Kafka).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    idempotence: bool,
 }
 
 #[derive(Debug, Args)]
@@ -157,15 +160,17 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
         linger: args.linger.into(),
         buffer_memory: args.buffer_memory,
         compression,
+        enable_idempotence: args.idempotence,
         ..ProducerConfig::default()
     };
     let workload = format!(
-        "produce: {} records x {} B, topic '{}' ({} partitions), acks={:?}, batch {} B, linger {}, {} producer(s){}",
+        "produce: {} records x {} B, topic '{}' ({} partitions), acks={:?}, idempotence {}, batch {} B, linger {}, {} producer(s){}",
         args.records,
         args.record_size,
         args.topic,
         args.partitions,
         args.acks,
+        args.idempotence,
         args.batch_size,
         args.linger,
         args.producers,
