@@ -110,6 +110,7 @@ impl Partition {
             None => (ProducerStates::default(), active_base),
         };
         let mut offset = from.max(offsets.log_start);
+        let now = crate::broker::now_ms();
         let log = p.log.read();
         while offset < offsets.log_end {
             let bytes = log
@@ -118,7 +119,8 @@ impl Partition {
             let Ok(h) = batch::BatchHeader::parse(&bytes) else {
                 break;
             };
-            states.record_header(&h, h.max_timestamp);
+            // Idle time counts from now: record timestamps are the producer's to set.
+            states.record_header(&h, now);
             offset = h.next_offset();
         }
         drop(log);
