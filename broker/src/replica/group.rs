@@ -180,7 +180,17 @@ impl Replica {
         .map_err(|e| Error::Internal(format!("{topic}-{id}: starting its Raft group: {e}")))?;
         let replicas: Vec<i32> = members.keys().map(|k| *k as i32).collect();
         match raft.initialize(members).await {
-            Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Ok(()) => {
+                // A new group: the preferred replica campaigns at once, before the others'
+                // election timers fire, so leaders start where placement put them (no
+                // hand-over needed later).
+                if node_id == preferred
+                    && let Err(e) = raft.trigger().elect().await
+                {
+                    tracing::warn!(topic = %topic, partition = id, cause = %e, "starting the first election");
+                }
+            }
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
             Err(e) => {
                 return Err(Error::Internal(format!(
                     "{topic}-{id}: initializing its Raft group: {e}"
