@@ -591,8 +591,8 @@ impl Broker {
                     let replicas: Vec<_> = t.replicas.read().values().cloned().collect();
                     for r in replicas {
                         if r.should_quiesce(QUIESCE_AFTER) {
-                            let (peers, group) = (self.peers.clone(), t.record.group(r.id));
-                            tokio::spawn(async move { r.quiesce(&peers, group).await });
+                            let group = t.record.group(r.id);
+                            tokio::spawn(async move { r.quiesce(group).await });
                         }
                     }
                 }

@@ -109,21 +109,19 @@ impl Partition {
             Some(s) => (s.producers, active_base),
             None => (ProducerStates::default(), active_base),
         };
-        let mut offset = from.max(offsets.log_start);
         let now = crate::broker::now_ms();
-        let log = p.log.read();
-        while offset < offsets.log_end {
-            let bytes = log
-                .read(offset, 1, i64::MAX)
-                .map_err(|e| p.storage_err(e))?;
-            let Ok(h) = batch::BatchHeader::parse(&bytes) else {
-                break;
-            };
-            // Idle time counts from now: record timestamps are the producer's to set.
-            states.record_header(&h, now);
-            offset = h.next_offset();
+        // Idle time counts from now: record timestamps are the producer's to set.
+        let scanned = p
+            .log
+            .read()
+            .scan_headers(from.max(offsets.log_start), &mut |h| {
+                states.record_header(h, now)
+            });
+        if let Err(e) = scanned {
+            // A damaged batch stops the scan (readers get CORRUPT_MESSAGE for it); producers
+            // not seen are taken at whatever sequence they send next.
+            tracing::warn!(topic = %p.topic, partition = p.id, cause = %e, "rebuilding idempotent producers stopped early");
         }
-        drop(log);
         states.set_max_producers(producer_limits.max_producers);
         *p.producers.lock() = states;
         Ok(p)
@@ -339,19 +337,17 @@ impl Partition {
                 producers: self.producers.lock().clone(),
             };
             // Only saves a rescan on the next open: a failure here loses nothing.
-            if let Err(e) = write_atomically(&dir.join(PRODUCER_SNAPSHOT), &snapshot) {
+            let saved = serde_json::to_vec(&snapshot)
+                .map_err(std::io::Error::other)
+                .and_then(|data| {
+                    crate::storage::replace_file(&dir.join(PRODUCER_SNAPSHOT), &data, false)
+                });
+            if let Err(e) = saved {
                 tracing::warn!(topic = %self.topic, partition = self.id, cause = %e, "saving producer state; it will be rebuilt from the log");
             }
         }
         log.close().map_err(|e| self.storage_err(e))
     }
-}
-
-fn write_atomically(path: &std::path::Path, value: &impl serde::Serialize) -> std::io::Result<()> {
-    let data = serde_json::to_vec(value).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, data)?;
-    std::fs::rename(&tmp, path)
 }
 
 fn recompress(

@@ -91,6 +91,26 @@ pub struct SegmentInfo {
     pub active: bool,
 }
 
+/// Replaces the file at `path` with `data` atomically (a temporary file renamed over it).
+/// With `durable`, the file and its directory are fsynced first, so the new content survives
+/// a power loss; without, a crash leaves the old or the new content, never a mix.
+pub fn replace_file(path: &std::path::Path, data: &[u8], durable: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(data)?;
+        if durable {
+            f.sync_all()?;
+        }
+    }
+    std::fs::rename(&tmp, path)?;
+    if durable && let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 /// Where retention cuts a log: the end of the last whole segment that `retention.ms`
 /// (newest record older than that) or `retention.bytes` (the log is larger without it) no
 /// longer keeps, or `None`. The active segment always stays. Negative limits are off.
@@ -159,6 +179,25 @@ pub trait LogStorage: Send + Sync + std::fmt::Debug {
 
     /// What to fsync to make the current log end durable.
     fn flush_target(&mut self) -> FlushTarget;
+
+    /// Calls `f` with the header of every batch from `from` (a batch start) to the log end,
+    /// in order. Blocking (reads each batch).
+    fn scan_headers(
+        &self,
+        from: i64,
+        f: &mut dyn FnMut(&sluice_proto::batch::BatchHeader),
+    ) -> Result<()> {
+        let end = self.offsets().log_end;
+        let mut offset = from;
+        while offset < end {
+            let bytes = self.read(offset, 1, i64::MAX)?;
+            let h = sluice_proto::batch::BatchHeader::parse(&bytes)
+                .map_err(|_| StorageError::NotBatchBoundary(offset))?;
+            f(&h);
+            offset = h.next_offset();
+        }
+        Ok(())
+    }
 
     /// Records that a [`FlushTarget`] was synced.
     fn mark_flushed(&mut self, end_offset: i64);

@@ -376,25 +376,42 @@ impl Replica {
         // majority needs more (watched on the replication metrics, not polled).
         let majority = self.replicas.len() / 2 + 1;
         if acks_level == acks::ALL && min_isr > majority {
-            let mut metrics = self.raft.metrics();
-            loop {
-                metrics.borrow_and_update();
-                let holding = self.holding(index);
-                if holding >= min_isr {
-                    break;
-                }
-                let changed = tokio::time::timeout_at(deadline, metrics.changed()).await;
-                if !matches!(changed, Ok(Ok(()))) {
-                    return Err(Error::NotEnoughReplicasAfterAppend {
-                        topic: self.topic.to_string(),
-                        partition: self.id,
-                        holding,
-                        required: min_isr,
-                    });
-                }
+            let held = self
+                .watch_metrics(deadline, |m| {
+                    (holding(m, self.node_id, index) >= min_isr).then_some(())
+                })
+                .await;
+            if held.is_none() {
+                return Err(Error::NotEnoughReplicasAfterAppend {
+                    topic: self.topic.to_string(),
+                    partition: self.id,
+                    holding: self.holding(index),
+                    required: min_isr,
+                });
             }
         }
         Ok((at.base_offset, at.last_offset))
+    }
+
+    /// Waits until `f` has an answer from the group's metrics, up to `deadline`; `None` on
+    /// timeout or when the group stops.
+    async fn watch_metrics<T>(
+        &self,
+        deadline: tokio::time::Instant,
+        mut f: impl FnMut(&openraft::RaftMetrics<u64, BasicNode>) -> Option<T>,
+    ) -> Option<T> {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(t) = f(&metrics.borrow_and_update()) {
+                return Some(t);
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, metrics.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return None;
+            }
+        }
     }
 
     fn check_in_sync(&self, min_isr: usize) -> Result<()> {
@@ -517,30 +534,27 @@ impl Replica {
         state: &crate::controller::ClusterState,
         deadline: tokio::time::Instant,
     ) -> Result<u64> {
-        let mut metrics = self.raft.metrics();
-        loop {
-            {
-                let m = metrics.borrow_and_update();
+        let ready = self
+            .watch_metrics(deadline, |m| {
                 if m.state != ServerState::Leader {
-                    drop(m);
-                    return Err(self.not_leader(state));
-                }
-                if m.last_applied
+                    Some(None)
+                } else if m
+                    .last_applied
                     .is_some_and(|l| l.leader_id.term == m.current_term)
                 {
-                    return Ok(m.current_term);
+                    Some(Some(m.current_term))
+                } else {
+                    None
                 }
-            }
-            match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Error::ShuttingDown),
-                Err(_) => {
-                    return Err(Error::Timeout(format!(
-                        "{}-{}: the new leader did not finish applying its log in time",
-                        self.topic, self.id
-                    )));
-                }
-            }
+            })
+            .await;
+        match ready {
+            Some(Some(term)) => Ok(term),
+            Some(None) => Err(self.not_leader(state)),
+            None => Err(Error::Timeout(format!(
+                "{}-{}: the new leader did not finish applying its log in time",
+                self.topic, self.id
+            ))),
         }
     }
 
@@ -604,40 +618,51 @@ impl Replica {
     }
 
     /// Asks every follower to stop its election timer; if all agree, stops heartbeats.
-    pub async fn quiesce(&self, channels: &PeerChannels, group: u64) {
+    pub async fn quiesce(&self, group: u64) {
         if self
             .quiescing
             .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
             return;
         }
-        self.quiesce_followers(channels, group).await;
+        self.quiesce_followers(group).await;
         self.quiescing
             .store(false, std::sync::atomic::Ordering::Release);
     }
 
-    async fn quiesce_followers(&self, channels: &PeerChannels, group: u64) {
-        let m = self.raft.metrics().borrow().clone();
-        let followers: Vec<(u64, String)> = m
-            .membership_config
-            .membership()
-            .nodes()
-            .filter(|(id, _)| **id != self.node_id as u64)
-            .map(|(id, n)| (*id, n.addr.clone()))
-            .collect();
-        for (_, address) in &followers {
-            let Ok(mut client) = channels.client(address) else {
-                return;
-            };
+    /// Asks every follower but `except` to stop its election timer under this leader's
+    /// current term; returns that term if all of them agreed.
+    async fn pause_followers(&self, group: u64, except: Option<i32>) -> Option<u64> {
+        let (term, followers) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            let followers: Vec<String> = m
+                .membership_config
+                .membership()
+                .nodes()
+                .filter(|(id, _)| **id != self.node_id as u64 && Some(**id as i32) != except)
+                .map(|(_, n)| n.addr.clone())
+                .collect();
+            (m.current_term, followers)
+        };
+        for address in &followers {
+            let mut client = self.channels.client(address).ok()?;
             let req = sluice_proto::pb::QuiesceRequest {
                 group,
                 leader: self.node_id as u64,
-                term: m.current_term,
+                term,
             };
             match tokio::time::timeout(Duration::from_secs(1), client.quiesce(req)).await {
                 Ok(Ok(r)) if r.get_ref().accepted => {}
-                _ => return,
+                _ => return None,
             }
+        }
+        Some(term)
+    }
+
+    async fn quiesce_followers(&self, group: u64) {
+        if self.pause_followers(group, None).await.is_none() {
+            return;
         }
         // A write may have arrived meanwhile: then stay active.
         if self.last_write.lock().elapsed() < Duration::from_millis(100) || !self.is_leader() {
@@ -670,32 +695,9 @@ impl Replica {
         if !caught_up || !self.in_sync().contains(&self.preferred) {
             return false;
         }
-        let (term, nodes) = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            let nodes: Vec<(u64, String)> = m
-                .membership_config
-                .membership()
-                .nodes()
-                .filter(|(id, _)| **id != self.node_id as u64 && **id != self.preferred as u64)
-                .map(|(id, n)| (*id, n.addr.clone()))
-                .collect();
-            (m.current_term, nodes)
+        let Some(term) = self.pause_followers(group, Some(self.preferred)).await else {
+            return false;
         };
-        for (_, address) in &nodes {
-            let Ok(mut client) = self.channels.client(address) else {
-                return false;
-            };
-            let req = sluice_proto::pb::QuiesceRequest {
-                group,
-                leader: self.node_id as u64,
-                term,
-            };
-            match tokio::time::timeout(Duration::from_secs(1), client.quiesce(req)).await {
-                Ok(Ok(r)) if r.get_ref().accepted => {}
-                _ => return false,
-            }
-        }
         let Some(preferred_address) = self
             .raft
             .metrics()
@@ -729,17 +731,11 @@ impl Replica {
             Err(_) => false,
         };
         let deadline = tokio::time::Instant::now() + self.timing.election_timeout_max * 6;
-        let mut metrics = self.raft.metrics();
         let moved = asked
-            && loop {
-                if metrics.borrow_and_update().current_term > term {
-                    break true;
-                }
-                match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                    Ok(Ok(())) => {}
-                    _ => break false,
-                }
-            };
+            && self
+                .watch_metrics(deadline, |m| (m.current_term > term).then_some(()))
+                .await
+                .is_some();
         // As a follower it must campaign again if the new leader fails; if it still leads,
         // it resumes heartbeats.
         self.raft.runtime_config().tick(true);
@@ -751,16 +747,7 @@ impl Replica {
 
     /// Replicas (the leader included) whose log holds entry `index`.
     fn holding(&self, index: u64) -> usize {
-        let metrics = self.raft.metrics();
-        let m = metrics.borrow();
-        1 + m
-            .replication
-            .iter()
-            .flatten()
-            .filter(|(f, matched)| {
-                **f != self.node_id as u64 && matched.is_some_and(|l| l.index >= index)
-            })
-            .count()
+        holding(&self.raft.metrics().borrow(), self.node_id, index)
     }
 
     /// Whole batches below the high watermark, on the leader. Blocking (disk).
@@ -873,27 +860,30 @@ impl Replica {
         let failed = |e: openraft::error::Fatal<u64>| {
             Error::Internal(format!("{}-{}: retention: {e}", self.topic, self.id))
         };
-        let mut metrics = self.raft.metrics();
         let covered =
             |m: &openraft::RaftMetrics<u64, BasicNode>| m.snapshot.is_some_and(|s| s.index >= upto);
-        if !covered(&metrics.borrow()) {
-            if metrics.borrow().last_applied.is_none_or(|l| l.index < upto) {
+        let (done, applied) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (covered(&m), m.last_applied.is_some_and(|l| l.index >= upto))
+        };
+        if !done {
+            if !applied {
                 return Ok(());
             }
             self.snapshot_upto
                 .store(upto, std::sync::atomic::Ordering::Release);
             self.raft.trigger().snapshot().await.map_err(failed)?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-            while !covered(&metrics.borrow_and_update()) {
-                match tokio::time::timeout_at(deadline, metrics.changed()).await {
-                    Ok(Ok(())) => {}
-                    _ => {
-                        return Err(Error::Timeout(format!(
-                            "{}-{}: retention: no snapshot covered Raft index {upto} in time",
-                            self.topic, self.id
-                        )));
-                    }
-                }
+            if self
+                .watch_metrics(deadline, |m| covered(m).then_some(()))
+                .await
+                .is_none()
+            {
+                return Err(Error::Timeout(format!(
+                    "{}-{}: retention: no snapshot covered Raft index {upto} in time",
+                    self.topic, self.id
+                )));
             }
         }
         self.raft.trigger().purge_log(upto).await.map_err(failed)?;
@@ -909,4 +899,14 @@ impl Replica {
         let log = self.log.clone();
         let _ = tokio::task::spawn_blocking(move || log.close()).await;
     }
+}
+
+/// Replicas (the leader `leader` included) whose log holds entry `index`, by its metrics.
+fn holding(m: &openraft::RaftMetrics<u64, BasicNode>, leader: i32, index: u64) -> usize {
+    1 + m
+        .replication
+        .iter()
+        .flatten()
+        .filter(|(f, matched)| **f != leader as u64 && matched.is_some_and(|l| l.index >= index))
+        .count()
 }

@@ -84,17 +84,8 @@ pub struct SegmentRaftLog {
 
 impl Inner {
     fn persist_meta(&self) -> std::io::Result<()> {
-        let path = self.dir.join(META_FILE);
-        let tmp = path.with_extension("tmp");
         let data = serde_json::to_vec(&self.meta).map_err(std::io::Error::other)?;
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&data)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&self.dir)?.sync_all()
+        crate::storage::replace_file(&self.dir.join(META_FILE), &data, true)
     }
 
     fn last_index(&self) -> Option<u64> {
@@ -247,17 +238,11 @@ impl SegmentRaftLog {
             offsets: Vec::new(),
         };
         if let Some(start) = inner.meta.first_offset {
-            let end = inner.log.offsets().log_end;
-            let mut offset = start;
-            while offset < end {
-                let bytes = inner
-                    .log
-                    .read(offset, 1, i64::MAX)
-                    .map_err(std::io::Error::other)?;
-                let h = BatchHeader::parse(&bytes).map_err(std::io::Error::other)?;
-                inner.offsets.push(h.base_offset);
-                offset = h.next_offset();
-            }
+            let offsets = &mut inner.offsets;
+            inner
+                .log
+                .scan_headers(start, &mut |h| offsets.push(h.base_offset))
+                .map_err(std::io::Error::other)?;
         }
         Ok(SegmentRaftLog {
             inner: Arc::new(Mutex::new(inner)),

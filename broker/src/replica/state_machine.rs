@@ -28,6 +28,11 @@ type SResult<T> = Result<T, StorageError<NodeId>>;
 
 const STATE_FILE: &str = "raft-applied.json";
 
+/// `raft-applied.json` is rewritten at most this often while entries are applied (it holds
+/// the producers, which need not be serialized per batch). A lagging file is safe: after a
+/// restart the entries after it are applied again, which changes nothing twice.
+const PERSIST_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
+
 fn sm_err(e: impl std::fmt::Display) -> StorageError<NodeId> {
     StorageError::from(StorageIOError::write_state_machine(AnyError::error(
         e.to_string(),
@@ -92,6 +97,8 @@ pub struct ReplicaState {
     log: Option<super::log_store::SegmentRaftLog>,
     /// The Raft index the next snapshot covers (0: the last applied): set by retention.
     snapshot_upto: Arc<std::sync::atomic::AtomicU64>,
+    /// When `raft-applied.json` was last written by `apply`.
+    persisted_at: Option<std::time::Instant>,
 }
 
 impl ReplicaState {
@@ -117,6 +124,7 @@ impl ReplicaState {
             snapshot: Arc::default(),
             log: None,
             snapshot_upto: Arc::default(),
+            persisted_at: None,
         })
     }
 
@@ -155,9 +163,14 @@ impl ReplicaState {
     /// log, which moves the high watermark and records their producers again.
     fn persist(&self) -> SResult<()> {
         let data = self.encode(None)?;
-        let tmp = self.path.with_extension("tmp");
-        std::fs::write(&tmp, data).map_err(sm_err)?;
-        std::fs::rename(&tmp, &self.path).map_err(sm_err)
+        crate::storage::replace_file(&self.path, &data, false).map_err(sm_err)
+    }
+
+    async fn persist_now(&self) -> SResult<()> {
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.persist())
+            .await
+            .map_err(sm_err)?
     }
 }
 
@@ -191,6 +204,9 @@ impl RaftSnapshotBuilder<PartitionRaft> for ReplicaState {
                 next_offset.unwrap_or(self.applied.high_watermark)
             ),
         };
+        // The log is purged up to the snapshot next: the applied state on disk must not be
+        // older than that, or a restart would need purged entries.
+        self.persist_now().await?;
         let data = self.encode(next_offset)?;
         *self.snapshot.lock() = Some((meta.clone(), data.clone()));
         Ok(Snapshot {
@@ -236,10 +252,13 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
                 }
             });
         }
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.persist())
-            .await
-            .map_err(sm_err)??;
+        if self
+            .persisted_at
+            .is_none_or(|t| t.elapsed() >= PERSIST_EVERY)
+        {
+            self.persist_now().await?;
+            self.persisted_at = Some(std::time::Instant::now());
+        }
         self.high_watermark.send_if_modified(|hw| {
             let moved = self.applied.high_watermark > *hw;
             *hw = (*hw).max(self.applied.high_watermark);
@@ -279,10 +298,7 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
                 .map_err(sm_err)?;
         }
         *self.snapshot.lock() = Some((meta.clone(), snapshot.get_ref().clone()));
-        let me = self.clone();
-        tokio::task::spawn_blocking(move || me.persist())
-            .await
-            .map_err(sm_err)??;
+        self.persist_now().await?;
         self.high_watermark.send_replace(hw);
         Ok(())
     }
