@@ -449,9 +449,14 @@ impl Worker {
                 }
             };
             carry = push(first, &mut builder, &mut records, &mut flushes);
-            let deadline = tokio::time::Instant::now() + self.inner.config.linger;
+            // linger.ms counts from the batch's first record, as in Kafka: records that
+            // queued while the previous batch was in flight do not wait again.
+            let opened = records.first().map_or_else(Instant::now, |p| p.enqueued);
+            let deadline = tokio::time::Instant::from_std(opened) + self.inner.config.linger;
             while carry.is_none() && flushes.is_empty() && builder.size() < max_bytes {
+                // Records already queued join the batch even once linger.ms has passed.
                 let next = tokio::select! {
+                    biased;
                     m = self.rx.recv() => m,
                     _ = tokio::time::sleep_until(deadline) => break,
                 };

@@ -213,8 +213,20 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
                 Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             for n in 0..count {
                 if rate > 0 {
+                    // Settle acknowledgements while waiting, so their latency is taken when
+                    // they arrive, not at the next send.
                     let due = t0 + Duration::from_secs_f64(n as f64 / rate as f64);
-                    tokio::time::sleep_until(due.into()).await;
+                    let sleep = tokio::time::sleep_until(due.into());
+                    tokio::pin!(sleep);
+                    loop {
+                        tokio::select! {
+                            biased;
+                            Some((sent, r)) = pending.next(), if !pending.is_empty() => {
+                                settle(&mut local, sent, r, &mut failed, &mut first_error, &bar);
+                            }
+                            _ = &mut sleep => break,
+                        }
+                    }
                 }
                 let sent = Instant::now();
                 let delivery = producer

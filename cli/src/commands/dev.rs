@@ -9,6 +9,9 @@ use sluice_client::{Admin, ErrorCode, NewTopic};
 
 use super::Context;
 
+/// How long `sluice dev` waits for its brokers to register before creating the example topic.
+const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The example topic `sluice dev` creates.
 const EXAMPLE_TOPIC: &str = "events";
 const EXAMPLE_PARTITIONS: i32 = 6;
@@ -94,10 +97,25 @@ pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
     let mut client = sluice_client::ClientConfig::new(&bootstrap);
     client.request_timeout = std::time::Duration::from_secs(30);
     let admin = Admin::new(client)?;
-    match admin.create_topic(example_topic(n), false).await {
-        Ok(_) => {}
-        Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
-        Err(e) => return Err(e).context("creating the example topic"),
+    // The brokers register with the controller as they start; a replicated example topic
+    // needs all of them known and answering, which takes a moment after the listeners open.
+    let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
+    loop {
+        match admin.create_topic(example_topic(n), false).await {
+            Ok(_) => break,
+            Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => break,
+            Err(e)
+                if e.code() == Some(ErrorCode::InvalidReplicationFactor)
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(e).context(format!(
+                    "creating the example topic (the {n} brokers had {STARTUP_TIMEOUT:?} to start)"
+                ));
+            }
+        }
     }
     let first = format!("127.0.0.1:{}", args.port);
     outln!(
