@@ -25,6 +25,7 @@ pub const DEFAULT_REPLICA_LAG_TIME_MAX: &str = "10s";
 pub const DEFAULT_LEADER_REBALANCE_INTERVAL: &str = "30s";
 pub const DEFAULT_MAX_PRODUCERS_PER_PARTITION: usize = crate::producer_state::MAX_PRODUCERS;
 pub const DEFAULT_PRODUCER_ID_EXPIRATION: &str = "24h";
+pub const DEFAULT_PRODUCER_SEQUENCE_WAIT: &str = "250ms";
 
 /// When appended data is forced to stable storage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +101,10 @@ pub struct Config {
     pub max_producers_per_partition: usize,
     /// Kafka's `producer.id.expiration.ms`: an idle producer is forgotten after this long.
     pub producer_id_expiration: Duration,
+    /// How long a batch that arrived ahead of its idempotent producer's sequence waits for
+    /// the batches before it (the producer keeps up to 5 in flight) before it is refused
+    /// with `OUT_OF_ORDER_SEQUENCE_NUMBER`.
+    pub producer_sequence_wait: Duration,
 }
 
 impl Config {
@@ -107,6 +112,7 @@ impl Config {
         crate::producer_state::ProducerLimits {
             max_producers: self.max_producers_per_partition,
             expiration: self.producer_id_expiration,
+            sequence_wait: self.producer_sequence_wait,
         }
     }
 }
@@ -141,6 +147,7 @@ impl Default for Config {
             leader_rebalance_interval: dur(DEFAULT_LEADER_REBALANCE_INTERVAL),
             max_producers_per_partition: DEFAULT_MAX_PRODUCERS_PER_PARTITION,
             producer_id_expiration: dur(DEFAULT_PRODUCER_ID_EXPIRATION),
+            producer_sequence_wait: dur(DEFAULT_PRODUCER_SEQUENCE_WAIT),
         }
     }
 }
@@ -241,6 +248,7 @@ struct ConfigFile {
     leader_rebalance_interval: Option<String>,
     max_producers_per_partition: Option<usize>,
     producer_id_expiration: Option<String>,
+    producer_sequence_wait: Option<String>,
 }
 
 /// `sluice-broker` flags. Each also reads `SLUICE_<NAME>` and the `--config` YAML file
@@ -317,6 +325,10 @@ pub struct Args {
     /// (producer.id.expiration.ms) [default: 24h]
     #[arg(long, env = "SLUICE_PRODUCER_ID_EXPIRATION")]
     pub producer_id_expiration: Option<String>,
+    /// How long a batch that arrives ahead of its idempotent producer's sequence waits for
+    /// the batches before it, then OUT_OF_ORDER_SEQUENCE_NUMBER [default: 250ms]
+    #[arg(long, env = "SLUICE_PRODUCER_SEQUENCE_WAIT")]
+    pub producer_sequence_wait: Option<String>,
 }
 
 fn parse_dur(key: &str, s: &str) -> Result<Duration, String> {
@@ -417,6 +429,12 @@ impl Args {
                 file.producer_id_expiration,
                 d.producer_id_expiration,
             )?,
+            producer_sequence_wait: pick_dur(
+                "producer_sequence_wait",
+                self.producer_sequence_wait,
+                file.producer_sequence_wait,
+                d.producer_sequence_wait,
+            )?,
         };
         config.validate()?;
         Ok(config)
@@ -448,6 +466,7 @@ mod tests {
             format!("[default: {DEFAULT_LEADER_REBALANCE_INTERVAL}]"),
             format!("[default: {DEFAULT_MAX_PRODUCERS_PER_PARTITION}]"),
             format!("[default: {DEFAULT_PRODUCER_ID_EXPIRATION}]"),
+            format!("[default: {DEFAULT_PRODUCER_SEQUENCE_WAIT}]"),
         ] {
             assert!(help.contains(&expected), "--help lacks {expected}:\n{help}");
         }

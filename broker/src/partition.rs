@@ -50,6 +50,8 @@ pub struct Partition {
     /// Set by `close`: later appends are refused instead of landing after the clean-shutdown
     /// marker.
     closed: AtomicBool,
+    /// Told whenever an idempotent producer's batch is appended.
+    sequenced: tokio::sync::Notify,
 }
 
 impl Partition {
@@ -75,6 +77,7 @@ impl Partition {
             dirty: AtomicBool::new(false),
             failed: Mutex::new(None),
             closed: AtomicBool::new(false),
+            sequenced: tokio::sync::Notify::new(),
         }
     }
 
@@ -167,6 +170,32 @@ impl Partition {
         validate_batch(&self.topic, self.id, &self.config, batch)
     }
 
+    /// An idempotent producer keeps several batches in flight, and requests can be handled in
+    /// another order than they were sent: a batch ahead of its producer's sequence waits
+    /// (up to the broker's producer sequence wait) for the ones before it. [`append`]
+    /// judges it after that.
+    ///
+    /// [`append`]: Partition::append
+    pub async fn await_turn(&self, batch: &[u8]) {
+        let Some(id) = batch::BatchHeader::parse(batch)
+            .ok()
+            .and_then(|h| BatchId::of(&h))
+        else {
+            return;
+        };
+        let patience = tokio::time::Instant::now() + self.producer_limits.sequence_wait;
+        loop {
+            let appended = self.sequenced.notified();
+            tokio::pin!(appended);
+            appended.as_mut().enable();
+            if !self.producers.lock().is_early(&id, None)
+                || tokio::time::timeout_at(patience, appended).await.is_err()
+            {
+                return;
+            }
+        }
+    }
+
     /// Appends a validated batch, unless it is a retry of one an idempotent producer already
     /// stored here: then nothing is written and the original's offsets are returned. Blocking
     /// (disk): runs on the blocking pool.
@@ -206,6 +235,7 @@ impl Partition {
             self.producers
                 .lock()
                 .record(id, info.base_offset, info.last_offset, now_ms);
+            self.sequenced.notify_waiters();
         }
         if let FlushPolicy::Interval(_) = self.flush {
             self.advance_high_watermark(info.last_offset + 1);

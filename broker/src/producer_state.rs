@@ -35,6 +35,8 @@ pub struct ProducerLimits {
     pub max_producers: usize,
     /// Idle producers are forgotten after this long.
     pub expiration: std::time::Duration,
+    /// How long a batch ahead of its producer's sequence waits for the ones before it.
+    pub sequence_wait: std::time::Duration,
 }
 
 impl Default for ProducerLimits {
@@ -42,6 +44,7 @@ impl Default for ProducerLimits {
         ProducerLimits {
             max_producers: MAX_PRODUCERS,
             expiration: std::time::Duration::from_millis(PRODUCER_EXPIRATION_MS as u64),
+            sequence_wait: std::time::Duration::from_millis(250),
         }
     }
 }
@@ -265,6 +268,37 @@ impl ProducerStates {
         }
     }
 
+    /// Whether `id` is ahead of the sequence its producer continues at: a batch that may
+    /// have overtaken the ones before it (a producer keeps up to
+    /// [`MAX_BATCHES_PER_PRODUCER`] in flight), worth a short wait for them before
+    /// [`check`](Self::check) judges it. A new producer or epoch starts at sequence 0; a
+    /// duplicate is never early.
+    pub fn is_early(&self, id: &BatchId, pending: Option<Latest>) -> bool {
+        if let Some(e) = self.producers.get(&id.producer_id)
+            && id.epoch == e.epoch
+            && e.batches
+                .iter()
+                .any(|b| b.first_seq == id.first_seq && b.last_seq == id.last_seq)
+        {
+            return false;
+        }
+        match pending.or_else(|| self.latest(id.producer_id)) {
+            None => id.first_seq != 0,
+            Some(l) if id.epoch > l.epoch => id.first_seq != 0,
+            Some(l) if id.epoch == l.epoch => {
+                let expected = if l.last_seq == i32::MAX {
+                    0
+                } else {
+                    l.last_seq + 1
+                };
+                // Sequences wrap at i32::MAX: "ahead" is less than half the space forward.
+                let ahead = (i64::from(id.first_seq) - i64::from(expected)).rem_euclid(1 << 31);
+                ahead > 0 && ahead < 1 << 30
+            }
+            Some(_) => false,
+        }
+    }
+
     /// Records a batch stored at `base_offset..=last_offset`.
     pub fn record(&mut self, id: &BatchId, base_offset: i64, last_offset: i64, now_ms: i64) {
         if !self.producers.contains_key(&id.producer_id) && self.producers.len() >= MAX_PRODUCERS {
@@ -335,6 +369,37 @@ mod tests {
             first_seq: first,
             last_seq: last,
         }
+    }
+
+    #[test]
+    fn a_batch_ahead_of_the_sequence_is_early_and_others_are_not() {
+        let mut s = ProducerStates::default();
+        // A producer the partition does not know starts at 0.
+        assert!(!s.is_early(&id(1, 0, 0, 4), None));
+        assert!(s.is_early(&id(1, 0, 5, 9), None));
+        s.record(&id(1, 0, 0, 4), 0, 4, 1);
+        // Next in line, a duplicate, and an old batch are judged at once.
+        assert!(!s.is_early(&id(1, 0, 5, 9), None));
+        assert!(!s.is_early(&id(1, 0, 0, 4), None));
+        assert!(!s.is_early(&id(1, 0, 2, 3), None));
+        // Beyond the next: early, also counted from a batch still on its way.
+        assert!(s.is_early(&id(1, 0, 7, 9), None));
+        let pending = Some(Latest {
+            epoch: 0,
+            last_seq: 9,
+        });
+        assert!(!s.is_early(&id(1, 0, 10, 12), pending));
+        assert!(s.is_early(&id(1, 0, 13, 14), pending));
+        // A new epoch starts at 0; an old epoch is fenced, not early.
+        assert!(!s.is_early(&id(1, 1, 0, 0), None));
+        assert!(s.is_early(&id(1, 1, 3, 4), None));
+        s.record(&id(1, 1, 0, 0), 5, 5, 2);
+        assert!(!s.is_early(&id(1, 0, 9, 9), None));
+        // Across the wrap at i32::MAX.
+        s.record(&id(2, 0, i32::MAX - 1, i32::MAX), 6, 7, 3);
+        assert!(!s.is_early(&id(2, 0, 0, 3), None));
+        assert!(s.is_early(&id(2, 0, 4, 5), None));
+        assert!(!s.is_early(&id(2, 0, i32::MAX - 5, i32::MAX - 4), None));
     }
 
     #[test]

@@ -42,6 +42,16 @@ pub enum Error {
     },
     #[error("the producer is closed")]
     Closed,
+    /// Records behind a batch that finally failed: resending them could store them ahead of
+    /// it, so they are not retried. They may or may not have been stored.
+    #[error(
+        "delivery to {topic}-{partition} abandoned: an earlier batch to it failed ({cause}); these records were not retried so that they cannot overtake it, and may or may not have been stored"
+    )]
+    Abandoned {
+        topic: String,
+        partition: i32,
+        cause: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

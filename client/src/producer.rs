@@ -1,6 +1,8 @@
-//! [`Producer`]: batches records per partition by `linger.ms` and `batch.size`, sends one
-//! batch per partition at a time (so records of a partition stay in send order, also
-//! across retries), and retries retriable errors with backoff until `delivery.timeout.ms`.
+//! [`Producer`]: batches records per partition by `linger.ms` and `batch.size`, keeps up to
+//! `max.in.flight.requests.per.connection` batches per partition on their way (with
+//! idempotence; one at a time without it), and retries retriable errors with backoff until
+//! `delivery.timeout.ms`. Records of a partition are stored in send order, also across
+//! retries: after a failure, the batches behind it are resent in order.
 //!
 //! Memory is bounded by `buffer.memory`: `send` waits (up to `max.block.ms`) when that
 //! much data is queued and unacknowledged.
@@ -11,7 +13,7 @@
 //! original offsets. After a batch finally fails (its fate unknown), the partition's sequence
 //! starts over under a new epoch, so later batches are never mistaken for it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,15 +21,21 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use parking_lot::Mutex;
 use sluice_proto::batch::Compression;
-use sluice_proto::{RecordBatchBuilder, acks, pb};
+use sluice_proto::{ErrorCode, RecordBatchBuilder, acks, pb};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
 use crate::cluster::{ClientConfig, Cluster};
 use crate::error::{Error, Result};
 use crate::partitioner::partition_for_key;
+
+/// The most batches in flight per partition: what a partition remembers of an idempotent
+/// producer to recognise a retry (Kafka's bound too).
+pub const MAX_IN_FLIGHT: usize = 5;
 
 /// When the broker answers a write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -85,6 +93,10 @@ pub struct ProducerConfig {
     /// `enable.idempotence`: retries never store a batch twice. Takes effect with
     /// `acks=all` (as in Kafka, other acks levels turn it off).
     pub enable_idempotence: bool,
+    /// `max.in.flight.requests.per.connection`: batches on their way to one partition at
+    /// once, 1 to 5. Takes effect with idempotence, which keeps them in order across
+    /// retries; without it the producer sends one at a time, so a retry cannot reorder.
+    pub max_in_flight: usize,
 }
 
 impl Default for ProducerConfig {
@@ -100,6 +112,7 @@ impl Default for ProducerConfig {
             retry_backoff_max: Duration::from_secs(1),
             compression: Compression::None,
             enable_idempotence: true,
+            max_in_flight: MAX_IN_FLIGHT,
         }
     }
 }
@@ -107,6 +120,15 @@ impl Default for ProducerConfig {
 impl ProducerConfig {
     fn idempotent(&self) -> bool {
         self.enable_idempotence && self.acks == Acks::All
+    }
+
+    /// Batches in flight per partition.
+    fn max_in_flight(&self) -> usize {
+        if self.idempotent() {
+            self.max_in_flight.clamp(1, MAX_IN_FLIGHT)
+        } else {
+            1
+        }
     }
 }
 
@@ -231,6 +253,12 @@ impl Producer {
                 config.batch_size, config.buffer_memory
             )));
         }
+        if !(1..=MAX_IN_FLIGHT).contains(&config.max_in_flight) {
+            return Err(Error::InvalidArgument(format!(
+                "max.in.flight.requests.per.connection ({}) must be between 1 and {MAX_IN_FLIGHT} (a partition recognises retries among its producer's last {MAX_IN_FLIGHT} batches)",
+                config.max_in_flight
+            )));
+        }
         let permits = config.buffer_memory.min(Semaphore::MAX_PERMITS);
         Ok(Producer {
             inner: Arc::new(Inner {
@@ -332,14 +360,7 @@ impl Producer {
             .entry((topic.to_string(), partition))
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let worker = Worker {
-                    inner: self.inner.clone(),
-                    topic: topic.to_string(),
-                    partition,
-                    rx,
-                    sequence: None,
-                    fresh_id: false,
-                };
+                let worker = Worker::new(self.inner.clone(), topic, partition, rx);
                 self.inner.tasks.lock().spawn(worker.run());
                 tx
             })
@@ -384,7 +405,10 @@ fn random_below(n: i32) -> i32 {
     (h.finish() % n.max(1) as u64) as i32
 }
 
-/// Owns one partition's queue: builds a batch, sends it, repeats.
+/// Owns one partition's queue: fills a batch, sends it, and keeps up to
+/// `max.in.flight.requests.per.connection` batches on their way (one without idempotence).
+/// Acknowledgements are handled in send order; after a failure every batch behind it is
+/// resent in order, one at a time, before sending goes on.
 struct Worker {
     inner: Arc<Inner>,
     topic: String,
@@ -394,6 +418,13 @@ struct Worker {
     sequence: Option<Sequence>,
     /// Set when the epochs of the producer id ran out: ask for a new id.
     fresh_id: bool,
+    /// Batches sent and not yet answered, oldest first, with their first attempts.
+    window: VecDeque<Sent>,
+    /// Batches sealed and batches resolved so far (flushes wait for a count).
+    sealed: u64,
+    resolved: u64,
+    /// Flush requests: answered once `resolved` reaches the number.
+    flushes: Vec<(u64, oneshot::Sender<()>)>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -403,75 +434,132 @@ struct Sequence {
     next: i32,
 }
 
+/// A batch being filled.
+struct Open {
+    builder: RecordBatchBuilder,
+    records: Vec<Pending>,
+    max_bytes: usize,
+    /// No more records fit.
+    full: bool,
+    /// linger.ms after its first record was queued.
+    due: tokio::time::Instant,
+}
+
+/// A sealed batch on its way.
+struct Sent {
+    batch: Bytes,
+    records: Vec<Pending>,
+    /// delivery.timeout.ms after its oldest record was queued.
+    deadline: Instant,
+    /// Sent while earlier batches were in flight: a refusal as out of sequence may only
+    /// mean it overtook them.
+    overtaking: bool,
+}
+
+type Attempt = Pin<Box<dyn Future<Output = Result<pb::ProduceResponse>> + Send>>;
+
 impl Worker {
+    fn new(
+        inner: Arc<Inner>,
+        topic: &str,
+        partition: i32,
+        rx: mpsc::UnboundedReceiver<Msg>,
+    ) -> Self {
+        Worker {
+            inner,
+            topic: topic.to_string(),
+            partition,
+            rx,
+            sequence: None,
+            fresh_id: false,
+            window: VecDeque::new(),
+            sealed: 0,
+            resolved: 0,
+            flushes: Vec::new(),
+        }
+    }
+
     async fn run(mut self) {
-        let mut carry: Option<Msg> = None;
+        let max_in_flight = self.inner.config.max_in_flight();
+        let mut open: Option<Open> = None;
+        // A record that did not fit the open batch: it starts the next one.
+        let mut carry: Option<Pending> = None;
+        let mut closed = false;
+        // The first attempts of the batches in `window`, in the same order (kept out of
+        // `self`, which is shared across awaits and so must be `Sync`).
+        let mut attempts: FuturesOrdered<Attempt> = FuturesOrdered::new();
         loop {
-            let first = match carry.take() {
-                Some(m) => m,
-                None => match self.rx.recv().await {
-                    Some(m) => m,
-                    None => return,
-                },
-            };
-            let mut flushes = Vec::new();
-            let mut records = Vec::new();
-            let max_bytes = self.max_batch_bytes().await;
-            let mut builder = RecordBatchBuilder::new(self.inner.config.compression);
-            let push = |m: Msg,
-                        builder: &mut RecordBatchBuilder,
-                        records: &mut Vec<Pending>,
-                        flushes: &mut Vec<oneshot::Sender<()>>|
-             -> Option<Msg> {
-                match m {
-                    Msg::Flush(tx) => {
-                        flushes.push(tx);
-                        None
+            // A full batch goes out while the window has room; one that is not full goes out
+            // once linger.ms has passed and nothing else is in flight. While a batch is on
+            // its way, records gather into the next one: fewer, larger batches, which is
+            // what a replicated partition commits fastest (each batch is one Raft entry).
+            if let Some(o) = &open
+                && self.window.len() < max_in_flight
+                && (o.full
+                    || closed
+                    || self.flushes.iter().any(|(n, _)| *n > self.sealed)
+                    || (self.window.is_empty() && o.due <= tokio::time::Instant::now()))
+                && let Some(o) = open.take()
+            {
+                self.send(o, &mut attempts).await;
+                if let Some(p) = carry.take() {
+                    open = Some(self.open(p).await);
+                }
+                continue;
+            }
+            if closed && open.is_none() && self.window.is_empty() {
+                self.answer_flushes();
+                return;
+            }
+            let idle = self.window.is_empty();
+            let due = open.as_ref().map(|o| o.due);
+            let receiving = !closed && open.as_ref().is_none_or(|o| !o.full);
+            tokio::select! {
+                biased;
+                Some(result) = attempts.next(), if !attempts.is_empty() => {
+                    self.settle(result, &mut attempts).await;
+                }
+                m = self.rx.recv(), if receiving => match m {
+                    None => closed = true,
+                    Some(Msg::Flush(tx)) => {
+                        // Everything queued before the flush is in the open batch and
+                        // the record carried over to the next.
+                        let upto =
+                            self.sealed + u64::from(open.is_some()) + u64::from(carry.is_some());
+                        self.flushes.push((upto, tx));
+                        self.answer_flushes();
                     }
-                    Msg::Record(p) => {
-                        let delta = p.timestamp
-                            - records
-                                .first()
-                                .map_or(p.timestamp, |f: &Pending| f.timestamp);
-                        let size = RecordBatchBuilder::record_size(
-                            delta,
-                            p.key.as_deref(),
-                            &p.value,
-                            &p.headers,
-                        );
-                        if !records.is_empty() && builder.size() + size > max_bytes {
-                            return Some(Msg::Record(p));
+                    Some(Msg::Record(p)) => match &mut open {
+                        None => open = Some(self.open(p).await),
+                        Some(o) => {
+                            if let Some(p) = o.push(p) {
+                                o.full = true;
+                                carry = Some(p);
+                            }
                         }
-                        builder.append(p.timestamp, p.key.as_deref(), &p.value, &p.headers);
-                        records.push(p);
-                        None
-                    }
-                }
-            };
-            carry = push(first, &mut builder, &mut records, &mut flushes);
-            // linger.ms counts from the batch's first record, as in Kafka: records that
-            // queued while the previous batch was in flight do not wait again.
-            let opened = records.first().map_or_else(Instant::now, |p| p.enqueued);
-            let deadline = tokio::time::Instant::from_std(opened) + self.inner.config.linger;
-            while carry.is_none() && flushes.is_empty() && builder.size() < max_bytes {
-                // Records already queued join the batch even once linger.ms has passed.
-                let next = tokio::select! {
-                    biased;
-                    m = self.rx.recv() => m,
-                    _ = tokio::time::sleep_until(deadline) => break,
-                };
-                match next {
-                    Some(m) => carry = push(m, &mut builder, &mut records, &mut flushes),
-                    None => break,
-                }
-            }
-            if !records.is_empty() {
-                self.deliver(builder, records).await;
-            }
-            for f in flushes {
-                let _ = f.send(());
+                    },
+                },
+                _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
+                    if idle && due.is_some() => {}
             }
         }
+    }
+
+    /// Starts a batch with `first`.
+    async fn open(&self, first: Pending) -> Open {
+        // linger.ms counts from the batch's first record, as in Kafka: records that queued
+        // while the window was full do not wait again.
+        let due = tokio::time::Instant::from_std(first.enqueued) + self.inner.config.linger;
+        let mut o = Open {
+            builder: RecordBatchBuilder::new(self.inner.config.compression),
+            records: Vec::new(),
+            max_bytes: self.max_batch_bytes().await,
+            full: false,
+            due,
+        };
+        // The first record always fits (the broker refuses it if it is too large).
+        let _ = o.push(first);
+        o
     }
 
     async fn max_batch_bytes(&self) -> usize {
@@ -480,6 +568,166 @@ impl Worker {
             Err(_) => usize::MAX,
         };
         self.inner.config.batch_size.min(limit)
+    }
+
+    /// Seals the batch and sends its first attempt.
+    async fn send(&mut self, o: Open, attempts: &mut FuturesOrdered<Attempt>) {
+        let deadline = o.records[0].enqueued + self.inner.config.delivery_timeout;
+        self.sealed += 1;
+        let batch = match self.await_producer_id(deadline).await {
+            Ok(id) => self.seal(o.builder, id),
+            Err(e) => {
+                self.resolve(o.records, Err(e));
+                return;
+            }
+        };
+        attempts.push_back(Box::pin(attempt(
+            self.inner.clone(),
+            self.topic.clone(),
+            self.partition,
+            batch.clone(),
+            deadline,
+        )));
+        let overtaking = !self.window.is_empty();
+        self.window.push_back(Sent {
+            batch,
+            records: o.records,
+            deadline,
+            overtaking,
+        });
+    }
+
+    /// The oldest batch in flight was answered.
+    async fn settle(
+        &mut self,
+        result: Result<pb::ProduceResponse>,
+        attempts: &mut FuturesOrdered<Attempt>,
+    ) {
+        let Some(first) = self.window.pop_front() else {
+            return;
+        };
+        let err = match result {
+            Ok(resp) => {
+                self.resolve(first.records, Ok(resp));
+                return;
+            }
+            Err(e) => e,
+        };
+        // The batches behind it are on their way too: collect their answers before sending
+        // anything again, so that the partition gets every batch in order.
+        let mut behind = Vec::new();
+        while let Some(r) = attempts.next().await {
+            behind.push(r);
+        }
+        let later: Vec<Sent> = self.window.drain(..).collect();
+        let mut failed: Option<Error> = None;
+        // Everything before it is acknowledged now: if it was refused for a gap while
+        // those were still on their way, it only arrived first.
+        let overtook = first.overtaking && err.code() == Some(ErrorCode::OutOfOrderSequenceNumber);
+        let queue = std::iter::once((first, Err(err), overtook))
+            .chain(later.into_iter().zip(behind).map(|(s, r)| (s, r, true)));
+        for (sent, result, behind_failure) in queue {
+            let result = match (result, &failed) {
+                (Ok(resp), _) => Ok(resp),
+                (Err(_), Some(cause)) => Err(Error::Abandoned {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    cause: cause.to_string(),
+                }),
+                // A batch behind a failed one was refused for that (out of sequence, or
+                // the same lost leader): it gets sent again whatever the error.
+                (Err(e), None) => self.retry(&sent, e, behind_failure).await,
+            };
+            if let Err(e) = &result
+                && failed.is_none()
+            {
+                failed = Some(e.clone());
+                self.restart_sequence();
+            }
+            self.resolve(sent.records, result);
+        }
+    }
+
+    /// Sends `sent` again after `last` until it succeeds, fails for good, or its delivery
+    /// timeout passes.
+    async fn retry(
+        &self,
+        sent: &Sent,
+        mut last: Error,
+        mut resend_anyway: bool,
+    ) -> Result<pb::ProduceResponse> {
+        let config = &self.inner.config;
+        let cluster = &self.inner.cluster;
+        let mut backoff = config.retry_backoff;
+        let mut attempts = 1u32;
+        loop {
+            if !(last.is_retriable() || resend_anyway) {
+                return Err(last);
+            }
+            if Instant::now() + backoff >= sent.deadline {
+                return Err(Error::Timeout {
+                    what: format!(
+                        "delivery to {}-{} ({attempts} attempts)",
+                        self.topic, self.partition
+                    ),
+                    after: config.delivery_timeout,
+                    last: last.to_string(),
+                });
+            }
+            tracing::warn!(topic = %self.topic, partition = self.partition, attempts, cause = %last, "retrying produce");
+            if !resend_anyway {
+                cluster.invalidate(&self.topic);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(config.retry_backoff_max);
+            }
+            resend_anyway = false;
+            attempts += 1;
+            match attempt(
+                self.inner.clone(),
+                self.topic.clone(),
+                self.partition,
+                sent.batch.clone(),
+                sent.deadline,
+            )
+            .await
+            {
+                Ok(resp) => return Ok(resp),
+                Err(e) => last = e,
+            }
+        }
+    }
+
+    /// Resolves every record's future of one batch, in order.
+    fn resolve(&mut self, records: Vec<Pending>, result: Result<pb::ProduceResponse>) {
+        for (i, p) in records.into_iter().enumerate() {
+            let r = match &result {
+                Ok(resp) => Ok(RecordMetadata {
+                    topic: self.topic.clone(),
+                    partition: self.partition,
+                    offset: if resp.base_offset < 0 {
+                        -1
+                    } else {
+                        resp.base_offset + i as i64
+                    },
+                    timestamp: p.timestamp,
+                }),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = p.tx.send(r);
+        }
+        self.resolved += 1;
+        self.answer_flushes();
+    }
+
+    fn answer_flushes(&mut self) {
+        let resolved = self.resolved;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.flushes)
+            .into_iter()
+            .partition(|(n, _)| *n <= resolved);
+        self.flushes = waiting;
+        for (_, tx) in done {
+            let _ = tx.send(());
+        }
     }
 
     /// The producer id, asked of the partition's leader once per producer.
@@ -576,99 +824,70 @@ impl Worker {
             }
         }
     }
+}
 
-    /// Sends one batch, retrying retriable failures until `delivery.timeout.ms` after its
-    /// oldest record was queued, then resolves every record's future.
-    async fn deliver(&mut self, builder: RecordBatchBuilder, records: Vec<Pending>) {
-        let inner = self.inner.clone();
-        let config = &inner.config;
-        let cluster = &inner.cluster;
-        let deadline = records[0].enqueued + config.delivery_timeout;
-        let mut backoff = config.retry_backoff;
-        let mut attempts = 0u32;
-        let batch = match self.await_producer_id(deadline).await {
-            Ok(id) => self.seal(builder, id),
-            Err(e) => {
-                for p in records {
-                    let _ = p.tx.send(Err(e.clone()));
-                }
-                return;
-            }
-        };
-        let result = loop {
-            attempts += 1;
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let timeout = cluster
-                .config
-                .request_timeout
-                .min(remaining)
-                .max(Duration::from_millis(1));
-            let attempt = async {
-                let address = cluster.leader(&self.topic, self.partition).await?;
-                let mut client = cluster.log_client(&address)?;
-                let req = pb::ProduceRequest {
-                    topic: self.topic.clone(),
-                    partition: self.partition,
-                    acks: config.acks.wire(),
-                    timeout_ms: timeout.as_millis() as u32,
-                    batch: batch.clone(),
-                };
-                match tokio::time::timeout(timeout, client.produce(req)).await {
-                    Ok(Ok(resp)) => Ok(resp.into_inner()),
-                    Ok(Err(status)) => {
-                        let err = Error::from_status(&address, status);
-                        if matches!(err, Error::Rpc { .. }) {
-                            cluster.drop_channel(&address);
-                        }
-                        Err(err)
-                    }
-                    Err(_) => Err(Error::Timeout {
-                        what: format!("produce to {address}"),
-                        after: timeout,
-                        last: "no answer".into(),
-                    }),
-                }
-            };
-            match attempt.await {
-                Ok(resp) => break Ok(resp),
-                Err(e) if e.is_retriable() && Instant::now() + backoff < deadline => {
-                    tracing::warn!(topic = %self.topic, partition = self.partition, attempts, cause = %e, "retrying produce");
-                    cluster.invalidate(&self.topic);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(config.retry_backoff_max);
-                }
-                Err(e) if e.is_retriable() => {
-                    break Err(Error::Timeout {
-                        what: format!(
-                            "delivery to {}-{} ({attempts} attempts)",
-                            self.topic, self.partition
-                        ),
-                        after: config.delivery_timeout,
-                        last: e.to_string(),
-                    });
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        if result.is_err() {
-            self.restart_sequence();
+impl Open {
+    /// Adds a record, or gives it back if the batch has no room for it.
+    fn push(&mut self, p: Pending) -> Option<Pending> {
+        let first = self.records.first().map_or(p.timestamp, |f| f.timestamp);
+        let size = RecordBatchBuilder::record_size(
+            p.timestamp - first,
+            p.key.as_deref(),
+            &p.value,
+            &p.headers,
+        );
+        if !self.records.is_empty() && self.builder.size() + size > self.max_bytes {
+            return Some(p);
         }
-        for (i, p) in records.into_iter().enumerate() {
-            let r = match &result {
-                Ok(resp) => Ok(RecordMetadata {
-                    topic: self.topic.clone(),
-                    partition: self.partition,
-                    offset: if resp.base_offset < 0 {
-                        -1
-                    } else {
-                        resp.base_offset + i as i64
-                    },
-                    timestamp: p.timestamp,
-                }),
-                Err(e) => Err(e.clone()),
-            };
-            let _ = p.tx.send(r);
+        self.builder
+            .append(p.timestamp, p.key.as_deref(), &p.value, &p.headers);
+        self.records.push(p);
+        if self.builder.size() >= self.max_bytes {
+            self.full = true;
         }
+        None
+    }
+}
+
+/// One produce request for `batch` to the partition's leader (as the metadata has it),
+/// within the request timeout and what is left of the delivery timeout.
+async fn attempt(
+    inner: Arc<Inner>,
+    topic: String,
+    partition: i32,
+    batch: Bytes,
+    deadline: Instant,
+) -> Result<pb::ProduceResponse> {
+    let cluster = &inner.cluster;
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let timeout = cluster
+        .config
+        .request_timeout
+        .min(remaining)
+        .max(Duration::from_millis(1));
+    let address = cluster.leader(&topic, partition).await?;
+    let mut client = cluster.log_client(&address)?;
+    let req = pb::ProduceRequest {
+        topic,
+        partition,
+        acks: inner.config.acks.wire(),
+        timeout_ms: timeout.as_millis() as u32,
+        batch,
+    };
+    match tokio::time::timeout(timeout, client.produce(req)).await {
+        Ok(Ok(resp)) => Ok(resp.into_inner()),
+        Ok(Err(status)) => {
+            let err = Error::from_status(&address, status);
+            if matches!(err, Error::Rpc { .. }) {
+                cluster.drop_channel(&address);
+            }
+            Err(err)
+        }
+        Err(_) => Err(Error::Timeout {
+            what: format!("produce to {address}"),
+            after: timeout,
+            last: "no answer".into(),
+        }),
     }
 }
 

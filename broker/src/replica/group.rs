@@ -58,6 +58,7 @@ impl Default for ReplicaTiming {
 pub struct ReplicaStores {
     log: SegmentRaftLog,
     state: ReplicaState,
+    sequence_wait: Duration,
 }
 
 impl ReplicaStores {
@@ -75,7 +76,11 @@ impl ReplicaStores {
             .producers()
             .lock()
             .set_max_producers(producer_limits.max_producers);
-        Ok(ReplicaStores { log, state })
+        Ok(ReplicaStores {
+            log,
+            state,
+            sequence_wait: producer_limits.sequence_wait,
+        })
     }
 }
 
@@ -109,6 +114,10 @@ pub struct Replica {
     snapshot_upto: Arc<std::sync::atomic::AtomicU64>,
     /// Set while this leader hands leadership to the preferred replica: writes wait.
     handing_over: std::sync::atomic::AtomicBool,
+    /// How long a batch ahead of its producer's sequence waits for the ones before it.
+    sequence_wait: Duration,
+    /// Told whenever an idempotent producer's batch is proposed.
+    proposed: tokio::sync::Notify,
 }
 
 /// An idempotent producer's batch on its way through Raft.
@@ -219,6 +228,8 @@ impl Replica {
             inflight: tokio::sync::Mutex::new(Inflight::default()),
             snapshot_upto,
             handing_over: std::sync::atomic::AtomicBool::new(false),
+            sequence_wait: stores.sequence_wait,
+            proposed: tokio::sync::Notify::new(),
         }))
     }
 
@@ -479,52 +490,71 @@ impl Replica {
     ) -> Result<std::result::Result<watch::Receiver<Progress>, crate::producer_state::StoredBatch>>
     {
         let term = self.await_ready(state, deadline).await?;
-        let mut inflight = self.inflight.lock().await;
-        if inflight.term != term {
-            // Batches of an earlier leadership were committed (and are in `producers`) or
-            // dropped by now: `await_ready` saw this term's first entry applied.
-            *inflight = Inflight {
-                term,
-                ..Default::default()
-            };
+        // A producer keeps several batches in flight; one may get here before the batch
+        // ahead of it: it waits (a little) for that one to be proposed.
+        let patience = (tokio::time::Instant::now() + self.sequence_wait).min(deadline);
+        loop {
+            let mut inflight = self.inflight.lock().await;
+            if inflight.term != term {
+                // Batches of an earlier leadership were committed (and are in `producers`)
+                // or dropped by now: `await_ready` saw this term's first entry applied.
+                *inflight = Inflight {
+                    term,
+                    ..Default::default()
+                };
+            }
+            let queue = inflight.by_producer.entry(id.producer_id).or_default();
+            // Committed batches leave from the front only (their completions are told in
+            // any order), so the back stays the newest batch proposed; failed ones were not
+            // stored by this leader.
+            queue.retain(|b| !matches!(*b.progress.borrow(), Progress::Failed { .. }));
+            while queue
+                .front()
+                .is_some_and(|b| matches!(*b.progress.borrow(), Progress::Committed { .. }))
+            {
+                queue.pop_front();
+            }
+            if let Some(b) = queue.iter().find(|b| b.id == id) {
+                tracing::debug!(topic = %self.topic, partition = self.id, producer = id.producer_id, "a retry joins its batch in flight");
+                return Ok(Ok(b.progress.clone()));
+            }
+            let pending = queue.back().map(|b| Latest {
+                epoch: b.id.epoch,
+                last_seq: b.id.last_seq,
+            });
+            let early = self.producers.lock().is_early(&id, pending);
+            if early && tokio::time::Instant::now() < patience {
+                let proposed = self.proposed.notified();
+                tokio::pin!(proposed);
+                proposed.as_mut().enable();
+                drop(inflight);
+                let _ = tokio::time::timeout_at(patience, proposed).await;
+                continue;
+            }
+            let verdict = self
+                .producers
+                .lock()
+                .check(&id, pending)
+                .map_err(|source| Error::Sequence {
+                    topic: self.topic.to_string(),
+                    partition: self.id,
+                    source,
+                })?;
+            if let Verdict::Duplicate(stored) = verdict {
+                tracing::debug!(topic = %self.topic, partition = self.id, producer = id.producer_id, base_offset = stored.base_offset, "dropped a duplicate batch");
+                return Ok(Err(stored));
+            }
+            let (_, progress) = self.propose(batch).await?;
+            queue.push_back(InflightBatch {
+                id,
+                progress: progress.clone(),
+            });
+            if inflight.by_producer.len() > crate::producer_state::MAX_PRODUCERS {
+                inflight.by_producer.retain(|_, q| !q.is_empty());
+            }
+            self.proposed.notify_waiters();
+            return Ok(Ok(progress));
         }
-        let queue = inflight.by_producer.entry(id.producer_id).or_default();
-        queue.retain(|b| {
-            !matches!(
-                *b.progress.borrow(),
-                Progress::Failed { .. } | Progress::Committed { .. }
-            )
-        });
-        if let Some(b) = queue.iter().find(|b| b.id == id) {
-            tracing::debug!(topic = %self.topic, partition = self.id, producer = id.producer_id, "a retry joins its batch in flight");
-            return Ok(Ok(b.progress.clone()));
-        }
-        let pending = queue.back().map(|b| Latest {
-            epoch: b.id.epoch,
-            last_seq: b.id.last_seq,
-        });
-        let verdict = self
-            .producers
-            .lock()
-            .check(&id, pending)
-            .map_err(|source| Error::Sequence {
-                topic: self.topic.to_string(),
-                partition: self.id,
-                source,
-            })?;
-        if let Verdict::Duplicate(stored) = verdict {
-            tracing::debug!(topic = %self.topic, partition = self.id, producer = id.producer_id, base_offset = stored.base_offset, "dropped a duplicate batch");
-            return Ok(Err(stored));
-        }
-        let (_, progress) = self.propose(batch).await?;
-        queue.push_back(InflightBatch {
-            id,
-            progress: progress.clone(),
-        });
-        if inflight.by_producer.len() > crate::producer_state::MAX_PRODUCERS {
-            inflight.by_producer.retain(|_, q| !q.is_empty());
-        }
-        Ok(Ok(progress))
     }
 
     /// Waits until this leader has applied everything earlier leaders left in its log (its

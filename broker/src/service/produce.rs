@@ -47,6 +47,7 @@ pub(super) async fn handle(
             });
         }
     };
+    partition.await_turn(&req.batch).await;
     let p = partition.clone();
     let batch = req.batch;
     let info = blocking(move || {

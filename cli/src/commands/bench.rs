@@ -70,6 +70,10 @@ pub(crate) struct ProduceBench {
     /// enable.idempotence (takes effect with acks=all, as in Kafka).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     idempotence: bool,
+    /// max.in.flight.requests.per.connection: batches in flight per partition, 1-5 (with
+    /// idempotence; without it the producer sends one at a time).
+    #[arg(long, default_value_t = sluice_client::producer::MAX_IN_FLIGHT)]
+    max_in_flight: usize,
 }
 
 #[derive(Debug, Args)]
@@ -161,16 +165,18 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
         buffer_memory: args.buffer_memory,
         compression,
         enable_idempotence: args.idempotence,
+        max_in_flight: args.max_in_flight,
         ..ProducerConfig::default()
     };
     let workload = format!(
-        "produce: {} records x {} B, topic '{}' ({} partitions), acks={:?}, idempotence {}, batch {} B, linger {}, {} producer(s){}",
+        "produce: {} records x {} B, topic '{}' ({} partitions), acks={:?}, idempotence {}, in flight {}, batch {} B, linger {}, {} producer(s){}",
         args.records,
         args.record_size,
         args.topic,
         args.partitions,
         args.acks,
         args.idempotence,
+        args.max_in_flight,
         args.batch_size,
         args.linger,
         args.producers,

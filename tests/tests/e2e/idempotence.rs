@@ -275,3 +275,66 @@ async fn a_retry_while_the_original_is_still_in_flight_is_not_stored_twice() {
     let stored = values(&cluster.node(now_leading).read_all("slow").await);
     assert_eq!(stored, ["21/0/0", "21/0/1", "21/0/2"]);
 }
+
+/// Sends two rounds of a producer's batches with the later batch first (as can happen with
+/// several batches in flight): the partition holds the early one until the one before it
+/// arrives, then stores both in sequence order. Round one is the producer's first batches
+/// (the partition does not know it yet), round two continues its sequence.
+async fn overtaken_batches_are_stored_in_order(address: &str, topic: &str) {
+    let mut next_offset = None;
+    for (first, second) in [((0, 3), (3, 2)), ((5, 1), (6, 4))] {
+        let mut early = tokio::spawn({
+            let (address, topic) = (address.to_string(), topic.to_string());
+            async move { produce(&address, &topic, -1, batch(31, 0, second.0, second.1)).await }
+        });
+        // A refusal (or a premature store) would come back at once.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut early)
+                .await
+                .is_err(),
+            "the early batch was answered before the batch ahead of it arrived"
+        );
+        let base = produce(address, topic, -1, batch(31, 0, first.0, first.1))
+            .await
+            .expect("the batch ahead");
+        let later = early
+            .await
+            .expect("task")
+            .expect("the early batch, once its predecessor is stored");
+        assert_eq!(later, base + i64::from(first.1), "stored right after it");
+        if let Some(expected) = next_offset {
+            assert!(base >= expected, "{base} follows {expected}");
+        }
+        next_offset = Some(later + i64::from(second.1));
+    }
+}
+
+#[tokio::test]
+async fn a_batch_that_overtakes_the_one_before_it_waits_for_it() {
+    let (_tmp, dir) = data_dir();
+    let broker = Broker::start(&dir, &["--producer-sequence-wait", "30s"]);
+    broker.create_topic(NewTopic::new("ahead", 1, 1)).await;
+    overtaken_batches_are_stored_in_order(&broker.address, "ahead").await;
+    let stored = values(&broker.read_all("ahead").await);
+    let expected: Vec<String> = (0..10).map(|s| format!("31/0/{s}")).collect();
+    assert_eq!(stored, expected);
+
+    // Replicated: the leader holds it before proposing.
+    let mut cluster = Cluster::start_with(3, &["--producer-sequence-wait", "30s"]);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).expect("admin");
+    admin
+        .create_topic(
+            NewTopic::new("ahead", 1, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .expect("create");
+    let lead = leader(&admin, "ahead", 0).await;
+    let address = cluster.node(lead).address.clone();
+    overtaken_batches_are_stored_in_order(&address, "ahead").await;
+    assert_eq!(
+        values(&cluster.node(lead).read_all("ahead").await),
+        expected
+    );
+}
