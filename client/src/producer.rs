@@ -531,12 +531,7 @@ impl Worker {
                     }
                     Some(Msg::Record(p)) => match &mut open {
                         None => open = Some(self.open(p).await),
-                        Some(o) => {
-                            if let Some(p) = o.push(p) {
-                                o.full = true;
-                                carry = Some(p);
-                            }
-                        }
+                        Some(o) => carry = o.push(p),
                     },
                 },
                 _ = tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)),
@@ -827,7 +822,7 @@ impl Worker {
 }
 
 impl Open {
-    /// Adds a record, or gives it back if the batch has no room for it.
+    /// Adds a record, or gives it back (and the batch is full) if it has no room for it.
     fn push(&mut self, p: Pending) -> Option<Pending> {
         let first = self.records.first().map_or(p.timestamp, |f| f.timestamp);
         let size = RecordBatchBuilder::record_size(
@@ -837,6 +832,7 @@ impl Open {
             &p.headers,
         );
         if !self.records.is_empty() && self.builder.size() + size > self.max_bytes {
+            self.full = true;
             return Some(p);
         }
         self.builder

@@ -522,7 +522,13 @@ impl Replica {
                 epoch: b.id.epoch,
                 last_seq: b.id.last_seq,
             });
-            let early = self.producers.lock().is_early(&id, pending);
+            let (early, verdict) = {
+                let producers = self.producers.lock();
+                (
+                    producers.is_early(&id, pending),
+                    producers.check(&id, pending),
+                )
+            };
             if early && tokio::time::Instant::now() < patience {
                 let proposed = self.proposed.notified();
                 tokio::pin!(proposed);
@@ -531,15 +537,11 @@ impl Replica {
                 let _ = tokio::time::timeout_at(patience, proposed).await;
                 continue;
             }
-            let verdict = self
-                .producers
-                .lock()
-                .check(&id, pending)
-                .map_err(|source| Error::Sequence {
-                    topic: self.topic.to_string(),
-                    partition: self.id,
-                    source,
-                })?;
+            let verdict = verdict.map_err(|source| Error::Sequence {
+                topic: self.topic.to_string(),
+                partition: self.id,
+                source,
+            })?;
             if let Verdict::Duplicate(stored) = verdict {
                 tracing::debug!(topic = %self.topic, partition = self.id, producer = id.producer_id, base_offset = stored.base_offset, "dropped a duplicate batch");
                 return Ok(Err(stored));
