@@ -188,43 +188,7 @@ impl Broker {
 
     /// Every record of a topic from the start up to its current end.
     pub async fn read_all(&self, topic: &str) -> Vec<sluice_client::ConsumerRecord> {
-        let mut consumer =
-            Consumer::new(self.client(), ConsumerConfig::default()).expect("consumer");
-        let partitions = consumer.partitions_for(topic).await.expect("partitions");
-        let tps: Vec<_> = partitions
-            .iter()
-            .map(|&p| TopicPartition::new(topic, p))
-            .collect();
-        let mut ends = Vec::new();
-        for tp in &tps {
-            ends.push((
-                tp.clone(),
-                consumer
-                    .list_offset(tp, sluice_proto::list_offsets::LATEST)
-                    .await
-                    .expect("latest"),
-            ));
-        }
-        consumer
-            .assign(tps, Offset::Earliest)
-            .await
-            .expect("assign");
-        let mut out = Vec::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // Done when every partition's position reached its end (control batches take
-        // offsets but yield no records, so counting records would not do).
-        while ends
-            .iter()
-            .any(|(tp, end)| consumer.position(tp).unwrap_or(0) < *end)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "read {} records of {topic} before the deadline; ends {ends:?}",
-                out.len()
-            );
-            out.extend(consumer.poll(Duration::from_secs(1)).await.expect("poll"));
-        }
-        out
+        read_all(self.client(), topic).await
     }
 
     /// Runs the `sluice` CLI against this broker.
@@ -392,4 +356,44 @@ pub fn segment_files(data_dir: &Path, topic: &str, partition: i32) -> Vec<PathBu
         .collect();
     files.sort();
     files
+}
+
+/// Every record of a topic from the start up to its current end, read through `client`.
+pub async fn read_all(client: ClientConfig, topic: &str) -> Vec<sluice_client::ConsumerRecord> {
+    let mut consumer = Consumer::new(client, ConsumerConfig::default()).expect("consumer");
+    let partitions = consumer.partitions_for(topic).await.expect("partitions");
+    let tps: Vec<_> = partitions
+        .iter()
+        .map(|&p| TopicPartition::new(topic, p))
+        .collect();
+    let mut ends = Vec::new();
+    for tp in &tps {
+        ends.push((
+            tp.clone(),
+            consumer
+                .list_offset(tp, sluice_proto::list_offsets::LATEST)
+                .await
+                .expect("latest"),
+        ));
+    }
+    consumer
+        .assign(tps, Offset::Earliest)
+        .await
+        .expect("assign");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Done when every partition's position reached its end (control batches take
+    // offsets but yield no records, so counting records would not do).
+    while ends
+        .iter()
+        .any(|(tp, end)| consumer.position(tp).unwrap_or(0) < *end)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "read {} records of {topic} before the deadline; ends {ends:?}",
+            out.len()
+        );
+        out.extend(consumer.poll(Duration::from_secs(1)).await.expect("poll"));
+    }
+    out
 }

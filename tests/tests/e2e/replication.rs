@@ -385,16 +385,26 @@ async fn a_paused_leader_is_replaced_and_rejoins_as_a_follower() {
     }
     cluster.node(old).signal(nix::sys::signal::Signal::SIGCONT);
     let admin = Admin::new(cluster.client()).unwrap();
-    let (leader, _) = eventually(
-        "the resumed broker back in the in-sync set",
+    // Right after SIGCONT the old leader still believes it leads (with its old high
+    // watermark) until it hears the new term, so the settled state is polled for.
+    let mut addresses = std::collections::BTreeMap::new();
+    for id in 1..=3 {
+        addresses.insert(id, cluster.node(id).client());
+    }
+    let records = eventually(
+        "the resumed broker back in the in-sync set, under the new leader",
         Duration::from_secs(30),
         || async {
             let (l, isr) = isr_of(&admin, "paused").await;
-            (l > 0 && isr.len() == 3).then_some((l, isr))
+            if l <= 0 || isr.len() != 3 {
+                return None;
+            }
+            let records = sluice_tests::read_all(addresses[&l].clone(), "paused").await;
+            let last = *acked.last()?;
+            records.iter().any(|r| r.offset == last).then_some(records)
         },
     )
     .await;
-    let records = cluster.node(leader).read_all("paused").await;
     let values: Vec<String> = records
         .iter()
         .map(|r| String::from_utf8_lossy(&r.value).into_owned())
