@@ -209,8 +209,58 @@ struct Pending {
     value: Bytes,
     headers: Vec<(String, Option<Bytes>)>,
     enqueued: Instant,
-    tx: oneshot::Sender<Result<RecordMetadata>>,
+    delivery: Delivery,
     _permit: OwnedSemaphorePermit,
+}
+
+/// A delivery callback: runs on the producer's partition task, so it must be quick.
+type Callback = Box<dyn FnOnce(Result<RecordMetadata>) + Send>;
+
+/// Who hears how a record ended. Dropped unanswered (the producer went away), it answers
+/// `Error::Closed`, so a callback is never silently forgotten.
+struct Delivery(Option<Notify>);
+
+enum Notify {
+    Future(oneshot::Sender<Result<RecordMetadata>>),
+    /// In a mutex only to be `Sync` (the worker holds records across awaits); never
+    /// contended.
+    Callback(std::sync::Mutex<Callback>),
+}
+
+impl Delivery {
+    fn future(tx: oneshot::Sender<Result<RecordMetadata>>) -> Self {
+        Delivery(Some(Notify::Future(tx)))
+    }
+
+    fn callback(f: Callback) -> Self {
+        Delivery(Some(Notify::Callback(std::sync::Mutex::new(f))))
+    }
+
+    fn deliver(mut self, result: Result<RecordMetadata>) {
+        self.answer(result);
+    }
+
+    fn answer(&mut self, result: Result<RecordMetadata>) {
+        match self.0.take() {
+            Some(Notify::Future(tx)) => {
+                let _ = tx.send(result);
+            }
+            Some(Notify::Callback(f)) => {
+                // A poisoned lock still holds the callback, which never ran.
+                let f = f
+                    .into_inner()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                f(result)
+            }
+            None => {}
+        }
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.answer(Err(Error::Closed));
+    }
 }
 
 enum Msg {
@@ -277,6 +327,25 @@ impl Producer {
     /// Queues a record and returns a future for its acknowledgement. Waits only for
     /// buffer space and, on first use of a topic, for its metadata.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(record, Delivery::future(tx)).await?;
+        Ok(DeliveryFuture { rx })
+    }
+
+    /// Queues a record and calls `callback` once it is acknowledged or has finally failed
+    /// (Kafka's `send(record, callback)`). Cheaper than a future per record when a caller
+    /// sends many records and only counts the outcomes. The callback runs on the producer's
+    /// own task for the partition: keep it short and never block in it.
+    pub async fn send_with_callback(
+        &self,
+        record: ProducerRecord,
+        callback: impl FnOnce(Result<RecordMetadata>) + Send + 'static,
+    ) -> Result<()> {
+        self.enqueue(record, Delivery::callback(Box::new(callback)))
+            .await
+    }
+
+    async fn enqueue(&self, record: ProducerRecord, delivery: Delivery) -> Result<()> {
         let inner = &self.inner;
         if inner.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Error::Closed);
@@ -320,20 +389,18 @@ impl Producer {
             ),
         })?
         .map_err(|_| Error::Closed)?;
-        let (tx, rx) = oneshot::channel();
         let pending = Pending {
             timestamp: record.timestamp.unwrap_or_else(crate::now_ms),
             key: record.key,
             value: record.value,
             headers: record.headers,
             enqueued: Instant::now(),
-            tx,
+            delivery,
             _permit: permit,
         };
         self.worker(&record.topic, partition)
             .send(Msg::Record(pending))
-            .map_err(|_| Error::Closed)?;
-        Ok(DeliveryFuture { rx })
+            .map_err(|_| Error::Closed)
     }
 
     fn sticky_partition(&self, topic: &str, count: i32, size: usize) -> i32 {
@@ -390,6 +457,17 @@ impl Producer {
         self.inner.workers.lock().clear();
         let mut tasks = std::mem::take(&mut *self.inner.tasks.lock());
         while tasks.join_next().await.is_some() {}
+    }
+}
+
+/// The sequence number after a batch of `count` records starting at `base` (sequences wrap
+/// at `i32::MAX`, as in Kafka).
+fn next_sequence(base: i32, count: i32) -> i32 {
+    let next = base as i64 + count as i64;
+    if next > i32::MAX as i64 {
+        (next - i32::MAX as i64 - 1) as i32
+    } else {
+        next as i32
     }
 }
 
@@ -615,32 +693,71 @@ impl Worker {
             behind.push(r);
         }
         let later: Vec<Sent> = self.window.drain(..).collect();
-        let mut failed: Option<Error> = None;
         // Everything before it is acknowledged now: if it was refused for a gap while
         // those were still on their way, it only arrived first.
         let overtook = first.overtaking && err.code() == Some(ErrorCode::OutOfOrderSequenceNumber);
         let queue = std::iter::once((first, Err(err), overtook))
             .chain(later.into_iter().zip(behind).map(|(s, r)| (s, r, true)));
-        for (sent, result, behind_failure) in queue {
+        // The last batch that finally failed, and whether the partition refused it on sight.
+        let mut failed: Option<(Error, bool)> = None;
+        for (mut sent, result, behind_failure) in queue {
             let result = match (result, &failed) {
                 (Ok(resp), _) => Ok(resp),
-                (Err(_), Some(cause)) => Err(Error::Abandoned {
+                // Behind a batch that may have been stored: resending could put these ahead
+                // of it.
+                (Err(_), Some((cause, false))) => Err(Error::Abandoned {
                     topic: self.topic.clone(),
                     partition: self.partition,
                     cause: cause.to_string(),
                 }),
+                // Behind a batch the partition refused: it was not stored, and neither was
+                // this one (a gap in the old epoch's sequence). Renumber it in the new epoch
+                // and send it again, as Kafka's producer does; a bad record costs only its
+                // own batch.
+                (Err(e), Some((cause, true))) => match self.renumber(&sent.batch) {
+                    Some(batch) => {
+                        sent.batch = batch;
+                        self.retry(&sent, e, true).await
+                    }
+                    None => Err(Error::Abandoned {
+                        topic: self.topic.clone(),
+                        partition: self.partition,
+                        cause: cause.to_string(),
+                    }),
+                },
                 // A batch behind a failed one was refused for that (out of sequence, or
                 // the same lost leader): it gets sent again whatever the error.
                 (Err(e), None) => self.retry(&sent, e, behind_failure).await,
             };
             if let Err(e) = &result
-                && failed.is_none()
+                && !matches!(failed, Some((_, false)))
             {
-                failed = Some(e.clone());
+                failed = Some((e.clone(), e.refused_unstored()));
                 self.restart_sequence();
             }
             self.resolve(sent.records, result);
         }
+    }
+
+    /// `batch` numbered as the next one of the current producer epoch, or `None` if the
+    /// producer has no sequence now (its epochs ran out and it must ask for a new id).
+    fn renumber(&mut self, batch: &Bytes) -> Option<Bytes> {
+        let seq = self.sequence?;
+        let header = sluice_proto::batch::BatchHeader::parse(batch).ok()?;
+        let mut out = bytes::BytesMut::from(&batch[..]);
+        sluice_proto::batch::set_producer(
+            &mut out,
+            sluice_proto::batch::ProducerFields {
+                producer_id: seq.producer_id,
+                producer_epoch: seq.epoch,
+                base_sequence: seq.next,
+            },
+        );
+        self.sequence = Some(Sequence {
+            next: next_sequence(seq.next, header.record_count),
+            ..seq
+        });
+        Some(out.freeze())
     }
 
     /// Sends `sent` again after `last` until it succeeds, fails for good, or its delivery
@@ -708,7 +825,7 @@ impl Worker {
                 }),
                 Err(e) => Err(e.clone()),
             };
-            let _ = p.tx.send(r);
+            p.delivery.deliver(r);
         }
         self.resolved += 1;
         self.answer_flushes();
@@ -770,14 +887,8 @@ impl Worker {
             producer_epoch: seq.epoch,
             base_sequence: seq.next,
         });
-        // The next batch continues after this one (sequences wrap at i32::MAX, as in Kafka).
-        let next = seq.next as i64 + count as i64;
         self.sequence = Some(Sequence {
-            next: if next > i32::MAX as i64 {
-                (next - i32::MAX as i64 - 1) as i32
-            } else {
-                next as i32
-            },
+            next: next_sequence(seq.next, count),
             ..seq
         });
         builder.build()

@@ -283,6 +283,17 @@ pub fn set_base_offset_and_epoch(batch: &mut [u8], base_offset: i64, leader_epoc
     batch[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
 }
 
+/// Rewrites a sealed batch's producer id, epoch and base sequence, and its CRC (which
+/// covers them). A producer renumbers batches this way when they must be sent again under
+/// a new epoch.
+pub fn set_producer(batch: &mut [u8], fields: ProducerFields) {
+    batch[43..51].copy_from_slice(&fields.producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&fields.producer_epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&fields.base_sequence.to_be_bytes());
+    let crc = compute_crc(batch);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Builds a control batch: one uncompressed record with `key` and `value`.
 pub fn control_batch(key: &[u8], value: &[u8]) -> BytesMut {
     let mut b = RecordBatchBuilder::new(Compression::None);
@@ -745,6 +756,24 @@ mod tests {
             assert_eq!(recs[2].timestamp, 999);
             assert_eq!(recs[2].value.len(), 300);
             validate_records(&batch).unwrap();
+        }
+    }
+
+    #[test]
+    fn renumbering_a_batch_keeps_it_valid() {
+        for c in [Compression::None, Compression::Zstd] {
+            let mut batch = BytesMut::from(&sample(c)[..]);
+            let fields = ProducerFields {
+                producer_id: 77,
+                producer_epoch: 3,
+                base_sequence: 1_000,
+            };
+            set_producer(&mut batch, fields);
+            let h = verify(&batch).expect("the CRC covers the new fields");
+            assert_eq!(h.producer(), Some(fields));
+            let (_, recs) = decode(&batch.freeze(), DEFAULT_MAX_DECOMPRESSED).unwrap();
+            assert_eq!(recs.len(), 3);
+            assert_eq!(recs[2].value.len(), 300);
         }
     }
 

@@ -7,8 +7,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use sluice_client::{
@@ -211,47 +209,45 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
         let bar = bar.clone();
         let rate = args.rate / args.producers.max(1) as u64;
         tasks.push(tokio::spawn(async move {
-            let mut failed = 0u64;
-            let mut first_error = None;
-            let mut pending = FuturesUnordered::new();
+            // Outcomes arrive through callbacks (Kafka's `send(record, callback)`), recorded
+            // the moment each acknowledgement arrives: a future per record would cost the
+            // bench more CPU than the client it measures.
+            let tally = Arc::new(Mutex::new(Tally::default()));
             let t0 = Instant::now();
-            let mut local =
-                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             for n in 0..count {
                 if rate > 0 {
-                    // Settle acknowledgements while waiting, so their latency is taken when
-                    // they arrive, not at the next send.
                     let due = t0 + Duration::from_secs_f64(n as f64 / rate as f64);
-                    let sleep = tokio::time::sleep_until(due.into());
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            biased;
-                            Some((sent, r)) = pending.next(), if !pending.is_empty() => {
-                                settle(&mut local, sent, r, &mut failed, &mut first_error, &bar);
-                            }
-                            _ = &mut sleep => break,
-                        }
-                    }
+                    tokio::time::sleep_until(due.into()).await;
                 }
                 let sent = Instant::now();
-                let delivery = producer
-                    .send(ProducerRecord::new(&topic, value.clone()))
+                let tally = tally.clone();
+                producer
+                    .send_with_callback(ProducerRecord::new(&topic, value.clone()), move |r| {
+                        if let Ok(mut t) = tally.lock() {
+                            t.settle(sent, r);
+                        }
+                    })
                     .await?;
-                pending.push(async move { (sent, delivery.await) });
-                while let Some(Some((sent, r))) = futures::FutureExt::now_or_never(pending.next()) {
-                    settle(&mut local, sent, r, &mut failed, &mut first_error, &bar);
+                if n % 1024 == 1023 {
+                    bar.inc(1024);
                 }
             }
-            while let Some((sent, r)) = pending.next().await {
-                settle(&mut local, sent, r, &mut failed, &mut first_error, &bar);
-            }
+            producer.flush().await;
             producer.close().await;
+            bar.inc(count % 1024);
+            let tally = tally
+                .lock()
+                .map_err(|_| anyhow::anyhow!("bench tally lock poisoned"))?;
+            anyhow::ensure!(
+                tally.answered == count,
+                "{} of {count} records were never answered",
+                count - tally.answered
+            );
             histogram
                 .lock()
                 .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
-                .add(&local)?;
-            anyhow::Ok((failed, first_error))
+                .add(&tally.latency)?;
+            anyhow::Ok((tally.failed, tally.first_error.clone()))
         }));
     }
     let mut failed = 0;
@@ -286,24 +282,40 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
     })
 }
 
-fn settle(
-    h: &mut Histogram<u64>,
-    sent: Instant,
-    r: sluice_client::Result<sluice_client::RecordMetadata>,
-    failed: &mut u64,
-    first_error: &mut Option<String>,
-    bar: &indicatif::ProgressBar,
-) {
-    match r {
-        Ok(_) => {
-            let _ = h.record(sent.elapsed().as_micros().max(1) as u64);
-        }
-        Err(e) => {
-            *failed += 1;
-            first_error.get_or_insert_with(|| e.to_string());
+/// One producer's outcomes, filled in by its delivery callbacks.
+struct Tally {
+    latency: Histogram<u64>,
+    answered: u64,
+    failed: u64,
+    first_error: Option<String>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Tally {
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid"),
+            answered: 0,
+            failed: 0,
+            first_error: None,
         }
     }
-    bar.inc(1);
+}
+
+impl Tally {
+    fn settle(&mut self, sent: Instant, r: sluice_client::Result<sluice_client::RecordMetadata>) {
+        self.answered += 1;
+        match r {
+            Ok(_) => {
+                // Saturates at the histogram's bound (60 s) rather than dropping the sample.
+                self.latency
+                    .saturating_record(sent.elapsed().as_micros().max(1) as u64);
+            }
+            Err(e) => {
+                self.failed += 1;
+                self.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
 }
 
 async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {

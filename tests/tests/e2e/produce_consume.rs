@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use sluice_client::partitioner::partition_for_key;
 use sluice_client::{
-    Acks, Consumer, ConsumerConfig, NewTopic, Offset, ProducerConfig, ProducerRecord,
+    Acks, Consumer, ConsumerConfig, ErrorCode, NewTopic, Offset, ProducerConfig, ProducerRecord,
     TopicPartition,
 };
 use sluice_proto::{RecordBatchBuilder, pb};
@@ -339,4 +339,60 @@ async fn retention_deletes_whole_old_segments() {
         first[0].offset, p.log_start_offset,
         "earliest is the new log start"
     );
+}
+
+#[tokio::test]
+async fn callbacks_hear_every_outcome_once() {
+    let (_tmp, dir) = data_dir();
+    let broker = Broker::start(&dir, &[]);
+    broker
+        .create_topic(NewTopic::new("cb", 1, 1).config("max.message.bytes", "1000"))
+        .await;
+    let producer = broker
+        .producer(ProducerConfig {
+            // Batches of a few small records stay under the topic's max.message.bytes.
+            batch_size: 900,
+            ..ProducerConfig::default()
+        })
+        .await;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..50usize {
+        // Record 20 is too large for the topic: refused on its own, the rest go through.
+        let value = if i == 20 {
+            vec![b'x'; 2000]
+        } else {
+            vec![b'y'; 100]
+        };
+        let tx = tx.clone();
+        producer
+            .send_with_callback(ProducerRecord::new("cb", value).partition(0), move |r| {
+                let _ = tx.send((i, r));
+            })
+            .await
+            .expect("queued");
+    }
+    drop(tx);
+    producer.flush().await;
+    let mut outcomes = Vec::new();
+    while let Some(o) = rx.recv().await {
+        outcomes.push(o);
+    }
+    outcomes.sort_by_key(|(i, _)| *i);
+    assert_eq!(
+        outcomes.iter().map(|(i, _)| *i).collect::<Vec<_>>(),
+        (0..50).collect::<Vec<_>>(),
+        "every callback runs exactly once, all before flush returns"
+    );
+    let mut next = 0;
+    for (i, r) in &outcomes {
+        if *i == 20 {
+            let err = r.as_ref().expect_err("the oversized record is refused");
+            assert_eq!(err.code(), Some(ErrorCode::MessageTooLarge), "{err}");
+        } else {
+            let meta = r.as_ref().expect("delivered");
+            assert_eq!(meta.offset, next, "record {i}");
+            next += 1;
+        }
+    }
+    assert_eq!(broker.read_all("cb").await.len(), 49);
 }
