@@ -135,6 +135,8 @@ pub struct Broker {
     /// reserved ahead, so producers can start while the controller quorum is down.
     producer_ids: tokio::sync::Mutex<std::collections::VecDeque<std::ops::Range<i64>>>,
     refilling_producer_ids: std::sync::atomic::AtomicBool,
+    /// Memory for the newest entries of the partition Raft logs here.
+    raft_tails: crate::replica::tail::TailBudget,
     pub shutdown: CancellationToken,
 }
 
@@ -238,6 +240,9 @@ impl Broker {
             flusher_thread: Mutex::new(Some(handle)),
             producer_ids: tokio::sync::Mutex::default(),
             refilling_producer_ids: Default::default(),
+            raft_tails: crate::replica::tail::TailBudget::new(
+                usize::try_from(c.raft_tail_cache_bytes).unwrap_or(usize::MAX),
+            ),
             shutdown: CancellationToken::new(),
         });
         let started = std::time::Instant::now();
@@ -683,10 +688,15 @@ impl Broker {
             let dir = self.partition_dir(&record.name, p);
             self.claim_dir(&dir, &record.topic_id)?;
             if record.replicated() {
-                let stores = ReplicaStores::open(&dir, options, self.config.producer_limits())
-                    .map_err(|e| {
-                        Error::Internal(format!("{}-{p}: opening the replica: {e}", record.name))
-                    })?;
+                let stores = ReplicaStores::open(
+                    &dir,
+                    options,
+                    self.config.producer_limits(),
+                    self.raft_tails.clone(),
+                )
+                .map_err(|e| {
+                    Error::Internal(format!("{}-{p}: opening the replica: {e}", record.name))
+                })?;
                 pending.push(PendingReplica {
                     record: record.clone(),
                     config: config.clone(),

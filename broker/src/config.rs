@@ -20,6 +20,7 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_FETCH_WAIT: &str = "30s";
 pub const DEFAULT_MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
 pub const DEFAULT_METADATA_CACHE_BYTES: u64 = 32 * 1024 * 1024;
+pub const DEFAULT_RAFT_TAIL_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
 pub const DEFAULT_REPLICA_LAG_TIME_MAX: &str = "10s";
 pub const DEFAULT_LEADER_REBALANCE_INTERVAL: &str = "30s";
@@ -87,6 +88,9 @@ pub struct Config {
     pub max_fetch_wait: Duration,
     pub max_partitions_per_topic: i32,
     pub metadata_cache_bytes: u64,
+    /// Memory for the newest entries of the partition Raft logs on this broker, so
+    /// replication and apply read them without going to disk (at most 4 MiB per partition).
+    pub raft_tail_cache_bytes: u64,
     pub shutdown_timeout: Duration,
     /// Kafka's `replica.lag.time.max.ms`: a follower not caught up for this long leaves the
     /// in-sync set.
@@ -142,6 +146,7 @@ impl Default for Config {
             max_fetch_wait: dur(DEFAULT_MAX_FETCH_WAIT),
             max_partitions_per_topic: DEFAULT_MAX_PARTITIONS_PER_TOPIC,
             metadata_cache_bytes: DEFAULT_METADATA_CACHE_BYTES,
+            raft_tail_cache_bytes: DEFAULT_RAFT_TAIL_CACHE_BYTES,
             shutdown_timeout: dur(DEFAULT_SHUTDOWN_TIMEOUT),
             replica_lag_time_max: dur(DEFAULT_REPLICA_LAG_TIME_MAX),
             leader_rebalance_interval: dur(DEFAULT_LEADER_REBALANCE_INTERVAL),
@@ -243,6 +248,7 @@ struct ConfigFile {
     max_fetch_wait: Option<String>,
     max_partitions_per_topic: Option<i32>,
     metadata_cache_bytes: Option<u64>,
+    raft_tail_cache_bytes: Option<u64>,
     shutdown_timeout: Option<String>,
     replica_lag_time_max: Option<String>,
     leader_rebalance_interval: Option<String>,
@@ -307,6 +313,11 @@ pub struct Args {
     /// Memory for the metadata store's cache, in bytes [default: 33554432]
     #[arg(long, env = "SLUICE_METADATA_CACHE_BYTES")]
     pub metadata_cache_bytes: Option<u64>,
+    /// Memory for the newest entries of the partition Raft logs, read by replication and
+    /// apply without a disk read; at most 4 MiB per partition, 0 turns it off
+    /// [default: 67108864]
+    #[arg(long, env = "SLUICE_RAFT_TAIL_CACHE_BYTES")]
+    pub raft_tail_cache_bytes: Option<u64>,
     /// How long a graceful shutdown may take before the broker exits anyway [default: 30s]
     #[arg(long, env = "SLUICE_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<String>,
@@ -401,6 +412,10 @@ impl Args {
                 .metadata_cache_bytes
                 .or(file.metadata_cache_bytes)
                 .unwrap_or(d.metadata_cache_bytes),
+            raft_tail_cache_bytes: self
+                .raft_tail_cache_bytes
+                .or(file.raft_tail_cache_bytes)
+                .unwrap_or(d.raft_tail_cache_bytes),
             shutdown_timeout: pick_dur(
                 "shutdown_timeout",
                 self.shutdown_timeout,
@@ -461,6 +476,7 @@ mod tests {
             format!("[default: {DEFAULT_MAX_FETCH_WAIT}]"),
             format!("[default: {}]", d.max_partitions_per_topic),
             format!("[default: {}]", d.metadata_cache_bytes),
+            format!("[default: {}]", d.raft_tail_cache_bytes),
             format!("[default: {DEFAULT_SHUTDOWN_TIMEOUT}]"),
             format!("[default: {DEFAULT_REPLICA_LAG_TIME_MAX}]"),
             format!("[default: {DEFAULT_LEADER_REBALANCE_INTERVAL}]"),

@@ -7,10 +7,12 @@
 //! - [`group`]: [`group::Replica`], a running replica: produce, read, in-sync set.
 //! - [`log_store`]: [`log_store::SegmentRaftLog`], the Raft log on segment files.
 //! - [`state_machine`]: [`state_machine::ReplicaState`], applied index and high watermark.
+//! - [`tail`]: the newest entries of each log in memory, within a broker-wide budget.
 
 pub mod group;
 pub mod log_store;
 pub mod state_machine;
+pub mod tail;
 pub mod types;
 
 #[cfg(test)]
@@ -20,10 +22,13 @@ mod tests {
 
     use super::log_store::SegmentRaftLog;
     use super::state_machine::ReplicaState;
+    use super::tail::TailBudget;
     use super::types::PartitionRaft;
     use crate::storage::{LogOptions, SegmentLog};
 
-    struct Builder;
+    /// Builds stores whose in-memory tail has `0` bytes (every read from the segments) or
+    /// more.
+    struct Builder(usize);
 
     impl StoreBuilder<PartitionRaft, SegmentRaftLog, ReplicaState, tempfile::TempDir> for Builder {
         async fn build(
@@ -36,7 +41,8 @@ mod tests {
                 index_interval_bytes: 256,
             };
             let log = SegmentLog::open(dir.path(), options, 0).expect("segment log");
-            let raft_log = SegmentRaftLog::open(dir.path(), log).expect("raft log");
+            let raft_log =
+                SegmentRaftLog::open(dir.path(), log, TailBudget::new(self.0)).expect("raft log");
             let state = ReplicaState::open(dir.path())
                 .expect("state")
                 .with_log(raft_log.clone());
@@ -51,6 +57,12 @@ mod tests {
             .with_test_writer()
             .with_env_filter("openraft=info")
             .try_init();
-        Suite::test_all(Builder).unwrap();
+        Suite::test_all(Builder(0)).unwrap();
+    }
+
+    /// The same, with reads served from the in-memory tail wherever it holds them.
+    #[test]
+    fn segment_raft_log_with_its_memory_tail_passes_openraft_storage_suite() {
+        Suite::test_all(Builder(1 << 20)).unwrap();
     }
 }

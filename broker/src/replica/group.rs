@@ -67,10 +67,11 @@ impl ReplicaStores {
         dir: &Path,
         options: LogOptions,
         producer_limits: crate::producer_state::ProducerLimits,
+        tail: crate::replica::tail::TailBudget,
     ) -> std::io::Result<Self> {
         let segments = SegmentLog::open(dir, options, crate::broker::now_ms())
             .map_err(std::io::Error::other)?;
-        let log = SegmentRaftLog::open(dir, segments)?;
+        let log = SegmentRaftLog::open(dir, segments, tail)?;
         let state = ReplicaState::open(dir)?.with_log(log.clone());
         state
             .producers()

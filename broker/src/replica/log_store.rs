@@ -28,6 +28,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sluice_proto::batch::{self, BatchHeader};
 
+use super::tail::{Tail, TailBudget};
 use super::types::{Appended, PartitionRaft, Payload, Progress, Proposals};
 use crate::broker::now_ms;
 use crate::storage::{LogStorage, SegmentLog};
@@ -72,12 +73,16 @@ struct Inner {
     meta: Meta,
     /// Base offset of each entry from `meta.first_index` on.
     offsets: Vec<i64>,
+    /// The newest entries in memory (shared with `SegmentRaftLog`, locked after `Inner`).
+    tail: Arc<Mutex<Tail<Entry<PartitionRaft>>>>,
 }
 
 /// A partition replica's Raft log on its segment files. Cheap to clone (shared state).
 #[derive(Debug, Clone)]
 pub struct SegmentRaftLog {
     inner: Arc<Mutex<Inner>>,
+    /// Read without taking `inner`, which an append holds through its fsync.
+    tail: Arc<Mutex<Tail<Entry<PartitionRaft>>>>,
     /// This leader's proposals, told when their batch is durable here.
     proposals: Proposals,
 }
@@ -212,6 +217,16 @@ impl Inner {
             meta_changed = true;
         }
         self.offsets.push(info.base_offset);
+        let size = bytes.len();
+        let cached = match &entry.payload {
+            // As a read would return it: base offset and epoch filled in, no token.
+            EntryPayload::Normal(_) => Entry {
+                log_id: entry.log_id,
+                payload: EntryPayload::Normal(Payload::batch(bytes.freeze())),
+            },
+            _ => entry.clone(),
+        };
+        self.tail.lock().push(index, cached, size);
         Ok((
             meta_changed,
             Appended {
@@ -225,17 +240,19 @@ impl Inner {
 impl SegmentRaftLog {
     /// Opens the log in `dir`: the segments (recovered as usual) and `raft.json`. Rebuilds
     /// the entry-to-offset map by reading batch headers.
-    pub fn open(dir: &Path, log: SegmentLog) -> std::io::Result<Self> {
+    pub fn open(dir: &Path, log: SegmentLog, tail: TailBudget) -> std::io::Result<Self> {
         let meta: Meta = match std::fs::read(dir.join(META_FILE)) {
             Ok(b) => serde_json::from_slice(&b).map_err(std::io::Error::other)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
             Err(e) => return Err(e),
         };
+        let tail = Arc::new(Mutex::new(Tail::new(tail)));
         let mut inner = Inner {
             dir: dir.to_path_buf(),
             log,
             meta,
             offsets: Vec::new(),
+            tail: tail.clone(),
         };
         if let Some(start) = inner.meta.first_offset {
             let offsets = &mut inner.offsets;
@@ -246,6 +263,7 @@ impl SegmentRaftLog {
         }
         Ok(SegmentRaftLog {
             inner: Arc::new(Mutex::new(inner)),
+            tail,
             proposals: Proposals::default(),
         })
     }
@@ -339,6 +357,7 @@ impl SegmentRaftLog {
             .reset_to(next_offset, now_ms())
             .map_err(std::io::Error::other)?;
         inner.offsets.clear();
+        inner.tail.lock().clear();
         inner.meta.first_index = last.index + 1;
         inner.meta.first_offset = None;
         if inner.meta.last_purged < Some(last) {
@@ -387,6 +406,10 @@ impl RaftLogReader<PartitionRaft> for SegmentRaftLog {
             Bound::Excluded(i) => Some(*i),
             Bound::Unbounded => None,
         };
+        // The replication streams and the state machine mostly read what was just written.
+        if let Some(entries) = self.tail.lock().get(start, end) {
+            return Ok(entries);
+        }
         self.blocking(move |inner| {
             let Some(last) = inner.last_index() else {
                 return Ok(Vec::new());
@@ -502,6 +525,7 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
             }
             let keep = log_id.index.saturating_sub(inner.meta.first_index) as usize;
             if let Some(&offset) = inner.offsets.get(keep) {
+                inner.tail.lock().truncate_from(log_id.index);
                 inner
                     .log
                     .truncate_suffix(offset)
@@ -525,6 +549,7 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
             let drop = drop.min(inner.offsets.len());
             let next_offset = inner.offsets.get(drop).copied();
             inner.offsets.drain(..drop);
+            inner.tail.lock().purge_through(log_id.index);
             inner.meta.first_index = inner.meta.first_index.max(log_id.index + 1);
             inner.meta.first_offset = inner.offsets.first().copied();
             inner.meta.last_purged = Some(log_id);
@@ -585,7 +610,12 @@ mod tests {
             segment_ms: i64::MAX,
             index_interval_bytes: 256,
         };
-        SegmentRaftLog::open(dir, SegmentLog::open(dir, options, 0).unwrap()).unwrap()
+        SegmentRaftLog::open(
+            dir,
+            SegmentLog::open(dir, options, 0).unwrap(),
+            TailBudget::new(1 << 20),
+        )
+        .unwrap()
     }
 
     /// Record batches are the entries: offsets follow the log prefix, control batches take
@@ -649,5 +679,46 @@ mod tests {
         drop(log);
         let mut log = open(dir.path());
         assert_eq!(log.try_get_log_entries(0..).await.unwrap().len(), 3);
+    }
+
+    /// Reads served from memory are the entries a read from the segments returns: same
+    /// log ids, same bytes with the offsets filled in, control entries decoded alike.
+    #[tokio::test]
+    async fn the_memory_tail_answers_as_the_segments_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        let mut entries = vec![entry(1, 0, EntryPayload::Blank)];
+        for i in 1..=12 {
+            entries.push(entry(1, i, EntryPayload::Normal(batch(2))));
+        }
+        log.blocking_append(entries).await.unwrap();
+        log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 10))
+            .await
+            .unwrap();
+        log.blocking_append([
+            entry(2, 10, EntryPayload::Blank),
+            entry(2, 11, EntryPayload::Normal(batch(4))),
+        ])
+        .await
+        .unwrap();
+        log.purge(LogId::new(CommittedLeaderId::new(1, 1), 2))
+            .await
+            .unwrap();
+        // Entries 3..=11 are left, all of them in the tail.
+        assert_eq!(
+            log.tail.lock().get(3, None).map(|e| e.len()),
+            Some(9),
+            "served from memory"
+        );
+        let from_memory = log.try_get_log_entries(3..).await.unwrap();
+        let middle = log.try_get_log_entries(4..11).await.unwrap();
+        drop(log);
+        // Reopened, the tail is empty: everything comes from the segments.
+        let mut log = open(dir.path());
+        assert_eq!(log.tail.lock().get(3, None), None);
+        let from_disk = log.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(from_disk.len(), 9, "entries 3..=11");
+        assert_eq!(from_memory, from_disk);
+        assert_eq!(middle, log.try_get_log_entries(4..11).await.unwrap());
     }
 }
