@@ -142,10 +142,16 @@ pub async fn run(
     result
 }
 
-/// Structured logs to stderr; `RUST_LOG` filters (default `info`).
+/// Structured logs to stderr; `RUST_LOG` filters. The default is `info` for Sluice and
+/// `warn` for openraft, whose info lines (a full Raft state dump per group start, every
+/// vote) would bury the broker's own with 1,000 partitions; Sluice logs leadership
+/// changes itself.
+pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+
+/// Installs the stderr subscriber with `RUST_LOG` or [`DEFAULT_LOG_FILTER`].
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -97,8 +97,9 @@ pub struct Replica {
     node_id: i32,
     log: SegmentRaftLog,
     high_watermark: watch::Receiver<i64>,
-    /// When each follower was last seen caught up with the leader.
-    caught_up: Mutex<BTreeMap<u64, Instant>>,
+    /// When each follower was last seen caught up with the leader, and the term those times
+    /// belong to.
+    caught_up: Mutex<(u64, BTreeMap<u64, Instant>)>,
     /// When this replica last took a write as leader, and whether its group is quiesced.
     last_write: Mutex<Instant>,
     quiesced: std::sync::atomic::AtomicBool,
@@ -218,7 +219,7 @@ impl Replica {
             node_id,
             log: stores.log,
             high_watermark,
-            caught_up: Mutex::new(BTreeMap::new()),
+            caught_up: Mutex::new((0, BTreeMap::new())),
             last_write: Mutex::new(Instant::now()),
             quiesced: std::sync::atomic::AtomicBool::new(false),
             quiescing: std::sync::atomic::AtomicBool::new(false),
@@ -264,7 +265,12 @@ impl Replica {
 
     /// The in-sync replicas: the leader, and each follower that answered Raft calls and was
     /// caught up with the leader's log within `lag_time_max` (Kafka's
-    /// `replica.lag.time.max.ms`). Only meaningful on the leader.
+    /// `replica.lag.time.max.ms`). A new leadership counts its followers as caught up when it
+    /// starts, as Kafka does, so a new topic or a new leader does not refuse `acks=all`
+    /// writes before it has heard from its followers; a follower that does not catch up
+    /// leaves the set `lag_time_max` later. (Durability does not rest on this: an `acks=all`
+    /// answer still needs the commit, and `min.insync.replicas` holders when that is more
+    /// than a majority.) Only meaningful on the leader.
     pub fn in_sync(&self) -> Vec<i32> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
@@ -274,7 +280,12 @@ impl Replica {
         let Some(replication) = &m.replication else {
             return isr;
         };
-        let mut caught_up = self.caught_up.lock();
+        let mut guard = self.caught_up.lock();
+        let (term, caught_up) = &mut *guard;
+        if *term != m.current_term {
+            *term = m.current_term;
+            *caught_up = replication.keys().map(|f| (*f, now)).collect();
+        }
         for (follower, matched) in replication {
             if *follower == self.node_id as u64 {
                 continue;

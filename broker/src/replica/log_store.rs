@@ -157,27 +157,41 @@ impl Inner {
         })
     }
 
-    fn encode(entry: &Entry<PartitionRaft>) -> SResult<BytesMut> {
-        Ok(match &entry.payload {
-            EntryPayload::Normal(Payload(b, _)) => {
-                batch::verify(b).map_err(|e| {
-                    io_err(
-                        StorageIOError::write_logs,
-                        format!("entry {}: {e}", entry.log_id),
-                    )
-                })?;
-                BytesMut::from(&b[..])
+    /// The batch to write for `payload`, and the payload to keep in the tail if it is not
+    /// that batch. A batch this leader proposed was checked when it arrived; a batch from a
+    /// leader is checked here. A batch nobody else holds is written in place, not copied.
+    fn encode(
+        log_id: &LogId<NodeId>,
+        payload: EntryPayload<PartitionRaft>,
+    ) -> SResult<(BytesMut, Option<EntryPayload<PartitionRaft>>)> {
+        Ok(match payload {
+            EntryPayload::Normal(Payload(b, token)) => {
+                if token == 0 {
+                    batch::verify(&b).map_err(|e| {
+                        io_err(StorageIOError::write_logs, format!("entry {log_id}: {e}"))
+                    })?;
+                }
+                let bytes = b
+                    .try_into_mut()
+                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+                (bytes, None)
             }
-            EntryPayload::Blank => batch::control_batch(BLANK_KEY, b""),
-            EntryPayload::Membership(m) => batch::control_batch(
-                MEMBERSHIP_KEY,
-                &serde_json::to_vec(m).map_err(|e| io_err(StorageIOError::write_logs, e))?,
+            EntryPayload::Blank => (
+                batch::control_batch(BLANK_KEY, b""),
+                Some(EntryPayload::Blank),
             ),
+            EntryPayload::Membership(m) => {
+                let bytes = batch::control_batch(
+                    MEMBERSHIP_KEY,
+                    &serde_json::to_vec(&m).map_err(|e| io_err(StorageIOError::write_logs, e))?,
+                );
+                (bytes, Some(EntryPayload::Membership(m)))
+            }
         })
     }
 
     /// Appends one entry; says whether the metadata changed and where the batch landed.
-    fn append_one(&mut self, entry: &Entry<PartitionRaft>) -> SResult<(bool, Appended)> {
+    fn append_one(&mut self, entry: Entry<PartitionRaft>) -> SResult<(bool, Appended)> {
         let index = entry.log_id.index;
         // An empty log takes any first index (Raft picks it); after that entries are dense.
         if let Some(last) = self.last_index()
@@ -205,8 +219,9 @@ impl Inner {
             });
             meta_changed = true;
         }
-        let mut bytes = Self::encode(entry)?;
-        let term = i32::try_from(entry.log_id.leader_id.term).unwrap_or(i32::MAX);
+        let Entry { log_id, payload } = entry;
+        let (mut bytes, control) = Self::encode(&log_id, payload)?;
+        let term = i32::try_from(log_id.leader_id.term).unwrap_or(i32::MAX);
         let info = self
             .log
             .append(&mut bytes, term, now_ms())
@@ -218,15 +233,12 @@ impl Inner {
         }
         self.offsets.push(info.base_offset);
         let size = bytes.len();
-        let cached = match &entry.payload {
-            // As a read would return it: base offset and epoch filled in, no token.
-            EntryPayload::Normal(_) => Entry {
-                log_id: entry.log_id,
-                payload: EntryPayload::Normal(Payload::batch(bytes.freeze())),
-            },
-            _ => entry.clone(),
-        };
-        self.tail.lock().push(index, cached, size);
+        // As a read would return it: base offset and epoch filled in, no token.
+        let payload =
+            control.unwrap_or_else(|| EntryPayload::Normal(Payload::batch(bytes.freeze())));
+        self.tail
+            .lock()
+            .push(index, Entry { log_id, payload }, size);
         Ok((
             meta_changed,
             Appended {
@@ -481,13 +493,15 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
             .blocking(move |inner| {
                 let mut meta_changed = false;
                 let mut appended = Vec::new();
-                for e in &entries {
+                for e in entries {
+                    let token = match &e.payload {
+                        EntryPayload::Normal(Payload(_, token)) => *token,
+                        _ => 0,
+                    };
                     let (changed, at) = inner.append_one(e)?;
                     meta_changed |= changed;
-                    if let EntryPayload::Normal(Payload(_, token)) = &e.payload
-                        && *token != 0
-                    {
-                        appended.push((*token, at));
+                    if token != 0 {
+                        appended.push((token, at));
                     }
                 }
                 if meta_changed {
