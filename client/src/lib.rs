@@ -30,7 +30,7 @@ pub use cluster::ClientConfig;
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset};
 pub use error::{Error, Result};
 pub use producer::{
-    Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+    Acks, DeliveryFuture, Producer, ProducerConfig, ProducerMetrics, ProducerRecord, RecordMetadata,
 };
 pub use sluice_proto::batch::{Compression, Header};
 pub use sluice_proto::{ErrorCode, pb};

@@ -17,6 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -188,6 +189,79 @@ pub struct RecordMetadata {
     pub timestamp: i64,
 }
 
+/// What a producer has done since it started, Kafka's producer metrics by the same names:
+/// where a record's time goes (waiting in its batch vs. the produce request) and how large
+/// batches are. From [`Producer::metrics`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ProducerMetrics {
+    /// Batches sent (first attempts).
+    pub batches: u64,
+    /// Records in those batches.
+    pub records: u64,
+    /// Encoded bytes of those batches.
+    pub batch_bytes: u64,
+    /// Produce requests answered (retries included; timeouts not).
+    pub requests: u64,
+    /// Resends after a failed attempt.
+    pub retries: u64,
+    /// `request-latency-avg` / `-max`: from sending a produce request to its answer.
+    pub request_latency_avg: Duration,
+    pub request_latency_max: Duration,
+    /// `record-queue-time-avg` / `-max`: how long a batch's first record waited before the
+    /// batch was sent.
+    pub record_queue_time_avg: Duration,
+    pub record_queue_time_max: Duration,
+}
+
+/// The counters behind [`ProducerMetrics`].
+#[derive(Debug, Default)]
+struct Stats {
+    batches: AtomicU64,
+    records: AtomicU64,
+    batch_bytes: AtomicU64,
+    requests: AtomicU64,
+    retries: AtomicU64,
+    request_micros: AtomicU64,
+    request_micros_max: AtomicU64,
+    queue_micros: AtomicU64,
+    queue_micros_max: AtomicU64,
+}
+
+impl Stats {
+    fn sent(&self, records: usize, bytes: usize, queued: Duration) {
+        let q = queued.as_micros() as u64;
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.records.fetch_add(records as u64, Ordering::Relaxed);
+        self.batch_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.queue_micros.fetch_add(q, Ordering::Relaxed);
+        self.queue_micros_max.fetch_max(q, Ordering::Relaxed);
+    }
+
+    fn answered(&self, took: Duration) {
+        let t = took.as_micros() as u64;
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.request_micros.fetch_add(t, Ordering::Relaxed);
+        self.request_micros_max.fetch_max(t, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> ProducerMetrics {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let avg = |sum: u64, n: u64| Duration::from_micros(sum.checked_div(n).unwrap_or(0));
+        let (batches, requests) = (get(&self.batches), get(&self.requests));
+        ProducerMetrics {
+            batches,
+            records: get(&self.records),
+            batch_bytes: get(&self.batch_bytes),
+            requests,
+            retries: get(&self.retries),
+            request_latency_avg: avg(get(&self.request_micros), requests),
+            request_latency_max: Duration::from_micros(get(&self.request_micros_max)),
+            record_queue_time_avg: avg(get(&self.queue_micros), batches),
+            record_queue_time_max: Duration::from_micros(get(&self.queue_micros_max)),
+        }
+    }
+}
+
 /// Resolves when the record is acknowledged or has finally failed.
 #[derive(Debug)]
 pub struct DeliveryFuture {
@@ -286,6 +360,7 @@ struct Inner {
     closed: std::sync::atomic::AtomicBool,
     /// The id the cluster gave this producer (idempotence), fetched on first use.
     producer_id: tokio::sync::Mutex<Option<i64>>,
+    stats: Stats,
 }
 
 /// A thread-safe producer; clone it freely.
@@ -320,6 +395,7 @@ impl Producer {
                 sticky: Mutex::default(),
                 closed: Default::default(),
                 producer_id: tokio::sync::Mutex::new(None),
+                stats: Stats::default(),
             }),
         })
     }
@@ -432,6 +508,11 @@ impl Producer {
                 tx
             })
             .clone()
+    }
+
+    /// Counters since the producer started (Kafka's producer metrics).
+    pub fn metrics(&self) -> ProducerMetrics {
+        self.inner.stats.snapshot()
     }
 
     /// Sends everything queued now and waits until it is acknowledged or failed.
@@ -646,6 +727,7 @@ impl Worker {
     /// Seals the batch and sends its first attempt.
     async fn send(&mut self, o: Open, attempts: &mut FuturesOrdered<Attempt>) {
         let deadline = o.records[0].enqueued + self.inner.config.delivery_timeout;
+        let queued = o.records[0].enqueued.elapsed();
         self.sealed += 1;
         let batch = match self.await_producer_id(deadline).await {
             Ok(id) => self.seal(o.builder, id),
@@ -654,6 +736,7 @@ impl Worker {
                 return;
             }
         };
+        self.inner.stats.sent(o.records.len(), batch.len(), queued);
         attempts.push_back(Box::pin(attempt(
             self.inner.clone(),
             self.topic.clone(),
@@ -794,6 +877,7 @@ impl Worker {
             }
             resend_anyway = false;
             attempts += 1;
+            self.inner.stats.retries.fetch_add(1, Ordering::Relaxed);
             match attempt(
                 self.inner.clone(),
                 self.topic.clone(),
@@ -981,7 +1065,12 @@ async fn attempt(
         timeout_ms: timeout.as_millis() as u32,
         batch,
     };
-    match tokio::time::timeout(timeout, client.produce(req)).await {
+    let sent = Instant::now();
+    let answer = tokio::time::timeout(timeout, client.produce(req)).await;
+    if answer.is_ok() {
+        inner.stats.answered(sent.elapsed());
+    }
+    match answer {
         Ok(Ok(resp)) => Ok(resp.into_inner()),
         Ok(Err(status)) => {
             let err = Error::from_status(&address, status);

@@ -99,6 +99,49 @@ struct Report {
     mb_per_second: f64,
     failed: u64,
     latency_ms: Option<Latency>,
+    /// Where a produced record's time went (Kafka's producer metrics), summed over producers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    producer: Option<ProducerSummary>,
+}
+
+#[derive(Debug, Serialize)]
+struct ProducerSummary {
+    batches: u64,
+    records_per_batch: f64,
+    batch_kib_avg: f64,
+    requests: u64,
+    retries: u64,
+    request_latency_ms_avg: f64,
+    request_latency_ms_max: f64,
+    record_queue_time_ms_avg: f64,
+    record_queue_time_ms_max: f64,
+}
+
+impl ProducerSummary {
+    fn of(all: &[sluice_client::ProducerMetrics]) -> Self {
+        let sum = |f: fn(&sluice_client::ProducerMetrics) -> u64| all.iter().map(f).sum::<u64>();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let (batches, requests) = (sum(|m| m.batches), sum(|m| m.requests));
+        let weighted = |f: fn(&sluice_client::ProducerMetrics) -> Duration,
+                        n: fn(&sluice_client::ProducerMetrics) -> u64,
+                        total: u64| {
+            all.iter().map(|m| ms(f(m)) * n(m) as f64).sum::<f64>() / total.max(1) as f64
+        };
+        let max = |f: fn(&sluice_client::ProducerMetrics) -> Duration| {
+            all.iter().map(|m| ms(f(m))).fold(0.0, f64::max)
+        };
+        ProducerSummary {
+            batches,
+            records_per_batch: sum(|m| m.records) as f64 / batches.max(1) as f64,
+            batch_kib_avg: sum(|m| m.batch_bytes) as f64 / 1024.0 / batches.max(1) as f64,
+            requests,
+            retries: sum(|m| m.retries),
+            request_latency_ms_avg: weighted(|m| m.request_latency_avg, |m| m.requests, requests),
+            request_latency_ms_max: max(|m| m.request_latency_max),
+            record_queue_time_ms_avg: weighted(|m| m.record_queue_time_avg, |m| m.batches, batches),
+            record_queue_time_ms_max: max(|m| m.record_queue_time_max),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -136,6 +179,19 @@ pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> 
                 l.p99,
                 l.p999,
                 l.max
+            );
+        }
+        if let Some(p) = &r.producer {
+            outln!(
+                "  batches: {} ({:.0} records, {:.1} KiB avg), retries {}; request latency ms avg {:.2} max {:.2}; queue time ms avg {:.2} max {:.2}",
+                p.batches,
+                p.records_per_batch,
+                p.batch_kib_avg,
+                p.retries,
+                p.request_latency_ms_avg,
+                p.request_latency_ms_max,
+                p.record_queue_time_ms_avg,
+                p.record_queue_time_ms_max
             );
         }
     })
@@ -233,6 +289,7 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
                 }
             }
             producer.flush().await;
+            let metrics = producer.metrics();
             producer.close().await;
             bar.inc(count % 1024);
             let tally = tally
@@ -247,13 +304,15 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
                 .lock()
                 .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
                 .add(&tally.latency)?;
-            anyhow::Ok((tally.failed, tally.first_error.clone()))
+            anyhow::Ok((tally.failed, tally.first_error.clone(), metrics))
         }));
     }
     let mut failed = 0;
+    let mut metrics = Vec::new();
     for t in tasks {
-        let (f, e) = t.await??;
+        let (f, e, m) = t.await??;
         failed += f;
+        metrics.push(m);
         if let Some(e) = e {
             eprintln!("first error: {e}");
         }
@@ -279,6 +338,7 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
             p999: h.value_at_quantile(0.999) as f64 / 1000.0,
             max: h.max() as f64 / 1000.0,
         }),
+        producer: Some(ProducerSummary::of(&metrics)),
     })
 }
 
@@ -393,5 +453,6 @@ async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
         mb_per_second: bytes as f64 / seconds / 1e6,
         failed: 0,
         latency_ms: None,
+        producer: None,
     })
 }

@@ -31,6 +31,16 @@ async fn round_trip_keeps_every_field() {
     for (i, d) in deliveries.into_iter().enumerate() {
         assert_eq!(d.await.expect("delivered").offset, i as i64);
     }
+    let m = producer.metrics();
+    assert_eq!(m.records, 100, "{m:?}");
+    assert!(m.batches >= 1 && m.requests >= m.batches, "{m:?}");
+    assert!(m.batch_bytes > 100 * 7, "{m:?}");
+    assert!(
+        m.request_latency_avg > Duration::ZERO
+            && m.request_latency_max >= m.request_latency_avg
+            && m.record_queue_time_max >= m.record_queue_time_avg,
+        "{m:?}"
+    );
     let records = broker.read_all("rt").await;
     assert_eq!(records.len(), 100);
     for (i, r) in records.iter().enumerate() {
