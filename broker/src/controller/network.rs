@@ -11,7 +11,7 @@ use std::time::Duration;
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -166,11 +166,14 @@ impl<C> Peer<C> {
             }
             Ok(Err(status)) => return Err(RPCError::Network(NetworkError::new(&status))),
             Err(_) => {
+                // Slow, not unreachable: a loaded follower's append and fsync can outlast
+                // the call's timeout. Unreachable would make openraft back off from the
+                // follower (500 ms by default), stalling every acks=all write behind it.
                 let e = AnyError::error(format!(
                     "no answer from node {} within {timeout:?}",
                     self.target
                 ));
-                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+                return Err(RPCError::Network(NetworkError::new(&e)));
             }
         };
         let result: Result<Resp, RaftError<u64, E>> =
@@ -213,7 +216,19 @@ where
     ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
         self.call(pb::RaftRpc::Vote, &rpc, option.hard_ttl()).await
     }
+
+    /// Retrying a peer that refused the connection: soon at first (a restarting broker is
+    /// back within moments), then every 500 ms (openraft's default) while it stays down.
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::successors(
+            Some(UNREACHABLE_BACKOFF_FIRST),
+            |d| Some((*d * 2).min(UNREACHABLE_BACKOFF_MAX)),
+        ))
+    }
 }
+
+const UNREACHABLE_BACKOFF_FIRST: Duration = Duration::from_millis(25);
+const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 type PartitionRaftHandle = openraft::Raft<crate::replica::types::PartitionRaft>;
 
