@@ -23,6 +23,26 @@ use crate::partition::validate_batch;
 use crate::producer_state::{BatchId, Latest, ProducerStates, Verdict};
 use crate::storage::{LogOffsets, LogOptions, SegmentLog};
 
+/// Uncompressed batches up to this size are validated on the request's task.
+const INLINE_VALIDATION_BYTES: usize = 1024 * 1024;
+
+/// Whether validating `batch` is quick enough to do without leaving the async runtime:
+/// uncompressed (nothing to decompress), staying so (no `compression.type` to recompress
+/// it to) and at most [`INLINE_VALIDATION_BYTES`].
+fn validates_quickly(batch: &Bytes, config: &TopicConfig) -> bool {
+    use sluice_proto::batch::Compression;
+    use sluice_proto::topic::CompressionType;
+    let stays = match config.compression_type {
+        CompressionType::Producer => true,
+        CompressionType::Codec(c) => c == Compression::None,
+    };
+    stays
+        && batch.len() <= INLINE_VALIDATION_BYTES
+        && sluice_proto::batch::BatchHeader::parse(batch)
+            .and_then(|h| h.compression())
+            .is_ok_and(|c| c == Compression::None)
+}
+
 /// Most batches in one AppendEntries call.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
 
@@ -366,11 +386,17 @@ impl Replica {
             self.check_in_sync(min_isr)?;
         }
         self.wake();
-        let (topic, id, config) = (self.topic.clone(), self.id, self.config.clone());
-        let batch = tokio::task::spawn_blocking(move || validate_batch(&topic, id, &config, batch))
-            .await
-            .map_err(|e| Error::Internal(format!("validating a batch: {e}")))??
-            .freeze();
+        let batch = if validates_quickly(&batch, &self.config) {
+            // A CRC pass and a walk over the records: cheaper than a hop to the blocking pool
+            // and back, which is latency every acks=all write pays.
+            validate_batch(&self.topic, self.id, &self.config, batch)?
+        } else {
+            let (topic, id, config) = (self.topic.clone(), self.id, self.config.clone());
+            tokio::task::spawn_blocking(move || validate_batch(&topic, id, &config, batch))
+                .await
+                .map_err(|e| Error::Internal(format!("validating a batch: {e}")))??
+        }
+        .freeze();
         let batch_id = sluice_proto::batch::BatchHeader::parse(&batch)
             .ok()
             .and_then(|h| BatchId::of(&h));
