@@ -23,6 +23,10 @@ use crate::partition::validate_batch;
 use crate::producer_state::{BatchId, Latest, ProducerStates, Verdict};
 use crate::storage::{LogOffsets, LogOptions, SegmentLog};
 
+/// How long a new leadership waits to hear its followers before an `acks=all` write is
+/// refused for too few in-sync replicas.
+const NEW_LEADER_GRACE: Duration = Duration::from_secs(1);
+
 /// Uncompressed batches up to this size are validated on the request's task.
 const INLINE_VALIDATION_BYTES: usize = 1024 * 1024;
 
@@ -117,9 +121,9 @@ pub struct Replica {
     node_id: i32,
     log: SegmentRaftLog,
     high_watermark: watch::Receiver<i64>,
-    /// When each follower was last seen caught up with the leader, and the term those times
-    /// belong to.
-    caught_up: Mutex<(u64, BTreeMap<u64, Instant>)>,
+    /// When each follower was last seen caught up with the leader, for the leadership of
+    /// one term, which started at the given time (as this replica saw it).
+    caught_up: Mutex<(u64, Instant, BTreeMap<u64, Instant>)>,
     /// When this replica last took a write as leader, and whether its group is quiesced.
     last_write: Mutex<Instant>,
     quiesced: std::sync::atomic::AtomicBool,
@@ -239,7 +243,7 @@ impl Replica {
             node_id,
             log: stores.log,
             high_watermark,
-            caught_up: Mutex::new((0, BTreeMap::new())),
+            caught_up: Mutex::new((0, Instant::now(), BTreeMap::new())),
             last_write: Mutex::new(Instant::now()),
             quiesced: std::sync::atomic::AtomicBool::new(false),
             quiescing: std::sync::atomic::AtomicBool::new(false),
@@ -285,12 +289,10 @@ impl Replica {
 
     /// The in-sync replicas: the leader, and each follower that answered Raft calls and was
     /// caught up with the leader's log within `lag_time_max` (Kafka's
-    /// `replica.lag.time.max.ms`). A new leadership counts its followers as caught up when it
-    /// starts, as Kafka does, so a new topic or a new leader does not refuse `acks=all`
-    /// writes before it has heard from its followers; a follower that does not catch up
-    /// leaves the set `lag_time_max` later. (Durability does not rest on this: an `acks=all`
-    /// answer still needs the commit, and `min.insync.replicas` holders when that is more
-    /// than a majority.) Only meaningful on the leader.
+    /// `replica.lag.time.max.ms`). A new leadership knows nothing of its followers until they
+    /// answer, so it starts with none: a follower is reported in sync only once it has been
+    /// seen caught up (what a rolling restart that waits for a full ISR relies on). Only
+    /// meaningful on the leader.
     pub fn in_sync(&self) -> Vec<i32> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
@@ -301,10 +303,11 @@ impl Replica {
             return isr;
         };
         let mut guard = self.caught_up.lock();
-        let (term, caught_up) = &mut *guard;
+        let (term, since, caught_up) = &mut *guard;
         if *term != m.current_term {
             *term = m.current_term;
-            *caught_up = replication.keys().map(|f| (*f, now)).collect();
+            *since = now;
+            caught_up.clear();
         }
         for (follower, matched) in replication {
             if *follower == self.node_id as u64 {
@@ -383,7 +386,7 @@ impl Replica {
         let deadline = tokio::time::Instant::now() + timeout;
         let min_isr = self.config.min_insync_replicas as usize;
         if acks_level == acks::ALL {
-            self.check_in_sync(min_isr)?;
+            self.await_in_sync(min_isr, deadline).await?;
         }
         self.wake();
         let batch = if validates_quickly(&batch, &self.config) {
@@ -461,6 +464,36 @@ impl Replica {
                 return None;
             }
         }
+    }
+
+    /// `NOT_ENOUGH_REPLICAS` unless `min_isr` replicas are in sync. A leadership younger
+    /// than [`NEW_LEADER_GRACE`] may not have heard its followers yet (a new topic, a
+    /// failover): it waits for them, on the replication metrics and within the request's
+    /// deadline, before it refuses. An established leader refuses at once, as Kafka does.
+    async fn await_in_sync(&self, min_isr: usize, deadline: tokio::time::Instant) -> Result<()> {
+        if self.in_sync().len() >= min_isr {
+            return Ok(());
+        }
+        let age = {
+            let guard = self.caught_up.lock();
+            (guard.0 == self.raft.metrics().borrow().current_term).then(|| guard.1.elapsed())
+        };
+        if let Some(remaining) = age.and_then(|a| NEW_LEADER_GRACE.checked_sub(a)) {
+            let until = deadline.min(tokio::time::Instant::now() + remaining);
+            let mut metrics = self.raft.metrics();
+            loop {
+                if self.in_sync().len() >= min_isr {
+                    return Ok(());
+                }
+                if !matches!(
+                    tokio::time::timeout_at(until, metrics.changed()).await,
+                    Ok(Ok(()))
+                ) {
+                    break;
+                }
+            }
+        }
+        self.check_in_sync(min_isr)
     }
 
     fn check_in_sync(&self, min_isr: usize) -> Result<()> {
