@@ -203,13 +203,31 @@ impl Drop for Broker {
     }
 }
 
-/// A free loopback port (bound then released; the broker binds it right after).
+/// A free loopback port for a broker to bind right after, picked *below* the kernel's
+/// ephemeral range: a port taken from `bind(0)` and released could be handed straight to
+/// another test's `--listen 127.0.0.1:0` before its broker binds it (CI saw "Address already
+/// in use"). Ports are tried from a per-process pseudo-random start and checked by binding.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("local address")
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    const LOW: u64 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOW).max(1_000);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    let start = h.finish();
+    for i in 0..span {
+        let port = (LOW + (start.wrapping_add(i.wrapping_mul(7_919))) % span) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {LOW} and {ephemeral_low}");
 }
 
 /// Brokers 1..=n, all controller voters, each in its own data directory.
