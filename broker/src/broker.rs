@@ -226,6 +226,9 @@ impl Broker {
             .name("sluice-flusher".into())
             .spawn(move || f.run(policy))
             .map_err(|e| Error::Internal(format!("cannot start the flusher thread: {e}")))?;
+        let raft_tails = crate::replica::tail::TailBudget::new(
+            usize::try_from(config.raft_tail_cache_bytes).unwrap_or(usize::MAX),
+        );
         let broker = Arc::new(Broker {
             config,
             addresses,
@@ -240,9 +243,7 @@ impl Broker {
             flusher_thread: Mutex::new(Some(handle)),
             producer_ids: tokio::sync::Mutex::default(),
             refilling_producer_ids: Default::default(),
-            raft_tails: crate::replica::tail::TailBudget::new(
-                usize::try_from(c.raft_tail_cache_bytes).unwrap_or(usize::MAX),
-            ),
+            raft_tails,
             shutdown: CancellationToken::new(),
         });
         let started = std::time::Instant::now();

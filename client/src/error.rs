@@ -94,18 +94,16 @@ impl Error {
     /// Whether the broker refused the batch on sight, so it certainly was not stored (and
     /// neither can any later batch of the same producer epoch, which would follow a gap).
     pub(crate) fn refused_unstored(&self) -> bool {
-        matches!(
-            self.code(),
-            Some(
-                ErrorCode::MessageTooLarge
-                    | ErrorCode::InvalidRecord
-                    | ErrorCode::InvalidRequest
-                    | ErrorCode::InvalidRequiredAcks
-                    | ErrorCode::UnsupportedCompressionType
-                    | ErrorCode::OutOfOrderSequenceNumber
-                    | ErrorCode::InvalidProducerEpoch
-            )
-        ) && matches!(self, Error::Broker { .. })
+        matches!(self, Error::Broker { detail } if matches!(
+            detail.error_code(),
+            ErrorCode::MessageTooLarge
+                | ErrorCode::InvalidRecord
+                | ErrorCode::InvalidRequest
+                | ErrorCode::InvalidRequiredAcks
+                | ErrorCode::UnsupportedCompressionType
+                | ErrorCode::OutOfOrderSequenceNumber
+                | ErrorCode::InvalidProducerEpoch
+        ))
     }
 
     /// Whether the same request may succeed later (after a metadata refresh or a backoff).

@@ -541,17 +541,6 @@ impl Producer {
     }
 }
 
-/// The sequence number after a batch of `count` records starting at `base` (sequences wrap
-/// at `i32::MAX`, as in Kafka).
-fn next_sequence(base: i32, count: i32) -> i32 {
-    let next = base as i64 + count as i64;
-    if next > i32::MAX as i64 {
-        (next - i32::MAX as i64 - 1) as i32
-    } else {
-        next as i32
-    }
-}
-
 fn random_below(n: i32) -> i32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -837,7 +826,7 @@ impl Worker {
             },
         );
         self.sequence = Some(Sequence {
-            next: next_sequence(seq.next, header.record_count),
+            next: sluice_proto::batch::sequence_plus(seq.next, header.record_count),
             ..seq
         });
         Some(out.freeze())
@@ -972,7 +961,7 @@ impl Worker {
             base_sequence: seq.next,
         });
         self.sequence = Some(Sequence {
-            next: next_sequence(seq.next, count),
+            next: sluice_proto::batch::sequence_plus(seq.next, count),
             ..seq
         });
         builder.build()

@@ -587,12 +587,18 @@ impl BatchHeader {
     /// The sequence number of the batch's last record (sequences wrap at `i32::MAX`, as in
     /// Kafka).
     pub fn last_sequence(&self) -> i32 {
-        let last = self.base_sequence as i64 + self.last_offset_delta as i64;
-        if last > i32::MAX as i64 {
-            (last - i32::MAX as i64 - 1) as i32
-        } else {
-            last as i32
-        }
+        sequence_plus(self.base_sequence, self.last_offset_delta)
+    }
+}
+
+/// `sequence` advanced by `n` records: producer sequences wrap from `i32::MAX` to 0, as in
+/// Kafka.
+pub fn sequence_plus(sequence: i32, n: i32) -> i32 {
+    let next = sequence as i64 + n as i64;
+    if next > i32::MAX as i64 {
+        (next - i32::MAX as i64 - 1) as i32
+    } else {
+        next as i32
     }
 }
 
@@ -757,6 +763,14 @@ mod tests {
             assert_eq!(recs[2].value.len(), 300);
             validate_records(&batch).unwrap();
         }
+    }
+
+    #[test]
+    fn sequences_wrap_to_zero_after_i32_max() {
+        assert_eq!(sequence_plus(5, 3), 8);
+        assert_eq!(sequence_plus(i32::MAX - 1, 1), i32::MAX);
+        assert_eq!(sequence_plus(i32::MAX - 1, 2), 0);
+        assert_eq!(sequence_plus(i32::MAX, 10), 9);
     }
 
     #[test]

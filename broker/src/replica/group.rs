@@ -47,6 +47,15 @@ fn validates_quickly(batch: &Bytes, config: &TopicConfig) -> bool {
             .is_ok_and(|c| c == Compression::None)
 }
 
+/// A leadership (one term) as this replica sees it: when it started here and when each
+/// follower was last seen caught up with it.
+#[derive(Debug)]
+struct Leadership {
+    term: u64,
+    since: Instant,
+    caught_up: BTreeMap<u64, Instant>,
+}
+
 /// Most batches in one AppendEntries call.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
 
@@ -121,9 +130,8 @@ pub struct Replica {
     node_id: i32,
     log: SegmentRaftLog,
     high_watermark: watch::Receiver<i64>,
-    /// When each follower was last seen caught up with the leader, for the leadership of
-    /// one term, which started at the given time (as this replica saw it).
-    caught_up: Mutex<(u64, Instant, BTreeMap<u64, Instant>)>,
+    /// What this replica's current leadership has seen of its followers.
+    leadership: Mutex<Leadership>,
     /// When this replica last took a write as leader, and whether its group is quiesced.
     last_write: Mutex<Instant>,
     quiesced: std::sync::atomic::AtomicBool,
@@ -243,7 +251,11 @@ impl Replica {
             node_id,
             log: stores.log,
             high_watermark,
-            caught_up: Mutex::new((0, Instant::now(), BTreeMap::new())),
+            leadership: Mutex::new(Leadership {
+                term: 0,
+                since: Instant::now(),
+                caught_up: BTreeMap::new(),
+            }),
             last_write: Mutex::new(Instant::now()),
             quiesced: std::sync::atomic::AtomicBool::new(false),
             quiescing: std::sync::atomic::AtomicBool::new(false),
@@ -302,13 +314,15 @@ impl Replica {
         let Some(replication) = &m.replication else {
             return isr;
         };
-        let mut guard = self.caught_up.lock();
-        let (term, since, caught_up) = &mut *guard;
-        if *term != m.current_term {
-            *term = m.current_term;
-            *since = now;
-            caught_up.clear();
+        let mut leadership = self.leadership.lock();
+        if leadership.term != m.current_term {
+            *leadership = Leadership {
+                term: m.current_term,
+                since: now,
+                caught_up: BTreeMap::new(),
+            };
         }
+        let caught_up = &mut leadership.caught_up;
         for (follower, matched) in replication {
             if *follower == self.node_id as u64 {
                 continue;
@@ -475,8 +489,8 @@ impl Replica {
             return Ok(());
         }
         let age = {
-            let guard = self.caught_up.lock();
-            (guard.0 == self.raft.metrics().borrow().current_term).then(|| guard.1.elapsed())
+            let l = self.leadership.lock();
+            (l.term == self.raft.metrics().borrow().current_term).then(|| l.since.elapsed())
         };
         if let Some(remaining) = age.and_then(|a| NEW_LEADER_GRACE.checked_sub(a)) {
             let until = deadline.min(tokio::time::Instant::now() + remaining);

@@ -539,12 +539,13 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
             }
             let keep = log_id.index.saturating_sub(inner.meta.first_index) as usize;
             if let Some(&offset) = inner.offsets.get(keep) {
-                inner.tail.lock().truncate_from(log_id.index);
                 inner
                     .log
                     .truncate_suffix(offset)
                     .map_err(|e| io_err(StorageIOError::write_logs, e))?;
                 inner.offsets.truncate(keep);
+                // Only now: a failed cut leaves the entries in the log, and in the tail.
+                inner.tail.lock().truncate_from(log_id.index);
             }
             if inner.offsets.is_empty() {
                 inner.meta.first_offset = None;

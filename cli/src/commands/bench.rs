@@ -240,9 +240,7 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
             String::new()
         }
     );
-    let histogram = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?,
-    ));
+    let histogram = Arc::new(Mutex::new(latency_histogram()));
     let bar = progress(ctx, Some(args.records), "producing");
     let value = Bytes::from(
         (0..args.record_size)
@@ -350,10 +348,15 @@ struct Tally {
     first_error: Option<String>,
 }
 
+/// Record latencies in microseconds, 1 µs to 60 s, 3 significant digits.
+fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid")
+}
+
 impl Default for Tally {
     fn default() -> Self {
         Tally {
-            latency: Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid"),
+            latency: latency_histogram(),
             answered: 0,
             failed: 0,
             first_error: None,
