@@ -14,7 +14,7 @@ use sluice_proto::TopicConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FlushPolicy};
-use crate::controller::network::{Groups, Quiesced};
+use crate::controller::network::{Groups, Quiesced, is_refused};
 use crate::controller::{
     BrokerRecord, ClusterState, Controller, ControllerTiming, MetaCommand, MetaResponse,
     PeerChannels,
@@ -36,6 +36,9 @@ const PING_INTERVAL: Duration = Duration::from_millis(100);
 /// A quiesced follower restarts its election timer after its leader's broker has not
 /// answered pings for this long.
 const LEADER_SILENCE: Duration = Duration::from_millis(400);
+/// How long after a crashed leader's lease has surely expired its followers campaign (see
+/// [`Broker::take_over_from`]).
+const TAKE_OVER_MARGIN: Duration = Duration::from_millis(50);
 /// A leader with no writes for this long quiesces its group.
 const QUIESCE_AFTER: Duration = Duration::from_secs(2);
 
@@ -528,7 +531,8 @@ impl Broker {
             .await;
             match started {
                 Ok(replica) => {
-                    self.groups.insert(group, replica.raft.clone());
+                    self.groups
+                        .insert(group, replica.raft.clone(), replica.log());
                     if let Some(t) = self.local_topic(&p.record.name) {
                         t.replicas.write().insert(p.partition, replica.clone());
                     }
@@ -560,15 +564,43 @@ impl Broker {
             let state = self.controller.state();
             let me = self.node_id();
             for b in state.brokers.values().filter(|b| b.node_id != me) {
-                let (peers, node, address) =
-                    (self.peers.clone(), b.node_id as u64, b.raft_address.clone());
+                let (broker, node, address) =
+                    (self.clone(), b.node_id as u64, b.raft_address.clone());
                 tokio::spawn(async move {
-                    let Ok(mut client) = peers.client(&address) else {
-                        return;
+                    let ping = |broker: &Arc<Self>| {
+                        let client = broker.peers.client(&address);
+                        async move {
+                            let mut client = client.map_err(tonic::Status::unavailable)?;
+                            let ping = client.ping(sluice_proto::pb::PingRequest { from: me });
+                            tokio::time::timeout(PING_INTERVAL * 2, ping)
+                                .await
+                                .map_err(|_| tonic::Status::deadline_exceeded("no answer"))?
+                        }
                     };
-                    let ping = client.ping(sluice_proto::pb::PingRequest { from: me });
-                    if let Ok(Ok(_)) = tokio::time::timeout(PING_INTERVAL * 2, ping).await {
-                        peers.mark_answer(node);
+                    let mut answer = ping(&broker).await;
+                    // A connection the peer closed fails the next call on it: ask again on a
+                    // new one, which tells whether anybody still listens there.
+                    if answer
+                        .as_ref()
+                        .is_err_and(|s| s.code() == tonic::Code::Unavailable && !is_refused(s))
+                    {
+                        broker.peers.forget(&address);
+                        answer = ping(&broker).await;
+                    }
+                    match answer {
+                        Ok(_) => broker.peers.mark_answer(node),
+                        Err(status) if is_refused(&status) => {
+                            let was_up = broker.peers.last_answer(node).is_some();
+                            if broker.peers.mark_refused(node) && was_up {
+                                tracing::warn!(
+                                    broker = node,
+                                    %address,
+                                    "broker refuses connections: its process is down"
+                                );
+                                tokio::spawn(broker.take_over_from(node));
+                            }
+                        }
+                        _ => {}
                     }
                 });
             }
@@ -603,6 +635,108 @@ impl Broker {
                     }
                 }
             }
+        }
+    }
+
+    /// Elects new leaders, without waiting for election timeouts, for the partitions whose
+    /// leader was on broker `dead`, once `dead` refuses connections: its process is gone (a
+    /// crash, an OOM kill, `kill -9`), so its leaderships are certainly over. A silent broker
+    /// (a network partition, a stalled host) is left to the election timers, as in Raft.
+    ///
+    /// Per partition only the follower with the most up-to-date log campaigns (it asks the
+    /// other followers for theirs; lowest node id on a tie): two candidates at once would split
+    /// the vote, and one with a shorter log would be refused.
+    async fn take_over_from(self: Arc<Self>, dead: u64) {
+        // openraft's followers refuse votes for the leader's lease (election_timeout_max)
+        // after the last entries they had from it, and it died before it refused us.
+        tokio::time::sleep(ReplicaTiming::default().election_timeout_max + TAKE_OVER_MARGIN).await;
+        if !self.peers.refuses(dead) || self.shutdown.is_cancelled() {
+            return;
+        }
+        let me = self.node_id() as u64;
+        let mut led = Vec::new();
+        for (group, raft) in self.groups.all() {
+            let (follower, voters) = {
+                let m = raft.metrics();
+                let m = m.borrow();
+                (
+                    m.state == openraft::ServerState::Follower && m.current_leader == Some(dead),
+                    m.membership_config
+                        .membership()
+                        .voter_ids()
+                        .collect::<Vec<_>>(),
+                )
+            };
+            if follower {
+                led.push((group, raft, voters));
+            }
+        }
+        if led.is_empty() {
+            return;
+        }
+        // One question per other broker, for all the groups at once.
+        let mut asked: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+        for (group, _, voters) in &led {
+            for v in voters.iter().filter(|v| **v != me && **v != dead) {
+                asked.entry(*v).or_default().push(*group);
+            }
+        }
+        let state = self.controller.state();
+        let mut ends: BTreeMap<(u64, u64), Option<openraft::LogId<u64>>> = BTreeMap::new();
+        for (peer, groups) in asked {
+            let Some(address) = state
+                .brokers
+                .get(&(peer as i32))
+                .map(|b| b.raft_address.clone())
+            else {
+                continue;
+            };
+            let Ok(mut client) = self.peers.client(&address) else {
+                continue;
+            };
+            let call = client.log_ends(sluice_proto::pb::LogEndsRequest { groups });
+            let Ok(Ok(reply)) = tokio::time::timeout(PING_INTERVAL * 2, call).await else {
+                continue;
+            };
+            for (group, bytes) in reply.into_inner().last_log_ids {
+                if let Ok(last) = crate::controller::network::decode(&bytes) {
+                    ends.insert((group, peer), last);
+                }
+            }
+        }
+        let mut campaigns = 0;
+        for (group, raft, voters) in led {
+            let Some(log) = self.groups.log(group) else {
+                continue;
+            };
+            let Ok(mine) = tokio::task::spawn_blocking(move || log.last_log_id()).await else {
+                continue;
+            };
+            let answers: Vec<_> = voters
+                .iter()
+                .filter_map(|v| ends.get(&(group, *v)).map(|last| (*v, *last)))
+                .collect();
+            // Without a majority answering, no election can succeed yet: leave it to the timers.
+            let quorum = voters.len() / 2 + 1;
+            let best = answers
+                .iter()
+                .all(|(v, last)| (mine, std::cmp::Reverse(me)) > (*last, std::cmp::Reverse(*v)));
+            if answers.len() + 1 < quorum || !best {
+                continue;
+            }
+            self.quiesced.remove(group);
+            raft.runtime_config().tick(true);
+            raft.runtime_config().elect(true);
+            if raft.trigger().elect().await.is_ok() {
+                campaigns += 1;
+            }
+        }
+        if campaigns > 0 {
+            tracing::info!(
+                broker = dead,
+                partitions = campaigns,
+                "campaigning for the partitions the downed broker led"
+            );
         }
     }
 

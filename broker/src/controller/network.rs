@@ -43,6 +43,9 @@ pub struct PeerChannels {
     /// When each node last answered a Raft RPC (heartbeats included): follower liveness
     /// for the in-sync set.
     answered: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
+    /// Since when each node's broker has refused connections (its process is gone), until
+    /// it answers again.
+    refused: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
 }
 
 impl PeerChannels {
@@ -70,6 +73,22 @@ impl PeerChannels {
     /// Records that `node` answered (a ping or a Raft call).
     pub fn mark_answer(&self, node: u64) {
         self.answered.lock().insert(node, std::time::Instant::now());
+        self.refused.lock().remove(&node);
+    }
+
+    /// Records that `node`'s broker refused a connection; true if it was answering until now.
+    pub fn mark_refused(&self, node: u64) -> bool {
+        let mut refused = self.refused.lock();
+        if refused.contains_key(&node) {
+            return false;
+        }
+        refused.insert(node, std::time::Instant::now());
+        true
+    }
+
+    /// Whether `node`'s broker has refused connections since it last answered.
+    pub fn refuses(&self, node: u64) -> bool {
+        self.refused.lock().contains_key(&node)
     }
 
     /// When `node` last answered a Raft call from this broker.
@@ -80,6 +99,22 @@ impl PeerChannels {
     pub fn forget(&self, address: &str) {
         self.channels.lock().remove(address);
     }
+}
+
+/// Whether a failed call found nobody listening at the peer's address: its host is up but
+/// its broker process is not (killed, crashed, or not started yet). Unlike a timeout, this
+/// is certain, so a follower may act on it at once.
+pub fn is_refused(status: &tonic::Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Creates a [`Peer`] per target node, for Raft group `group` of type config `C`.
@@ -231,10 +266,11 @@ const UNREACHABLE_BACKOFF_FIRST: Duration = Duration::from_millis(25);
 const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 type PartitionRaftHandle = openraft::Raft<crate::replica::types::PartitionRaft>;
+use crate::replica::log_store::SegmentRaftLog;
 
-/// The partition groups this broker is a member of, by group id.
+/// The partition groups this broker is a member of, by group id, with their logs.
 #[derive(Clone, Default)]
-pub struct Groups(Arc<parking_lot::RwLock<HashMap<u64, PartitionRaftHandle>>>);
+pub struct Groups(Arc<parking_lot::RwLock<HashMap<u64, (PartitionRaftHandle, SegmentRaftLog)>>>);
 
 impl std::fmt::Debug for Groups {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -244,15 +280,27 @@ impl std::fmt::Debug for Groups {
 
 impl Groups {
     pub fn get(&self, group: u64) -> Option<PartitionRaftHandle> {
-        self.0.read().get(&group).cloned()
+        self.0.read().get(&group).map(|(raft, _)| raft.clone())
     }
 
-    pub fn insert(&self, group: u64, raft: PartitionRaftHandle) {
-        self.0.write().insert(group, raft);
+    pub fn log(&self, group: u64) -> Option<SegmentRaftLog> {
+        self.0.read().get(&group).map(|(_, log)| log.clone())
+    }
+
+    pub fn insert(&self, group: u64, raft: PartitionRaftHandle, log: SegmentRaftLog) {
+        self.0.write().insert(group, (raft, log));
     }
 
     pub fn remove(&self, group: u64) {
         self.0.write().remove(&group);
+    }
+
+    pub fn all(&self) -> Vec<(u64, PartitionRaftHandle)> {
+        self.0
+            .read()
+            .iter()
+            .map(|(g, (raft, _))| (*g, raft.clone()))
+            .collect()
     }
 }
 
@@ -375,6 +423,33 @@ impl pb::raft_server::Raft for RaftService {
         Ok(tonic::Response::new(pb::QuiesceReply { accepted }))
     }
 
+    async fn log_ends(
+        &self,
+        request_: tonic::Request<pb::LogEndsRequest>,
+    ) -> Result<tonic::Response<pb::LogEndsReply>, tonic::Status> {
+        let logs: Vec<_> = request_
+            .into_inner()
+            .groups
+            .into_iter()
+            .filter_map(|g| self.groups.log(g).map(|log| (g, log)))
+            .collect();
+        // Reading a log's end waits for an append's fsync: off the async workers.
+        let ends = tokio::task::spawn_blocking(move || {
+            logs.into_iter()
+                .map(|(g, log)| (g, log.last_log_id()))
+                .collect::<Vec<_>>()
+        })
+        .await
+        .map_err(|e| tonic::Status::internal(format!("reading log ends: {e}")))?;
+        let mut last_log_ids = HashMap::new();
+        for (group, last) in ends {
+            let bytes = encode(&last)
+                .map_err(|e| tonic::Status::internal(format!("encoding a log id: {e}")))?;
+            last_log_ids.insert(group, bytes);
+        }
+        Ok(tonic::Response::new(pb::LogEndsReply { last_log_ids }))
+    }
+
     async fn elect(
         &self,
         request_: tonic::Request<pb::ElectRequest>,
@@ -413,5 +488,39 @@ impl pb::raft_server::Raft for RaftService {
             .map_err(tonic::Status::from)?;
         let bytes = encode(&response).map_err(|e| tonic::Status::internal(e.to_string()))?;
         Ok(tonic::Response::new(pb::ProposalReply { response: bytes }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn ping(address: std::net::SocketAddr) -> Result<(), tonic::Status> {
+        let channel = Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        let mut client = RaftClient::new(channel);
+        let call = client.ping(pb::PingRequest { from: 1 });
+        match tokio::time::timeout(Duration::from_millis(300), call).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(tonic::Status::deadline_exceeded("no answer")),
+        }
+    }
+
+    /// Nobody listening is told apart from a peer that is slow to answer: only the first is
+    /// proof that the broker's process is gone.
+    #[tokio::test]
+    async fn a_closed_port_is_refused_and_a_silent_peer_is_not() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = closed.local_addr().unwrap();
+        drop(closed);
+        let refused = ping(address).await.unwrap_err();
+        assert!(is_refused(&refused), "{refused:?}");
+
+        // Listening but never answering (a stopped process: the kernel still accepts).
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let slow = ping(silent.local_addr().unwrap()).await.unwrap_err();
+        assert!(!is_refused(&slow), "{slow:?}");
     }
 }

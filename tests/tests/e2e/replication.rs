@@ -663,3 +663,73 @@ async fn the_preferred_leader_takes_its_partition_back() {
         .collect();
     assert_eq!(values, (0..30).collect::<Vec<_>>());
 }
+
+/// A SIGKILLed leader's broker refuses connections at once: its followers do not wait for
+/// their election timers. Exactly one of them (the one with the most up-to-date log)
+/// campaigns, so the vote is not split, and it becomes the leader.
+#[tokio::test]
+async fn a_crashed_leader_is_replaced_by_one_campaigning_follower() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("crash", 1, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .unwrap();
+    let producer = Producer::connect(cluster.client(), ProducerConfig::default())
+        .await
+        .unwrap();
+    producer
+        .send(ProducerRecord::new("crash", "before").partition(0))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let leader = leader_of(&admin, "crash").await;
+    cluster.node(leader).kill();
+    let survivors: Vec<i32> = (1..=3).filter(|b| *b != leader).collect();
+    let campaigner = eventually(
+        "a follower campaigning for the crashed leader's partition",
+        Duration::from_secs(20),
+        || {
+            let logs: Vec<(i32, String)> = survivors
+                .iter()
+                .map(|b| (*b, cluster.brokers[(*b - 1) as usize].log()))
+                .collect();
+            async move {
+                let campaigning: Vec<i32> = logs
+                    .iter()
+                    .filter(|(_, log)| {
+                        log.contains("campaigning for the partitions the downed broker led")
+                    })
+                    .map(|(b, _)| *b)
+                    .collect();
+                (!campaigning.is_empty()).then_some(campaigning)
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        campaigner.len(),
+        1,
+        "both followers campaigned: {campaigner:?}"
+    );
+    let admin = Admin::new(cluster.client()).unwrap();
+    assert_eq!(leader_of_live(&admin, "crash", leader).await, campaigner[0]);
+    producer
+        .send(ProducerRecord::new("crash", "after").partition(0))
+        .await
+        .unwrap()
+        .await
+        .expect("the new leader takes acks=all writes");
+    let other = survivors.iter().find(|b| **b != campaigner[0]).unwrap();
+    assert!(
+        !cluster.brokers[(*other - 1) as usize]
+            .log()
+            .contains("campaigning for the partitions the downed broker led"),
+        "the second follower campaigned too"
+    );
+}
