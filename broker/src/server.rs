@@ -143,10 +143,13 @@ pub async fn run(
 }
 
 /// Structured logs to stderr; `RUST_LOG` filters. The default is `info` for Sluice and
-/// `warn` for openraft, whose info lines (a full Raft state dump per group start, every
-/// vote) would bury the broker's own with 1,000 partitions; Sluice logs leadership
-/// changes itself.
-pub const DEFAULT_LOG_FILTER: &str = "info,openraft=warn";
+/// `error` for openraft. Its info lines (a full Raft state dump per group start, every
+/// vote) would bury the broker's own with 1,000 partitions, and its warnings are about
+/// stale messages every election leaves behind (a vote answered after the election was
+/// decided, replication to a deposed term): about one per partition on every start.
+/// Sluice logs what an operator acts on itself: leaderships taken, brokers down, campaigns.
+/// `RUST_LOG=info,openraft=warn` shows them again.
+pub const DEFAULT_LOG_FILTER: &str = "info,openraft=error";
 
 /// Installs the stderr subscriber with `RUST_LOG` or [`DEFAULT_LOG_FILTER`].
 pub fn init_tracing() {

@@ -270,33 +270,62 @@ use crate::replica::log_store::SegmentRaftLog;
 
 /// The partition groups this broker is a member of, by group id, with their logs.
 #[derive(Clone, Default)]
-pub struct Groups(Arc<parking_lot::RwLock<HashMap<u64, (PartitionRaftHandle, SegmentRaftLog)>>>);
+pub struct Groups(Arc<GroupsInner>);
+
+#[derive(Default)]
+struct GroupsInner {
+    map: parking_lot::RwLock<HashMap<u64, (PartitionRaftHandle, SegmentRaftLog)>>,
+    /// Told of every group added.
+    added: tokio::sync::Notify,
+}
+
+/// How long a Raft call for a group this broker has not started yet waits for it. Every
+/// replica starts a new partition's group as the controller's record of it arrives, so the
+/// first votes and appends often reach a broker a moment before it has. Shorter than the
+/// vote timeout (`election_timeout_min`), so the candidate gets an answer, not a timeout.
+const GROUP_START_WAIT: Duration = Duration::from_millis(200);
 
 impl std::fmt::Debug for Groups {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Groups({})", self.0.read().len())
+        write!(f, "Groups({})", self.0.map.read().len())
     }
 }
 
 impl Groups {
     pub fn get(&self, group: u64) -> Option<PartitionRaftHandle> {
-        self.0.read().get(&group).map(|(raft, _)| raft.clone())
+        self.0.map.read().get(&group).map(|(raft, _)| raft.clone())
+    }
+
+    /// The group, waiting up to `wait` for it to start.
+    pub async fn get_or_wait(&self, group: u64, wait: Duration) -> Option<PartitionRaftHandle> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let added = self.0.added.notified();
+            if let Some(raft) = self.get(group) {
+                return Some(raft);
+            }
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                return self.get(group);
+            }
+        }
     }
 
     pub fn log(&self, group: u64) -> Option<SegmentRaftLog> {
-        self.0.read().get(&group).map(|(_, log)| log.clone())
+        self.0.map.read().get(&group).map(|(_, log)| log.clone())
     }
 
     pub fn insert(&self, group: u64, raft: PartitionRaftHandle, log: SegmentRaftLog) {
-        self.0.write().insert(group, (raft, log));
+        self.0.map.write().insert(group, (raft, log));
+        self.0.added.notify_waiters();
     }
 
     pub fn remove(&self, group: u64) {
-        self.0.write().remove(&group);
+        self.0.map.write().remove(&group);
     }
 
     pub fn all(&self) -> Vec<(u64, PartitionRaftHandle)> {
         self.0
+            .map
             .read()
             .iter()
             .map(|(g, (raft, _))| (*g, raft.clone()))
@@ -378,7 +407,7 @@ impl pb::raft_server::Raft for RaftService {
         if call.group == CONTROLLER_GROUP {
             return dispatch(&self.controller.raft, &call).await;
         }
-        let Some(raft) = self.groups.get(call.group) else {
+        let Some(raft) = self.groups.get_or_wait(call.group, GROUP_START_WAIT).await else {
             return Err(tonic::Status::not_found(format!(
                 "no Raft group {} on this broker",
                 call.group
