@@ -604,13 +604,16 @@ impl Broker {
                     }
                 });
             }
-            // Followers: a quiesced group whose leader's broker went silent elects again.
+            // Followers: a quiesced group whose leader's broker went silent elects again. One
+            // that refuses connections is taken over instead (`take_over_from`): restarting
+            // the timers of every follower of an idle group at once splits votes.
             for (group, leader) in self.quiesced.snapshot() {
                 let silent = self
                     .peers
                     .last_answer(leader)
                     .is_none_or(|t| t.elapsed() > LEADER_SILENCE);
                 if silent
+                    && !self.peers.refuses(leader)
                     && self.quiesced.remove(group)
                     && let Some(raft) = self.groups.get(group)
                 {
@@ -681,21 +684,30 @@ impl Broker {
                 asked.entry(*v).or_default().push(*group);
             }
         }
+        // This broker's own log ends (reading one waits for an append's fsync), while the
+        // others are asked.
+        let logs: Vec<_> = led
+            .iter()
+            .filter_map(|(g, _, _)| self.groups.log(*g).map(|log| (*g, log)))
+            .collect();
+        let own = tokio::task::spawn_blocking(move || {
+            logs.into_iter()
+                .map(|(g, log)| (g, log.last_log_id()))
+                .collect::<BTreeMap<_, _>>()
+        });
         let state = self.controller.state();
+        let questions = asked.into_iter().filter_map(|(peer, groups)| {
+            let address = state.brokers.get(&(peer as i32))?.raft_address.clone();
+            let mut client = self.peers.client(&address).ok()?;
+            Some(async move {
+                let call = client.log_ends(sluice_proto::pb::LogEndsRequest { groups });
+                let reply = tokio::time::timeout(PING_INTERVAL * 2, call).await;
+                (peer, reply)
+            })
+        });
         let mut ends: BTreeMap<(u64, u64), Option<openraft::LogId<u64>>> = BTreeMap::new();
-        for (peer, groups) in asked {
-            let Some(address) = state
-                .brokers
-                .get(&(peer as i32))
-                .map(|b| b.raft_address.clone())
-            else {
-                continue;
-            };
-            let Ok(mut client) = self.peers.client(&address) else {
-                continue;
-            };
-            let call = client.log_ends(sluice_proto::pb::LogEndsRequest { groups });
-            let Ok(Ok(reply)) = tokio::time::timeout(PING_INTERVAL * 2, call).await else {
+        for (peer, reply) in futures::future::join_all(questions).await {
+            let Ok(Ok(reply)) = reply else {
                 continue;
             };
             for (group, bytes) in reply.into_inner().last_log_ids {
@@ -704,12 +716,12 @@ impl Broker {
                 }
             }
         }
+        let Ok(own) = own.await else {
+            return;
+        };
         let mut campaigns = 0;
         for (group, raft, voters) in led {
-            let Some(log) = self.groups.log(group) else {
-                continue;
-            };
-            let Ok(mine) = tokio::task::spawn_blocking(move || log.last_log_id()).await else {
+            let Some(&mine) = own.get(&group) else {
                 continue;
             };
             let answers: Vec<_> = voters
@@ -722,6 +734,17 @@ impl Broker {
                 .iter()
                 .all(|(v, last)| (mine, std::cmp::Reverse(me)) > (*last, std::cmp::Reverse(*v)));
             if answers.len() + 1 < quorum || !best {
+                // Not this follower's to win: if the one that should campaign does not, this
+                // one's election timer takes over (an idle group's was stopped).
+                let broker = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(ReplicaTiming::default().election_timeout_max).await;
+                    let orphaned = raft.metrics().borrow().current_leader == Some(dead);
+                    if orphaned && broker.quiesced.remove(group) {
+                        raft.runtime_config().tick(true);
+                        raft.runtime_config().elect(true);
+                    }
+                });
                 continue;
             }
             self.quiesced.remove(group);
