@@ -55,6 +55,11 @@ pub struct TopicRoute {
 #[derive(Debug, Default)]
 struct Cache {
     topics: HashMap<String, (Arc<TopicRoute>, Instant)>,
+    /// The brokers the latest metadata named, the one that last answered an admin call
+    /// first. Admin and metadata calls try them before the bootstrap list, as Kafka's
+    /// clients do: the bootstrap brokers may all be gone by now (a client given one broker
+    /// must survive that broker's failover).
+    brokers: Vec<String>,
 }
 
 /// Shared connection state; cheap to clone.
@@ -125,17 +130,30 @@ impl Cluster {
             .max_encoding_message_size(max))
     }
 
-    /// Runs an admin call against the first bootstrap broker that answers.
+    /// Runs an admin call against the first broker that answers: the known brokers (the
+    /// one that answered last first), then the bootstrap list.
     pub async fn admin_call<T, F, Fut>(&self, mut call: F) -> Result<T>
     where
         F: FnMut(AdminClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut last = None;
-        for address in &self.config.bootstrap {
+        let mut candidates = self.cache.read().brokers.clone();
+        for b in &self.config.bootstrap {
+            if !candidates.contains(b) {
+                candidates.push(b.clone());
+            }
+        }
+        for address in &candidates {
             let client = self.admin_client(address)?;
             match tokio::time::timeout(self.config.request_timeout, call(client)).await {
-                Ok(Ok(resp)) => return Ok(resp.into_inner()),
+                Ok(Ok(resp)) => {
+                    let mut cache = self.cache.write();
+                    if let Some(i) = cache.brokers.iter().position(|b| b == address) {
+                        cache.brokers[..=i].rotate_right(1);
+                    }
+                    return Ok(resp.into_inner());
+                }
                 Ok(Err(status)) => {
                     let err = Error::from_status(address, status);
                     if matches!(err, Error::Broker { .. }) || !err.is_retriable() {
@@ -174,6 +192,14 @@ impl Cluster {
             .collect();
         let now = Instant::now();
         let mut cache = self.cache.write();
+        // Keep the order (the last broker that answered first); add new ones, drop gone ones.
+        let named: Vec<String> = resp.brokers.iter().map(|b| b.address.clone()).collect();
+        cache.brokers.retain(|b| named.contains(b));
+        for b in named {
+            if !cache.brokers.contains(&b) {
+                cache.brokers.push(b);
+            }
+        }
         for t in topics {
             cache.topics.remove(t);
         }

@@ -1,10 +1,13 @@
 //! Failover benchmark: a 3-broker cluster of real processes, one RF=3 partition with
-//! min.insync.replicas=2. Each trial SIGKILLs the partition leader and times how long until
-//! an acks=all produce succeeds again (the producer retries on its own), then restarts the
-//! broker and waits for a full in-sync set.
+//! min.insync.replicas=2, under a steady acks=all load (LOAD records of 1 KiB per second,
+//! default 10,000; 0 for none). Each trial SIGKILLs the partition leader and times how long
+//! until an acks=all produce succeeds again (the producer retries on its own), then
+//! restarts the broker and waits for a full in-sync set.
 //!
-//! `cargo build --release --bins && cargo run --release -p sluice-tests --example failover -- [TRIALS]`
+//! `cargo build --release --bins && cargo run --release -p sluice-tests --example failover -- [TRIALS] [LOAD]`
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sluice_client::{Acks, Admin, NewTopic, Producer, ProducerConfig, ProducerRecord};
@@ -16,6 +19,10 @@ async fn main() -> anyhow::Result<()> {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
+    let load: u64 = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10_000);
     let mut cluster = Cluster::start(3);
     cluster.wait_ready().await;
     let admin = Admin::new(cluster.client())?;
@@ -26,19 +33,75 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
     let mut times = Vec::new();
+    let (delivered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let loader = {
+        let producer = Producer::connect(
+            cluster.client(),
+            ProducerConfig {
+                acks: Acks::All,
+                retry_backoff: Duration::from_millis(20),
+                retry_backoff_max: Duration::from_millis(100),
+                ..ProducerConfig::default()
+            },
+        )
+        .await?;
+        let (delivered, failed) = (delivered.clone(), failed.clone());
+        tokio::spawn(async move {
+            // In ticks of 1 ms: 1 KiB records at `load` per second, through every failover.
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            let mut sent = 0u64;
+            let started = Instant::now();
+            if load == 0 {
+                return;
+            }
+            loop {
+                tick.tick().await;
+                let due = started.elapsed().as_millis() as u64 * load / 1000;
+                while sent < due {
+                    let (delivered, failed) = (delivered.clone(), failed.clone());
+                    let record = ProducerRecord::new("failover", vec![b'x'; 1024]).partition(0);
+                    let queued = producer
+                        .send_with_callback(record, move |r| {
+                            let counter = if r.is_ok() { &delivered } else { &failed };
+                            counter.fetch_add(1, Ordering::Relaxed);
+                        })
+                        .await;
+                    if let Err(e) = queued {
+                        eprintln!("load stopped: {e}");
+                        return;
+                    }
+                    sent += 1;
+                }
+            }
+        })
+    };
     for trial in 0..trials {
-        let admin = Admin::new(cluster.client())?;
+        // Under load: the partition is taking the load's writes when its leader dies.
+        let before = delivered.load(Ordering::Relaxed);
+        eventually("the load flowing", Duration::from_secs(60), || {
+            let now = delivered.load(Ordering::Relaxed);
+            async move { (load == 0 || now >= before + load / 10).then_some(()) }
+        })
+        .await;
+        // Every broker must name the same leader with all replicas in sync: one broker's
+        // view can lag an election (or a restart), and killing a follower would time nothing.
+        let admins: Vec<Admin> = (1..=3).map(|b| cluster.node(b).admin()).collect();
         let leader = eventually(
-            "a leader with all replicas in sync",
+            "all brokers agreeing on a leader with all replicas in sync",
             Duration::from_secs(60),
             || async {
-                let p = admin
-                    .describe_topic("failover")
-                    .await
-                    .ok()?
-                    .partitions
-                    .remove(0);
-                (p.leader > 0 && p.isr.len() == 3).then_some(p.leader)
+                let mut seen = Vec::new();
+                for admin in &admins {
+                    let p = admin
+                        .describe_topic("failover")
+                        .await
+                        .ok()?
+                        .partitions
+                        .remove(0);
+                    seen.push((p.leader, p.isr.len()));
+                }
+                let (leader, isr) = seen[0];
+                (leader > 0 && isr == 3 && seen.iter().all(|s| *s == (leader, 3))).then_some(leader)
             },
         )
         .await;
@@ -61,14 +124,23 @@ async fn main() -> anyhow::Result<()> {
             .await?
             .await?;
         let took = killed.elapsed();
-        println!("trial {trial}: leader {leader} killed, first acks=all produce after {took:?}");
+        println!(
+            "trial {trial}: leader {leader} killed, first acks=all produce after {took:?} (load: {} delivered so far)",
+            delivered.load(Ordering::Relaxed)
+        );
         times.push(took);
         producer.close().await;
         cluster.node(leader).restart();
     }
+    loader.abort();
+    println!(
+        "load: {} records delivered, {} failed",
+        delivered.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed)
+    );
     times.sort();
     let p50 = times[times.len() / 2];
     let max = times[times.len() - 1];
-    println!("failover over {trials} trials: p50 {p50:?}, max {max:?}");
+    println!("failover over {trials} trials (load {load} records/s): p50 {p50:?}, max {max:?}");
     Ok(())
 }

@@ -733,3 +733,43 @@ async fn a_crashed_leader_is_replaced_by_one_campaigning_follower() {
         "the second follower campaigned too"
     );
 }
+
+/// A client given a single bootstrap broker keeps working after that broker dies: metadata
+/// comes from the brokers the cluster named, not only from the bootstrap list.
+#[tokio::test]
+async fn a_producer_outlives_its_only_bootstrap_broker() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("lone", 1, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .unwrap();
+    // Bootstrapped from the leader alone, which then dies: finding the new leader takes
+    // metadata from another broker.
+    let leader = leader_of(&admin, "lone").await;
+    let config = ProducerConfig {
+        acks: Acks::All,
+        delivery_timeout: Duration::from_secs(20),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(cluster.node(leader).client(), config)
+        .await
+        .unwrap();
+    producer
+        .send(ProducerRecord::new("lone", "before").partition(0))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    cluster.node(leader).kill();
+    producer
+        .send(ProducerRecord::new("lone", "after").partition(0))
+        .await
+        .expect("queued without the bootstrap broker")
+        .await
+        .expect("delivered without the bootstrap broker");
+}
