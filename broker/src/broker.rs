@@ -14,7 +14,7 @@ use sluice_proto::TopicConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FlushPolicy};
-use crate::controller::network::{Groups, Quiesced, is_refused};
+use crate::controller::network::{CONTROLLER_GROUP, Groups, Quiesced, is_refused};
 use crate::controller::{
     BrokerRecord, ClusterState, Controller, ControllerTiming, MetaCommand, MetaResponse,
     PeerChannels,
@@ -36,6 +36,18 @@ const PING_INTERVAL: Duration = Duration::from_millis(100);
 /// A quiesced follower restarts its election timer after its leader's broker has not
 /// answered pings for this long.
 const LEADER_SILENCE: Duration = Duration::from_millis(400);
+/// The voters of a group this broker follows under leader `dead`, if it does.
+fn orphaned_voters(
+    m: &openraft::RaftMetrics<u64, openraft::BasicNode>,
+    dead: u64,
+) -> Option<Vec<u64>> {
+    (m.state == openraft::ServerState::Follower && m.current_leader == Some(dead))
+        .then(|| m.membership_config.membership().voter_ids().collect())
+}
+
+/// How long a follower waits for the others' log ends before leaving a crashed leader's
+/// groups to the election timers.
+const LOG_ENDS_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long after a crashed leader's lease has surely expired its followers campaign (see
 /// [`Broker::take_over_from`]).
 const TAKE_OVER_MARGIN: Duration = Duration::from_millis(50);
@@ -641,72 +653,139 @@ impl Broker {
         }
     }
 
-    /// Elects new leaders, without waiting for election timeouts, for the partitions whose
-    /// leader was on broker `dead`, once `dead` refuses connections: its process is gone (a
-    /// crash, an OOM kill, `kill -9`), so its leaderships are certainly over. A silent broker
-    /// (a network partition, a stalled host) is left to the election timers, as in Raft.
+    /// Elects new leaders, without waiting for election timeouts, for the partitions (and
+    /// the controller) whose leader was on broker `dead`, once `dead` refuses connections:
+    /// its process is gone (a crash, an OOM kill, `kill -9`), so its leaderships are
+    /// certainly over. A silent broker (a network partition, a stalled host) is left to the
+    /// election timers, as in Raft.
     ///
-    /// Per partition only the follower with the most up-to-date log campaigns (it asks the
-    /// other followers for theirs; lowest node id on a tie): two candidates at once would split
+    /// Per group only the follower with the most up-to-date log campaigns (it asks the other
+    /// followers for theirs; lowest node id on a tie): two candidates at once would split
     /// the vote, and one with a shorter log would be refused.
     async fn take_over_from(self: Arc<Self>, dead: u64) {
         // openraft's followers refuse votes for the leader's lease (election_timeout_max)
         // after the last entries they had from it, and it died before it refused us.
-        tokio::time::sleep(ReplicaTiming::default().election_timeout_max + TAKE_OVER_MARGIN).await;
+        let partition_lease = ReplicaTiming::default().election_timeout_max;
+        let controller_lease = self.controller.timing().election_timeout_max;
+        tokio::time::sleep(partition_lease + TAKE_OVER_MARGIN).await;
         if !self.peers.refuses(dead) || self.shutdown.is_cancelled() {
             return;
         }
-        let me = self.node_id() as u64;
         let mut led = Vec::new();
         for (group, raft) in self.groups.all() {
-            let (follower, voters) = {
-                let m = raft.metrics();
-                let m = m.borrow();
-                (
-                    m.state == openraft::ServerState::Follower && m.current_leader == Some(dead),
-                    m.membership_config
-                        .membership()
-                        .voter_ids()
-                        .collect::<Vec<_>>(),
-                )
-            };
-            if follower {
+            if let Some(voters) = orphaned_voters(&raft.metrics().borrow(), dead) {
                 led.push((group, raft, voters));
             }
         }
-        if led.is_empty() {
+        let campaign = self
+            .best_placed(
+                dead,
+                led.iter().map(|(g, _, v)| (*g, v.clone())).collect(),
+                |groups| {
+                    let logs: Vec<_> = groups
+                        .iter()
+                        .filter_map(|g| self.groups.log(*g).map(|log| (*g, log)))
+                        .collect();
+                    // Reading a log's end waits for an append's fsync.
+                    async move {
+                        tokio::task::spawn_blocking(move || {
+                            logs.into_iter()
+                                .map(|(g, log)| (g, log.last_log_id()))
+                                .collect()
+                        })
+                        .await
+                        .unwrap_or_default()
+                    }
+                },
+            )
+            .await;
+        let mut campaigns = 0;
+        for (group, raft, _) in led {
+            if campaign.contains(&group) {
+                self.quiesced.remove(group);
+                raft.runtime_config().tick(true);
+                raft.runtime_config().elect(true);
+                if raft.trigger().elect().await.is_ok() {
+                    campaigns += 1;
+                }
+                continue;
+            }
+            // Not this follower's to win: if the one that should campaign does not, this
+            // one's election timer takes over (an idle group's was stopped).
+            let broker = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(partition_lease).await;
+                let orphaned = raft.metrics().borrow().current_leader == Some(dead);
+                if orphaned && broker.quiesced.remove(group) {
+                    raft.runtime_config().tick(true);
+                    raft.runtime_config().elect(true);
+                }
+            });
+        }
+        if campaigns > 0 {
+            tracing::info!(
+                broker = dead,
+                partitions = campaigns,
+                "campaigning for the partitions the downed broker led"
+            );
+        }
+        // The controller group's lease is longer.
+        tokio::time::sleep(controller_lease.saturating_sub(partition_lease)).await;
+        let controller = &self.controller.raft;
+        if !self.peers.refuses(dead) || self.shutdown.is_cancelled() {
             return;
         }
-        // One question per other broker, for all the groups at once.
+        let Some(voters) = orphaned_voters(&controller.metrics().borrow(), dead) else {
+            return;
+        };
+        let campaign = self
+            .best_placed(dead, vec![(CONTROLLER_GROUP, voters)], |_| async {
+                BTreeMap::from([(CONTROLLER_GROUP, self.controller.last_log_id().await)])
+            })
+            .await;
+        if campaign.contains(&CONTROLLER_GROUP) && controller.trigger().elect().await.is_ok() {
+            tracing::info!(
+                broker = dead,
+                "campaigning for the controller leadership the downed broker held"
+            );
+        }
+    }
+
+    /// Of `groups` (with their voters) whose leader `dead` is gone, the ones where this
+    /// broker's log is the most up-to-date among the voters that answer (lowest node id on a
+    /// tie), provided they make a majority with it. `own` reads this broker's log ends; the
+    /// other voters are asked meanwhile, one call per broker for all the groups.
+    async fn best_placed<F, Fut>(&self, dead: u64, groups: Vec<(u64, Vec<u64>)>, own: F) -> Vec<u64>
+    where
+        F: FnOnce(Vec<u64>) -> Fut,
+        Fut: std::future::Future<Output = BTreeMap<u64, Option<openraft::LogId<u64>>>>,
+    {
+        if groups.is_empty() {
+            return Vec::new();
+        }
+        let me = self.node_id() as u64;
         let mut asked: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-        for (group, _, voters) in &led {
+        for (group, voters) in &groups {
             for v in voters.iter().filter(|v| **v != me && **v != dead) {
                 asked.entry(*v).or_default().push(*group);
             }
         }
-        // This broker's own log ends (reading one waits for an append's fsync), while the
-        // others are asked.
-        let logs: Vec<_> = led
-            .iter()
-            .filter_map(|(g, _, _)| self.groups.log(*g).map(|log| (*g, log)))
-            .collect();
-        let own = tokio::task::spawn_blocking(move || {
-            logs.into_iter()
-                .map(|(g, log)| (g, log.last_log_id()))
-                .collect::<BTreeMap<_, _>>()
-        });
         let state = self.controller.state();
         let questions = asked.into_iter().filter_map(|(peer, groups)| {
             let address = state.brokers.get(&(peer as i32))?.raft_address.clone();
             let mut client = self.peers.client(&address).ok()?;
             Some(async move {
                 let call = client.log_ends(sluice_proto::pb::LogEndsRequest { groups });
-                let reply = tokio::time::timeout(PING_INTERVAL * 2, call).await;
+                let reply = tokio::time::timeout(LOG_ENDS_TIMEOUT, call).await;
                 (peer, reply)
             })
         });
+        let (own, replies) = tokio::join!(
+            own(groups.iter().map(|(g, _)| *g).collect()),
+            futures::future::join_all(questions)
+        );
         let mut ends: BTreeMap<(u64, u64), Option<openraft::LogId<u64>>> = BTreeMap::new();
-        for (peer, reply) in futures::future::join_all(questions).await {
+        for (peer, reply) in replies {
             let Ok(Ok(reply)) = reply else {
                 continue;
             };
@@ -716,51 +795,25 @@ impl Broker {
                 }
             }
         }
-        let Ok(own) = own.await else {
-            return;
-        };
-        let mut campaigns = 0;
-        for (group, raft, voters) in led {
-            let Some(&mine) = own.get(&group) else {
-                continue;
-            };
-            let answers: Vec<_> = voters
-                .iter()
-                .filter_map(|v| ends.get(&(group, *v)).map(|last| (*v, *last)))
-                .collect();
-            // Without a majority answering, no election can succeed yet: leave it to the timers.
-            let quorum = voters.len() / 2 + 1;
-            let best = answers
-                .iter()
-                .all(|(v, last)| (mine, std::cmp::Reverse(me)) > (*last, std::cmp::Reverse(*v)));
-            if answers.len() + 1 < quorum || !best {
-                // Not this follower's to win: if the one that should campaign does not, this
-                // one's election timer takes over (an idle group's was stopped).
-                let broker = self.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(ReplicaTiming::default().election_timeout_max).await;
-                    let orphaned = raft.metrics().borrow().current_leader == Some(dead);
-                    if orphaned && broker.quiesced.remove(group) {
-                        raft.runtime_config().tick(true);
-                        raft.runtime_config().elect(true);
-                    }
-                });
-                continue;
-            }
-            self.quiesced.remove(group);
-            raft.runtime_config().tick(true);
-            raft.runtime_config().elect(true);
-            if raft.trigger().elect().await.is_ok() {
-                campaigns += 1;
-            }
-        }
-        if campaigns > 0 {
-            tracing::info!(
-                broker = dead,
-                partitions = campaigns,
-                "campaigning for the partitions the downed broker led"
-            );
-        }
+        groups
+            .into_iter()
+            .filter(|(group, voters)| {
+                let Some(&mine) = own.get(group) else {
+                    return false;
+                };
+                let answers: Vec<_> = voters
+                    .iter()
+                    .filter_map(|v| ends.get(&(*group, *v)).map(|last| (*v, *last)))
+                    .collect();
+                // Without a majority answering no election can succeed yet: the timers will.
+                let quorum = voters.len() / 2 + 1;
+                answers.len() + 1 >= quorum
+                    && answers.iter().all(|(v, last)| {
+                        (mine, std::cmp::Reverse(me)) > (*last, std::cmp::Reverse(*v))
+                    })
+            })
+            .map(|(group, _)| group)
+            .collect()
     }
 
     /// Stops every partition Raft group (at shutdown).

@@ -48,6 +48,8 @@ impl Default for ControllerTiming {
 pub struct Controller {
     pub raft: Raft<MetaRaft>,
     pub node_id: i32,
+    /// The group's log (sled; shared with the Raft), for its last log id.
+    log: store::LogStore,
     state: watch::Receiver<Arc<ClusterState>>,
     channels: PeerChannels,
     timing: ControllerTiming,
@@ -86,7 +88,7 @@ impl Controller {
             .map_err(|e| Error::Internal(format!("controller state: {e}")))?;
         let state = sm.subscribe();
         let network = network::Network::<MetaRaft>::new(CONTROLLER_GROUP, channels.clone());
-        let raft = Raft::new(node_id as u64, Arc::new(config), network, log, sm)
+        let raft = Raft::new(node_id as u64, Arc::new(config), network, log.clone(), sm)
             .await
             .map_err(|e| Error::Internal(format!("starting the controller Raft: {e}")))?;
         if voters.contains_key(&node_id) {
@@ -107,10 +109,23 @@ impl Controller {
         Ok(Arc::new(Controller {
             raft,
             node_id,
+            log,
             state,
             channels,
             timing,
         }))
+    }
+
+    /// The controller group's timing.
+    pub fn timing(&self) -> ControllerTiming {
+        self.timing
+    }
+
+    /// The last log id of this broker's copy of the metadata log: what a vote compares.
+    pub async fn last_log_id(&self) -> Option<openraft::LogId<u64>> {
+        use openraft::storage::RaftLogStorage;
+        let mut log = self.log.clone();
+        log.get_log_state().await.ok().and_then(|s| s.last_log_id)
     }
 
     /// The current metadata as this broker has applied it.

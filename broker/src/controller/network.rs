@@ -456,9 +456,13 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request_: tonic::Request<pb::LogEndsRequest>,
     ) -> Result<tonic::Response<pb::LogEndsReply>, tonic::Status> {
-        let logs: Vec<_> = request_
-            .into_inner()
-            .groups
+        let groups = request_.into_inner().groups;
+        let controller = if groups.contains(&CONTROLLER_GROUP) {
+            Some(self.controller.last_log_id().await)
+        } else {
+            None
+        };
+        let logs: Vec<_> = groups
             .into_iter()
             .filter_map(|g| self.groups.log(g).map(|log| (g, log)))
             .collect();
@@ -471,7 +475,10 @@ impl pb::raft_server::Raft for RaftService {
         .await
         .map_err(|e| tonic::Status::internal(format!("reading log ends: {e}")))?;
         let mut last_log_ids = HashMap::new();
-        for (group, last) in ends {
+        for (group, last) in ends
+            .into_iter()
+            .chain(controller.map(|last| (CONTROLLER_GROUP, last)))
+        {
             let bytes = encode(&last)
                 .map_err(|e| tonic::Status::internal(format!("encoding a log id: {e}")))?;
             last_log_ids.insert(group, bytes);

@@ -135,6 +135,17 @@ async fn losing_the_controller_leader_keeps_metadata_and_topic_creation() {
         meta.topics.iter().any(|t| t.name == "before"),
         "metadata survived: {meta:?}"
     );
+    // Its port refuses connections, so the crash is certain: the one survivor with the most
+    // up-to-date metadata log campaigned without waiting for its election timer.
+    let campaigners: Vec<i32> = (1..=3)
+        .filter(|b| *b != old_leader)
+        .filter(|b| {
+            cluster.brokers[(*b - 1) as usize]
+                .log()
+                .contains("campaigning for the controller leadership")
+        })
+        .collect();
+    assert_eq!(campaigners, vec![meta.controller_id]);
     admin
         .create_topic(NewTopic::new("after", 2, 1), false)
         .await
