@@ -36,15 +36,6 @@ const PING_INTERVAL: Duration = Duration::from_millis(100);
 /// A quiesced follower restarts its election timer after its leader's broker has not
 /// answered pings for this long.
 const LEADER_SILENCE: Duration = Duration::from_millis(400);
-/// The voters of a group this broker follows under leader `dead`, if it does.
-fn orphaned_voters(
-    m: &openraft::RaftMetrics<u64, openraft::BasicNode>,
-    dead: u64,
-) -> Option<Vec<u64>> {
-    (m.state == openraft::ServerState::Follower && m.current_leader == Some(dead))
-        .then(|| m.membership_config.membership().voter_ids().collect())
-}
-
 /// How long a follower waits for the others' log ends before leaving a crashed leader's
 /// groups to the election timers.
 const LOG_ENDS_TIMEOUT: Duration = Duration::from_millis(500);
@@ -53,6 +44,15 @@ const LOG_ENDS_TIMEOUT: Duration = Duration::from_millis(500);
 const TAKE_OVER_MARGIN: Duration = Duration::from_millis(50);
 /// A leader with no writes for this long quiesces its group.
 const QUIESCE_AFTER: Duration = Duration::from_secs(2);
+
+/// The voters of a group this broker follows under leader `dead`, if it does.
+fn orphaned_voters(
+    m: &openraft::RaftMetrics<u64, openraft::BasicNode>,
+    dead: u64,
+) -> Option<Vec<u64>> {
+    (m.state == openraft::ServerState::Follower && m.current_leader == Some(dead))
+        .then(|| m.membership_config.membership().voter_ids().collect())
+}
 
 /// Identifies which incarnation of a topic a partition directory belongs to.
 const PARTITION_META_FILE: &str = "partition.json";
@@ -755,13 +755,18 @@ impl Broker {
     /// broker's log is the most up-to-date among the voters that answer (lowest node id on a
     /// tie), provided they make a majority with it. `own` reads this broker's log ends; the
     /// other voters are asked meanwhile, one call per broker for all the groups.
-    async fn best_placed<F, Fut>(&self, dead: u64, groups: Vec<(u64, Vec<u64>)>, own: F) -> Vec<u64>
+    async fn best_placed<F, Fut>(
+        &self,
+        dead: u64,
+        groups: Vec<(u64, Vec<u64>)>,
+        own: F,
+    ) -> std::collections::BTreeSet<u64>
     where
         F: FnOnce(Vec<u64>) -> Fut,
         Fut: std::future::Future<Output = BTreeMap<u64, Option<openraft::LogId<u64>>>>,
     {
         if groups.is_empty() {
-            return Vec::new();
+            return Default::default();
         }
         let me = self.node_id() as u64;
         let mut asked: BTreeMap<u64, Vec<u64>> = BTreeMap::new();

@@ -55,10 +55,12 @@ pub struct TopicRoute {
 #[derive(Debug, Default)]
 struct Cache {
     topics: HashMap<String, (Arc<TopicRoute>, Instant)>,
-    /// The brokers the latest metadata named, the one that last answered an admin call
-    /// first. Admin and metadata calls try them before the bootstrap list, as Kafka's
-    /// clients do: the bootstrap brokers may all be gone by now (a client given one broker
-    /// must survive that broker's failover).
+    /// The broker that answered the last admin or metadata call: the next one goes there
+    /// first (a client bootstrapped from one broker keeps talking to it while it answers).
+    answered: Option<String>,
+    /// The brokers the latest metadata named. Admin and metadata calls try them before the
+    /// bootstrap list, as Kafka's clients do: the bootstrap brokers may all be gone by now
+    /// (a client given one broker must survive that broker's failover).
     brokers: Vec<String>,
 }
 
@@ -130,28 +132,33 @@ impl Cluster {
             .max_encoding_message_size(max))
     }
 
-    /// Runs an admin call against the first broker that answers: the known brokers (the
-    /// one that answered last first), then the bootstrap list.
+    /// Runs an admin call against the first broker that answers: the one that answered
+    /// last, the brokers the latest metadata named, then the bootstrap list.
     pub async fn admin_call<T, F, Fut>(&self, mut call: F) -> Result<T>
     where
         F: FnMut(AdminClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let mut last = None;
-        let mut candidates = self.cache.read().brokers.clone();
-        for b in &self.config.bootstrap {
-            if !candidates.contains(b) {
-                candidates.push(b.clone());
+        let mut candidates: Vec<String> = Vec::new();
+        {
+            let cache = self.cache.read();
+            for b in cache
+                .answered
+                .iter()
+                .chain(&cache.brokers)
+                .chain(&self.config.bootstrap)
+            {
+                if !candidates.contains(b) {
+                    candidates.push(b.clone());
+                }
             }
         }
         for address in &candidates {
             let client = self.admin_client(address)?;
             match tokio::time::timeout(self.config.request_timeout, call(client)).await {
                 Ok(Ok(resp)) => {
-                    let mut cache = self.cache.write();
-                    if let Some(i) = cache.brokers.iter().position(|b| b == address) {
-                        cache.brokers[..=i].rotate_right(1);
-                    }
+                    self.cache.write().answered = Some(address.clone());
                     return Ok(resp.into_inner());
                 }
                 Ok(Err(status)) => {
@@ -192,14 +199,7 @@ impl Cluster {
             .collect();
         let now = Instant::now();
         let mut cache = self.cache.write();
-        // Keep the order (the last broker that answered first); add new ones, drop gone ones.
-        let named: Vec<String> = resp.brokers.iter().map(|b| b.address.clone()).collect();
-        cache.brokers.retain(|b| named.contains(b));
-        for b in named {
-            if !cache.brokers.contains(&b) {
-                cache.brokers.push(b);
-            }
-        }
+        cache.brokers = resp.brokers.iter().map(|b| b.address.clone()).collect();
         for t in topics {
             cache.topics.remove(t);
         }
