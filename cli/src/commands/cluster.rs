@@ -22,6 +22,9 @@ struct BrokerRow {
     node_id: i32,
     address: String,
     up: bool,
+    /// Why a broker counts as down: no process listening, no answer in time, or the error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    down_reason: Option<String>,
     controller_leader: bool,
 }
 
@@ -49,11 +52,21 @@ pub(crate) async fn run(ctx: &Context, cmd: ClusterCommand) -> anyhow::Result<()
         let mut probe = ClientConfig::new(&b.address);
         probe.request_timeout = PROBE_TIMEOUT;
         probe.connect_timeout = PROBE_TIMEOUT;
-        let up = Admin::new(probe)?.list_topics().await.is_ok();
+        let down_reason = match Admin::new(probe)?.list_topics().await {
+            Ok(_) => None,
+            Err(e) if e.is_connection_refused() => {
+                Some("not running (connection refused)".to_string())
+            }
+            Err(sluice_client::Error::Timeout { .. }) => {
+                Some(format!("no answer within {PROBE_TIMEOUT:?}"))
+            }
+            Err(e) => Some(e.to_string()),
+        };
         brokers.push(BrokerRow {
             node_id: b.node_id,
             address: b.address.clone(),
-            up,
+            up: down_reason.is_none(),
+            down_reason,
             controller_leader: b.node_id == meta.controller_id,
         });
     }
@@ -117,7 +130,10 @@ pub(crate) async fn run(ctx: &Context, cmd: ClusterCommand) -> anyhow::Result<()
                 s.brokers.iter().map(|b| vec![
                     b.node_id.to_string(),
                     b.address.clone(),
-                    if b.up { "up".into() } else { "DOWN".into() },
+                    match &b.down_reason {
+                        None => "up".into(),
+                        Some(why) => format!("DOWN: {why}"),
+                    },
                     if b.controller_leader {
                         "controller leader".into()
                     } else {

@@ -211,11 +211,26 @@ async fn cluster_status_shows_a_down_broker_and_its_offline_partitions() {
         .map(|b| b["node_id"].clone())
         .collect();
     assert_eq!(down, vec![serde_json::json!(victim)], "{s}");
+    // Killed, so nothing listens on its port: the status says so, not just "down".
+    let row = s["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["node_id"] == victim)
+        .unwrap();
+    assert_eq!(
+        row["down_reason"], "not running (connection refused)",
+        "{s}"
+    );
     assert_eq!(
         s["offline_partitions"].as_array().unwrap().len(),
         1,
         "the down broker led one of 3 partitions: {s}"
     );
     let table = sluice_tests::run_cli(&cluster.bootstrap(), &["cluster", "status"], "");
-    assert!(String::from_utf8_lossy(&table.stdout).contains("DOWN"));
+    assert!(
+        String::from_utf8_lossy(&table.stdout).contains("DOWN: not running (connection refused)"),
+        "{}",
+        String::from_utf8_lossy(&table.stdout)
+    );
 }
