@@ -710,11 +710,11 @@ impl Broker {
                 }
                 continue;
             }
-            // Not this follower's to win: if the one that should campaign does not, this
-            // one's election timer takes over (an idle group's was stopped).
+            // Not this follower's to win: if the one that should campaign has not won by
+            // then, this one's election timer takes over (an idle group's was stopped).
             let broker = self.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(partition_lease).await;
+                tokio::time::sleep(partition_lease * 2).await;
                 let orphaned = raft.metrics().borrow().current_leader == Some(dead);
                 if orphaned && broker.quiesced.remove(group) {
                     raft.runtime_config().tick(true);

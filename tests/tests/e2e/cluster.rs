@@ -135,8 +135,11 @@ async fn losing_the_controller_leader_keeps_metadata_and_topic_creation() {
         meta.topics.iter().any(|t| t.name == "before"),
         "metadata survived: {meta:?}"
     );
-    // Its port refuses connections, so the crash is certain: the one survivor with the most
-    // up-to-date metadata log campaigned without waiting for its election timer.
+    // Its port refuses connections, so the crash is certain: the survivor with the most
+    // up-to-date metadata log campaigns without waiting for its election timer, and only
+    // that one (two candidates would split the vote). Its timer may still beat it on a
+    // loaded machine, so which broker won is not asserted here (the partition test is
+    // deterministic: its followers' timers are stopped).
     let campaigners: Vec<i32> = (1..=3)
         .filter(|b| *b != old_leader)
         .filter(|b| {
@@ -145,7 +148,10 @@ async fn losing_the_controller_leader_keeps_metadata_and_topic_creation() {
                 .contains("campaigning for the controller leadership")
         })
         .collect();
-    assert_eq!(campaigners, vec![meta.controller_id]);
+    assert!(
+        campaigners.len() <= 1,
+        "both survivors campaigned: {campaigners:?}"
+    );
     admin
         .create_topic(NewTopic::new("after", 2, 1), false)
         .await

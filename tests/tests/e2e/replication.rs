@@ -666,10 +666,12 @@ async fn the_preferred_leader_takes_its_partition_back() {
 
 /// A SIGKILLed leader's broker refuses connections at once: its followers do not wait for
 /// their election timers. Exactly one of them (the one with the most up-to-date log)
-/// campaigns, so the vote is not split, and it becomes the leader.
+/// campaigns, so the vote is not split, and it becomes the leader. The partition is idle
+/// and quiesced first: its followers' timers are stopped, so the takeover is the only way
+/// it gets a leader again (with running timers the two would race).
 #[tokio::test]
 async fn a_crashed_leader_is_replaced_by_one_campaigning_follower() {
-    let mut cluster = Cluster::start(3);
+    let mut cluster = Cluster::start_logged(3, &[], "info,sluice_broker::replica=debug");
     cluster.wait_ready().await;
     let admin = Admin::new(cluster.client()).unwrap();
     admin
@@ -689,26 +691,28 @@ async fn a_crashed_leader_is_replaced_by_one_campaigning_follower() {
         .await
         .unwrap();
     let leader = leader_of(&admin, "crash").await;
+    eventually("the idle group to quiesce", Duration::from_secs(20), || {
+        let log = cluster.brokers[(leader - 1) as usize].log();
+        async move { log.contains("quiesced an idle group").then_some(()) }
+    })
+    .await;
     cluster.node(leader).kill();
     let survivors: Vec<i32> = (1..=3).filter(|b| *b != leader).collect();
+    let campaigned = |cluster: &Cluster, b: i32| {
+        cluster.brokers[(b - 1) as usize]
+            .log()
+            .contains("campaigning for the partitions the downed broker led")
+    };
     let campaigner = eventually(
         "a follower campaigning for the crashed leader's partition",
         Duration::from_secs(20),
         || {
-            let logs: Vec<(i32, String)> = survivors
+            let c: Vec<i32> = survivors
                 .iter()
-                .map(|b| (*b, cluster.brokers[(*b - 1) as usize].log()))
+                .copied()
+                .filter(|b| campaigned(&cluster, *b))
                 .collect();
-            async move {
-                let campaigning: Vec<i32> = logs
-                    .iter()
-                    .filter(|(_, log)| {
-                        log.contains("campaigning for the partitions the downed broker led")
-                    })
-                    .map(|(b, _)| *b)
-                    .collect();
-                (!campaigning.is_empty()).then_some(campaigning)
-            }
+            async move { (!c.is_empty()).then_some(c) }
         },
     )
     .await;
@@ -727,9 +731,7 @@ async fn a_crashed_leader_is_replaced_by_one_campaigning_follower() {
         .expect("the new leader takes acks=all writes");
     let other = survivors.iter().find(|b| **b != campaigner[0]).unwrap();
     assert!(
-        !cluster.brokers[(*other - 1) as usize]
-            .log()
-            .contains("campaigning for the partitions the downed broker led"),
+        !campaigned(&cluster, *other),
         "the second follower campaigned too"
     );
 }
