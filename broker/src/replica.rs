@@ -14,6 +14,7 @@ pub mod log_store;
 pub mod state_machine;
 pub mod tail;
 pub mod types;
+pub mod vote_file;
 
 #[cfg(test)]
 mod tests {

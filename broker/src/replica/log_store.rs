@@ -2,11 +2,13 @@
 //! is one batch, written once. Normal entries are record batches; blank and membership
 //! entries are control batches, which take an offset that consumers never see.
 //!
-//! What segments cannot say is kept in `raft.json` beside them: the vote, the last purged
-//! log id, the committed log id, and the leader ids of runs of entries (a leader id changes
+//! What segments cannot say is kept in `raft.json` beside them: the last purged log id, the
+//! committed log id, and the leader ids of runs of entries (a leader id changes
 //! only on elections, so the list is short; Kafka's leader-epoch checkpoint is the same
 //! idea). The batch's leader epoch field carries the term too. The Raft index of an entry
-//! is its position in the log: `first_index` plus how many batches precede it.
+//! is its position in the log: `first_index` plus how many batches precede it. The vote is
+//! saved in place in `raft-vote` ([`super::vote_file`]), cheaper than replacing `raft.json`
+//! on every election; `raft.json` also carries it, as of its last write.
 //!
 //! File and segment I/O blocks, so every call runs on the blocking pool.
 
@@ -30,6 +32,7 @@ use sluice_proto::batch::{self, BatchHeader};
 
 use super::tail::{Tail, TailBudget};
 use super::types::{Appended, PartitionRaft, Payload, Progress, Proposals};
+use super::vote_file::VoteFile;
 use crate::broker::now_ms;
 use crate::storage::{LogStorage, SegmentLog};
 
@@ -78,6 +81,8 @@ struct Inner {
     /// The committed log id, saved into `meta` whenever it is written (shared with
     /// `SegmentRaftLog`, locked after `Inner`).
     committed: Arc<Mutex<Option<LogId<NodeId>>>>,
+    /// Where the vote is durable (`meta.vote` mirrors it).
+    votes: VoteFile,
 }
 
 /// A partition replica's Raft log on its segment files. Cheap to clone (shared state).
@@ -260,11 +265,17 @@ impl SegmentRaftLog {
     /// Opens the log in `dir`: the segments (recovered as usual) and `raft.json`. Rebuilds
     /// the entry-to-offset map by reading batch headers.
     pub fn open(dir: &Path, log: SegmentLog, tail: TailBudget) -> std::io::Result<Self> {
-        let meta: Meta = match std::fs::read(dir.join(META_FILE)) {
+        let mut meta: Meta = match std::fs::read(dir.join(META_FILE)) {
             Ok(b) => serde_json::from_slice(&b).map_err(std::io::Error::other)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
             Err(e) => return Err(e),
         };
+        // The vote file is written first on every vote, so it is never older than
+        // raft.json's; a log from before it has only raft.json's.
+        let (votes, vote) = VoteFile::open(dir)?;
+        if vote.is_some() {
+            meta.vote = vote;
+        }
         let tail = Arc::new(Mutex::new(Tail::new(tail)));
         let committed = Arc::new(Mutex::new(meta.committed));
         let mut inner = Inner {
@@ -274,6 +285,7 @@ impl SegmentRaftLog {
             offsets: Vec::new(),
             tail: tail.clone(),
             committed: committed.clone(),
+            votes,
         };
         if let Some(start) = inner.meta.first_offset {
             let offsets = &mut inner.offsets;
@@ -478,11 +490,13 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> SResult<()> {
         let vote = *vote;
         self.blocking(move |inner| {
-            inner.meta.vote = Some(vote);
             // Durable before Raft acts on it.
             inner
-                .persist_meta()
-                .map_err(|e| io_err(StorageIOError::write_vote, e))
+                .votes
+                .save(&vote)
+                .map_err(|e| io_err(StorageIOError::write_vote, e))?;
+            inner.meta.vote = Some(vote);
+            Ok(())
         })
         .await
     }
@@ -648,6 +662,37 @@ mod tests {
             TailBudget::new(1 << 20),
         )
         .unwrap()
+    }
+
+    /// The vote survives a restart from its own file; a log written before that file
+    /// existed keeps the vote raft.json holds.
+    #[tokio::test]
+    async fn the_vote_survives_a_restart_and_an_older_log_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.save_vote(&Vote::new(3, 2)).await.unwrap();
+        log.save_vote(&Vote::new_committed(4, 1)).await.unwrap();
+        drop(log);
+        let mut log = open(dir.path());
+        assert_eq!(
+            log.read_vote().await.unwrap(),
+            Some(Vote::new_committed(4, 1))
+        );
+        // As a log from before the vote file: the vote only in raft.json.
+        log.blocking(|inner| {
+            inner
+                .persist_meta()
+                .map_err(|e| io_err(StorageIOError::write_vote, e))
+        })
+        .await
+        .unwrap();
+        drop(log);
+        std::fs::remove_file(dir.path().join(super::super::vote_file::VOTE_FILE)).unwrap();
+        let mut log = open(dir.path());
+        assert_eq!(
+            log.read_vote().await.unwrap(),
+            Some(Vote::new_committed(4, 1))
+        );
     }
 
     /// Record batches are the entries: offsets follow the log prefix, control batches take
