@@ -109,20 +109,11 @@ impl Error {
     /// Whether nobody listens at the broker's address: its host answered but no broker
     /// process runs there (stopped, crashed, not started yet). Unlike a timeout, certain.
     pub fn is_connection_refused(&self) -> bool {
-        let mut cause: Option<&(dyn std::error::Error + 'static)> = match self {
-            Error::Rpc { status, .. } => Some(status.as_ref()),
-            Error::Connect { source, .. } => Some(source.as_ref()),
-            _ => None,
-        };
-        while let Some(e) = cause {
-            if let Some(io) = e.downcast_ref::<std::io::Error>()
-                && io.kind() == std::io::ErrorKind::ConnectionRefused
-            {
-                return true;
-            }
-            cause = e.source();
+        match self {
+            Error::Rpc { status, .. } => sluice_proto::is_connection_refused(status.as_ref()),
+            Error::Connect { source, .. } => sluice_proto::is_connection_refused(source.as_ref()),
+            _ => false,
         }
-        false
     }
 
     /// Whether the same request may succeed later (after a metadata refresh or a backoff).

@@ -40,3 +40,20 @@ pub mod list_offsets {
     /// The high watermark: the next offset a consumer can read.
     pub const LATEST: i64 = -1;
 }
+
+/// Whether a failed call's error chain says nobody listens at the address (connection
+/// refused): the host answered but no broker process runs there (stopped, crashed, not
+/// started yet). Unlike a timeout, that is certain. Brokers act on it to replace a crashed
+/// leader at once; the CLI reports it.
+pub fn is_connection_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}

@@ -23,6 +23,8 @@ use serde::de::DeserializeOwned;
 use sluice_proto::pb::{self, raft_client::RaftClient};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::replica::log_store::SegmentRaftLog;
+
 /// The controller's Raft group id.
 pub const CONTROLLER_GROUP: u64 = 0;
 
@@ -101,20 +103,10 @@ impl PeerChannels {
     }
 }
 
-/// Whether a failed call found nobody listening at the peer's address: its host is up but
-/// its broker process is not (killed, crashed, or not started yet). Unlike a timeout, this
-/// is certain, so a follower may act on it at once.
+/// Whether a failed call found nobody listening at the peer's address: its broker process
+/// is gone, certainly (see [`sluice_proto::is_connection_refused`]).
 pub fn is_refused(status: &tonic::Status) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = cause {
-        if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    sluice_proto::is_connection_refused(status)
 }
 
 /// Creates a [`Peer`] per target node, for Raft group `group` of type config `C`.
@@ -266,7 +258,6 @@ const UNREACHABLE_BACKOFF_FIRST: Duration = Duration::from_millis(25);
 const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 type PartitionRaftHandle = openraft::Raft<crate::replica::types::PartitionRaft>;
-use crate::replica::log_store::SegmentRaftLog;
 
 /// The partition groups this broker is a member of, by group id, with their logs.
 #[derive(Clone, Default)]
