@@ -727,12 +727,12 @@ impl Replica {
         }
     }
 
-    /// Whether this leader has been idle long enough to quiesce its group.
     /// This replica's Raft log.
     pub fn log(&self) -> SegmentRaftLog {
         self.log.clone()
     }
 
+    /// Whether this leader has been idle long enough to quiesce its group.
     pub fn should_quiesce(&self, idle: Duration) -> bool {
         !self.quiesced.load(std::sync::atomic::Ordering::Acquire)
             && self.is_leader()

@@ -69,19 +69,26 @@ fn checksum(slot: &[u8], len: usize) -> u32 {
     crc32c::crc32c_append(crc, &slot[HEADER_LEN..HEADER_LEN + len])
 }
 
-fn decode(slot: &[u8]) -> Slot {
+/// The `N` bytes of a header field at `at` (the slot is `SLOT_LEN` long).
+fn field<const N: usize>(slot: &[u8; SLOT_LEN], at: usize) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(&slot[at..at + N]);
+    out
+}
+
+fn decode(slot: &[u8; SLOT_LEN]) -> Slot {
     if slot.iter().all(|b| *b == 0) {
         return Slot::Empty;
     }
     if slot[..4] != MAGIC {
         return Slot::Corrupt("bad magic".into());
     }
-    let seq = u64::from_le_bytes(slot[4..12].try_into().expect("8 bytes"));
-    let len = u16::from_le_bytes(slot[12..14].try_into().expect("2 bytes")) as usize;
+    let seq = u64::from_le_bytes(field(slot, 4));
+    let len = u16::from_le_bytes(field(slot, 12)) as usize;
     if len > SLOT_LEN - HEADER_LEN {
         return Slot::Corrupt(format!("payload length {len}"));
     }
-    let crc = u32::from_le_bytes(slot[14..18].try_into().expect("4 bytes"));
+    let crc = u32::from_le_bytes(field(slot, 14));
     if checksum(slot, len) != crc {
         return Slot::Corrupt("CRC mismatch".into());
     }
