@@ -897,7 +897,6 @@ impl Broker {
             segment_bytes: config.segment_bytes as u64,
             segment_ms: config.segment_ms,
             index_interval_bytes: self.config.index_interval_bytes,
-            preallocate_bytes: self.config.log_preallocate_bytes,
         };
         let mut partitions = BTreeMap::new();
         let mut pending = Vec::new();

@@ -15,7 +15,6 @@ pub const DEFAULT_DATA_DIR: &str = "./sluice-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
 pub const DEFAULT_FLUSH: &str = "always";
 pub const DEFAULT_INDEX_INTERVAL_BYTES: u64 = 4096;
-pub const DEFAULT_LOG_PREALLOCATE_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_RETENTION_CHECK_INTERVAL: &str = "5m";
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_FETCH_WAIT: &str = "30s";
@@ -84,10 +83,6 @@ pub struct Config {
     pub advertised_raft_address: Option<String>,
     pub flush: FlushPolicy,
     pub index_interval_bytes: u64,
-    /// Most bytes of zeros kept written ahead of each active segment's data (Kafka's
-    /// `log.preallocate`, bounded): an fsync after overwriting them costs about half one
-    /// after growing the file. 0 turns it off.
-    pub log_preallocate_bytes: u64,
     pub retention_check_interval: Duration,
     pub max_request_bytes: usize,
     pub max_fetch_wait: Duration,
@@ -146,7 +141,6 @@ impl Default for Config {
                 .parse()
                 .expect("default flush policy is valid"),
             index_interval_bytes: DEFAULT_INDEX_INTERVAL_BYTES,
-            log_preallocate_bytes: DEFAULT_LOG_PREALLOCATE_BYTES,
             retention_check_interval: dur(DEFAULT_RETENTION_CHECK_INTERVAL),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_fetch_wait: dur(DEFAULT_MAX_FETCH_WAIT),
@@ -249,7 +243,6 @@ struct ConfigFile {
     advertised_raft_address: Option<String>,
     flush: Option<String>,
     index_interval_bytes: Option<u64>,
-    log_preallocate_bytes: Option<u64>,
     retention_check_interval: Option<String>,
     max_request_bytes: Option<usize>,
     max_fetch_wait: Option<String>,
@@ -305,12 +298,6 @@ pub struct Args {
     /// Bytes between sparse index entries in a segment [default: 4096]
     #[arg(long, env = "SLUICE_INDEX_INTERVAL_BYTES")]
     pub index_interval_bytes: Option<u64>,
-    /// Most bytes of zeros kept written ahead of each partition's newest segment, so that
-    /// the fsync of an append overwrites allocated blocks (about half the cost of one that
-    /// grows the file); as much as the segment holds, at least 64 KiB; 0 turns it off
-    /// [default: 8388608]
-    #[arg(long, env = "SLUICE_LOG_PREALLOCATE_BYTES")]
-    pub log_preallocate_bytes: Option<u64>,
     /// How often retention deletes expired segments [default: 5m]
     #[arg(long, env = "SLUICE_RETENTION_CHECK_INTERVAL")]
     pub retention_check_interval: Option<String>,
@@ -401,10 +388,6 @@ impl Args {
                 .index_interval_bytes
                 .or(file.index_interval_bytes)
                 .unwrap_or(d.index_interval_bytes),
-            log_preallocate_bytes: self
-                .log_preallocate_bytes
-                .or(file.log_preallocate_bytes)
-                .unwrap_or(d.log_preallocate_bytes),
             retention_check_interval: pick_dur(
                 "retention_check_interval",
                 self.retention_check_interval,
@@ -488,7 +471,6 @@ mod tests {
             format!("[default: {}]", d.listen),
             format!("[default: {}]", d.flush),
             format!("[default: {}]", d.index_interval_bytes),
-            format!("[default: {}]", d.log_preallocate_bytes),
             format!("[default: {DEFAULT_RETENTION_CHECK_INTERVAL}]"),
             format!("[default: {}]", d.max_request_bytes),
             format!("[default: {DEFAULT_MAX_FETCH_WAIT}]"),

@@ -40,7 +40,6 @@ mod tests {
                 segment_bytes: 4096,
                 segment_ms: i64::MAX,
                 index_interval_bytes: 256,
-                preallocate_bytes: 1 << 16,
             };
             let log = SegmentLog::open(dir.path(), options, 0).expect("segment log");
             let raft_log =

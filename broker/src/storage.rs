@@ -10,7 +10,6 @@
 //! - [`log`]: [`SegmentLog`], a partition directory of segments, with recovery on open.
 
 mod log;
-mod prealloc;
 mod segment;
 
 use std::fs::File;

@@ -655,7 +655,6 @@ mod tests {
             segment_bytes: 2048,
             segment_ms: i64::MAX,
             index_interval_bytes: 256,
-            preallocate_bytes: 1 << 16,
         };
         SegmentRaftLog::open(
             dir,

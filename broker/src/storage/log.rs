@@ -22,9 +22,6 @@ pub struct LogOptions {
     pub segment_ms: i64,
     /// Bytes between sparse index entries (Kafka's `index.interval.bytes`).
     pub index_interval_bytes: u64,
-    /// Most bytes of zeros kept written ahead of the active segment's data, so that an
-    /// append's fsync overwrites allocated blocks (0: the file grows with each append).
-    pub preallocate_bytes: u64,
 }
 
 impl Default for LogOptions {
@@ -33,7 +30,6 @@ impl Default for LogOptions {
             segment_bytes: 1 << 30,
             segment_ms: 7 * 24 * 3600 * 1000,
             index_interval_bytes: 4096,
-            preallocate_bytes: 8 << 20,
         }
     }
 }
@@ -90,9 +86,6 @@ impl SegmentLog {
         if segments.is_empty() {
             segments.push(Segment::create(dir, 0, interval, now_ms)?);
         }
-        if let Some(active) = segments.last_mut() {
-            active.preallocate(options.preallocate_bytes, options.segment_bytes);
-        }
         if clean {
             std::fs::remove_file(&marker).map_err(StorageError::io("remove", &marker))?;
         }
@@ -127,23 +120,14 @@ impl SegmentLog {
             .expect("a log always has an active segment")
     }
 
-    /// A new active segment starting at `base`.
-    fn new_segment(&self, base: i64, now_ms: i64) -> Result<Segment> {
-        let mut seg = Segment::create(&self.dir, base, self.options.index_interval_bytes, now_ms)?;
-        seg.preallocate(self.options.preallocate_bytes, self.options.segment_bytes);
-        Ok(seg)
-    }
-
     fn roll(&mut self, now_ms: i64) -> Result<()> {
         let next = self.active().next_offset;
         let old = self.active_mut();
-        // Cut the zeros off first: a closed segment's length is its data.
-        old.finish()?;
         old.write_indexes()?;
         old.release_indexes();
         let file = old.file();
         self.unsynced.push(file);
-        let seg = self.new_segment(next, now_ms)?;
+        let seg = Segment::create(&self.dir, next, self.options.index_interval_bytes, now_ms)?;
         tracing::debug!(dir = %self.dir.display(), base_offset = next, "rolled a new segment");
         self.segments.push(seg);
         Ok(())
@@ -153,7 +137,12 @@ impl SegmentLog {
     /// snapshot past its own end: what came before is gone from the leader too). The new
     /// segment is created before the old ones are deleted.
     pub fn reset_to(&mut self, next_offset: i64, now_ms: i64) -> Result<()> {
-        let seg = self.new_segment(next_offset, now_ms)?;
+        let seg = Segment::create(
+            &self.dir,
+            next_offset,
+            self.options.index_interval_bytes,
+            now_ms,
+        )?;
         for old in std::mem::replace(&mut self.segments, vec![seg]) {
             if old.base_offset != next_offset {
                 old.delete_files()?;
@@ -242,13 +231,14 @@ impl LogStorage for SegmentLog {
             // Only when the log start itself is cut: start over at `offset`.
             let seg = self.segments.pop().expect("one segment");
             seg.delete_files()?;
-            self.segments.push(self.new_segment(offset, now)?);
+            self.segments.push(Segment::create(
+                &self.dir,
+                offset,
+                self.options.index_interval_bytes,
+                now,
+            )?);
         } else {
-            // The segment before a removed one may be active again: it grows in place.
-            let (ahead, limit) = (self.options.preallocate_bytes, self.options.segment_bytes);
-            let active = self.active_mut();
-            active.preallocate(ahead, limit);
-            active.truncate_to(offset)?;
+            self.active_mut().truncate_to(offset)?;
         }
         self.flushed = self.flushed.min(offset);
         Ok(())
@@ -304,8 +294,6 @@ impl LogStorage for SegmentLog {
     }
 
     fn close(&mut self) -> Result<()> {
-        // The file's length is its data again, as a clean open expects.
-        self.active_mut().finish()?;
         self.flush()?;
         self.active().write_indexes()?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_MARKER);
@@ -324,7 +312,6 @@ mod tests {
     use bytes::BytesMut;
     use sluice_proto::RecordBatchBuilder;
     use sluice_proto::batch::Compression;
-    use std::os::unix::fs::FileExt;
 
     fn batch(ts: i64, n: usize, size: usize) -> BytesMut {
         let mut b = RecordBatchBuilder::new(Compression::None);
@@ -344,7 +331,6 @@ mod tests {
             segment_bytes,
             segment_ms: i64::MAX,
             index_interval_bytes: 256,
-            preallocate_bytes: 1 << 16,
         }
     }
 
@@ -403,24 +389,6 @@ mod tests {
         );
     }
 
-    fn file_len(dir: &Path, base: i64) -> u64 {
-        std::fs::metadata(dir.join(log_file_name(base)))
-            .unwrap()
-            .len()
-    }
-
-    /// Waits (bounded) until the filler has written zeros past `data` bytes.
-    fn wait_for_zeros(dir: &Path, base: i64, data: u64) {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while file_len(dir, base) <= data {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no zeros were preallocated past {data} bytes"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-    }
-
     #[test]
     fn crash_recovery_cuts_a_torn_tail_only() {
         let dir = tempfile::tempdir().unwrap();
@@ -428,15 +396,15 @@ mod tests {
         for i in 0..10 {
             log.append(&mut batch(i, 2, 100), 0, 0).unwrap();
         }
-        let len = log.offsets().size_bytes;
-        wait_for_zeros(dir.path(), 0, len);
+        let len = std::fs::metadata(dir.path().join(log_file_name(0)))
+            .unwrap()
+            .len();
         drop(log); // no close: a crash
-        // The last batch's end never reached the disk: zeros where its last bytes were.
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(dir.path().join(log_file_name(0)))
             .unwrap();
-        f.write_all_at(&[0u8; 7], len - 7).unwrap();
+        f.set_len(len - 7).unwrap();
         let mut log = SegmentLog::open(dir.path(), opts(1 << 20), 0).unwrap();
         assert_eq!(log.offsets().log_end, 18);
         assert_eq!(offsets_in(log.read(0, 1 << 20, 18).unwrap()).len(), 18);
@@ -444,60 +412,6 @@ mod tests {
             log.append(&mut batch(0, 1, 1), 0, 0).unwrap().base_offset,
             18
         );
-    }
-
-    #[test]
-    fn preallocated_zeros_are_the_end_of_the_log_after_a_crash_and_gone_after_a_close() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = SegmentLog::open(dir.path(), opts(1 << 20), 0).unwrap();
-        for i in 0..10 {
-            log.append(&mut batch(i, 2, 100), 0, 0).unwrap();
-        }
-        let len = log.offsets().size_bytes;
-        wait_for_zeros(dir.path(), 0, len);
-        drop(log); // a crash: the zeros stay in the file
-
-        let (seg, report) = Segment::open_active(dir.path(), 0, false, 256, 0).unwrap();
-        assert_eq!(report.truncated_bytes, 0, "zeros are not a torn write");
-        assert!(report.zero_tail_bytes > 0);
-        assert_eq!((seg.next_offset, seg.size), (20, len));
-        assert_eq!(file_len(dir.path(), 0), len, "recovery cuts the zeros off");
-        drop(seg);
-
-        let mut log = SegmentLog::open(dir.path(), opts(1 << 20), 0).unwrap();
-        assert_eq!(offsets_in(log.read(0, 1 << 20, 20).unwrap()).len(), 20);
-        for i in 10..20 {
-            log.append(&mut batch(i, 2, 100), 0, 0).unwrap();
-        }
-        let len = log.offsets().size_bytes;
-        wait_for_zeros(dir.path(), 0, len);
-        log.close().unwrap();
-        assert_eq!(
-            file_len(dir.path(), 0),
-            len,
-            "a closed segment holds only its data"
-        );
-        drop(log);
-        let log = SegmentLog::open(dir.path(), opts(1 << 20), 0).unwrap();
-        assert_eq!(offsets_in(log.read(0, 1 << 20, 40).unwrap()).len(), 40);
-    }
-
-    #[test]
-    fn a_rolled_segment_is_cut_back_to_its_data() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut log = SegmentLog::open(dir.path(), opts(64 * 1024), 0).unwrap();
-        let mut i = 0;
-        while log.offsets().segments < 3 {
-            log.append(&mut batch(i, 4, 1000), 0, 0).unwrap();
-            i += 1;
-        }
-        let segments = log.segments();
-        for s in &segments[..2] {
-            assert_eq!(file_len(dir.path(), s.base_offset), s.size_bytes);
-        }
-        drop(log); // a crash
-        let log = SegmentLog::open(dir.path(), opts(64 * 1024), 0).unwrap();
-        assert_eq!(log.segments(), segments);
     }
 
     #[test]

@@ -15,7 +15,6 @@ use std::sync::{Arc, OnceLock};
 use bytes::{Buf, Bytes, BytesMut};
 use sluice_proto::batch::{self, BatchHeader, HEADER_LEN};
 
-use super::prealloc::Prealloc;
 use super::{Result, StorageError};
 
 /// `rel_offset` -> `position`, both relative to the segment.
@@ -161,8 +160,6 @@ impl Indexes {
 pub(crate) struct ScanReport {
     pub batches: u64,
     pub truncated_bytes: u64,
-    /// Zeros preallocated past the data (cut off, not a torn write).
-    pub zero_tail_bytes: u64,
     pub corrupt_batches: Vec<(u64, i64)>,
 }
 
@@ -180,17 +177,6 @@ pub(crate) struct Segment {
     /// Loaded on first use for closed segments; always present for the active one.
     indexes: OnceLock<Indexes>,
     interval: u64,
-    /// The active segment's zeros ahead of its data (see `prealloc.rs`).
-    prealloc: Option<Arc<Prealloc>>,
-}
-
-impl Drop for Segment {
-    fn drop(&mut self) {
-        // No zeros may land in the file once it is dropped (it may be reopened).
-        if let Some(p) = &self.prealloc {
-            p.stop();
-        }
-    }
 }
 
 pub(crate) fn log_file_name(base_offset: i64) -> String {
@@ -230,7 +216,6 @@ impl Segment {
             file: Arc::new(file),
             indexes: OnceLock::new(),
             interval,
-            prealloc: None,
         }
     }
 
@@ -394,20 +379,6 @@ impl Segment {
                 }
             }
             let cut = file_len - pos;
-            if bad.header.is_none() && self.zeros_from(pos, file_len)? {
-                tracing::debug!(segment = %self.log_path.display(), position = pos, bytes = cut,
-                    "preallocated zeros after the last batch");
-                report.zero_tail_bytes = cut;
-                if repair {
-                    self.file
-                        .set_len(pos)
-                        .map_err(StorageError::io("truncate", &self.log_path))?;
-                    self.file
-                        .sync_data()
-                        .map_err(StorageError::io("fsync", &self.log_path))?;
-                }
-                break;
-            }
             tracing::warn!(segment = %self.log_path.display(), position = pos, offset = expected,
                 bytes = cut, reason = %bad.reason, repair, "torn write at the end of the log");
             report.truncated_bytes = cut;
@@ -424,59 +395,6 @@ impl Segment {
         self.size = pos;
         self.next_offset = expected;
         Ok(report)
-    }
-
-    /// Whether the file holds only zeros from `pos` to `end`.
-    fn zeros_from(&self, mut pos: u64, end: u64) -> Result<bool> {
-        let mut buf = vec![0u8; 1 << 16];
-        while pos < end {
-            let n = buf.len().min((end - pos) as usize);
-            self.file
-                .read_exact_at(&mut buf[..n], pos)
-                .map_err(StorageError::io("read", &self.log_path))?;
-            if buf[..n].iter().any(|&b| b != 0) {
-                return Ok(false);
-            }
-            pos += n as u64;
-        }
-        Ok(true)
-    }
-
-    /// Keeps up to `ahead` bytes of zeros written past the data of this (active) segment,
-    /// never past `limit` bytes; 0 turns it off.
-    pub(crate) fn preallocate(&mut self, ahead: u64, limit: u64) {
-        if ahead > 0 && self.prealloc.is_none() {
-            self.prealloc = Some(Prealloc::new(
-                self.log_path.clone(),
-                self.size,
-                ahead,
-                limit,
-            ));
-        }
-    }
-
-    /// Ends preallocation (the segment is rolled or closed): the zeros after the data are
-    /// cut off, durably, so that the file's length is its data again.
-    pub(crate) fn finish(&mut self) -> Result<()> {
-        let Some(p) = self.prealloc.take() else {
-            return Ok(());
-        };
-        p.stop();
-        let len = self.size;
-        let on_disk = self
-            .file
-            .metadata()
-            .map_err(StorageError::io("stat", &self.log_path))?
-            .len();
-        if on_disk > len {
-            self.file
-                .set_len(len)
-                .map_err(StorageError::io("truncate", &self.log_path))?;
-            self.file
-                .sync_data()
-                .map_err(StorageError::io("fsync", &self.log_path))?;
-        }
-        Ok(())
     }
 
     fn check_batch_at(
@@ -547,16 +465,9 @@ impl Segment {
     /// Appends a verified batch whose base offset is already set to `next_offset`.
     pub(crate) fn append(&mut self, bytes: &[u8], header: &BatchHeader) -> Result<()> {
         debug_assert_eq!(header.base_offset, self.next_offset);
-        let end = self.size + bytes.len() as u64;
-        if let Some(p) = &self.prealloc {
-            p.reserve(end);
-        }
         self.file
             .write_all_at(bytes, self.size)
             .map_err(StorageError::io("write", &self.log_path))?;
-        if let Some(p) = &self.prealloc {
-            p.after_write();
-        }
         let pos = self.size;
         self.max_timestamp = self.max_timestamp.max(header.max_timestamp);
         let (base, max_ts, interval) = (self.base_offset, self.max_timestamp, self.interval);
@@ -675,12 +586,9 @@ impl Segment {
             None if offset == self.next_offset => return Ok(()),
             _ => return Err(StorageError::NotBatchBoundary(offset)),
         };
-        let cut = || self.file.set_len(pos);
-        match &self.prealloc {
-            Some(p) => p.truncate(pos, cut),
-            None => cut(),
-        }
-        .map_err(StorageError::io("truncate", &self.log_path))?;
+        self.file
+            .set_len(pos)
+            .map_err(StorageError::io("truncate", &self.log_path))?;
         self.indexes();
         if let Some(ix) = self.indexes.get_mut() {
             ix.truncate(pos);
@@ -705,9 +613,6 @@ impl Segment {
     }
 
     pub(crate) fn delete_files(&self) -> Result<()> {
-        if let Some(p) = &self.prealloc {
-            p.stop();
-        }
         for path in [&self.log_path, &self.index_path, &self.time_path] {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
