@@ -59,6 +59,26 @@ struct Leadership {
 /// Most batches in one AppendEntries call.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
 
+/// Election timeouts a non-preferred replica of a new group waits for the preferred one to
+/// campaign before it initializes the group itself.
+const INIT_FALLBACK_TIMEOUTS: u32 = 2;
+
+/// Initializes a new group with `members` (this replica campaigns at once); a no-op for a
+/// group that already has a vote or log here.
+async fn initialize(
+    raft: &Raft<PartitionRaft>,
+    members: BTreeMap<u64, BasicNode>,
+    topic: &str,
+    id: i32,
+) -> Result<()> {
+    match raft.initialize(members).await {
+        Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(Error::Internal(format!(
+            "{topic}-{id}: initializing its Raft group: {e}"
+        ))),
+    }
+}
+
 /// Raft timing and in-sync rules of partition groups.
 #[derive(Debug, Clone, Copy)]
 pub struct ReplicaTiming {
@@ -222,23 +242,37 @@ impl Replica {
         .await
         .map_err(|e| Error::Internal(format!("{topic}-{id}: starting its Raft group: {e}")))?;
         let replicas: Vec<i32> = members.keys().map(|k| *k as i32).collect();
-        match raft.initialize(members).await {
-            Ok(()) => {
-                // A new group: the preferred replica campaigns at once, before the others'
-                // election timers fire, so leaders start where placement put them (no
-                // hand-over needed later).
-                if node_id == preferred
-                    && let Err(e) = raft.trigger().elect().await
-                {
-                    tracing::warn!(topic = %topic, partition = id, cause = %e, "starting the first election");
+        // A new group is initialized by its preferred replica alone, which campaigns at once
+        // (openraft's `initialize` starts an election) and wins term 1 unopposed: the others
+        // hold empty logs and grant their votes. If every replica initialized, all three
+        // would campaign at term 1 together, split the vote and leave the partition without
+        // a leader for an election timeout or more, right when a producer starts on a new
+        // topic. The others initialize only if no candidate has reached them after
+        // `INIT_FALLBACK_TIMEOUTS` election timeouts (the preferred broker died before it
+        // could), so a partition never waits on one broker to exist.
+        if node_id == preferred {
+            initialize(&raft, members, &topic, id).await?;
+        } else {
+            let raft = raft.clone();
+            let (topic, wait) = (
+                topic.clone(),
+                timing.election_timeout_max * INIT_FALLBACK_TIMEOUTS,
+            );
+            tokio::spawn(async move {
+                let heard = raft
+                    .wait(Some(wait))
+                    .metrics(
+                        |m| m.vote.leader_id().term > 0 || m.last_log_index.is_some(),
+                        "a candidate or leader of the new group",
+                    )
+                    .await;
+                if let Err(openraft::metrics::WaitError::Timeout(..)) = heard {
+                    tracing::info!(topic = %topic, partition = id, "the preferred replica did not start the new group; starting it here");
+                    if let Err(e) = initialize(&raft, members, &topic, id).await {
+                        tracing::warn!(topic = %topic, partition = id, cause = %e, "starting the new group");
+                    }
                 }
-            }
-            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-            Err(e) => {
-                return Err(Error::Internal(format!(
-                    "{topic}-{id}: initializing its Raft group: {e}"
-                )));
-            }
+            });
         }
         Ok(Arc::new(Replica {
             topic,

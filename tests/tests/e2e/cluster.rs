@@ -58,6 +58,58 @@ async fn partitions_spread_over_brokers_and_clients_follow_the_leaders() {
     assert!(d.partitions.iter().all(|p| p.leader > 0));
 }
 
+/// A new topic's partitions are each won by their preferred replica in a single election
+/// (term 1): only that replica starts a new group, so no split vote leaves a partition
+/// without a leader while a producer starts on the topic, and its first writes need no
+/// retry.
+#[tokio::test]
+async fn a_new_topics_partitions_elect_their_preferred_leaders_once() {
+    let cluster = Cluster::start_logged(3, &[], "info");
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("fresh", 6, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .unwrap();
+    let described = admin.describe_topic("fresh").await.unwrap();
+    for p in &described.partitions {
+        assert_eq!(
+            p.leader, p.replicas[0],
+            "partition {} is led by its preferred replica",
+            p.partition
+        );
+    }
+    let producer = sluice_client::Producer::connect(cluster.client(), ProducerConfig::default())
+        .await
+        .unwrap();
+    for p in 0..6 {
+        producer
+            .send(ProducerRecord::new("fresh", format!("v{p}")).partition(p))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        producer.metrics().retries,
+        0,
+        "the first acks=all write to each new partition succeeds at once"
+    );
+    let logs: String = cluster.brokers.iter().map(|b| b.log()).collect();
+    for p in 0..6 {
+        let field = format!("topic=fresh partition={p} ");
+        let won: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("leading the partition") && l.contains(&field))
+            .collect();
+        assert_eq!(won.len(), 1, "partition {p} had one election: {won:#?}");
+        assert!(won[0].ends_with("term=1"), "partition {p}: {}", won[0]);
+    }
+}
+
 #[tokio::test]
 async fn a_broker_that_does_not_lead_a_partition_names_the_leader() {
     let cluster = Cluster::start(3);
