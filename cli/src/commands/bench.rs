@@ -72,6 +72,11 @@ pub(crate) struct ProduceBench {
     /// idempotence; without it the producer sends one at a time).
     #[arg(long, default_value_t = sluice_client::producer::MAX_IN_FLIGHT)]
     max_in_flight: usize,
+    /// Records at the start left out of the steady-state figures (Kafka's
+    /// --warmup-records): connections, metadata and a new topic's first writes. The whole
+    /// run is reported as well.
+    #[arg(long, default_value_t = 0)]
+    warmup_records: u64,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +107,20 @@ struct Report {
     /// Where a produced record's time went (Kafka's producer metrics), summed over producers.
     #[serde(skip_serializing_if = "Option::is_none")]
     producer: Option<ProducerSummary>,
+    /// The run after its --warmup-records, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steady_state: Option<SteadyState>,
+}
+
+#[derive(Debug, Serialize)]
+struct SteadyState {
+    warmup_records: u64,
+    records: u64,
+    /// From the first record after the warm-up was sent to the end of the run.
+    seconds: f64,
+    records_per_second: f64,
+    mb_per_second: f64,
+    latency_ms: Latency,
 }
 
 #[derive(Debug, Serialize)]
@@ -115,6 +134,18 @@ struct ProducerSummary {
     request_latency_ms_max: f64,
     record_queue_time_ms_avg: f64,
     record_queue_time_ms_max: f64,
+}
+
+impl Latency {
+    /// Quantiles of a histogram recorded in microseconds.
+    fn of(h: &Histogram<u64>) -> Self {
+        Latency {
+            p50: h.value_at_quantile(0.5) as f64 / 1000.0,
+            p99: h.value_at_quantile(0.99) as f64 / 1000.0,
+            p999: h.value_at_quantile(0.999) as f64 / 1000.0,
+            max: h.max() as f64 / 1000.0,
+        }
+    }
 }
 
 impl ProducerSummary {
@@ -181,6 +212,23 @@ pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> 
                 l.max
             );
         }
+        if let Some(s) = &r.steady_state {
+            outln!(
+                "  steady state (after {} warm-up records): {} records in {:.2}s: {:.0} records/s, {:.1} MB/s",
+                s.warmup_records,
+                s.records,
+                s.seconds,
+                s.records_per_second,
+                s.mb_per_second
+            );
+            outln!(
+                "  steady-state latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+                s.latency_ms.p50,
+                s.latency_ms.p99,
+                s.latency_ms.p999,
+                s.latency_ms.max
+            );
+        }
         if let Some(p) = &r.producer {
             outln!(
                 "  batches: {} ({:.0} records, {:.1} KiB avg), retries {}; request latency ms avg {:.2} max {:.2}; queue time ms avg {:.2} max {:.2}",
@@ -212,6 +260,12 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
             args.compression
         )
     })?;
+    anyhow::ensure!(
+        args.warmup_records < args.records,
+        "--warmup-records {} leaves nothing to measure: it must be less than --records {}",
+        args.warmup_records,
+        args.records
+    );
     let config = ProducerConfig {
         acks: args.acks,
         batch_size: args.batch_size,
@@ -241,6 +295,7 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
         }
     );
     let histogram = Arc::new(Mutex::new(latency_histogram()));
+    let steady_histogram = Arc::new(Mutex::new(latency_histogram()));
     let bar = progress(ctx, Some(args.records), "producing");
     let value = Bytes::from(
         (0..args.record_size)
@@ -260,8 +315,11 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
         let topic = args.topic.clone();
         let value = value.clone();
         let histogram = histogram.clone();
+        let steady_histogram = steady_histogram.clone();
         let bar = bar.clone();
         let rate = args.rate / args.producers.max(1) as u64;
+        // Each producer's share of the warm-up, in proportion to its share of the records.
+        let warmup = args.warmup_records * count / args.records.max(1);
         tasks.push(tokio::spawn(async move {
             // Outcomes arrive through callbacks (Kafka's `send(record, callback)`), recorded
             // the moment each acknowledgement arrives: a future per record would cost the
@@ -274,11 +332,17 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
                     tokio::time::sleep_until(due.into()).await;
                 }
                 let sent = Instant::now();
+                let steady = n >= warmup;
+                if n == warmup
+                    && let Ok(mut t) = tally.lock()
+                {
+                    t.steady_from = Some(sent);
+                }
                 let tally = tally.clone();
                 producer
                     .send_with_callback(ProducerRecord::new(&topic, value.clone()), move |r| {
                         if let Ok(mut t) = tally.lock() {
-                            t.settle(sent, r);
+                            t.settle(sent, steady, r);
                         }
                     })
                     .await?;
@@ -302,15 +366,29 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
                 .lock()
                 .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
                 .add(&tally.latency)?;
-            anyhow::Ok((tally.failed, tally.first_error.clone(), metrics))
+            steady_histogram
+                .lock()
+                .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?
+                .add(&tally.steady)?;
+            anyhow::Ok((
+                tally.failed,
+                tally.first_error.clone(),
+                metrics,
+                tally.steady_from,
+            ))
         }));
     }
     let mut failed = 0;
     let mut metrics = Vec::new();
+    let mut steady_from: Option<Instant> = None;
     for t in tasks {
-        let (f, e, m) = t.await??;
+        let (f, e, m, from) = t.await??;
         failed += f;
         metrics.push(m);
+        steady_from = match (steady_from, from) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if let Some(e) = e {
             eprintln!("first error: {e}");
         }
@@ -322,6 +400,24 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
     let ok = args.records - failed;
     let bytes = ok * args.record_size as u64;
+    let steady_state = match steady_from {
+        Some(from) if args.warmup_records > 0 => {
+            let sh = steady_histogram
+                .lock()
+                .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
+            let records = sh.len();
+            let seconds = from.elapsed().as_secs_f64();
+            Some(SteadyState {
+                warmup_records: args.warmup_records,
+                records,
+                seconds,
+                records_per_second: records as f64 / seconds,
+                mb_per_second: (records * args.record_size as u64) as f64 / seconds / 1e6,
+                latency_ms: Latency::of(&sh),
+            })
+        }
+        _ => None,
+    };
     Ok(Report {
         workload,
         records: ok,
@@ -330,19 +426,19 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
         records_per_second: ok as f64 / seconds,
         mb_per_second: bytes as f64 / seconds / 1e6,
         failed,
-        latency_ms: Some(Latency {
-            p50: h.value_at_quantile(0.5) as f64 / 1000.0,
-            p99: h.value_at_quantile(0.99) as f64 / 1000.0,
-            p999: h.value_at_quantile(0.999) as f64 / 1000.0,
-            max: h.max() as f64 / 1000.0,
-        }),
+        latency_ms: Some(Latency::of(&h)),
         producer: Some(ProducerSummary::of(&metrics)),
+        steady_state,
     })
 }
 
 /// One producer's outcomes, filled in by its delivery callbacks.
 struct Tally {
     latency: Histogram<u64>,
+    /// Successful records after the warm-up.
+    steady: Histogram<u64>,
+    /// When the first record after the warm-up was sent.
+    steady_from: Option<Instant>,
     answered: u64,
     failed: u64,
     first_error: Option<String>,
@@ -357,6 +453,8 @@ impl Default for Tally {
     fn default() -> Self {
         Tally {
             latency: latency_histogram(),
+            steady: latency_histogram(),
+            steady_from: None,
             answered: 0,
             failed: 0,
             first_error: None,
@@ -365,13 +463,21 @@ impl Default for Tally {
 }
 
 impl Tally {
-    fn settle(&mut self, sent: Instant, r: sluice_client::Result<sluice_client::RecordMetadata>) {
+    fn settle(
+        &mut self,
+        sent: Instant,
+        steady: bool,
+        r: sluice_client::Result<sluice_client::RecordMetadata>,
+    ) {
         self.answered += 1;
         match r {
             Ok(_) => {
                 // Saturates at the histogram's bound (60 s) rather than dropping the sample.
-                self.latency
-                    .saturating_record(sent.elapsed().as_micros().max(1) as u64);
+                let micros = sent.elapsed().as_micros().max(1) as u64;
+                self.latency.saturating_record(micros);
+                if steady {
+                    self.steady.saturating_record(micros);
+                }
             }
             Err(e) => {
                 self.failed += 1;
@@ -457,5 +563,6 @@ async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
         failed: 0,
         latency_ms: None,
         producer: None,
+        steady_state: None,
     })
 }

@@ -164,3 +164,63 @@ fn bad_input_fails_with_a_message_that_names_it() {
         stderr(&out)
     );
 }
+
+/// `bench produce --warmup-records` reports the whole run and, apart, the records after the
+/// warm-up (Kafka's producer-perf-test flag); a warm-up that leaves nothing is refused.
+#[test]
+fn bench_reports_the_steady_state_after_its_warm_up() {
+    let (_tmp, dir) = data_dir();
+    let broker = Broker::start(&dir, &[]);
+    let out = broker.cli(
+        &[
+            "bench",
+            "produce",
+            "--topic",
+            "warm",
+            "--records",
+            "3000",
+            "--record-size",
+            "100",
+            "--warmup-records",
+            "1000",
+            "-o",
+            "json",
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["records"], 3000, "{report}");
+    let steady = &report["steady_state"];
+    assert_eq!(steady["warmup_records"], 1000, "{report}");
+    assert_eq!(steady["records"], 2000, "{report}");
+    let (p50, max) = (
+        steady["latency_ms"]["p50"].as_f64().unwrap(),
+        steady["latency_ms"]["max"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= max, "{report}");
+    assert!(
+        steady["seconds"].as_f64().unwrap() <= report["seconds"].as_f64().unwrap(),
+        "{report}"
+    );
+
+    let out = broker.cli(
+        &[
+            "bench",
+            "produce",
+            "--topic",
+            "warm",
+            "--records",
+            "100",
+            "--warmup-records",
+            "100",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("--warmup-records 100") && err.contains("--records 100"),
+        "{err}"
+    );
+}
