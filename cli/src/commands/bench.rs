@@ -116,7 +116,7 @@ struct Report {
 struct SteadyState {
     warmup_records: u64,
     records: u64,
-    /// From the first record after the warm-up was sent to the end of the run.
+    /// From the moment the warm-up's records were all answered to the end of the run.
     seconds: f64,
     records_per_second: f64,
     mb_per_second: f64,
@@ -324,7 +324,7 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
             // Outcomes arrive through callbacks (Kafka's `send(record, callback)`), recorded
             // the moment each acknowledgement arrives: a future per record would cost the
             // bench more CPU than the client it measures.
-            let tally = Arc::new(Mutex::new(Tally::default()));
+            let tally = Arc::new(Mutex::new(Tally::new(warmup)));
             let t0 = Instant::now();
             for n in 0..count {
                 if rate > 0 {
@@ -333,11 +333,6 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
                 }
                 let sent = Instant::now();
                 let steady = n >= warmup;
-                if n == warmup
-                    && let Ok(mut t) = tally.lock()
-                {
-                    t.steady_from = Some(sent);
-                }
                 let tally = tally.clone();
                 producer
                     .send_with_callback(ProducerRecord::new(&topic, value.clone()), move |r| {
@@ -437,7 +432,10 @@ struct Tally {
     latency: Histogram<u64>,
     /// Successful records after the warm-up.
     steady: Histogram<u64>,
-    /// When the first record after the warm-up was sent.
+    /// Records answered before the steady state begins.
+    warmup: u64,
+    /// When the warm-up's last answer arrived (the producer's send buffer lets it send far
+    /// ahead of the answers, so the time of the first steady send would count the warm-up).
     steady_from: Option<Instant>,
     answered: u64,
     failed: u64,
@@ -449,20 +447,19 @@ fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("static bounds are valid")
 }
 
-impl Default for Tally {
-    fn default() -> Self {
+impl Tally {
+    fn new(warmup: u64) -> Self {
         Tally {
+            warmup,
             latency: latency_histogram(),
             steady: latency_histogram(),
-            steady_from: None,
+            steady_from: (warmup == 0).then(Instant::now),
             answered: 0,
             failed: 0,
             first_error: None,
         }
     }
-}
 
-impl Tally {
     fn settle(
         &mut self,
         sent: Instant,
@@ -470,6 +467,9 @@ impl Tally {
         r: sluice_client::Result<sluice_client::RecordMetadata>,
     ) {
         self.answered += 1;
+        if self.answered == self.warmup {
+            self.steady_from = Some(Instant::now());
+        }
         match r {
             Ok(_) => {
                 // Saturates at the histogram's bound (60 s) rather than dropping the sample.
