@@ -136,6 +136,16 @@ struct ProducerSummary {
     record_queue_time_ms_max: f64,
 }
 
+impl std::fmt::Display for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            self.p50, self.p99, self.p999, self.max
+        )
+    }
+}
+
 impl Latency {
     /// Quantiles of a histogram recorded in microseconds.
     fn of(h: &Histogram<u64>) -> Self {
@@ -204,13 +214,7 @@ pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> 
             }
         );
         if let Some(l) = &r.latency_ms {
-            outln!(
-                "  latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-                l.p50,
-                l.p99,
-                l.p999,
-                l.max
-            );
+            outln!("  latency ms: {l}");
         }
         if let Some(s) = &r.steady_state {
             outln!(
@@ -221,13 +225,7 @@ pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> 
                 s.records_per_second,
                 s.mb_per_second
             );
-            outln!(
-                "  steady-state latency ms: p50 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-                s.latency_ms.p50,
-                s.latency_ms.p99,
-                s.latency_ms.p999,
-                s.latency_ms.max
-            );
+            outln!("  steady-state latency ms: {}", s.latency_ms);
         }
         if let Some(p) = &r.producer {
             outln!(
@@ -380,10 +378,8 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
         let (f, e, m, from) = t.await??;
         failed += f;
         metrics.push(m);
-        steady_from = match (steady_from, from) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // The earliest end of a warm-up: every steady record was answered after it.
+        steady_from = steady_from.into_iter().chain(from).min();
         if let Some(e) = e {
             eprintln!("first error: {e}");
         }
