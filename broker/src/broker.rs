@@ -600,7 +600,16 @@ impl Broker {
                         answer = ping(&broker).await;
                     }
                     match answer {
-                        Ok(_) => broker.peers.mark_answer(node),
+                        Ok(_) => {
+                            if let Some(since) = broker.peers.mark_answer(node) {
+                                tracing::info!(
+                                    broker = node,
+                                    %address,
+                                    down_for = ?since.elapsed(),
+                                    "broker answers again"
+                                );
+                            }
+                        }
                         Err(status) if is_refused(&status) => {
                             let was_up = broker.peers.last_answer(node).is_some();
                             if broker.peers.mark_refused(node) && was_up {

@@ -97,6 +97,7 @@ pub async fn run(
     let max = broker.config.max_request_bytes;
     tracing::info!(address = %local, node_id = broker.config.node_id, flush = %broker.config.flush, "serving");
     let stop = broker.shutdown.clone();
+    let peers = broker.peers.clone();
     // Options on the builder apply only to listeners tonic binds itself; set them here.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let served = tonic::transport::Server::builder()
@@ -111,6 +112,7 @@ pub async fn run(
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
+            peers.close();
             // Long-polls end now rather than at their deadline.
             stop.cancel();
         });
@@ -153,13 +155,97 @@ pub const DEFAULT_LOG_FILTER: &str = "info,openraft=error";
 
 /// Installs the stderr subscriber with `RUST_LOG` or [`DEFAULT_LOG_FILTER`].
 pub fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     // Colour for a person at a terminal; plain text in a log file, for grep.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
+    let _ = tracing_subscriber::registry()
+        .with(log_layer(std::io::stderr, ansi, filter))
         .try_init();
+}
+
+/// The broker's log output: `filter`, less openraft's line per failed Raft call (see
+/// [`is_per_call_raft_error`]).
+pub fn log_layer<S, W>(
+    writer: W,
+    ansi: bool,
+    filter: tracing_subscriber::EnvFilter,
+) -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::Layer;
+    tracing_subscriber::fmt::layer()
+        .with_ansi(ansi)
+        .with_writer(writer)
+        .with_filter(filter)
+        .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
+            !is_per_call_raft_error(meta)
+        }))
+}
+
+/// openraft 0.9's replication stream logs every failed call at ERROR (`RPCError`, with an
+/// `err` field): with a broker down, each group leading a replica on it does so on every
+/// retry, 25-500 ms apart. The network layer reports the same failures once per peer and
+/// interval instead ([`crate::controller::network::PeerChannels::call_failed`]), with the
+/// error. openraft's other errors (storage, its `error` field) still show.
+pub fn is_per_call_raft_error(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target() == "openraft::replication"
+        && *meta.level() == tracing::Level::ERROR
+        && meta.fields().field("err").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Log output kept in memory.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_log_leaves_out_openrafts_line_per_failed_call_and_keeps_its_other_errors() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::registry().with(log_layer(
+            move || writer.clone(),
+            false,
+            tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER),
+        ));
+        tracing::subscriber::with_default(subscriber, || {
+            // The shapes of openraft 0.9.25's own events (replication/mod.rs).
+            tracing::error!(target: "openraft::replication", err = %"Unreachable node: tcp connect error", "RPCError");
+            tracing::error!(target: "openraft::replication", error = %"disk full", "error replication to target=3");
+            tracing::warn!(target: "openraft::replication", error = %"stale", "error replication to target=3");
+            tracing::error!(target: "openraft::core::raft_core", error = %"refused", "while requesting vote");
+            tracing::info!(broker = 3, "broker answers again");
+        });
+        let log = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(!log.contains("RPCError"), "{log}");
+        assert!(
+            log.contains("disk full"),
+            "openraft's storage error is kept: {log}"
+        );
+        assert!(log.contains("while requesting vote"), "{log}");
+        assert!(
+            !log.contains("stale"),
+            "openraft's warnings stay off by default: {log}"
+        );
+        assert!(log.contains("broker answers again"), "{log}");
+    }
 }

@@ -315,6 +315,11 @@ impl Cluster {
     pub fn node(&mut self, id: i32) -> &mut Broker {
         &mut self.brokers[(id - 1) as usize]
     }
+
+    /// The stderr so far of the broker with this node id.
+    pub fn log(&self, id: i32) -> String {
+        self.brokers[(id - 1) as usize].log()
+    }
 }
 
 /// Runs `sluice --bootstrap ADDRESS ARGS...` with `stdin`.

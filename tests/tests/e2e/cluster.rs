@@ -292,3 +292,99 @@ async fn cluster_status_shows_a_down_broker_and_its_offline_partitions() {
         String::from_utf8_lossy(&table.stdout)
     );
 }
+
+/// A broker down shows in its peers' logs as a warning per peer and interval with the error,
+/// not as openraft's ERROR line per Raft call of every group replicating to it (about 30 a
+/// second with a few partitions under load); its return is logged too.
+#[tokio::test]
+async fn a_down_broker_is_logged_per_interval_not_per_raft_call() {
+    // The brokers' default filter (`sluice_broker::server::DEFAULT_LOG_FILTER`).
+    let mut cluster = Cluster::start_logged(3, &[], "info,openraft=error");
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("quiet", 6, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .unwrap();
+    cluster.node(3).kill();
+    let config = ProducerConfig {
+        linger: Duration::ZERO,
+        ..ProducerConfig::default()
+    };
+    let producer = sluice_client::Producer::connect(cluster.client(), config)
+        .await
+        .unwrap();
+    let warned = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("Raft calls to a broker are") && l.contains("broker=3"))
+            .count()
+    };
+    // Writes go on with two of three replicas; every partition that had broker 3 as a
+    // follower keeps calling it, and the controller leader keeps heartbeating it.
+    let started = std::time::Instant::now();
+    let mut sent = 0u32;
+    while started.elapsed() < Duration::from_secs(3) {
+        for p in 0..6 {
+            let d = producer
+                .send(ProducerRecord::new("quiet", format!("{sent}")).partition(p))
+                .await
+                .unwrap();
+            d.await.expect("acks=all with two of three replicas");
+            sent += 1;
+        }
+    }
+    eventually(
+        "a peer warning that Raft calls to broker 3 fail",
+        Duration::from_secs(10),
+        || async { (warned(&cluster.log(1)) + warned(&cluster.log(2)) > 0).then_some(()) },
+    )
+    .await;
+    let down_for = started.elapsed();
+    let mut warners = Vec::new();
+    for id in [1, 2] {
+        let log = cluster.log(id);
+        let per_call: Vec<&str> = log.lines().filter(|l| l.contains("RPCError")).collect();
+        assert!(
+            per_call.is_empty(),
+            "broker {id} logged {} per-call Raft errors, e.g. {:?}",
+            per_call.len(),
+            per_call.first()
+        );
+        // One line when the failures start, one per interval (10 s) after.
+        let lines = warned(&log);
+        assert!(
+            lines <= 1 + (down_for.as_secs() / 10) as usize,
+            "broker {id} warned {lines} times in {down_for:?}:\n{log}"
+        );
+        if lines > 0 {
+            warners.push(id);
+        }
+        assert!(
+            log.lines()
+                .any(|l| l.contains("broker refuses connections") && l.contains("broker=3")),
+            "broker {id} reports broker 3 down:\n{log}"
+        );
+    }
+    cluster.node(3).restart();
+    for id in [1, 2] {
+        let ended = if warners.contains(&id) {
+            "Raft calls to a broker succeed again"
+        } else {
+            "broker answers again"
+        };
+        eventually(
+            "the survivor logging that broker 3 is back",
+            Duration::from_secs(20),
+            || async {
+                let log = cluster.log(id);
+                log.lines()
+                    .any(|l| l.contains(ended) && l.contains("broker=3"))
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+}
