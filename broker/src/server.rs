@@ -191,7 +191,8 @@ where
 /// `err` field): with a broker down, each group leading a replica on it does so on every
 /// retry, 25-500 ms apart. The network layer reports the same failures once per peer and
 /// interval instead ([`crate::controller::network::PeerChannels::call_failed`]), with the
-/// error. openraft's other errors (storage, its `error` field) still show.
+/// error. openraft's other errors (storage, its `error` field) still show, and
+/// `RUST_LOG=info,openraft=warn` shows each failed call again (openraft's own warning line).
 pub fn is_per_call_raft_error(meta: &tracing::Metadata<'_>) -> bool {
     meta.target() == "openraft::replication"
         && *meta.level() == tracing::Level::ERROR
