@@ -181,34 +181,29 @@ impl PeerChannels {
                 Some((first, h.failures, now.duration_since(since)))
             }
         };
-        match report {
-            None => CallReport::Quiet,
-            Some((true, _, _)) => {
-                tracing::warn!(
-                    broker = node,
-                    %address,
-                    group,
-                    rpc = rpc.as_str_name(),
-                    %error,
-                    "Raft calls to a broker are failing (logged at most every {}s while they do)",
-                    CALL_FAILURE_LOG_INTERVAL.as_secs()
-                );
-                CallReport::Failing
-            }
-            Some((false, failures, failing_for)) => {
-                tracing::warn!(
-                    broker = node,
-                    %address,
-                    group,
-                    rpc = rpc.as_str_name(),
-                    %error,
-                    failures,
-                    failing_for = ?failing_for,
-                    "Raft calls to a broker are still failing"
-                );
-                CallReport::StillFailing
-            }
-        }
+        let Some((first, failures, failing_for)) = report else {
+            return CallReport::Quiet;
+        };
+        let (what, reported) = if first {
+            let every = CALL_FAILURE_LOG_INTERVAL.as_secs();
+            (
+                format!("are failing (logged at most every {every}s while they do)"),
+                CallReport::Failing,
+            )
+        } else {
+            ("are still failing".to_string(), CallReport::StillFailing)
+        };
+        tracing::warn!(
+            broker = node,
+            %address,
+            group,
+            rpc = rpc.as_str_name(),
+            %error,
+            failures,
+            failing_for = ?failing_for,
+            "Raft calls to a broker {what}"
+        );
+        reported
     }
 
     /// This broker is shutting down: failed calls are no longer reported.
