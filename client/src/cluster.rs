@@ -247,6 +247,17 @@ impl Cluster {
         self.cache.write().topics.remove(topic);
     }
 
+    /// Records the leader an error named (NOT_LEADER with an address), so the next request
+    /// goes there without a metadata round trip. Ignored when the topic is not cached.
+    pub fn note_leader(&self, topic: &str, partition: i32, address: String) {
+        let mut cache = self.cache.write();
+        if let Some((route, _)) = cache.topics.get_mut(topic)
+            && let Some(slot) = Arc::make_mut(route).leaders.get_mut(partition as usize)
+        {
+            *slot = Some(address);
+        }
+    }
+
     /// The leader address of a partition.
     pub async fn leader(&self, topic: &str, partition: i32) -> Result<String> {
         let route = self.topic(topic).await?;

@@ -2,8 +2,15 @@
 //!
 //! `poll` returns what one fetch brought and, when it brought data, starts the next fetch
 //! in the background, so decoding and the application's work overlap the network.
+//!
+//! Partitions fail one by one, not together: a partition whose leader cannot be reached
+//! (its broker died, no leader is elected yet, its start offset cannot be looked up) is
+//! reported once ([`PartitionEvent::Unavailable`]), retried with backoff on fresh metadata,
+//! and picked up again where it stopped when a leader answers; the other partitions are
+//! read meanwhile. A fetch that hangs (a paused broker) is abandoned as soon as metadata
+//! names another leader for its partitions.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +18,7 @@ use bytes::Bytes;
 use sluice_proto::batch::{self, Header};
 use sluice_proto::{ErrorCode, ErrorDetailExt, list_offsets, pb};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use crate::TopicPartition;
 use crate::cluster::{ClientConfig, Cluster};
@@ -34,7 +42,7 @@ pub enum AutoOffsetReset {
     Earliest,
     #[default]
     Latest,
-    /// Fail `poll` with OFFSET_OUT_OF_RANGE.
+    /// Fail `poll` with OFFSET_OUT_OF_RANGE (naming the valid range).
     None,
 }
 
@@ -49,6 +57,11 @@ pub struct ConsumerConfig {
     /// `max.partition.fetch.bytes`.
     pub max_partition_fetch_bytes: u32,
     pub auto_offset_reset: AutoOffsetReset,
+    /// `retry.backoff.ms` and `retry.backoff.max.ms`: after a partition's fetch or offset
+    /// lookup fails, it is asked again after this backoff, doubling up to the max, each time
+    /// on fresh metadata. A `NOT_LEADER` answer naming the new leader is followed at once.
+    pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
 }
 
 impl Default for ConsumerConfig {
@@ -59,6 +72,8 @@ impl Default for ConsumerConfig {
             fetch_max_bytes: 50 * 1024 * 1024,
             max_partition_fetch_bytes: 1024 * 1024,
             auto_offset_reset: AutoOffsetReset::Latest,
+            retry_backoff: Duration::from_millis(100),
+            retry_backoff_max: Duration::from_secs(1),
         }
     }
 }
@@ -75,25 +90,107 @@ pub struct ConsumerRecord {
     pub headers: Vec<Header>,
 }
 
-type FetchResult = Vec<(String, Result<pb::FetchResponse>)>;
+/// A change in whether a partition can be read, reported once per outage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionEvent {
+    /// It cannot be read now (why, naming the leader asked); the consumer reads the other
+    /// partitions and keeps retrying this one.
+    Unavailable {
+        partition: TopicPartition,
+        reason: String,
+    },
+    /// It answers again, after being unavailable this long; reading continues where it
+    /// stopped.
+    Available {
+        partition: TopicPartition,
+        after: Duration,
+    },
+}
 
-/// One broker's finished fetch, with the positions it asked from.
-struct FetchDone {
-    address: String,
-    asked: BTreeMap<TopicPartition, i64>,
-    result: Result<pb::FetchResponse>,
+/// Events kept for [`Consumer::take_events`] when nobody takes them; the oldest go first.
+const MAX_EVENTS: usize = 1024;
+
+/// A partition's place: a known offset, or where to start once its leader answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Position {
+    At(i64),
+    Pending(Offset),
+}
+
+impl From<Offset> for Position {
+    fn from(o: Offset) -> Self {
+        match o {
+            Offset::At(o) => Position::At(o),
+            other => Position::Pending(other),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Assigned {
+    position: Position,
+    /// Bumped by every seek and every abandoned request: answers to older ones are dropped.
+    epoch: u64,
+    /// A fetch or an offset lookup for it is in flight.
+    busy: bool,
+    /// Not asked again before this (backoff after a failure).
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    /// Since when, and why, it cannot be read; reported once per outage.
+    outage: Option<(Instant, String)>,
+    /// The high watermark in the last fetch answer.
+    high_watermark: Option<i64>,
+    /// The current request went to a leader named by a NOT_LEADER answer; a second such
+    /// answer in a row backs off (two brokers with stale views must not ping-pong).
+    hinted: bool,
+}
+
+impl Assigned {
+    fn new(position: Position, backoff: Duration) -> Self {
+        Assigned {
+            position,
+            epoch: 0,
+            busy: false,
+            retry_at: None,
+            backoff,
+            outage: None,
+            high_watermark: None,
+            hinted: false,
+        }
+    }
+}
+
+/// A finished request, with what it asked.
+#[derive(Debug)]
+enum Done {
+    Fetch {
+        address: String,
+        /// Partition, position asked from, epoch at the time.
+        asked: Vec<(TopicPartition, i64, u64)>,
+        result: Result<pb::FetchResponse>,
+    },
+    Offset {
+        partition: TopicPartition,
+        epoch: u64,
+        address: String,
+        start: Offset,
+        result: Result<i64>,
+    },
 }
 
 #[derive(Debug)]
 pub struct Consumer {
     cluster: Cluster,
     config: ConsumerConfig,
-    positions: BTreeMap<TopicPartition, i64>,
+    assigned: BTreeMap<TopicPartition, Assigned>,
     buffered: VecDeque<ConsumerRecord>,
-    /// One fetch in flight per leader broker, each for the partitions it leads; a broker
-    /// with nothing new long-polls without holding up the others.
-    inflight: JoinSet<FetchDone>,
-    fetching: HashSet<TopicPartition>,
+    /// One fetch in flight per leader broker, each for the partitions it leads (a broker
+    /// with nothing new long-polls without holding up the others), and offset lookups.
+    inflight: JoinSet<Done>,
+    lookups: usize,
+    /// An error for the application, returned once the records before it are handed out.
+    error: Option<Error>,
+    events: VecDeque<PartitionEvent>,
 }
 
 impl Consumer {
@@ -101,10 +198,12 @@ impl Consumer {
         Ok(Consumer {
             cluster: Cluster::new(client)?,
             config,
-            positions: BTreeMap::new(),
+            assigned: BTreeMap::new(),
             buffered: VecDeque::new(),
             inflight: JoinSet::new(),
-            fetching: HashSet::new(),
+            lookups: 0,
+            error: None,
+            events: VecDeque::new(),
         })
     }
 
@@ -114,93 +213,118 @@ impl Consumer {
         Ok((0..route.leaders.len() as i32).collect())
     }
 
-    /// Reads these partitions, each from `start`.
+    /// Reads these partitions, each from `start`. Start offsets are looked up now where
+    /// the leaders answer; a partition whose leader does not is reported
+    /// ([`Consumer::take_events`]) and positioned once it answers, without holding up the
+    /// others. Fails only for what retrying cannot fix (a topic or partition that does not
+    /// exist).
     pub async fn assign(&mut self, partitions: Vec<TopicPartition>, start: Offset) -> Result<()> {
-        self.reset_fetch_state();
-        self.positions.clear();
-        for tp in partitions {
-            self.seek(&tp, start).await?;
-        }
-        Ok(())
+        // Dropping the set aborts every request in flight.
+        self.inflight = JoinSet::new();
+        self.lookups = 0;
+        self.buffered.clear();
+        self.error = None;
+        self.assigned = partitions
+            .into_iter()
+            .map(|tp| (tp, Assigned::new(start.into(), self.config.retry_backoff)))
+            .collect();
+        self.resolve_positions().await
     }
 
     pub fn assignment(&self) -> Vec<TopicPartition> {
-        self.positions.keys().cloned().collect()
+        self.assigned.keys().cloned().collect()
     }
 
-    /// The next offset `poll` will return for a partition.
+    /// The next offset `poll` will return for a partition; `None` while its start offset
+    /// is not known yet (its leader has not answered).
     pub fn position(&self, tp: &TopicPartition) -> Option<i64> {
-        self.positions.get(tp).copied()
+        match self.assigned.get(tp)?.position {
+            Position::At(o) => Some(o),
+            Position::Pending(_) => None,
+        }
     }
 
-    fn reset_fetch_state(&mut self) {
-        // Dropping the set aborts every fetch in flight.
-        self.inflight = JoinSet::new();
-        self.fetching.clear();
-        self.buffered.clear();
+    /// The partition's high watermark as of the last fetch answer.
+    pub fn high_watermark(&self, tp: &TopicPartition) -> Option<i64> {
+        self.assigned.get(tp)?.high_watermark
     }
 
+    /// Whether every assigned partition has been read up to the high watermark its last
+    /// fetch answer reported (kcat's `-e`).
+    pub fn at_end(&self) -> bool {
+        self.assigned
+            .values()
+            .all(|a| match (a.position, a.high_watermark) {
+                (Position::At(p), Some(hw)) => p >= hw,
+                _ => false,
+            })
+    }
+
+    /// The partitions that cannot be read now, with why.
+    pub fn unavailable(&self) -> Vec<(TopicPartition, String)> {
+        self.assigned
+            .iter()
+            .filter_map(|(tp, a)| a.outage.as_ref().map(|(_, why)| (tp.clone(), why.clone())))
+            .collect()
+    }
+
+    /// What changed since the last call: partitions that became unavailable or answer
+    /// again (at most the last 1,024 changes are kept).
+    pub fn take_events(&mut self) -> Vec<PartitionEvent> {
+        self.events.drain(..).collect()
+    }
+
+    /// Moves a partition (assigning it if it was not) to `offset`. Records of it already
+    /// fetched are dropped; other partitions keep theirs.
     pub async fn seek(&mut self, tp: &TopicPartition, offset: Offset) -> Result<()> {
-        let position = match offset {
-            Offset::At(o) => o,
-            Offset::Earliest => self.list_offset(tp, list_offsets::EARLIEST).await?,
-            Offset::Latest => self.list_offset(tp, list_offsets::LATEST).await?,
-            Offset::Timestamp(ts) => match self.list_offset(tp, ts).await? {
-                -1 => self.list_offset(tp, list_offsets::LATEST).await?,
-                o => o,
-            },
-        };
-        self.reset_fetch_state();
-        self.positions.insert(tp.clone(), position);
-        Ok(())
+        let backoff = self.config.retry_backoff;
+        let a = self
+            .assigned
+            .entry(tp.clone())
+            .or_insert_with(|| Assigned::new(offset.into(), backoff));
+        a.position = offset.into();
+        a.epoch += 1;
+        a.busy = false;
+        a.retry_at = None;
+        a.high_watermark = None;
+        self.buffered
+            .retain(|r| !(*r.topic == *tp.topic && r.partition == tp.partition));
+        self.resolve_positions().await
     }
 
     /// ListOffsets for one partition: -2 earliest, -1 latest, or a timestamp. Retriable
     /// errors (leader moving, broker starting) are retried until the request timeout.
     pub async fn list_offset(&self, tp: &TopicPartition, query: i64) -> Result<i64> {
-        let deadline = tokio::time::Instant::now() + self.cluster.config.request_timeout;
+        let deadline = Instant::now() + self.cluster.config.request_timeout;
         loop {
-            match self.list_offset_once(tp, query).await {
-                Err(e) if e.is_retriable() && tokio::time::Instant::now() < deadline => {
+            let attempt = async {
+                let address = self.cluster.leader(&tp.topic, tp.partition).await?;
+                list_offset_at(&self.cluster, &address, tp, query).await
+            };
+            match attempt.await {
+                Err(e) if e.is_retriable() && Instant::now() < deadline => {
                     tracing::debug!(partition = %tp, cause = %e, "retrying ListOffsets");
                     self.cluster.invalidate(&tp.topic);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(self.config.retry_backoff).await;
                 }
                 other => return other,
             }
         }
     }
 
-    async fn list_offset_once(&self, tp: &TopicPartition, query: i64) -> Result<i64> {
-        let address = self.cluster.leader(&tp.topic, tp.partition).await?;
-        let mut client = self.cluster.log_client(&address)?;
-        let req = pb::ListOffsetsRequest {
-            partitions: vec![pb::ListOffsetsPartition {
-                topic: tp.topic.clone(),
-                partition: tp.partition,
-                timestamp: query,
-            }],
-        };
-        let resp = tokio::time::timeout(
-            self.cluster.config.request_timeout,
-            client.list_offsets(req),
-        )
-        .await
-        .map_err(|_| Error::Timeout {
-            what: format!("list offsets of {tp}"),
-            after: self.cluster.config.request_timeout,
-            last: "no answer".into(),
-        })?
-        .map_err(|s| Error::from_status(&address, s))?
-        .into_inner();
-        let entry =
-            resp.partitions.into_iter().next().ok_or_else(|| {
-                Error::InvalidArgument(format!("empty ListOffsets answer for {tp}"))
-            })?;
-        if let Some(e) = entry.error {
-            return Err(Error::broker(e));
+    /// Looks up every pending start offset once, concurrently, and waits for the answers.
+    async fn resolve_positions(&mut self) -> Result<()> {
+        self.start_work(false).await?;
+        while self.lookups > 0 {
+            match self.inflight.join_next().await {
+                None => break,
+                Some(done) => self.handle(done).await?,
+            }
         }
-        Ok(entry.offset)
+        match self.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Records that arrived within `timeout` (possibly none). Positions advance past
@@ -209,144 +333,333 @@ impl Consumer {
         if !self.buffered.is_empty() {
             return Ok(self.buffered.drain(..).collect());
         }
-        if self.positions.is_empty() {
+        if let Some(e) = self.error.take() {
+            return Err(e);
+        }
+        if self.assigned.is_empty() {
             return Err(Error::InvalidArgument(
                 "poll() before assign(): no partitions to read".into(),
             ));
         }
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = Instant::now() + timeout;
         loop {
-            self.start_fetches().await;
+            self.start_work(true).await?;
+            let wake = self.next_retry().map_or(deadline, |t| t.min(deadline));
             if self.inflight.is_empty() {
-                // No leader known for any idle partition: wait a little, then ask again.
-                if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(100)))
-                    .await
-                    .is_err()
-                {
-                    return Ok(Vec::new());
-                }
-                continue;
+                tokio::time::sleep_until(wake).await;
+            } else if let Ok(Some(done)) =
+                tokio::time::timeout_at(wake, self.inflight.join_next()).await
+            {
+                self.handle(done).await?;
             }
-            let done = match tokio::time::timeout_at(deadline, self.inflight.join_next()).await {
-                Err(_) => return Ok(Vec::new()),
-                Ok(None) => continue,
-                Ok(Some(Err(e))) if e.is_cancelled() => continue,
-                Ok(Some(Err(e))) => {
-                    return Err(Error::InvalidArgument(format!("fetch task failed: {e}")));
-                }
-                Ok(Some(Ok(done))) => done,
-            };
-            for tp in done.asked.keys() {
-                self.fetching.remove(tp);
-            }
-            let before = done.asked;
-            let results = vec![(done.address, done.result)];
-            // Fetch again from this broker before decoding, so its read and transfer
-            // overlap the decoding. Positions come from batch headers alone.
-            if self.advance_positions(&results) {
-                self.start_fetches().await;
-            }
-            self.absorb(results, &before).await?;
             if !self.buffered.is_empty() {
                 return Ok(self.buffered.drain(..).collect());
             }
-            if tokio::time::Instant::now() >= deadline {
+            if let Some(e) = self.error.take() {
+                return Err(e);
+            }
+            if Instant::now() >= deadline {
                 return Ok(Vec::new());
             }
         }
     }
 
-    /// Starts a fetch for every assigned partition not in one, one request per leader.
-    async fn start_fetches(&mut self) {
-        let max_wait = self.config.fetch_max_wait;
-        let mut by_leader: HashMap<String, BTreeMap<TopicPartition, i64>> = HashMap::new();
-        let idle: Vec<(TopicPartition, i64)> = self
-            .positions
+    /// The earliest time a backing-off partition may be asked again.
+    fn next_retry(&self) -> Option<Instant> {
+        self.assigned
+            .values()
+            .filter(|a| !a.busy)
+            .filter_map(|a| a.retry_at)
+            .min()
+    }
+
+    /// Starts an offset lookup for every pending partition and, with `fetch`, a fetch for
+    /// every positioned one, one request per leader, skipping partitions with a request in
+    /// flight or in backoff. Fails only when metadata says a topic or partition is gone.
+    async fn start_work(&mut self, fetch: bool) -> Result<()> {
+        let now = Instant::now();
+        let idle: Vec<TopicPartition> = self
+            .assigned
             .iter()
-            .filter(|(tp, _)| !self.fetching.contains(*tp))
-            .map(|(tp, o)| (tp.clone(), *o))
+            .filter(|(_, a)| !a.busy && a.retry_at.is_none_or(|t| t <= now))
+            .filter(|(_, a)| fetch || matches!(a.position, Position::Pending(_)))
+            .map(|(tp, _)| tp.clone())
             .collect();
-        for (tp, offset) in idle {
-            match self.cluster.leader(&tp.topic, tp.partition).await {
-                Ok(address) => {
-                    by_leader.entry(address).or_default().insert(tp, offset);
-                }
+        let mut fetches: HashMap<String, Vec<(TopicPartition, i64, u64)>> = HashMap::new();
+        // One failed metadata lookup per topic and round, not one per partition.
+        let mut failed_topics: HashMap<String, Error> = HashMap::new();
+        for tp in idle {
+            let leader = match failed_topics.get(&tp.topic) {
+                Some(e) => Err(e.clone()),
+                None => self.cluster.leader(&tp.topic, tp.partition).await,
+            };
+            let address = match leader {
+                Ok(address) => address,
+                Err(e) if e.code() == Some(ErrorCode::UnknownTopicOrPartition) => return Err(e),
                 Err(e) => {
-                    tracing::debug!(partition = %tp, cause = %e, "no leader to fetch from yet")
+                    if !matches!(e, Error::Broker { .. }) {
+                        failed_topics.insert(tp.topic.clone(), e.clone());
+                    }
+                    self.unavailable_for(&tp, None, &e);
+                    continue;
+                }
+            };
+            let a = self
+                .assigned
+                .get_mut(&tp)
+                .expect("idle partitions are assigned");
+            a.busy = true;
+            match a.position {
+                Position::At(o) => fetches.entry(address).or_default().push((tp, o, a.epoch)),
+                Position::Pending(start) => {
+                    let cluster = self.cluster.clone();
+                    let epoch = a.epoch;
+                    self.lookups += 1;
+                    self.inflight.spawn(async move {
+                        let query = match start {
+                            Offset::Earliest => list_offsets::EARLIEST,
+                            Offset::Latest => list_offsets::LATEST,
+                            Offset::Timestamp(ts) => ts,
+                            Offset::At(o) => o,
+                        };
+                        let result = list_offset_at(&cluster, &address, &tp, query).await;
+                        Done::Offset {
+                            partition: tp,
+                            epoch,
+                            address,
+                            start,
+                            result,
+                        }
+                    });
                 }
             }
         }
-        for (address, asked) in by_leader {
-            self.fetching.extend(asked.keys().cloned());
-            let cluster = self.cluster.clone();
-            let config = self.config.clone();
-            self.inflight.spawn(async move {
-                let req = pb::FetchRequest {
-                    max_wait_ms: max_wait.as_millis() as u32,
-                    min_bytes: config.fetch_min_bytes,
-                    max_bytes: config.fetch_max_bytes,
-                    partitions: asked
-                        .iter()
-                        .map(|(tp, offset)| pb::FetchPartition {
-                            topic: tp.topic.clone(),
-                            partition: tp.partition,
-                            fetch_offset: *offset,
-                            partition_max_bytes: config.max_partition_fetch_bytes,
-                        })
-                        .collect(),
+        for (address, asked) in fetches {
+            self.spawn_fetch(address, asked);
+        }
+        Ok(())
+    }
+
+    fn spawn_fetch(&mut self, address: String, asked: Vec<(TopicPartition, i64, u64)>) {
+        let cluster = self.cluster.clone();
+        let config = self.config.clone();
+        self.inflight.spawn(async move {
+            let req = pb::FetchRequest {
+                max_wait_ms: config.fetch_max_wait.as_millis() as u32,
+                min_bytes: config.fetch_min_bytes,
+                max_bytes: config.fetch_max_bytes,
+                partitions: asked
+                    .iter()
+                    .map(|(tp, offset, _)| pb::FetchPartition {
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                        fetch_offset: *offset,
+                        partition_max_bytes: config.max_partition_fetch_bytes,
+                    })
+                    .collect(),
+            };
+            let timeout = cluster.config.request_timeout + config.fetch_max_wait;
+            let result = match cluster.log_client(&address) {
+                Err(e) => Err(e),
+                Ok(mut client) => match tokio::time::timeout(timeout, client.fetch(req)).await {
+                    Ok(Ok(resp)) => Ok(resp.into_inner()),
+                    Ok(Err(status)) => Err(Error::from_status(&address, status)),
+                    Err(_) => Err(Error::Timeout {
+                        what: format!("fetch from {address}"),
+                        after: timeout,
+                        last: "no answer".into(),
+                    }),
+                },
+            };
+            Done::Fetch {
+                address,
+                asked,
+                result,
+            }
+        });
+    }
+
+    async fn handle(
+        &mut self,
+        done: std::result::Result<Done, tokio::task::JoinError>,
+    ) -> Result<()> {
+        let done = match done {
+            Ok(done) => done,
+            Err(e) if e.is_cancelled() => return Ok(()),
+            Err(e) => return Err(Error::InvalidArgument(format!("fetch task failed: {e}"))),
+        };
+        match done {
+            Done::Offset {
+                partition,
+                epoch,
+                address,
+                start,
+                result,
+            } => {
+                self.lookups -= 1;
+                let Some(a) = self
+                    .assigned
+                    .get_mut(&partition)
+                    .filter(|a| a.epoch == epoch)
+                else {
+                    return Ok(());
                 };
-                let timeout = cluster.config.request_timeout + max_wait;
-                let result = match cluster.log_client(&address) {
-                    Err(e) => Err(e),
-                    Ok(mut client) => {
-                        match tokio::time::timeout(timeout, client.fetch(req)).await {
-                            Ok(Ok(resp)) => Ok(resp.into_inner()),
-                            Ok(Err(status)) => Err(Error::from_status(&address, status)),
-                            Err(_) => Err(Error::Timeout {
-                                what: format!("fetch from {address}"),
-                                after: timeout,
-                                last: "no answer".into(),
-                            }),
+                a.busy = false;
+                match (result, start) {
+                    // No record at or after the time: start at the end.
+                    (Ok(-1), Offset::Timestamp(_)) => {
+                        a.position = Position::Pending(Offset::Latest);
+                    }
+                    (Ok(offset), _) => {
+                        a.position = Position::At(offset);
+                        self.answered(&partition);
+                    }
+                    (Err(e), _) => self.request_failed(&partition, &address, e),
+                }
+            }
+            Done::Fetch {
+                address,
+                asked,
+                result,
+            } => {
+                let mut current = BTreeMap::new();
+                for (tp, offset, epoch) in asked {
+                    if let Some(a) = self.assigned.get_mut(&tp).filter(|a| a.epoch == epoch) {
+                        a.busy = false;
+                        current.insert(tp, offset);
+                    }
+                }
+                match result {
+                    Err(e) => {
+                        for tp in current.keys() {
+                            self.request_failed(tp, &address, e.clone());
                         }
                     }
-                };
-                FetchDone {
-                    address,
-                    asked,
-                    result,
+                    Ok(resp) => {
+                        // Fetch again from this broker before decoding, so its read and
+                        // transfer overlap the decoding. Positions come from batch headers.
+                        if self.advance_positions(&resp, &current) {
+                            self.start_work(true).await?;
+                        }
+                        self.absorb(resp, &current, &address).await;
+                    }
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// A partition's request failed: follow a leader the error names, else retry after a
+    /// backoff on fresh metadata (reporting the outage once); an error no retry can fix
+    /// goes to the application.
+    fn request_failed(&mut self, tp: &TopicPartition, address: &str, e: Error) {
+        let hint = e
+            .detail()
+            .filter(|d| d.error_code() == ErrorCode::NotLeader)
+            .map(|d| d.leader_address.clone())
+            .filter(|l| !l.is_empty() && l != address);
+        if let Some(leader) = hint
+            && let Some(a) = self.assigned.get_mut(tp)
+            && !a.hinted
+        {
+            a.hinted = true;
+            self.cluster.note_leader(&tp.topic, tp.partition, leader);
+            return;
+        }
+        if !matches!(e, Error::Broker { .. }) {
+            self.cluster.drop_channel(address);
+        }
+        // A broker whose metadata is behind may not know a topic yet: metadata from the
+        // cluster decides (start_work fails if it has no such topic).
+        if e.is_retriable() || e.code() == Some(ErrorCode::UnknownTopicOrPartition) {
+            self.unavailable_for(tp, Some(address), &e);
+        } else {
+            self.error.get_or_insert(e);
+        }
+    }
+
+    /// Backs a partition off and reports it unavailable, once per outage.
+    fn unavailable_for(&mut self, tp: &TopicPartition, leader: Option<&str>, e: &Error) {
+        self.cluster.invalidate(&tp.topic);
+        let Some(a) = self.assigned.get_mut(tp) else {
+            return;
+        };
+        let now = Instant::now();
+        a.retry_at = Some(now + a.backoff);
+        a.backoff = (a.backoff * 2).min(self.config.retry_backoff_max);
+        if a.outage.is_some() {
+            return;
+        }
+        let reason = match leader {
+            Some(address) => format!("its leader at {address} did not answer: {e}"),
+            None => format!("no leader to read from: {e}"),
+        };
+        tracing::warn!(partition = %tp, %reason, "partition unavailable; reading the others and retrying");
+        a.outage = Some((now, reason.clone()));
+        self.event(PartitionEvent::Unavailable {
+            partition: tp.clone(),
+            reason,
+        });
+    }
+
+    /// A partition's leader answered: clear its backoff and end its outage.
+    fn answered(&mut self, tp: &TopicPartition) {
+        let Some(a) = self.assigned.get_mut(tp) else {
+            return;
+        };
+        a.retry_at = None;
+        a.hinted = false;
+        a.backoff = self.config.retry_backoff;
+        if let Some((since, _)) = a.outage.take() {
+            let after = since.elapsed();
+            tracing::info!(partition = %tp, ?after, "partition readable again");
+            self.event(PartitionEvent::Available {
+                partition: tp.clone(),
+                after,
             });
         }
     }
 
-    /// Moves positions past the batches in `results`; true when every partition answered
+    fn event(&mut self, e: PartitionEvent) {
+        if self.events.len() == MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
+    /// Moves positions past the batches in `resp`; true when every partition answered
     /// cleanly and some brought data (then the next fetch can start right away).
-    fn advance_positions(&mut self, results: &FetchResult) -> bool {
+    fn advance_positions(
+        &mut self,
+        resp: &pb::FetchResponse,
+        asked: &BTreeMap<TopicPartition, i64>,
+    ) -> bool {
         let mut moves = Vec::new();
-        for (_, result) in results {
-            let Ok(resp) = result else { return false };
-            for part in &resp.partitions {
-                if part.error.is_some() {
-                    return false;
+        for part in &resp.partitions {
+            if part.error.is_some() {
+                return false;
+            }
+            let mut next = None;
+            for b in batch::split_batches(part.records.clone()) {
+                match b.as_deref().map(batch::BatchHeader::parse) {
+                    Ok(Ok(h)) => next = Some(h.next_offset()),
+                    _ => return false,
                 }
-                let mut next = None;
-                for b in batch::split_batches(part.records.clone()) {
-                    match b.as_deref().map(batch::BatchHeader::parse) {
-                        Ok(Ok(h)) => next = Some(h.next_offset()),
-                        _ => return false,
-                    }
-                }
-                if let Some(next) = next {
-                    moves.push((
-                        TopicPartition::new(part.topic.clone(), part.partition),
-                        next,
-                    ));
-                }
+            }
+            if let Some(next) = next {
+                moves.push((
+                    TopicPartition::new(part.topic.clone(), part.partition),
+                    next,
+                ));
             }
         }
         let mut any = false;
         for (tp, next) in moves {
-            if let Some(pos) = self.positions.get_mut(&tp)
+            if !asked.contains_key(&tp) {
+                continue;
+            }
+            if let Some(a) = self.assigned.get_mut(&tp)
+                && let Position::At(pos) = &mut a.position
                 && next > *pos
             {
                 *pos = next;
@@ -356,122 +669,144 @@ impl Consumer {
         any
     }
 
-    /// Decodes a fetch's results into the buffer and handles per-partition errors.
+    /// Decodes a fetch answer into the buffer and handles per-partition errors.
     async fn absorb(
         &mut self,
-        results: FetchResult,
-        before: &BTreeMap<TopicPartition, i64>,
-    ) -> Result<()> {
-        let mut corrupt = None;
-        for (address, result) in results {
-            let resp = match result {
-                Ok(r) => r,
-                Err(e) if e.is_retriable() => {
-                    tracing::warn!(broker = %address, cause = %e, "fetch failed; will retry");
-                    self.cluster.drop_channel(&address);
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-                Err(e) => return Err(e),
+        resp: pb::FetchResponse,
+        asked: &BTreeMap<TopicPartition, i64>,
+        address: &str,
+    ) {
+        for part in resp.partitions {
+            let tp = TopicPartition::new(part.topic.clone(), part.partition);
+            let Some(&position) = asked.get(&tp) else {
+                continue;
             };
-            for part in resp.partitions {
-                let tp = TopicPartition::new(part.topic.clone(), part.partition);
-                let Some(&position) = before.get(&tp) else {
-                    continue;
-                };
-                if let Some(err) = part.error {
-                    self.partition_error(&tp, err).await?;
-                    continue;
-                }
-                let topic: Arc<str> = Arc::from(part.topic.as_str());
-                let mut next = position;
-                let mut damaged = None;
-                for b in batch::split_batches(part.records) {
-                    let records =
-                        match b.and_then(|b| batch::decode(&b, batch::DEFAULT_MAX_DECOMPRESSED)) {
-                            // Control batches (Raft bookkeeping) take offsets that
-                            // consumers never see.
-                            Ok((h, _)) if h.is_control() => {
-                                next = next.max(h.next_offset());
-                                continue;
-                            }
-                            Ok((_, records)) => records,
-                            Err(source) => {
-                                damaged = Some(source);
-                                break;
-                            }
-                        };
-                    for r in records {
-                        if r.offset < next {
+            if let Some(err) = part.error {
+                self.partition_error(&tp, address, err);
+                continue;
+            }
+            self.answered(&tp);
+            let topic: Arc<str> = Arc::from(part.topic.as_str());
+            let mut next = position;
+            let mut damaged = None;
+            for b in batch::split_batches(part.records) {
+                let records =
+                    match b.and_then(|b| batch::decode(&b, batch::DEFAULT_MAX_DECOMPRESSED)) {
+                        // Control batches (Raft bookkeeping) take offsets that consumers
+                        // never see.
+                        Ok((h, _)) if h.is_control() => {
+                            next = next.max(h.next_offset());
                             continue;
                         }
-                        next = r.offset + 1;
-                        self.buffered.push_back(ConsumerRecord {
-                            topic: topic.clone(),
-                            partition: tp.partition,
-                            offset: r.offset,
-                            timestamp: r.timestamp,
-                            key: r.key,
-                            value: r.value,
-                            headers: r.headers,
-                        });
+                        Ok((_, records)) => records,
+                        Err(source) => {
+                            damaged = Some(source);
+                            break;
+                        }
+                    };
+                for r in records {
+                    if r.offset < next {
+                        continue;
                     }
-                }
-                let pos = self.positions.entry(tp.clone()).or_insert(next);
-                match damaged {
-                    // Stay on the first record not handed out: the next poll fetches it
-                    // again (wire damage heals) or reports it again (stored damage).
-                    Some(source) => {
-                        *pos = next;
-                        corrupt.get_or_insert(Error::Corrupt {
-                            topic: tp.topic.clone(),
-                            partition: tp.partition,
-                            offset: next,
-                            source,
-                        });
-                    }
-                    None => *pos = (*pos).max(next),
+                    next = r.offset + 1;
+                    self.buffered.push_back(ConsumerRecord {
+                        topic: topic.clone(),
+                        partition: tp.partition,
+                        offset: r.offset,
+                        timestamp: r.timestamp,
+                        key: r.key,
+                        value: r.value,
+                        headers: r.headers,
+                    });
                 }
             }
-        }
-        match corrupt {
-            Some(e) => {
-                // A fetch started past the damaged batch must not skip it.
-                self.inflight = JoinSet::new();
-                self.fetching.clear();
-                // Records before the damage are delivered first; the error comes next poll.
-                if self.buffered.is_empty() {
-                    Err(e)
-                } else {
-                    Ok(())
+            let Some(a) = self.assigned.get_mut(&tp) else {
+                continue;
+            };
+            a.high_watermark = Some(part.high_watermark);
+            match damaged {
+                // Stay on the first record not handed out: the next poll fetches it again
+                // (wire damage heals) or reports it again (stored damage). A fetch already
+                // started past it is dropped, so nothing after it is skipped. Records
+                // before the damage are handed out first; the error comes next.
+                Some(source) => {
+                    a.position = Position::At(next);
+                    a.epoch += 1;
+                    a.busy = false;
+                    self.error.get_or_insert(Error::Corrupt {
+                        topic: tp.topic.clone(),
+                        partition: tp.partition,
+                        offset: next,
+                        source,
+                    });
+                }
+                None => {
+                    if let Position::At(pos) = &mut a.position {
+                        *pos = (*pos).max(next);
+                    }
                 }
             }
-            None => Ok(()),
         }
     }
 
-    async fn partition_error(&mut self, tp: &TopicPartition, err: pb::ErrorDetail) -> Result<()> {
+    fn partition_error(&mut self, tp: &TopicPartition, address: &str, err: pb::ErrorDetail) {
         match err.error_code() {
             ErrorCode::OffsetOutOfRange => {
                 let target = match self.config.auto_offset_reset {
                     AutoOffsetReset::Earliest => Offset::Earliest,
                     AutoOffsetReset::Latest => Offset::Latest,
-                    AutoOffsetReset::None => return Err(Error::broker(err)),
+                    AutoOffsetReset::None => {
+                        self.error.get_or_insert(Error::broker(err));
+                        return;
+                    }
                 };
-                tracing::warn!(partition = %tp, position = ?self.positions.get(tp), reset = ?target, "offset out of range; resetting");
-                let position = match target {
-                    Offset::Earliest => self.list_offset(tp, list_offsets::EARLIEST).await?,
-                    _ => self.list_offset(tp, list_offsets::LATEST).await?,
-                };
-                self.positions.insert(tp.clone(), position);
-                Ok(())
+                if let Some(a) = self.assigned.get_mut(tp) {
+                    tracing::warn!(partition = %tp, position = ?a.position, reset = ?target, "offset out of range; resetting");
+                    a.position = Position::Pending(target);
+                }
             }
-            code if code.is_retriable() && code != ErrorCode::CorruptMessage => {
-                self.cluster.invalidate(&tp.topic);
-                Ok(())
+            // Damage stored on the broker: reported, never skipped.
+            ErrorCode::CorruptMessage => {
+                self.error.get_or_insert(Error::broker(err));
             }
-            _ => Err(Error::broker(err)),
+            _ => self.request_failed(tp, address, Error::broker(err)),
         }
+    }
+}
+
+/// One ListOffsets call to the broker at `address`.
+async fn list_offset_at(
+    cluster: &Cluster,
+    address: &str,
+    tp: &TopicPartition,
+    query: i64,
+) -> Result<i64> {
+    let mut client = cluster.log_client(address)?;
+    let req = pb::ListOffsetsRequest {
+        partitions: vec![pb::ListOffsetsPartition {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            timestamp: query,
+        }],
+    };
+    let timeout = cluster.config.request_timeout;
+    let resp = tokio::time::timeout(timeout, client.list_offsets(req))
+        .await
+        .map_err(|_| Error::Timeout {
+            what: format!("list offsets of {tp}"),
+            after: timeout,
+            last: "no answer".into(),
+        })?
+        .map_err(|s| Error::from_status(address, s))?
+        .into_inner();
+    let entry = resp
+        .partitions
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::InvalidArgument(format!("empty ListOffsets answer for {tp}")))?;
+    match entry.error {
+        Some(e) => Err(Error::broker(e)),
+        None => Ok(entry.offset),
     }
 }
 
@@ -491,39 +826,44 @@ mod tests {
         bytes.freeze()
     }
 
-    fn response(records: Bytes) -> FetchResult {
-        let part = pb::FetchedPartition {
-            topic: "t".into(),
-            partition: 0,
-            records,
-            ..Default::default()
-        };
-        vec![(
-            "b".into(),
-            Ok(pb::FetchResponse {
-                partitions: vec![part],
-            }),
-        )]
+    fn response(records: Bytes) -> pb::FetchResponse {
+        pb::FetchResponse {
+            partitions: vec![pb::FetchedPartition {
+                topic: "t".into(),
+                partition: 0,
+                records,
+                high_watermark: 5,
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn consumer_at(tp: &TopicPartition, offset: i64) -> Consumer {
+        let mut c =
+            Consumer::new(ClientConfig::new("127.0.0.1:1"), ConsumerConfig::default()).unwrap();
+        c.assigned.insert(
+            tp.clone(),
+            Assigned::new(Position::At(offset), Duration::from_millis(100)),
+        );
+        c
     }
 
     /// Damage the client detects (on the wire) is never handed out, and the position stays
     /// on it: records before it come first, then the error, and nothing after it is skipped.
     #[tokio::test]
     async fn a_damaged_batch_stops_the_partition_at_its_offset() {
-        let mut c =
-            Consumer::new(ClientConfig::new("127.0.0.1:1"), ConsumerConfig::default()).unwrap();
         let tp = TopicPartition::new("t", 0);
-        c.positions.insert(tp.clone(), 0);
+        let mut c = consumer_at(&tp, 0);
         let mut bad = BytesMut::from(&batch(2, &["c", "d"])[..]);
         let n = bad.len();
         bad[n - 1] ^= 1;
         let mut wire = BytesMut::from(&batch(0, &["a", "b"])[..]);
         wire.extend_from_slice(&bad);
         wire.extend_from_slice(&batch(4, &["e"]));
-        let results = response(wire.freeze());
-        let before = c.positions.clone();
-        c.advance_positions(&results);
-        c.absorb(results, &before).await.unwrap();
+        let resp = response(wire.freeze());
+        let asked = BTreeMap::from([(tp.clone(), 0)]);
+        c.advance_positions(&resp, &asked);
+        c.absorb(resp, &asked, "b").await;
         let got: Vec<i64> = c.buffered.drain(..).map(|r| r.offset).collect();
         assert_eq!(got, vec![0, 1]);
         assert_eq!(
@@ -531,12 +871,112 @@ mod tests {
             Some(2),
             "the position stays on the damaged batch"
         );
-
-        let again = response(bad.freeze());
-        let before = c.positions.clone();
-        let err = c.absorb(again, &before).await.unwrap_err();
+        let err = c
+            .error
+            .take()
+            .expect("the damage is reported after the records");
         assert_eq!(err.code(), Some(ErrorCode::CorruptMessage));
         assert!(err.to_string().contains("offset 2"), "{err}");
+
+        let asked = BTreeMap::from([(tp.clone(), 2)]);
+        c.absorb(response(bad.freeze()), &asked, "b").await;
+        assert!(c.buffered.is_empty());
+        assert_eq!(
+            c.error.take().and_then(|e| e.code()),
+            Some(ErrorCode::CorruptMessage)
+        );
         assert_eq!(c.position(&tp), Some(2));
+    }
+
+    /// A partition whose leader cannot be reached is reported once, backs off with each
+    /// failure up to the bound, and is reported again as readable when its leader answers.
+    #[tokio::test]
+    async fn an_unreachable_partition_is_reported_once_and_backs_off() {
+        let tp = TopicPartition::new("t", 0);
+        let mut c = consumer_at(&tp, 7);
+        let refused = Error::Timeout {
+            what: "fetch".into(),
+            after: Duration::from_secs(1),
+            last: "no answer".into(),
+        };
+        let mut backoffs = Vec::new();
+        for _ in 0..6 {
+            c.request_failed(&tp, "127.0.0.1:1", refused.clone());
+            backoffs.push(c.assigned[&tp].backoff);
+        }
+        assert_eq!(
+            backoffs.iter().map(Duration::as_millis).collect::<Vec<_>>(),
+            vec![200, 400, 800, 1000, 1000, 1000],
+            "the backoff doubles up to retry_backoff_max"
+        );
+        let events = c.take_events();
+        assert_eq!(events.len(), 1, "one report per outage: {events:?}");
+        assert!(
+            matches!(&events[0], PartitionEvent::Unavailable { reason, .. } if reason.contains("127.0.0.1:1")),
+            "{events:?}"
+        );
+        assert_eq!(c.unavailable().len(), 1);
+        assert!(
+            c.error.is_none(),
+            "a retriable failure is not the application's error"
+        );
+
+        let asked = BTreeMap::from([(tp.clone(), 7)]);
+        c.absorb(response(batch(7, &["x"])), &asked, "127.0.0.1:2")
+            .await;
+        assert!(matches!(
+            c.take_events().as_slice(),
+            [PartitionEvent::Available { .. }]
+        ));
+        assert!(c.unavailable().is_empty());
+        assert_eq!(c.assigned[&tp].backoff, Duration::from_millis(100));
+        assert_eq!(
+            c.position(&tp),
+            Some(8),
+            "reading continues where it stopped"
+        );
+    }
+
+    /// NOT_LEADER naming the new leader is followed at once, without a backoff; a second
+    /// one in a row backs off (views that disagree do not ping-pong).
+    #[tokio::test]
+    async fn a_named_leader_is_followed_once_without_backoff() {
+        let tp = TopicPartition::new("t", 0);
+        let mut c = consumer_at(&tp, 0);
+        let mut detail = pb::ErrorDetail::new(ErrorCode::NotLeader, "not the leader");
+        detail.leader_address = "127.0.0.1:2".into();
+        c.request_failed(&tp, "127.0.0.1:1", Error::broker(detail.clone()));
+        assert!(c.assigned[&tp].retry_at.is_none());
+        assert!(c.take_events().is_empty());
+        c.request_failed(&tp, "127.0.0.1:2", Error::broker(detail));
+        assert!(c.assigned[&tp].retry_at.is_some());
+    }
+
+    /// Out of range with no reset is the application's error, naming the valid range.
+    #[tokio::test]
+    async fn out_of_range_without_reset_is_an_error() {
+        let tp = TopicPartition::new("t", 0);
+        let mut c = consumer_at(&tp, 100);
+        c.config.auto_offset_reset = AutoOffsetReset::None;
+        let mut detail = pb::ErrorDetail::new(
+            ErrorCode::OffsetOutOfRange,
+            "offset 100 is outside the log's range [0, 6]",
+        );
+        detail.log_end_offset = 6;
+        c.partition_error(&tp, "b", detail);
+        let err = c.error.take().expect("an error");
+        assert_eq!(err.code(), Some(ErrorCode::OffsetOutOfRange));
+        c.config.auto_offset_reset = AutoOffsetReset::Earliest;
+        c.partition_error(
+            &tp,
+            "b",
+            pb::ErrorDetail::new(ErrorCode::OffsetOutOfRange, "out"),
+        );
+        assert!(c.error.is_none());
+        assert_eq!(
+            c.position(&tp),
+            None,
+            "repositioned at the earliest offset on the next poll"
+        );
     }
 }

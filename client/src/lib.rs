@@ -27,7 +27,9 @@ pub mod producer;
 
 pub use admin::{Admin, NewTopic};
 pub use cluster::ClientConfig;
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, Offset};
+pub use consumer::{
+    AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, Offset, PartitionEvent,
+};
 pub use error::{Error, Result};
 pub use producer::{
     Acks, DeliveryFuture, Producer, ProducerConfig, ProducerMetrics, ProducerRecord, RecordMetadata,

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use clap::Args;
 use serde::Serialize;
-use sluice_client::{Consumer, ConsumerConfig, ConsumerRecord, Offset, TopicPartition};
+use sluice_client::{
+    AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, Offset, PartitionEvent,
+    TopicPartition,
+};
 
 use super::{Context, parse_time};
 use crate::output::Format;
@@ -17,9 +20,15 @@ pub(crate) struct ConsumeArgs {
     /// Start at the oldest record (default: only new records).
     #[arg(long, conflicts_with_all = ["offset", "from_time"])]
     from_beginning: bool,
-    /// Start at this offset (needs --partition: offsets are per partition).
+    /// Start at this offset (needs --partition: offsets are per partition). An offset
+    /// outside the partition's log is an error naming the valid range, unless --reset says
+    /// where to go instead.
     #[arg(long, requires = "partition", conflicts_with = "from_time")]
     offset: Option<i64>,
+    /// Where to go when the position is outside the log (Kafka's auto.offset.reset):
+    /// earliest, latest, or none (fail). Default: none with --offset, else latest.
+    #[arg(long, value_enum, value_name = "WHERE")]
+    reset: Option<Reset>,
     /// Start at the first record at or after this time: RFC 3339, epoch ms, or a duration ago (15m).
     #[arg(long, value_name = "TIME")]
     from_time: Option<String>,
@@ -32,9 +41,64 @@ pub(crate) struct ConsumeArgs {
     /// Stop when no record arrived for this long (e.g. 5s).
     #[arg(long)]
     timeout: Option<humantime::Duration>,
-    /// Line format; placeholders: {topic} {partition} {offset} {timestamp} {key} {value} {headers}.
+    /// Stop at the end of the log: once every partition has been read up to its high
+    /// watermark (kcat's -e). Partitions that cannot be read hold it; --timeout bounds that.
+    #[arg(short = 'e', long)]
+    until_end: bool,
+    /// Line format; placeholders: {topic} {partition} {offset} {timestamp} {key} {value}
+    /// {headers}; \t for a tab.
     #[arg(long, default_value = "{value}")]
     format: String,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Reset {
+    Earliest,
+    Latest,
+    None,
+}
+
+/// The placeholders `--format` knows.
+const PLACEHOLDERS: [&str; 7] = [
+    "topic",
+    "partition",
+    "offset",
+    "timestamp",
+    "key",
+    "value",
+    "headers",
+];
+
+/// Refuses a `--format` with a placeholder it does not know (which would be printed as
+/// is), naming the valid ones.
+fn check_format(format: &str) -> anyhow::Result<()> {
+    let mut rest = format;
+    while let Some(open) = rest.find('{') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find('}') else {
+            anyhow::bail!(
+                "--format '{format}': '{{' without a closing '}}'; placeholders: {}",
+                placeholder_list()
+            );
+        };
+        let name = &after[..close];
+        if !PLACEHOLDERS.contains(&name) {
+            anyhow::bail!(
+                "--format '{format}': unknown placeholder {{{name}}}; placeholders: {}",
+                placeholder_list()
+            );
+        }
+        rest = &after[close + 1..];
+    }
+    Ok(())
+}
+
+fn placeholder_list() -> String {
+    PLACEHOLDERS
+        .iter()
+        .map(|p| format!("{{{p}}}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[derive(Debug, Serialize)]
@@ -97,8 +161,54 @@ fn render(format: &str, r: &ConsumerRecord) -> String {
         .replace("\\t", "\t")
 }
 
+/// Tells the person at the terminal (or the script, as JSON) which partitions cannot be
+/// read and when they can again.
+fn report(ctx: &Context, topic: &str, events: Vec<PartitionEvent>) {
+    for e in events {
+        let (partition, state, detail) = match &e {
+            PartitionEvent::Unavailable { partition, reason } => {
+                (partition, "unavailable", reason.clone())
+            }
+            PartitionEvent::Available { partition, after } => (
+                partition,
+                "available",
+                format!("after {}", humantime::format_duration(round_ms(*after))),
+            ),
+        };
+        match ctx.output {
+            Format::Table => match e {
+                PartitionEvent::Unavailable { .. } => eprintln!(
+                    "warning: partition {partition} of '{topic}' cannot be read: {detail}; reading the others and retrying"
+                ),
+                PartitionEvent::Available { .. } => {
+                    eprintln!("partition {partition} of '{topic}' is readable again ({detail})")
+                }
+            },
+            _ => eprintln!(
+                "{}",
+                serde_json::json!({"event": {"partition": partition.to_string(), "state": state, "detail": detail}})
+            ),
+        }
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
+}
+
 pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> {
-    let mut consumer = Consumer::new(ctx.client(), ConsumerConfig::default())?;
+    check_format(&args.format)?;
+    let reset = match (args.reset, args.offset) {
+        (Some(Reset::Earliest), _) => AutoOffsetReset::Earliest,
+        (Some(Reset::Latest), _) => AutoOffsetReset::Latest,
+        (Some(Reset::None), _) | (None, Some(_)) => AutoOffsetReset::None,
+        (None, None) => AutoOffsetReset::Latest,
+    };
+    let config = ConsumerConfig {
+        auto_offset_reset: reset,
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(ctx.client(), config)?;
     let all = consumer
         .partitions_for(&args.topic)
         .await
@@ -106,9 +216,9 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
     let partitions = match args.partition {
         Some(p) if all.contains(&p) => vec![p],
         Some(p) => anyhow::bail!(
-            "topic '{}' has no partition {p} (it has 0..{})",
+            "topic '{}' has no partition {p} (its partitions are 0-{})",
             args.topic,
-            all.len()
+            all.len().saturating_sub(1)
         ),
         None => all,
     };
@@ -131,6 +241,7 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
         )
         .await
         .with_context(|| format!("positioning on '{}'", args.topic))?;
+    report(ctx, &args.topic, consumer.take_events());
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     let mut count = 0u64;
@@ -146,10 +257,15 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
             l.saturating_sub(last_record.elapsed())
                 .min(Duration::from_secs(1))
         });
-        let records = tokio::select! {
-            r = consumer.poll(wait) => r.with_context(|| format!("consuming '{}'", args.topic))?,
+        if args.until_end && consumer.at_end() {
+            break;
+        }
+        let polled = tokio::select! {
+            r = consumer.poll(wait) => r,
             _ = &mut ctrl_c => break,
         };
+        report(ctx, &args.topic, consumer.take_events());
+        let records = polled.with_context(|| format!("consuming '{}'", args.topic))?;
         if records.is_empty() {
             out.flush()?;
             if idle_limit.is_some_and(|l| last_record.elapsed() >= l) {
@@ -177,6 +293,21 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
         out.flush()?;
     }
     out.flush()?;
-    eprintln!("Processed {count} records.");
+    let unread = consumer.unavailable();
+    if ctx.output == Format::Table {
+        eprintln!("Processed {count} records.");
+    }
+    if !unread.is_empty() {
+        let list = unread
+            .iter()
+            .map(|(tp, why)| format!("{tp} ({why})"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        anyhow::bail!(
+            "stopped with {} partition(s) of '{}' not read: {list}",
+            unread.len(),
+            args.topic
+        );
+    }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod cluster;
+mod consumer;
 mod durability;
 mod errors;
 mod idempotence;
