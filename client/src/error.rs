@@ -12,14 +12,14 @@ pub enum Error {
     /// The broker refused the request.
     #[error("{}: {}", detail.code, detail.message)]
     Broker { detail: Box<pb::ErrorDetail> },
-    #[error("cannot connect to broker {address}: {source}")]
+    #[error("{}", connect_message(address, source))]
     Connect {
         address: String,
         #[source]
         source: Arc<tonic::transport::Error>,
     },
     /// The call failed without an answer from Sluice (connection lost, broker restarting).
-    #[error("request to {address} failed: {} ({})", status.message(), status.code())]
+    #[error("{}", rpc_message(address, status))]
     Rpc {
         address: String,
         status: Box<tonic::Status>,
@@ -55,6 +55,45 @@ pub enum Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What a refused connection reads as: the likeliest cause is no broker at that address.
+fn refused_message(address: &str) -> String {
+    format!("cannot reach broker at {address}: connection refused (is a broker running there?)")
+}
+
+fn connect_message(address: &str, source: &tonic::transport::Error) -> String {
+    if sluice_proto::is_connection_refused(source) {
+        refused_message(address)
+    } else {
+        format!("cannot connect to broker {address}: {source}")
+    }
+}
+
+/// A failed call without a Sluice answer. tonic's own text for a transport failure is
+/// generic (`tcp connect error`), so the innermost cause (`Connection refused`, a failed
+/// name lookup) is added when there is one.
+fn rpc_message(address: &str, status: &tonic::Status) -> String {
+    if sluice_proto::is_connection_refused(status) {
+        return refused_message(address);
+    }
+    let mut root = None;
+    let mut cause = std::error::Error::source(status);
+    while let Some(e) = cause {
+        root = Some(e);
+        cause = e.source();
+    }
+    let message = status.message();
+    match root.map(ToString::to_string) {
+        Some(root) if !root.is_empty() && !message.contains(&root) => format!(
+            "request to {address} failed: {message}: {root} ({:?})",
+            status.code()
+        ),
+        _ => format!(
+            "request to {address} failed: {message} ({:?})",
+            status.code()
+        ),
+    }
+}
 
 impl Error {
     pub(crate) fn broker(detail: pb::ErrorDetail) -> Self {
@@ -131,5 +170,45 @@ impl Error {
             ),
             _ => false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rpc(status: tonic::Status) -> Error {
+        Error::Rpc {
+            address: "127.0.0.1:9999".into(),
+            status: Box::new(status),
+        }
+    }
+
+    #[test]
+    fn a_refused_connection_says_no_broker_listens_there() {
+        let mut status = tonic::Status::unavailable("tcp connect error");
+        status.set_source(Arc::new(std::io::Error::from(
+            std::io::ErrorKind::ConnectionRefused,
+        )));
+        let e = rpc(status);
+        assert!(e.is_connection_refused());
+        assert_eq!(
+            e.to_string(),
+            "cannot reach broker at 127.0.0.1:9999: connection refused (is a broker running there?)"
+        );
+    }
+
+    #[test]
+    fn another_failed_call_names_its_cause_and_code() {
+        let mut status = tonic::Status::unavailable("tcp connect error");
+        status.set_source(Arc::new(std::io::Error::other("name lookup failed")));
+        assert_eq!(
+            rpc(status).to_string(),
+            "request to 127.0.0.1:9999 failed: tcp connect error: name lookup failed (Unavailable)"
+        );
+        assert_eq!(
+            rpc(tonic::Status::cancelled("gone")).to_string(),
+            "request to 127.0.0.1:9999 failed: gone (Cancelled)"
+        );
     }
 }
