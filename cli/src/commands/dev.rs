@@ -12,6 +12,14 @@ use super::Context;
 /// How long `sluice dev` waits for its brokers to register before creating the example topic.
 const STARTUP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How to run the CLI from a checkout: the release build, the one `sluice dev` itself is run
+/// with in the README (a debug build would be a second, slower build). The README's tour
+/// says the same.
+const SLUICE_FROM_SOURCE: &str = "cargo run -q --release --bin sluice --";
+
+/// The CLI's `--bootstrap` default, which `sluice dev` serves with its default `--port`.
+pub(crate) const DEFAULT_BOOTSTRAP: &str = "127.0.0.1:9092";
+
 /// The example topic `sluice dev` creates.
 const EXAMPLE_TOPIC: &str = "events";
 const EXAMPLE_PARTITIONS: i32 = 6;
@@ -118,15 +126,21 @@ pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
         }
     }
     let first = format!("127.0.0.1:{}", args.port);
+    let sluice = SLUICE_FROM_SOURCE;
+    let bootstrap_hint = if first == DEFAULT_BOOTSTRAP {
+        format!("The CLI's default --bootstrap is {first}.")
+    } else {
+        format!("Add --bootstrap {first}: the CLI's default is {DEFAULT_BOOTSTRAP}.")
+    };
     outln!(
         "\nSluice is running: {n} broker(s), bootstrap {bootstrap}, data in {}\n\
          Example topic: '{EXAMPLE_TOPIC}' ({EXAMPLE_PARTITIONS} partitions, replication factor {}). In another terminal, try:\n\n  \
-         cargo run -q --release --bin sluice -- cluster status\n  \
-         printf 'alice:signed up\\nbob:paid\\nalice:logged in\\n' | cargo run -q --release --bin sluice -- produce {EXAMPLE_TOPIC} --key-separator :\n  \
-         cargo run -q --release --bin sluice -- consume {EXAMPLE_TOPIC} --from-beginning --format '{{partition}}@{{offset}} {{key}} {{value}}' --timeout 2s\n  \
-         cargo run -q --release --bin sluice -- topics describe {EXAMPLE_TOPIC}\n  \
-         cargo run -q --release --bin sluice -- bench produce --records 200000\n\n\
-         (The CLI's default --bootstrap is {first}.) Press Ctrl-C to stop; data is kept for the next run.\n",
+         {sluice} cluster status\n  \
+         printf 'alice:signed up\\nbob:paid\\nalice:logged in\\n' | {sluice} produce {EXAMPLE_TOPIC} --key-separator :\n  \
+         {sluice} consume {EXAMPLE_TOPIC} --from-beginning --format '{{partition}}@{{offset}} {{key}} {{value}}' --timeout 2s\n  \
+         {sluice} topics describe {EXAMPLE_TOPIC}\n  \
+         {sluice} bench produce --records 200000\n\n\
+         (`cargo install --path cli` puts `sluice` on your PATH instead. {bootstrap_hint}) Press Ctrl-C to stop; data is kept for the next run.\n",
         args.data_dir.display(),
         n.min(3)
     );
