@@ -34,12 +34,13 @@ use crate::output::Format;
     propagate_version = true
 )]
 struct Cli {
-    /// Broker(s) to connect to, host:port, comma-separated.
+    /// Broker(s) to connect to, host:port (or http://host:port), comma-separated.
     #[arg(
         long,
         global = true,
         env = "SLUICE_BOOTSTRAP",
-        default_value = "127.0.0.1:9092"
+        default_value = commands::dev::DEFAULT_BOOTSTRAP,
+        value_parser = commands::parse_bootstrap
     )]
     bootstrap: String,
     /// Output format.
@@ -69,14 +70,36 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // Help and version go to stdout as clap prints them; a mistake in the arguments
+            // is an error like any other, in JSON or YAML when the command line asked for it.
+            if e.use_stderr()
+                && let Some(format) = output::format_in_args(std::env::args())
+                && format != Format::Table
+            {
+                let text = e.render().to_string();
+                let message = text.split("\n\n").next().unwrap_or_default();
+                let message = message.trim().trim_start_matches("error: ");
+                output::print_error(format, "INVALID_ARGUMENT", message);
+                std::process::exit(e.exit_code());
+            }
+            e.exit()
+        }
+    };
+    let format = cli.output;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            output::print_error(
+                format,
+                output::GENERIC_ERROR,
+                &format!("cannot start the async runtime: {e}"),
+            );
             std::process::exit(1);
         }
     };
@@ -94,6 +117,9 @@ fn main() {
             Command::Bench(cmd) => commands::bench::run(&ctx, cmd).await,
         }
     });
+    // Without waiting for what is still running: a read of stdin blocks on its thread until
+    // a line comes (`produce` stopped by Ctrl-C), and answers nobody waits for any more.
+    runtime.shutdown_background();
     if let Err(e) = result {
         let closed_pipe = e.chain().any(|c| {
             c.downcast_ref::<std::io::Error>()
@@ -102,7 +128,7 @@ fn main() {
         if closed_pipe {
             std::process::exit(0);
         }
-        eprintln!("error: {e:#}");
+        output::print_error(format, output::error_code(&e), &format!("{e:#}"));
         std::process::exit(1);
     }
 }

@@ -34,6 +34,87 @@ pub(crate) fn print<T: Serialize>(
     Ok(())
 }
 
+/// The code of an error that is neither a broker's nor one of the kinds below.
+pub(crate) const GENERIC_ERROR: &str = "ERROR";
+
+/// The machine-readable code of a failure, for `-o json|yaml`: the Kafka error name when
+/// the broker or the client gave one (`UNKNOWN_TOPIC_OR_PARTITION`), else a stable generic
+/// code: `CONNECTION_FAILED` (no broker reached), `INVALID_ARGUMENT` (a mistake in what was
+/// asked), or [`GENERIC_ERROR`].
+pub(crate) fn error_code(e: &anyhow::Error) -> &'static str {
+    for cause in e.chain() {
+        if cause.is::<crate::commands::InvalidInput>() {
+            return "INVALID_ARGUMENT";
+        }
+        if let Some(e) = cause.downcast_ref::<sluice_client::Error>() {
+            if let Some(code) = e.code() {
+                return code.name();
+            }
+            return match e {
+                sluice_client::Error::Connect { .. } | sluice_client::Error::Rpc { .. } => {
+                    "CONNECTION_FAILED"
+                }
+                sluice_client::Error::InvalidArgument(_) => "INVALID_ARGUMENT",
+                _ => GENERIC_ERROR,
+            };
+        }
+    }
+    GENERIC_ERROR
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorReport<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+/// Reports a failure on stderr: `error: MESSAGE` for people, `{"error": {"code", "message"}}`
+/// (one line of JSON, or YAML) for scripts.
+pub(crate) fn print_error(format: Format, code: &str, message: &str) {
+    let report = ErrorReport {
+        error: ErrorBody { code, message },
+    };
+    let text = match format {
+        Format::Table => Ok(format!("error: {message}\n")),
+        Format::Json => serde_json::to_string(&report)
+            .map(|j| j + "\n")
+            .map_err(|e| e.to_string()),
+        Format::Yaml => serde_yaml::to_string(&report).map_err(|e| e.to_string()),
+    };
+    // Serialising two strings cannot fail; should it, the plain text still gets out.
+    eprint!(
+        "{}",
+        text.unwrap_or_else(|_| format!("error: {code}: {message}\n"))
+    );
+}
+
+/// The `-o`/`--output` format named in raw arguments, for reporting an error in them
+/// before they could be parsed.
+pub(crate) fn format_in_args(args: impl IntoIterator<Item = String>) -> Option<Format> {
+    use clap::ValueEnum;
+    let mut found = None;
+    let mut args = args.into_iter().skip(1);
+    while let Some(arg) = args.next() {
+        let value = match arg.as_str() {
+            "--" => break,
+            "-o" | "--output" => args.next(),
+            a => a
+                .strip_prefix("--output=")
+                .or_else(|| a.strip_prefix("-o"))
+                .map(|v| v.trim_start_matches('=').to_string()),
+        };
+        if let Some(f) = value.and_then(|v| Format::from_str(&v, true).ok()) {
+            found = Some(f);
+        }
+    }
+    found
+}
+
 /// A borderless, left-aligned table with upper-case headers, like kubectl's.
 pub(crate) fn table(headers: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
     let mut all: Vec<Vec<String>> = vec![headers.iter().map(|h| h.to_uppercase()).collect()];
@@ -70,5 +151,52 @@ pub(crate) fn bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        std::iter::once("sluice")
+            .chain(s.split_whitespace())
+            .map(String::from)
+            .collect()
+    }
+
+    #[test]
+    fn the_output_format_is_found_in_unparsed_arguments() {
+        assert_eq!(
+            format_in_args(args("topics list -o json")),
+            Some(Format::Json)
+        );
+        assert_eq!(
+            format_in_args(args("--output yaml topics")),
+            Some(Format::Yaml)
+        );
+        assert_eq!(format_in_args(args("--output=json x")), Some(Format::Json));
+        assert_eq!(format_in_args(args("-ojson x")), Some(Format::Json));
+        assert_eq!(format_in_args(args("topics list")), None);
+        assert_eq!(format_in_args(args("produce t -- -o json")), None);
+    }
+
+    #[test]
+    fn a_client_error_is_coded_by_its_kafka_name_or_its_kind() {
+        let broker = sluice_client::Error::Broker {
+            detail: Box::new(
+                <sluice_client::pb::ErrorDetail as sluice_proto::ErrorDetailExt>::new(
+                    sluice_client::ErrorCode::UnknownTopicOrPartition,
+                    "no such topic",
+                ),
+            ),
+        };
+        let e = anyhow::Error::new(broker).context("describing topic 't'");
+        assert_eq!(error_code(&e), "UNKNOWN_TOPIC_OR_PARTITION");
+        let e = anyhow::Error::new(sluice_client::Error::Closed);
+        assert_eq!(error_code(&e), GENERIC_ERROR);
+        let e = crate::commands::invalid("bad").context("parsing");
+        assert_eq!(error_code(&e), "INVALID_ARGUMENT");
+        assert_eq!(error_code(&anyhow::anyhow!("plain")), GENERIC_ERROR);
     }
 }

@@ -420,3 +420,155 @@ pub async fn read_all(client: ClientConfig, topic: &str) -> Vec<sluice_client::C
     }
     out
 }
+
+/// A `sluice` process left running with its stdin open (to type into it, or to stop it with
+/// Ctrl-C); its stdout and stderr are collected as they come. Killed when dropped.
+#[derive(Debug)]
+pub struct CliProcess {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CliProcess {
+    /// Starts `sluice --bootstrap ADDRESS ARGS...`.
+    pub fn spawn(address: &str, args: &[&str]) -> CliProcess {
+        let mut child = Command::new(bin("sluice"))
+            .args(["--bootstrap", address])
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sluice");
+        let mut readers = Vec::new();
+        let mut collect = |pipe: Box<dyn std::io::Read + Send>| {
+            let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+            let sink = text.clone();
+            readers.push(std::thread::spawn(move || {
+                let mut reader = BufReader::new(pipe);
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    sink.lock().expect("output lock").push_str(&line);
+                    line.clear();
+                }
+            }));
+            text
+        };
+        let stdout = collect(Box::new(child.stdout.take().expect("piped stdout")));
+        let stderr = collect(Box::new(child.stderr.take().expect("piped stderr")));
+        CliProcess {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    /// Writes to its stdin, which stays open.
+    pub fn write(&mut self, input: &str) {
+        use std::io::Write;
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        stdin.write_all(input.as_bytes()).expect("write to sluice");
+        stdin.flush().expect("flush to sluice");
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), signal).expect("signal sluice");
+    }
+
+    /// What it printed so far: (stdout, stderr).
+    pub fn output(&self) -> (String, String) {
+        (
+            self.stdout.lock().expect("output lock").clone(),
+            self.stderr.lock().expect("output lock").clone(),
+        )
+    }
+
+    /// Waits until `ready(stdout, stderr)` holds.
+    pub fn wait_for_output(
+        &self,
+        what: &str,
+        deadline: Duration,
+        ready: impl Fn(&str, &str) -> bool,
+    ) {
+        let end = Instant::now() + deadline;
+        loop {
+            let (out, err) = self.output();
+            if ready(&out, &err) {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "timed out after {deadline:?} waiting for {what}; stdout:\n{out}\nstderr:\n{err}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for it to exit (its stdin still open); returns its status, stdout and stderr.
+    pub fn wait(mut self, deadline: Duration) -> (ExitStatus, String, String) {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for sluice") {
+                // Its pipes closed with it: the readers are at their end.
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
+                let (out, err) = self.output();
+                return (status, out, err);
+            }
+            let (out, err) = self.output();
+            assert!(
+                Instant::now() < end,
+                "sluice did not exit within {deadline:?}; stdout:\n{out}\nstderr:\n{err}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CliProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing with `what` after `deadline` (for tests
+/// without an async runtime).
+pub fn wait_until<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Bytes that arrived at local TCP port `port` (IPv4) and were not read yet, over its
+/// established connections: what a stopped (SIGSTOP) broker has been sent meanwhile.
+pub fn unread_bytes_at(port: u16) -> u64 {
+    const ESTABLISHED: &str = "01";
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit_once(':')?.1;
+            let (_, rx) = fields.get(4)?.split_once(':')?;
+            (u16::from_str_radix(local_port, 16).ok()? == port && fields.get(3)? == &ESTABLISHED)
+                .then(|| u64::from_str_radix(rx, 16).ok())
+                .flatten()
+        })
+        .sum()
+}

@@ -15,7 +15,7 @@ use sluice_client::{
 };
 use std::sync::Mutex;
 
-use super::{Context, progress};
+use super::{Context, invalid, progress};
 use crate::output;
 
 #[derive(Debug, Subcommand)]
@@ -44,8 +44,8 @@ pub(crate) struct ProduceBench {
     /// min.insync.replicas of the topic when the bench creates it.
     #[arg(long, default_value_t = 1)]
     min_insync_replicas: i32,
-    /// 0, 1 or all.
-    #[arg(long, default_value = "all")]
+    /// 0, 1 or all (-1 means all, as in Kafka).
+    #[arg(long, default_value = "all", allow_negative_numbers = true)]
     acks: Acks,
     /// batch.size in bytes.
     #[arg(long, default_value_t = 256 * 1024)]
@@ -244,6 +244,18 @@ pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> 
 }
 
 async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
+    let compression = Compression::parse(&args.compression).ok_or_else(|| {
+        invalid(format!(
+            "invalid --compression '{}': use none, lz4 or zstd",
+            args.compression
+        ))
+    })?;
+    if args.warmup_records >= args.records {
+        return Err(invalid(format!(
+            "--warmup-records {} leaves nothing to measure: it must be less than --records {}",
+            args.warmup_records, args.records
+        )));
+    }
     let admin = Admin::new(ctx.client())?;
     let topic = NewTopic::new(&args.topic, args.partitions, args.replication_factor)
         .config("min.insync.replicas", args.min_insync_replicas.to_string());
@@ -252,18 +264,6 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
         Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
         Err(e) => return Err(e).with_context(|| format!("creating bench topic '{}'", args.topic)),
     }
-    let compression = Compression::parse(&args.compression).with_context(|| {
-        format!(
-            "invalid --compression '{}': use none, lz4 or zstd",
-            args.compression
-        )
-    })?;
-    anyhow::ensure!(
-        args.warmup_records < args.records,
-        "--warmup-records {} leaves nothing to measure: it must be less than --records {}",
-        args.warmup_records,
-        args.records
-    );
     let config = ProducerConfig {
         acks: args.acks,
         batch_size: args.batch_size,
@@ -294,7 +294,7 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
     );
     let histogram = Arc::new(Mutex::new(latency_histogram()));
     let steady_histogram = Arc::new(Mutex::new(latency_histogram()));
-    let bar = progress(ctx, Some(args.records), "producing");
+    let bar = progress(ctx, Some(args.records), "producing", false);
     let value = Bytes::from(
         (0..args.record_size)
             .map(|i| (i % 251) as u8)
@@ -499,7 +499,9 @@ async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
         .map(|&p| TopicPartition::new(&args.topic, p))
         .collect();
     let mut ends = Vec::new();
-    let mut available = 0u64;
+    // Offsets, not records: control batches (Raft bookkeeping) take offsets and yield no
+    // records, so this is only an upper bound of the records there are to read.
+    let mut offsets = 0u64;
     for tp in &tps {
         let start = consumer
             .list_offset(tp, sluice_proto::list_offsets::EARLIEST)
@@ -507,11 +509,10 @@ async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
         let end = consumer
             .list_offset(tp, sluice_proto::list_offsets::LATEST)
             .await?;
-        available += (end - start) as u64;
+        offsets += (end - start) as u64;
         ends.push((tp.clone(), end));
     }
-    let target = args.records.unwrap_or(available).min(available);
-    if target == 0 {
+    if offsets == 0 {
         anyhow::bail!(
             "topic '{}' has no records to read; run `sluice bench produce --topic {}` first",
             args.topic,
@@ -519,13 +520,17 @@ async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
         );
     }
     consumer.assign(tps, Offset::Earliest).await?;
-    let bar = progress(ctx, Some(target), "consuming");
+    let bar = progress(
+        ctx,
+        Some(args.records.unwrap_or(offsets).min(offsets)),
+        "consuming",
+        false,
+    );
     let started = Instant::now();
     let (mut records, mut bytes) = (0u64, 0u64);
-    // Offsets count control batches (Raft bookkeeping) that yield no records: the read is
-    // done when every partition reached its end offset, or at --records.
+    // The read is done when every partition reached its end offset, or at --records.
     let done = |c: &Consumer, records: u64| {
-        records >= target
+        args.records.is_some_and(|n| records >= n)
             || ends
                 .iter()
                 .all(|(tp, end)| c.position(tp).unwrap_or(0) >= *end)
@@ -533,23 +538,31 @@ async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
     while !done(&consumer, records) {
         let batch = consumer.poll(Duration::from_secs(10)).await?;
         if batch.is_empty() && !done(&consumer, records) {
-            anyhow::bail!("no records for 10s after {records} of {target}");
+            anyhow::bail!("no records for 10s after {records}");
         }
-        records += batch.len() as u64;
+        // A poll can return more than --records asks for: only those asked for count.
+        let take = args
+            .records
+            .map_or(batch.len(), |n| batch.len().min((n - records) as usize));
+        records += take as u64;
         bytes += batch
             .iter()
+            .take(take)
             .map(|r| r.value.len() as u64 + r.key.as_ref().map_or(0, |k| k.len() as u64))
             .sum::<u64>();
-        bar.set_position(records.min(target));
+        bar.set_position(records);
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
     Ok(Report {
         workload: format!(
-            "consume: topic '{}' from the start ({} partitions), {} records",
+            "consume: topic '{}' from the start ({} partitions), {}",
             args.topic,
             partitions.len(),
-            target
+            match args.records {
+                Some(n) => format!("the first {n} records"),
+                None => "up to its end at the start of the run".to_string(),
+            }
         ),
         records,
         bytes,
