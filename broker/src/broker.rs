@@ -354,6 +354,16 @@ impl Broker {
         self.config.node_id
     }
 
+    /// The controller leader if it leads with a quorum as this broker can tell (see
+    /// [`Controller::leader_with_quorum`]): none while the quorum is lost.
+    pub fn controller_leader(&self) -> Option<i32> {
+        self.controller.leader_with_quorum(|b| {
+            self.peers
+                .last_answer(b as u64)
+                .is_some_and(|t| t.elapsed() <= LEADER_SILENCE)
+        })
+    }
+
     /// The cluster id: the controller's once known, this data directory's until then.
     pub fn cluster_id(&self) -> String {
         let state = self.controller.state();
@@ -1157,15 +1167,33 @@ impl Broker {
         if validate_only {
             return Ok(record);
         }
-        match self
+        let proposed = self
             .controller
             .propose(MetaCommand::CreateTopic(record.clone()))
-            .await?
-        {
+            .await
+            .map_err(|e| match e {
+                Error::OutcomeUnknown(why) => Error::OutcomeUnknown(format!(
+                    "topic '{name}' may have been created: {why}. Check with `sluice topics describe {name}`; creating it again answers TOPIC_ALREADY_EXISTS if it was"
+                )),
+                Error::Timeout(why) => Error::Timeout(format!("topic '{name}' was not created: {why}")),
+                other => other,
+            })?;
+        match proposed {
             MetaResponse::Ok => {}
-            MetaResponse::Rejected { code, message } if code == "TOPIC_ALREADY_EXISTS" => {
-                let _ = message;
-                return Err(Error::TopicExists(name));
+            MetaResponse::Rejected { code, .. } if code == "TOPIC_ALREADY_EXISTS" => {
+                // The controller may have applied an earlier attempt of this very call (a
+                // forward whose answer was lost, then retried): that is a success.
+                self.await_local(|| self.controller.state().topics.contains_key(&name))
+                    .await;
+                let ours = self
+                    .controller
+                    .state()
+                    .topics
+                    .get(&name)
+                    .is_some_and(|t| t.topic_id == record.topic_id);
+                if !ours {
+                    return Err(Error::TopicExists(name));
+                }
             }
             MetaResponse::Rejected { message, .. } => return Err(Error::Rejected(message)),
             other => {
@@ -1216,13 +1244,20 @@ impl Broker {
     /// Deletes a topic through the controller; every broker then removes its data.
     pub async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<()> {
         self.topic_record(name)?;
-        match self
+        let proposed = self
             .controller
             .propose(MetaCommand::DeleteTopic {
                 name: name.to_string(),
             })
-            .await?
-        {
+            .await
+            .map_err(|e| match e {
+                Error::OutcomeUnknown(why) => Error::OutcomeUnknown(format!(
+                    "topic '{name}' may have been deleted: {why}. Check with `sluice topics describe {name}`"
+                )),
+                Error::Timeout(why) => Error::Timeout(format!("topic '{name}' was not deleted: {why}")),
+                other => other,
+            })?;
+        match proposed {
             MetaResponse::Ok => {}
             MetaResponse::Rejected { .. } => return Err(Error::UnknownTopic(name.to_string())),
             other => {

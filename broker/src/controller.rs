@@ -13,7 +13,7 @@ pub mod types;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::{BasicNode, Raft};
@@ -146,6 +146,22 @@ impl Controller {
             .map(|l| l as i32)
     }
 
+    /// The controller leader, if it leads with a quorum as far as this broker can tell:
+    /// openraft 0.9 keeps a leader that lost its quorum in its role, and followers keep
+    /// naming a leader that died. So this broker counts as the leader only if a quorum
+    /// acknowledged it within the election timeout, and another broker only if `answers`
+    /// says it answered this broker lately.
+    pub fn leader_with_quorum(&self, answers: impl Fn(i32) -> bool) -> Option<i32> {
+        let m = self.raft.metrics().borrow().clone();
+        let leader = m.current_leader? as i32;
+        if leader != self.node_id {
+            return answers(leader).then_some(leader);
+        }
+        let voters = m.membership_config.membership().voter_ids().count();
+        let lease = self.timing.election_timeout_max.as_millis() as u64;
+        (voters <= 1 || m.millis_since_quorum_ack.is_some_and(|ms| ms <= lease)).then_some(leader)
+    }
+
     fn leader_address(&self) -> Option<(i32, String)> {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader?;
@@ -154,16 +170,36 @@ impl Controller {
     }
 
     /// Commits a command through the controller leader, wherever it is, waiting through
-    /// elections up to the propose timeout.
+    /// elections up to the propose timeout. Fails with [`Error::OutcomeUnknown`] when the
+    /// command may have reached a leader that did not confirm it in time (a leader without
+    /// a quorum keeps it in its log and commits it once the quorum is back), and with
+    /// [`Error::Timeout`] only when it certainly reached none.
     pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse> {
-        let deadline = Instant::now() + self.timing.propose_timeout;
+        let timeout = self.timing.propose_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
         let mut last = String::from("no controller leader elected yet");
-        while Instant::now() < deadline {
+        let mut maybe_applied = false;
+        while tokio::time::Instant::now() < deadline {
             let attempt = match self.leader_address() {
                 Some((leader, _)) if leader == self.node_id => {
-                    self.propose_here(command.clone()).await
+                    match tokio::time::timeout_at(deadline, self.propose_here(command.clone()))
+                        .await
+                    {
+                        Ok(r) => r,
+                        Err(_) => {
+                            maybe_applied = true;
+                            last = format!(
+                                "this broker (node {}) leads the controller group, but no quorum of its voters confirmed the change",
+                                self.node_id
+                            );
+                            break;
+                        }
+                    }
                 }
-                Some((leader, address)) => self.forward(leader, &address, &command).await,
+                Some((leader, address)) => {
+                    self.forward(leader, &address, &command, deadline, &mut maybe_applied)
+                        .await
+                }
                 None => Err(Error::NotController { leader: None }),
             };
             match attempt {
@@ -173,40 +209,63 @@ impl Controller {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Err(Error::Timeout(format!(
-            "the controller quorum did not commit the change within {:?}: {last}",
-            self.timing.propose_timeout
-        )))
+        if maybe_applied {
+            Err(Error::OutcomeUnknown(format!(
+                "the controller quorum did not confirm the change within {timeout:?} ({last}); it may still be applied once a quorum of the controller voters answers"
+            )))
+        } else {
+            Err(Error::Timeout(format!(
+                "no controller quorum took the change within {timeout:?} ({last}); nothing was changed"
+            )))
+        }
     }
 
+    /// Sends a command to the controller leader. A refused connection certainly delivered
+    /// nothing; any other failure may have, and sets `maybe_applied`.
     async fn forward(
         &self,
         leader: i32,
         address: &str,
         command: &MetaCommand,
+        deadline: tokio::time::Instant,
+        maybe_applied: &mut bool,
     ) -> Result<MetaResponse> {
         let bytes = network::encode(command).map_err(|e| Error::Internal(e.to_string()))?;
         let mut client = self.channels.client(address).map_err(Error::Internal)?;
-        match client.propose(pb::Proposal { command: bytes }).await {
-            Ok(r) => network::decode(&r.into_inner().response).map_err(|e| {
-                Error::Internal(format!("controller {leader} answered undecodably: {e}"))
-            }),
-            Err(status) => {
-                use sluice_proto::ErrorDetailExt;
-                Err(match pb::ErrorDetail::from_status(&status) {
-                    Some(d) if d.error_code() == sluice_proto::ErrorCode::NotController => {
-                        Error::NotController { leader: None }
-                    }
-                    Some(d) => {
-                        Error::Internal(format!("controller {leader}: {}: {}", d.code, d.message))
-                    }
-                    None => {
-                        self.channels.forget(address);
-                        Error::NotController { leader: None }
-                    }
-                })
+        let answer =
+            tokio::time::timeout_at(deadline, client.propose(pb::Proposal { command: bytes }))
+                .await;
+        let status = match answer {
+            Ok(Ok(r)) => {
+                return network::decode(&r.into_inner().response).map_err(|e| {
+                    Error::Internal(format!("controller {leader} answered undecodably: {e}"))
+                });
             }
-        }
+            Ok(Err(status)) => status,
+            Err(_) => {
+                *maybe_applied = true;
+                return Err(Error::NotController { leader: None });
+            }
+        };
+        use sluice_proto::ErrorDetailExt;
+        Err(match pb::ErrorDetail::from_status(&status) {
+            Some(d) if d.error_code() == sluice_proto::ErrorCode::NotController => {
+                Error::NotController { leader: None }
+            }
+            // The leader answered with an outcome it knows to be unknown.
+            Some(d) if d.error_code() == sluice_proto::ErrorCode::RequestTimedOut => {
+                *maybe_applied = true;
+                Error::NotController { leader: None }
+            }
+            Some(d) => Error::Internal(format!("controller {leader}: {}: {}", d.code, d.message)),
+            None => {
+                if !sluice_proto::is_connection_refused(&status) {
+                    *maybe_applied = true;
+                }
+                self.channels.forget(address);
+                Error::NotController { leader: None }
+            }
+        })
     }
 
     /// Commits a command on this node, which must lead the group.

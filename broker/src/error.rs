@@ -64,6 +64,9 @@ pub enum Error {
     },
     #[error("{0}")]
     Timeout(String),
+    /// A change was sent but not confirmed: it may or may not take effect.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     #[error("metadata store: {0}")]
     Metadata(#[from] sled::Error),
     #[error("{0}")]
@@ -136,7 +139,7 @@ impl Error {
                 StorageError::Io { .. } => ErrorCode::StorageError,
             },
             Error::PartitionOffline { .. } => ErrorCode::StorageError,
-            Error::Timeout(_) => ErrorCode::RequestTimedOut,
+            Error::Timeout(_) | Error::OutcomeUnknown(_) => ErrorCode::RequestTimedOut,
             Error::Metadata(_) => ErrorCode::StorageError,
             Error::Internal(_) => ErrorCode::UnknownServerError,
             Error::ShuttingDown => ErrorCode::BrokerNotAvailable,

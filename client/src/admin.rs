@@ -62,7 +62,8 @@ impl Admin {
             config: topic.config.into_iter().collect(),
             validate_only,
         };
-        let resp = self.cluster.admin_call(|mut c| {
+        let what = format!("creating topic '{}'", req.name);
+        let resp = self.cluster.admin_change(&what, |mut c| {
             let r = req.clone();
             async move { c.create_topic(r).await }
         });
@@ -75,7 +76,7 @@ impl Admin {
             name: name.to_string(),
         };
         self.cluster
-            .admin_call(|mut c| {
+            .admin_change(&format!("deleting topic '{name}'"), |mut c| {
                 let r = req.clone();
                 async move { c.delete_topic(r).await }
             })

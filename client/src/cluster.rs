@@ -133,8 +133,29 @@ impl Cluster {
     }
 
     /// Runs an admin call against the first broker that answers: the one that answered
-    /// last, the brokers the latest metadata named, then the bootstrap list.
-    pub async fn admin_call<T, F, Fut>(&self, mut call: F) -> Result<T>
+    /// last, the brokers the latest metadata named, then the bootstrap list. For reads:
+    /// any failure moves on to the next broker.
+    pub async fn admin_call<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: FnMut(AdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.admin_request(None, call).await
+    }
+
+    /// Runs an admin call that changes the cluster (`what`, e.g. "creating topic 'x'").
+    /// It moves on to the next broker only when the last certainly did not get it (the
+    /// connection was refused); after a timeout or a broken call the change may have been
+    /// made, so it fails with [`Error::OutcomeUnknown`] instead of sending it again.
+    pub async fn admin_change<T, F, Fut>(&self, what: &str, call: F) -> Result<T>
+    where
+        F: FnMut(AdminClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.admin_request(Some(what), call).await
+    }
+
+    async fn admin_request<T, F, Fut>(&self, change: Option<&str>, mut call: F) -> Result<T>
     where
         F: FnMut(AdminClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -154,6 +175,11 @@ impl Cluster {
                 }
             }
         }
+        let unknown = |address: &str, cause: String| Error::OutcomeUnknown {
+            what: change.unwrap_or_default().to_string(),
+            address: address.to_string(),
+            cause,
+        };
         for address in &candidates {
             let client = self.admin_client(address)?;
             match tokio::time::timeout(self.config.request_timeout, call(client)).await {
@@ -167,9 +193,18 @@ impl Cluster {
                         return Err(err);
                     }
                     self.drop_channel(address);
+                    if change.is_some() && !err.is_connection_refused() {
+                        return Err(unknown(address, err.to_string()));
+                    }
                     last = Some(err);
                 }
                 Err(_) => {
+                    if change.is_some() {
+                        return Err(unknown(
+                            address,
+                            format!("no answer within {:?}", self.config.request_timeout),
+                        ));
+                    }
                     last = Some(Error::Timeout {
                         what: format!("request to {address}"),
                         after: self.config.request_timeout,

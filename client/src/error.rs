@@ -42,6 +42,16 @@ pub enum Error {
     },
     #[error("the producer is closed")]
     Closed,
+    /// A change was sent and no answer came back: it may or may not have been made. Not
+    /// sent again by the client, since doing it twice may not be what was meant.
+    #[error(
+        "{what}: the outcome is unknown: {address} did not answer ({cause}); the change may have been made: check before retrying"
+    )]
+    OutcomeUnknown {
+        what: String,
+        address: String,
+        cause: String,
+    },
     /// Records behind a batch that finally failed: resending them could store them ahead of
     /// it, so they are not retried. They may or may not have been stored.
     #[error(
@@ -117,7 +127,9 @@ impl Error {
         match self {
             Error::Broker { detail } => Some(detail.error_code()),
             Error::Corrupt { .. } => Some(ErrorCode::CorruptMessage),
-            Error::Timeout { .. } => Some(ErrorCode::RequestTimedOut),
+            Error::Timeout { .. } | Error::OutcomeUnknown { .. } => {
+                Some(ErrorCode::RequestTimedOut)
+            }
             _ => None,
         }
     }

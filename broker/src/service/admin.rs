@@ -238,7 +238,7 @@ impl Admin for AdminService {
             .collect();
         Ok(Response::new(pb::MetadataResponse {
             cluster_id: self.broker.cluster_id(),
-            controller_id: self.broker.controller.leader().unwrap_or(-1),
+            controller_id: self.broker.controller_leader().unwrap_or(-1),
             brokers: self
                 .broker
                 .known_brokers()

@@ -1,6 +1,7 @@
 //! End-to-end tests against real broker processes. One test binary (one link) with a
 //! module per area.
 
+mod admin;
 mod cli;
 mod cluster;
 mod consumer;
