@@ -72,6 +72,22 @@ pub struct Cluster {
     cache: Arc<RwLock<Cache>>,
 }
 
+/// How an admin call is made.
+#[derive(Debug, Default, Clone, Copy)]
+struct Call<'a> {
+    /// A change (what it is): not resent after a timeout or a broken call.
+    change: Option<&'a str>,
+    /// A broker not to ask (it is the one not answering).
+    avoid: Option<&'a str>,
+    /// Per broker asked; default the request timeout.
+    timeout: Option<Duration>,
+}
+
+/// How often a client waiting for a new partition leader asks for metadata, and how long
+/// it waits for each answer.
+pub const LEADER_POLL: Duration = Duration::from_millis(50);
+pub const LEADER_POLL_TIMEOUT: Duration = Duration::from_millis(500);
+
 /// HTTP/2 windows large enough for MiB-sized batches at full speed.
 const STREAM_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
@@ -140,7 +156,7 @@ impl Cluster {
         F: FnMut(AdminClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.admin_request(None, call).await
+        self.admin_request(Call::default(), call).await
     }
 
     /// Runs an admin call that changes the cluster (`what`, e.g. "creating topic 'x'").
@@ -152,10 +168,17 @@ impl Cluster {
         F: FnMut(AdminClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
-        self.admin_request(Some(what), call).await
+        self.admin_request(
+            Call {
+                change: Some(what),
+                ..Call::default()
+            },
+            call,
+        )
+        .await
     }
 
-    async fn admin_request<T, F, Fut>(&self, change: Option<&str>, mut call: F) -> Result<T>
+    async fn admin_request<T, F, Fut>(&self, how: Call<'_>, mut call: F) -> Result<T>
     where
         F: FnMut(AdminClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
@@ -170,11 +193,13 @@ impl Cluster {
                 .chain(&cache.brokers)
                 .chain(&self.config.bootstrap)
             {
-                if !candidates.contains(b) {
+                if !candidates.contains(b) && Some(b.as_str()) != how.avoid {
                     candidates.push(b.clone());
                 }
             }
         }
+        let change = how.change;
+        let timeout = how.timeout.unwrap_or(self.config.request_timeout);
         let unknown = |address: &str, cause: String| Error::OutcomeUnknown {
             what: change.unwrap_or_default().to_string(),
             address: address.to_string(),
@@ -182,7 +207,7 @@ impl Cluster {
         };
         for address in &candidates {
             let client = self.admin_client(address)?;
-            match tokio::time::timeout(self.config.request_timeout, call(client)).await {
+            match tokio::time::timeout(timeout, call(client)).await {
                 Ok(Ok(resp)) => {
                     self.cache.write().answered = Some(address.clone());
                     return Ok(resp.into_inner());
@@ -200,14 +225,11 @@ impl Cluster {
                 }
                 Err(_) => {
                     if change.is_some() {
-                        return Err(unknown(
-                            address,
-                            format!("no answer within {:?}", self.config.request_timeout),
-                        ));
+                        return Err(unknown(address, format!("no answer within {timeout:?}")));
                     }
                     last = Some(Error::Timeout {
                         what: format!("request to {address}"),
-                        after: self.config.request_timeout,
+                        after: timeout,
                         last: "no answer".into(),
                     })
                 }
@@ -218,11 +240,15 @@ impl Cluster {
 
     /// Fetches metadata for `topics` (all when empty) and updates the cache.
     pub async fn refresh(&self, topics: &[String]) -> Result<pb::MetadataResponse> {
+        self.refresh_with(topics, Call::default()).await
+    }
+
+    async fn refresh_with(&self, topics: &[String], how: Call<'_>) -> Result<pb::MetadataResponse> {
         let request = pb::MetadataRequest {
             topics: topics.to_vec(),
         };
         let resp = self
-            .admin_call(|mut c| {
+            .admin_request(how, |mut c| {
                 let r = request.clone();
                 async move { c.metadata(r).await }
             })
@@ -275,6 +301,57 @@ impl Cluster {
                     format!("unknown topic '{name}'; create it with `sluice topics create {name}`"),
                 ))
             })
+    }
+
+    /// The leader address of a partition as cached, without asking anyone.
+    pub fn cached_leader(&self, topic: &str, partition: i32) -> Option<String> {
+        let cache = self.cache.read();
+        let (route, _) = cache.topics.get(topic)?;
+        route.leaders.get(partition as usize)?.clone()
+    }
+
+    /// Waits until metadata names a leader for the partition other than `old` (returned),
+    /// asking every `LEADER_POLL` and at most until `until`. For a request that failed or
+    /// hangs at `old`: retrying as soon as another leader is named recovers at the failover
+    /// time rather than at the next backoff step. Metadata is asked of brokers other than
+    /// `old` (which may be the one not answering), each within `LEADER_POLL_TIMEOUT`, and
+    /// at most once per `LEADER_POLL` per topic whoever asks.
+    pub async fn await_other_leader(
+        &self,
+        topic: &str,
+        partition: i32,
+        old: Option<&str>,
+        until: tokio::time::Instant,
+    ) -> Option<String> {
+        loop {
+            let fresh = self
+                .cache
+                .read()
+                .topics
+                .get(topic)
+                .is_some_and(|(_, at)| at.elapsed() < LEADER_POLL);
+            if !fresh {
+                let how = Call {
+                    avoid: old,
+                    timeout: Some(LEADER_POLL_TIMEOUT),
+                    ..Call::default()
+                };
+                if let Err(e) = self.refresh_with(&[topic.to_string()], how).await {
+                    tracing::debug!(topic, cause = %e, "metadata while waiting for a new leader");
+                }
+            }
+            if let Some(leader) = self.cached_leader(topic, partition)
+                && Some(leader.as_str()) != old
+            {
+                return Some(leader);
+            }
+            let next = tokio::time::Instant::now() + LEADER_POLL;
+            if next >= until {
+                tokio::time::sleep_until(until).await;
+                return None;
+            }
+            tokio::time::sleep_until(next).await;
+        }
     }
 
     /// Marks a topic's routing stale (after NOT_LEADER or a connection failure).

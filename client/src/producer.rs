@@ -26,7 +26,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use parking_lot::Mutex;
 use sluice_proto::batch::Compression;
-use sluice_proto::{ErrorCode, RecordBatchBuilder, acks, pb};
+use sluice_proto::{ErrorCode, ErrorDetailExt, RecordBatchBuilder, acks, pb};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 
@@ -98,6 +98,11 @@ pub struct ProducerConfig {
     /// once, 1 to 5. Takes effect with idempotence, which keeps them in order across
     /// retries; without it the producer sends one at a time, so a retry cannot reorder.
     pub max_in_flight: usize,
+    /// With idempotence: a request unanswered for this long starts watching metadata, and
+    /// once another broker is named the partition's leader (the one asked is paused, hung
+    /// or cut off) the batch is resent there instead of waiting out `request.timeout.ms`;
+    /// the partition stores it once either way.
+    pub leader_move_check: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -114,6 +119,7 @@ impl Default for ProducerConfig {
             compression: Compression::None,
             enable_idempotence: true,
             max_in_flight: MAX_IN_FLIGHT,
+            leader_move_check: Duration::from_millis(500),
         }
     }
 }
@@ -844,6 +850,7 @@ impl Worker {
         let cluster = &self.inner.cluster;
         let mut backoff = config.retry_backoff;
         let mut attempts = 1u32;
+        let mut hinted = false;
         loop {
             if !(last.is_retriable() || resend_anyway) {
                 return Err(last);
@@ -860,9 +867,37 @@ impl Worker {
             }
             tracing::warn!(topic = %self.topic, partition = self.partition, attempts, cause = %last, "retrying produce");
             if !resend_anyway {
-                cluster.invalidate(&self.topic);
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(config.retry_backoff_max);
+                // A leader the error names is tried at once (once in a row: two brokers
+                // with stale views must not ping-pong); otherwise wait out the backoff,
+                // but no longer than until metadata names another leader than the one
+                // that failed, so a failover is followed when it completes, not at the
+                // next backoff step.
+                let named = last
+                    .detail()
+                    .filter(|d| {
+                        d.error_code() == ErrorCode::NotLeader && !d.leader_address.is_empty()
+                    })
+                    .map(|d| d.leader_address.clone());
+                let failed_at = cluster.cached_leader(&self.topic, self.partition);
+                match named {
+                    Some(leader) if !hinted && Some(&leader) != failed_at.as_ref() => {
+                        hinted = true;
+                        cluster.note_leader(&self.topic, self.partition, leader);
+                    }
+                    _ => {
+                        hinted = false;
+                        let until = tokio::time::Instant::now() + backoff;
+                        cluster
+                            .await_other_leader(
+                                &self.topic,
+                                self.partition,
+                                failed_at.as_deref(),
+                                until,
+                            )
+                            .await;
+                        backoff = (backoff * 2).min(config.retry_backoff_max);
+                    }
+                }
             }
             resend_anyway = false;
             attempts += 1;
@@ -1048,14 +1083,46 @@ async fn attempt(
     let address = cluster.leader(&topic, partition).await?;
     let mut client = cluster.log_client(&address)?;
     let req = pb::ProduceRequest {
-        topic,
+        topic: topic.clone(),
         partition,
         acks: inner.config.acks.wire(),
         timeout_ms: timeout.as_millis() as u32,
         batch,
     };
     let sent = Instant::now();
-    let answer = tokio::time::timeout(timeout, client.produce(req)).await;
+    let call = tokio::time::timeout(timeout, client.produce(req));
+    // A leader that went silent (paused, hung, cut off) is replaced by an election while
+    // this request waits: with idempotence the batch can be resent to the new leader
+    // safely, so watch for one rather than wait out the whole request timeout.
+    let moved = async {
+        if !inner.config.idempotent() {
+            return std::future::pending().await;
+        }
+        tokio::time::sleep(inner.config.leader_move_check).await;
+        let until = tokio::time::Instant::from_std(sent + timeout);
+        match cluster
+            .await_other_leader(&topic, partition, Some(&address), until)
+            .await
+        {
+            Some(leader) => leader,
+            None => std::future::pending().await,
+        }
+    };
+    let answer = tokio::select! {
+        answer = call => answer,
+        leader = moved => {
+            let mut detail = pb::ErrorDetail::new(
+                ErrorCode::NotLeader,
+                format!(
+                    "{topic}-{partition}: no answer from {address} within {:?} while metadata names {leader} as the leader; resending there",
+                    sent.elapsed()
+                ),
+            );
+            detail.leader_address = leader;
+            cluster.drop_channel(&address);
+            return Err(Error::broker(detail));
+        }
+    };
     if answer.is_ok() {
         inner.stats.answered(sent.elapsed());
     }

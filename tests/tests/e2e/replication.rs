@@ -775,3 +775,72 @@ async fn a_producer_outlives_its_only_bootstrap_broker() {
         .await
         .expect("delivered without the bootstrap broker");
 }
+
+/// A SIGSTOPped leader neither answers nor refuses: idempotent producers resend their
+/// batches to the leader the other replicas elect, instead of waiting out the 30 s request
+/// timeout, and every record is stored once, in order, at the offset it was acknowledged
+/// with.
+#[tokio::test]
+async fn producers_move_to_the_new_leader_while_the_old_one_is_paused() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("stall", 1, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .unwrap();
+    let old = leader_of(&admin, "stall").await;
+    let mut client = cluster.client();
+    client.request_timeout = Duration::from_secs(30);
+    let producer = Producer::connect(client, ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        let v = format!("a{i:02}");
+        let d = producer
+            .send(ProducerRecord::new("stall", v.clone()).partition(0))
+            .await
+            .unwrap();
+        acked.push((v, d.await.unwrap().offset));
+    }
+    cluster.node(old).signal(nix::sys::signal::Signal::SIGSTOP);
+    let paused = Instant::now();
+    let mut pending = Vec::new();
+    for i in 0..20 {
+        let v = format!("b{i:02}");
+        let d = producer
+            .send(ProducerRecord::new("stall", v.clone()).partition(0))
+            .await
+            .unwrap();
+        pending.push((v, d));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for (v, d) in pending {
+        let left = Duration::from_secs(10).saturating_sub(paused.elapsed());
+        let offset = tokio::time::timeout(left, d)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("record {v} not acknowledged within 10 s of pausing the leader (the request timeout is 30 s)")
+            })
+            .unwrap_or_else(|e| panic!("record {v}: {e}"))
+            .offset;
+        acked.push((v, offset));
+    }
+    assert!(cluster.node(old).is_running());
+    cluster.node(old).signal(nix::sys::signal::Signal::SIGCONT);
+
+    let new = leader_of_live(&admin, "stall", old).await;
+    let records = sluice_tests::read_all(cluster.node(new).client(), "stall").await;
+    let stored: Vec<(String, i64)> = records
+        .iter()
+        .map(|r| (String::from_utf8_lossy(&r.value).into_owned(), r.offset))
+        .collect();
+    assert_eq!(
+        stored, acked,
+        "every record once, in order, at its acknowledged offset"
+    );
+}
