@@ -22,6 +22,7 @@ pub const DEFAULT_MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
 pub const DEFAULT_METADATA_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_RAFT_TAIL_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
+pub const DEFAULT_CONTROLLED_SHUTDOWN_TIMEOUT: &str = "10s";
 pub const DEFAULT_REPLICA_LAG_TIME_MAX: &str = "10s";
 pub const DEFAULT_LEADER_REBALANCE_INTERVAL: &str = "30s";
 pub const DEFAULT_MAX_PRODUCERS_PER_PARTITION: usize = crate::producer_state::MAX_PRODUCERS;
@@ -92,6 +93,10 @@ pub struct Config {
     /// replication and apply read them without going to disk (at most 4 MiB per partition).
     pub raft_tail_cache_bytes: u64,
     pub shutdown_timeout: Duration,
+    /// Kafka's `controlled.shutdown.enable`: on SIGTERM/SIGINT the broker first hands every
+    /// partition it leads to an in-sync follower, for at most this long, so producers and
+    /// consumers move over without noticing a failure. Zero turns it off.
+    pub controlled_shutdown_timeout: Duration,
     /// Kafka's `replica.lag.time.max.ms`: a follower not caught up for this long leaves the
     /// in-sync set.
     pub replica_lag_time_max: Duration,
@@ -148,6 +153,7 @@ impl Default for Config {
             metadata_cache_bytes: DEFAULT_METADATA_CACHE_BYTES,
             raft_tail_cache_bytes: DEFAULT_RAFT_TAIL_CACHE_BYTES,
             shutdown_timeout: dur(DEFAULT_SHUTDOWN_TIMEOUT),
+            controlled_shutdown_timeout: dur(DEFAULT_CONTROLLED_SHUTDOWN_TIMEOUT),
             replica_lag_time_max: dur(DEFAULT_REPLICA_LAG_TIME_MAX),
             leader_rebalance_interval: dur(DEFAULT_LEADER_REBALANCE_INTERVAL),
             max_producers_per_partition: DEFAULT_MAX_PRODUCERS_PER_PARTITION,
@@ -250,6 +256,7 @@ struct ConfigFile {
     metadata_cache_bytes: Option<u64>,
     raft_tail_cache_bytes: Option<u64>,
     shutdown_timeout: Option<String>,
+    controlled_shutdown_timeout: Option<String>,
     replica_lag_time_max: Option<String>,
     leader_rebalance_interval: Option<String>,
     max_producers_per_partition: Option<usize>,
@@ -321,6 +328,10 @@ pub struct Args {
     /// How long a graceful shutdown may take before the broker exits anyway [default: 30s]
     #[arg(long, env = "SLUICE_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<String>,
+    /// On SIGTERM, hand every partition led here to an in-sync follower first, for at most
+    /// this long (controlled.shutdown.enable); 0s turns it off [default: 10s]
+    #[arg(long, env = "SLUICE_CONTROLLED_SHUTDOWN_TIMEOUT")]
+    pub controlled_shutdown_timeout: Option<String>,
     /// A follower not caught up for this long leaves the in-sync set
     /// (replica.lag.time.max.ms) [default: 10s]
     #[arg(long, env = "SLUICE_REPLICA_LAG_TIME_MAX")]
@@ -421,6 +432,12 @@ impl Args {
                 self.shutdown_timeout,
                 file.shutdown_timeout,
                 d.shutdown_timeout,
+            )?,
+            controlled_shutdown_timeout: pick_dur(
+                "controlled_shutdown_timeout",
+                self.controlled_shutdown_timeout,
+                file.controlled_shutdown_timeout,
+                d.controlled_shutdown_timeout,
             )?,
             replica_lag_time_max: pick_dur(
                 "replica_lag_time_max",

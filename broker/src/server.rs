@@ -88,7 +88,7 @@ pub async fn run(
                 .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
                 .add_service(service)
                 .serve_with_incoming_shutdown(
-                    TcpIncoming::from(l).with_nodelay(Some(true)),
+                    closing_with(TcpIncoming::from(l).with_nodelay(Some(true)), stop.clone()),
                     async move { stop.cancelled().await },
                 ),
         )
@@ -98,8 +98,13 @@ pub async fn run(
     tracing::info!(address = %local, node_id = broker.config.node_id, flush = %broker.config.flush, "serving");
     let stop = broker.shutdown.clone();
     let peers = broker.peers.clone();
+    let handing_off = broker.clone();
+    let controlled = broker.config.controlled_shutdown_timeout;
     // Options on the builder apply only to listeners tonic binds itself; set them here.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let incoming = closing_with(
+        TcpIncoming::from(listener).with_nodelay(Some(true)),
+        broker.shutdown.clone(),
+    );
     let served = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -111,6 +116,11 @@ pub async fn run(
         )
         .serve_with_incoming_shutdown(incoming, async move {
             shutdown.await;
+            // Still serving: writes that arrive during a hand-off are answered NOT_LEADER
+            // with the new leader.
+            if !controlled.is_zero() {
+                handing_off.hand_off_leaderships(controlled).await;
+            }
             tracing::info!("shutting down: finishing in-flight requests");
             peers.close();
             // Long-polls end now rather than at their deadline.
@@ -142,6 +152,18 @@ pub async fn run(
         tracing::error!(timeout = ?shutdown_timeout, "closing logs took too long; the next start will recover them");
     }
     result
+}
+
+/// The accepted connections of a listener, ending (and closing the listening socket) when
+/// `stop` is cancelled. A socket that is still open but no longer accepted from completes
+/// new TCP handshakes into its backlog, so a client reconnecting to a stopping broker would
+/// hang until the process exits instead of being refused at once and moving on.
+fn closing_with(
+    incoming: TcpIncoming,
+    stop: tokio_util::sync::CancellationToken,
+) -> impl futures::Stream<Item = <TcpIncoming as futures::Stream>::Item> {
+    use futures::StreamExt;
+    incoming.take_until(stop.cancelled_owned())
 }
 
 /// Structured logs to stderr; `RUST_LOG` filters. The default is `info` for Sluice and

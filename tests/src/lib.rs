@@ -47,6 +47,8 @@ pub struct Broker {
     args: Vec<String>,
     stderr_log: PathBuf,
     log_filter: String,
+    /// Where the next start listens; a free port when unset.
+    listen: Option<String>,
 }
 
 impl Broker {
@@ -70,6 +72,7 @@ impl Broker {
             args,
             stderr_log: data_dir.with_extension("broker.log"),
             log_filter: log_filter.to_string(),
+            listen: None,
         };
         b.spawn();
         b
@@ -84,7 +87,7 @@ impl Broker {
         let mut child = Command::new(bin("sluice-broker"))
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", self.listen.as_deref().unwrap_or("127.0.0.1:0")])
             .args(&self.args)
             .env("RUST_LOG", &self.log_filter)
             .stdout(Stdio::piped())
@@ -160,6 +163,15 @@ impl Broker {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the broker before restarting it");
         self.spawn();
+    }
+
+    /// Starts the broker again on the same data directory, flags and client address, as a
+    /// restarted broker in a real deployment comes back (clients keep their addresses).
+    pub fn restart_in_place(&mut self) {
+        assert!(self.child.is_none(), "stop the broker before restarting it");
+        self.listen = Some(self.address.clone());
+        self.spawn();
+        self.listen = None;
     }
 
     pub fn client(&self) -> ClientConfig {

@@ -59,6 +59,25 @@ struct Leadership {
 /// Most batches in one AppendEntries call.
 pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
 
+/// One write counted in [`Replica::proposing`] while it lives.
+struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Counted<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Counted(count)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// How often a write that arrived during a leadership hand-over checks whether it is done.
+const HAND_OVER_POLL: Duration = Duration::from_millis(2);
+
 /// Election timeouts a non-preferred replica of a new group waits for the preferred one to
 /// campaign before it initializes the group itself.
 const INIT_FALLBACK_TIMEOUTS: u32 = 2;
@@ -166,8 +185,14 @@ pub struct Replica {
     inflight: tokio::sync::Mutex<Inflight>,
     /// Where retention asks the state machine to take its next snapshot.
     snapshot_upto: Arc<std::sync::atomic::AtomicU64>,
-    /// Set while this leader hands leadership to the preferred replica: writes wait.
+    /// Set while this leader hands leadership to another replica: writes wait.
     handing_over: std::sync::atomic::AtomicBool,
+    /// The replica leadership was last handed to and the term it took over in: named to
+    /// writes that waited for the hand-over while this replica has not heard from the new
+    /// leader yet (in that term only).
+    handed_to: Mutex<Option<(i32, u64)>>,
+    /// Writes between their leadership check and their answer.
+    proposing: std::sync::atomic::AtomicUsize,
     /// How long a batch ahead of its producer's sequence waits for the ones before it.
     sequence_wait: Duration,
     /// Told whenever an idempotent producer's batch is proposed.
@@ -300,6 +325,8 @@ impl Replica {
             inflight: tokio::sync::Mutex::new(Inflight::default()),
             snapshot_upto,
             handing_over: std::sync::atomic::AtomicBool::new(false),
+            handed_to: Mutex::new(None),
+            proposing: std::sync::atomic::AtomicUsize::new(0),
             sequence_wait: stores.sequence_wait,
             proposed: tokio::sync::Notify::new(),
         }))
@@ -380,7 +407,11 @@ impl Replica {
     }
 
     fn not_leader(&self, state: &crate::controller::ClusterState) -> Error {
-        match self.leader().filter(|l| *l != self.node_id) {
+        let term = self.raft.metrics().borrow().current_term;
+        let handed_to = (*self.handed_to.lock())
+            .filter(|(_, t)| *t == term)
+            .map(|(to, _)| to);
+        match self.leader().filter(|l| *l != self.node_id).or(handed_to) {
             Some(leader) => match state.brokers.get(&leader) {
                 Some(b) => Error::NotLeader {
                     topic: self.topic.to_string(),
@@ -398,6 +429,19 @@ impl Replica {
                 partition: self.id,
             },
         }
+    }
+
+    /// A replica campaigning when a write arrives (a hand-over's target, a follower taking
+    /// over from a crashed leader: clients are sent here as soon as the election starts)
+    /// waits for the outcome, at most an election timeout, instead of answering
+    /// LEADER_NOT_AVAILABLE and sending the producer into its backoff.
+    async fn await_candidacy(&self, deadline: tokio::time::Instant) {
+        if self.raft.metrics().borrow().state != ServerState::Candidate {
+            return;
+        }
+        let until = deadline.min(tokio::time::Instant::now() + self.timing.election_timeout_max);
+        self.watch_metrics(until, |m| (m.state != ServerState::Candidate).then_some(()))
+            .await;
     }
 
     /// Fails unless this replica leads its group.
@@ -423,15 +467,32 @@ impl Replica {
         acks_level: i32,
         timeout: Duration,
     ) -> Result<(i64, i64)> {
-        self.check_leader(state)?;
-        if self.handing_over.load(std::sync::atomic::Ordering::Acquire) {
-            // Retriable: the client asks again once the preferred replica leads.
-            return Err(Error::LeaderNotAvailable {
-                topic: self.topic.to_string(),
-                partition: self.id,
-            });
-        }
         let deadline = tokio::time::Instant::now() + timeout;
+        self.await_candidacy(deadline).await;
+        self.check_leader(state)?;
+        // Counted before `handing_over` is read, so that a hand-over (which sets it, then
+        // waits for the count to drain) never misses a write on its way into the log.
+        let _proposing = loop {
+            let counted = Counted::new(&self.proposing);
+            if !self.handing_over.load(std::sync::atomic::Ordering::SeqCst) {
+                break counted;
+            }
+            drop(counted);
+            // Leadership is moving: wait for the move (bounded), then answer NOT_LEADER
+            // with the new leader, which the producer follows at once.
+            while self.handing_over.load(std::sync::atomic::Ordering::SeqCst)
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(HAND_OVER_POLL).await;
+            }
+            self.check_leader(state)?;
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::LeaderNotAvailable {
+                    topic: self.topic.to_string(),
+                    partition: self.id,
+                });
+            }
+        };
         let min_isr = self.config.min_insync_replicas as usize;
         if acks_level == acks::ALL {
             self.await_in_sync(min_isr, deadline).await?;
@@ -832,72 +893,154 @@ impl Replica {
     }
 
     /// Hands leadership to the preferred replica if this leader is not it and it is in sync
-    /// and caught up: the other followers pause their election timers, this leader stops
-    /// its heartbeats, so the preferred replica's timer fires first and it wins the
-    /// election. If no new leader emerges within a few election timeouts, this one resumes.
-    /// Returns whether leadership moved.
+    /// and caught up. Returns whether leadership moved.
     pub async fn hand_back_leadership(&self, group: u64) -> bool {
         if self.preferred == self.node_id || !self.is_leader() {
             return false;
         }
-        let caught_up = {
-            let metrics = self.raft.metrics();
-            let m = metrics.borrow();
-            m.replication.as_ref().is_some_and(|r| {
-                r.get(&(self.preferred as u64))
-                    .is_some_and(|matched| matched.map(|l| l.index) >= m.last_log_index)
-            })
-        };
-        if !caught_up || !self.in_sync().contains(&self.preferred) {
+        if self
+            .matched(self.preferred)
+            .is_none_or(|m| m < self.last_log_index())
+            || !self.in_sync().contains(&self.preferred)
+        {
             return false;
         }
-        let Some(term) = self.pause_followers(group, Some(self.preferred)).await else {
+        tracing::info!(topic = %self.topic, partition = self.id, to = self.preferred, "handing leadership back to the preferred replica");
+        self.hand_over(group, self.preferred).await
+    }
+
+    /// Controlled shutdown: hands leadership to an in-sync follower (the preferred replica
+    /// when it is one, else the one furthest along). Returns the new leader, if it moved.
+    pub async fn hand_off(&self, group: u64) -> Option<i32> {
+        if !self.is_leader() {
+            return None;
+        }
+        let isr = self.in_sync();
+        let target = if self.preferred != self.node_id && isr.contains(&self.preferred) {
+            self.preferred
+        } else {
+            isr.iter()
+                .copied()
+                .filter(|r| *r != self.node_id)
+                .max_by_key(|r| (self.matched(*r), std::cmp::Reverse(*r)))?
+        };
+        self.hand_over(group, target).await.then_some(target)
+    }
+
+    /// The last log index the leader knows `follower` holds.
+    fn matched(&self, follower: i32) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        m.replication
+            .as_ref()?
+            .get(&(follower as u64))
+            .copied()
+            .flatten()
+            .map(|l| l.index)
+    }
+
+    fn last_log_index(&self) -> u64 {
+        self.raft.metrics().borrow().last_log_index.unwrap_or(0)
+    }
+
+    /// Hands leadership to `target`, an in-sync follower: the other followers pause their
+    /// election timers, new writes wait, and once `target` holds every entry this leader
+    /// stops its heartbeats and asks `target` to campaign, which it wins (it has the
+    /// longest log and nobody else campaigns). Writes that waited are then answered
+    /// NOT_LEADER naming the new leader, so producers follow at once. If `target` does not
+    /// catch up within a second, or no new term appears within six election timeouts, this
+    /// leader resumes. openraft 0.9 has no leadership transfer; this builds one from its
+    /// runtime switches.
+    async fn hand_over(&self, group: u64, target: i32) -> bool {
+        let started = tokio::time::Instant::now();
+        let Some(term) = self.pause_followers(group, Some(target)).await else {
             return false;
         };
-        let Some(preferred_address) = self
+        let Some(target_address) = self
             .raft
             .metrics()
             .borrow()
             .membership_config
             .membership()
-            .get_node(&(self.preferred as u64))
+            .get_node(&(target as u64))
             .map(|n| n.addr.clone())
         else {
             return false;
         };
-        tracing::info!(topic = %self.topic, partition = self.id, to = self.preferred, "handing leadership back to the preferred replica");
-        // Writes wait for the new leader (clients retry on LEADER_NOT_AVAILABLE): appends
-        // would keep the followers from voting for anyone.
+        // Appends would keep the followers from voting for anyone, and `target` must hold
+        // every entry to win: new writes wait, and the ones already on their way into the
+        // log are let through first.
         self.handing_over
-            .store(true, std::sync::atomic::Ordering::Release);
-        self.raft.runtime_config().heartbeat(false);
-        self.raft.runtime_config().tick(false);
-        let asked = match self.channels.client(&preferred_address) {
-            Ok(mut client) => {
-                let req = sluice_proto::pb::ElectRequest {
-                    group,
-                    leader: self.node_id as u64,
-                    term,
-                };
-                matches!(
-                    tokio::time::timeout(Duration::from_secs(1), client.elect(req)).await,
-                    Ok(Ok(r)) if r.get_ref().accepted
-                )
-            }
-            Err(_) => false,
-        };
-        let deadline = tokio::time::Instant::now() + self.timing.election_timeout_max * 6;
-        let moved = asked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let catch_up = tokio::time::Instant::now() + Duration::from_secs(1);
+        while self.proposing.load(std::sync::atomic::Ordering::SeqCst) > 0
+            && tokio::time::Instant::now() < catch_up
+        {
+            tokio::time::sleep(HAND_OVER_POLL).await;
+        }
+        let caught_up = self.proposing.load(std::sync::atomic::Ordering::SeqCst) == 0
             && self
-                .watch_metrics(deadline, |m| (m.current_term > term).then_some(()))
+                .watch_metrics(catch_up, |m| {
+                    let matched = m
+                        .replication
+                        .as_ref()?
+                        .get(&(target as u64))
+                        .copied()
+                        .flatten()
+                        .map(|l| l.index);
+                    (matched >= m.last_log_index).then_some(())
+                })
                 .await
                 .is_some();
+        self.raft.runtime_config().heartbeat(false);
+        self.raft.runtime_config().tick(false);
+        let asked = caught_up
+            && match self.channels.client(&target_address) {
+                Ok(mut client) => {
+                    let req = sluice_proto::pb::ElectRequest {
+                        group,
+                        leader: self.node_id as u64,
+                        term,
+                    };
+                    matches!(
+                        tokio::time::timeout(Duration::from_secs(1), client.elect(req)).await,
+                        Ok(Ok(r)) if r.get_ref().accepted
+                    )
+                }
+                Err(_) => false,
+            };
+        let deadline = tokio::time::Instant::now() + self.timing.election_timeout_max * 6;
+        let new_term = if asked {
+            self.watch_metrics(deadline, |m| {
+                (m.current_term > term).then_some(m.current_term)
+            })
+            .await
+        } else {
+            None
+        };
+        let moved = new_term.is_some();
+        if let Some(new_term) = new_term {
+            // Writes that waited are answered NOT_LEADER naming `target` until this
+            // replica hears from the new leader itself.
+            *self.handed_to.lock() = Some((target, new_term));
+            // The term moves here when this replica grants `target` its vote, before the
+            // answer has reached `target`: wait until `target` leads (its first
+            // AppendEntries arrives), so that a broker shutting down next does not take
+            // the answer down with it and leave `target` campaigning until the other
+            // follower's lease runs out.
+            let target_id = target as u64;
+            self.watch_metrics(deadline, |m| {
+                (m.current_leader == Some(target_id)).then_some(())
+            })
+            .await;
+        }
+        tracing::debug!(topic = %self.topic, partition = self.id, target, caught_up, asked, moved, took = ?started.elapsed(), "leadership hand-over");
         // As a follower it must campaign again if the new leader fails; if it still leads,
         // it resumes heartbeats.
         self.raft.runtime_config().tick(true);
         self.raft.runtime_config().heartbeat(true);
         self.handing_over
-            .store(false, std::sync::atomic::Ordering::Release);
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         moved
     }
 

@@ -86,6 +86,8 @@ pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
             listen: listener.local_addr()?,
             controller_quorum_voters: voters.clone(),
             flush: args.flush,
+            // All brokers stop together: there is nobody to hand leadership to.
+            controlled_shutdown_timeout: std::time::Duration::ZERO,
             ..Config::default()
         };
         let mut stop = stop_rx.clone();

@@ -10,3 +10,4 @@ mod errors;
 mod idempotence;
 mod produce_consume;
 mod replication;
+mod shutdown;
