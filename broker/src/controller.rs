@@ -91,7 +91,10 @@ impl Controller {
         let raft = Raft::new(node_id as u64, Arc::new(config), network, log.clone(), sm)
             .await
             .map_err(|e| Error::Internal(format!("starting the controller Raft: {e}")))?;
-        if voters.contains_key(&node_id) {
+        // openraft logs an ERROR ("Can not initialize") when the group already has a vote or
+        // a log: only a new voter initializes.
+        let new = !raft.is_initialized().await.unwrap_or(false);
+        if new && voters.contains_key(&node_id) {
             let members: BTreeMap<u64, BasicNode> = voters
                 .iter()
                 .map(|(id, addr)| (*id as u64, BasicNode::new(addr)))

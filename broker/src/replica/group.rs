@@ -90,6 +90,11 @@ async fn initialize(
     topic: &str,
     id: i32,
 ) -> Result<()> {
+    // openraft logs an ERROR ("Can not initialize") for a group that already has a vote or
+    // a log, which every restart would print for every partition: ask it only when new.
+    if raft.is_initialized().await.unwrap_or(false) {
+        return Ok(());
+    }
     match raft.initialize(members).await {
         Ok(()) | Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
         Err(e) => Err(Error::Internal(format!(
@@ -1121,7 +1126,23 @@ impl Replica {
                 match controller.propose(command).await {
                     Ok(_) => {
                         reported = term;
-                        tracing::info!(topic = %self.topic, partition = self.id, term, "leading the partition");
+                        // A replica restarted with its own vote from an old term takes up that
+                        // leadership until its first heartbeat meets the newer term: not news.
+                        let newer = controller
+                            .state()
+                            .topics
+                            .values()
+                            .find(|t| *t.topic_id == *self.topic_id)
+                            .and_then(|t| t.leaders.get(self.id as usize).copied().flatten())
+                            .filter(|l| l.term > term);
+                        match newer {
+                            None => {
+                                tracing::info!(topic = %self.topic, partition = self.id, term, "leading the partition")
+                            }
+                            Some(l) => {
+                                tracing::debug!(topic = %self.topic, partition = self.id, term, newer_term = l.term, leader = l.leader, "a stale leadership from before a restart; the partition has a newer leader")
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(topic = %self.topic, partition = self.id, cause = %e, "reporting leadership; will retry")

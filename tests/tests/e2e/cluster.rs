@@ -388,3 +388,80 @@ async fn a_down_broker_is_logged_per_interval_not_per_raft_call() {
         .await;
     }
 }
+
+/// The ERROR lines of a broker's log (an operator alerting on ERROR is paged by each).
+fn errors(log: &str) -> Vec<&str> {
+    log.lines().filter(|l| l.contains(" ERROR ")).collect()
+}
+
+/// Expected conditions are not errors: a clean restart of every broker, and two of three
+/// brokers down for a while (the survivor campaigns for the controller and its partitions
+/// over and over, each vote request to a dead peer failing), log no ERROR line. openraft
+/// used to log `Can not initialize` for every group on every restart and `while requesting
+/// vote` for every failed vote request.
+#[tokio::test]
+async fn restarts_and_lost_quorums_log_no_errors() {
+    // The brokers' default filter (`sluice_broker::server::DEFAULT_LOG_FILTER`).
+    let mut cluster = Cluster::start_logged(3, &[], "info,openraft=error");
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("calm", 6, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .unwrap();
+    for id in 1..=3 {
+        let status = cluster.node(id).terminate();
+        assert!(status.success(), "broker {id}: {status}");
+    }
+    let before: Vec<usize> = (1..=3).map(|id| cluster.log(id).len()).collect();
+    for id in 1..=3 {
+        cluster.node(id).restart();
+    }
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    eventually(
+        "every partition led again",
+        Duration::from_secs(20),
+        || async {
+            let d = admin.describe_topic("calm").await.ok()?;
+            d.partitions.iter().all(|p| p.leader > 0).then_some(())
+        },
+    )
+    .await;
+    for id in 1..=3 {
+        let log = cluster.log(id);
+        let restart = &log[before[id as usize - 1]..];
+        assert_eq!(
+            errors(restart),
+            Vec::<&str>::new(),
+            "broker {id} after a clean restart"
+        );
+    }
+
+    let survivor = 1;
+    let from = cluster.log(survivor).len();
+    cluster.node(2).kill();
+    cluster.node(3).kill();
+    // Long enough for several election rounds of the controller and the partitions.
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    eventually(
+        "the survivor campaigning (failed vote requests reported per peer)",
+        Duration::from_secs(20),
+        || async {
+            let log = cluster.log(survivor);
+            (std::time::Instant::now() >= deadline
+                && log[from..].contains("Raft calls to a broker are failing"))
+            .then_some(())
+        },
+    )
+    .await;
+    let log = cluster.log(survivor);
+    assert_eq!(
+        errors(&log[from..]),
+        Vec::<&str>::new(),
+        "the survivor with two peers down"
+    );
+}
