@@ -245,3 +245,98 @@ async fn a_consumer_reads_the_partitions_it_can_and_picks_up_the_others() {
     assert_eq!(back, 2, "both partitions are reported readable again");
     assert!(consumer.unavailable().is_empty());
 }
+
+/// `sluice consume` as a script uses it: `--until-end` stops at the end of the log (the
+/// README's tour runs as written), an offset past the end is OFFSET_OUT_OF_RANGE with the
+/// valid range unless `--reset` says where to go, an unknown `--format` placeholder is
+/// refused naming the valid ones, and a partition that does not exist names the range.
+#[test]
+fn consume_stops_at_the_end_and_refuses_what_it_cannot_do() {
+    let (_dir, data) = sluice_tests::data_dir();
+    let broker = sluice_tests::Broker::start(&data, &[]);
+    let ok = |args: &[&str], stdin: &str| {
+        let out = broker.cli(args, stdin);
+        assert!(
+            out.status.success(),
+            "sluice {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let failed = |args: &[&str]| {
+        let out = broker.cli(args, "");
+        assert!(!out.status.success(), "sluice {args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    ok(&["topics", "create", "tour", "--partitions", "2"], "");
+    ok(
+        &["produce", "tour", "--key-separator", ":", "--header", "h=1"],
+        "a:1\nb:2\nc:3\nd:4\ne:5\n",
+    );
+
+    // Stops by itself: no --timeout, no --max-messages.
+    let all = ok(
+        &[
+            "consume",
+            "tour",
+            "--from-beginning",
+            "--until-end",
+            "--format",
+            "{key}={value} {headers}",
+        ],
+        "",
+    );
+    let mut lines: Vec<&str> = all.lines().collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        vec!["a=1 h=1", "b=2 h=1", "c=3 h=1", "d=4 h=1", "e=5 h=1"]
+    );
+    let json = ok(
+        &["consume", "tour", "--from-time", "10m", "-e", "-o", "json"],
+        "",
+    );
+    assert_eq!(json.lines().count(), 5, "{json}");
+    ok(&["topics", "create", "empty"], "");
+    assert_eq!(ok(&["consume", "empty", "--from-beginning", "-e"], ""), "");
+
+    let err = failed(&[
+        "consume",
+        "tour",
+        "--partition",
+        "0",
+        "--offset",
+        "100",
+        "-e",
+    ]);
+    assert!(err.contains("OFFSET_OUT_OF_RANGE"), "{err}");
+    assert!(err.contains("offset 100 is outside"), "{err}");
+    let from_start = ok(
+        &[
+            "consume",
+            "tour",
+            "--partition",
+            "0",
+            "--offset",
+            "100",
+            "--reset",
+            "earliest",
+            "-e",
+        ],
+        "",
+    );
+    assert!(
+        !from_start.is_empty(),
+        "--reset earliest reads partition 0 from its start"
+    );
+
+    let err = failed(&["consume", "tour", "--format", "{nope} {value}", "-e"]);
+    assert!(err.contains("unknown placeholder {nope}"), "{err}");
+    assert!(
+        err.contains("{headers}"),
+        "the valid ones are listed: {err}"
+    );
+
+    let err = failed(&["consume", "tour", "--partition", "9"]);
+    assert!(err.contains("partitions are 0-1"), "{err}");
+}
