@@ -288,11 +288,22 @@ impl SegmentRaftLog {
             votes,
         };
         if let Some(start) = inner.meta.first_offset {
-            let offsets = &mut inner.offsets;
-            inner
-                .log
-                .scan_headers(start, &mut |h| offsets.push(h.base_offset))
-                .map_err(std::io::Error::other)?;
+            inner.offsets = match inner.log.batch_bases(start) {
+                Ok(bases) if bases.first() == Some(&start) || bases.is_empty() => bases,
+                listed => {
+                    // Damage the fast listing cannot step over: read batch by batch (the
+                    // slow path, which names the offset it fails at).
+                    if let Err(e) = listed {
+                        tracing::warn!(dir = %dir.display(), cause = %e, "listing the log's batches; reading them one by one");
+                    }
+                    let mut offsets = Vec::new();
+                    inner
+                        .log
+                        .scan_headers(start, &mut |h| offsets.push(h.base_offset))
+                        .map_err(std::io::Error::other)?;
+                    offsets
+                }
+            };
         }
         Ok(SegmentRaftLog {
             inner: Arc::new(Mutex::new(inner)),

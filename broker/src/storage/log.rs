@@ -103,6 +103,24 @@ impl SegmentLog {
         &self.dir
     }
 
+    /// The base offset of every batch from `from` (a batch boundary) to the end, in order.
+    /// Closed segments answer from their saved `.entries` lists (written the first time one
+    /// is listed), so this costs a scan of the active segment and of closed segments never
+    /// listed before, not of the whole log.
+    pub fn batch_bases(&self, from: i64) -> Result<Vec<i64>> {
+        let mut out = Vec::new();
+        let last = self.segments.len() - 1;
+        for (i, seg) in self.segments.iter().enumerate() {
+            if seg.next_offset <= from {
+                continue;
+            }
+            let bases = seg.batch_bases(i < last)?;
+            let skip = bases.partition_point(|b| *b < from);
+            out.extend_from_slice(&bases[skip..]);
+        }
+        Ok(out)
+    }
+
     /// Changes segment settings (a topic config change); applies from the next roll.
     pub fn set_options(&mut self, options: LogOptions) {
         self.options = options;
@@ -341,6 +359,73 @@ mod tests {
                 recs.into_iter().map(|r| r.offset)
             })
             .collect()
+    }
+
+    /// The batch listing a Raft log rebuilds at open: the same as reading header by header,
+    /// from saved `.entries` files for closed segments after the first listing; a damaged
+    /// or outdated file is not trusted; a truncated segment loses its file.
+    #[test]
+    fn batch_bases_come_from_saved_lists_that_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SegmentLog::open(dir.path(), opts(3000), 0).unwrap();
+        for i in 0..200 {
+            // Batches of 1 to 3 records, some large enough to span the scan's reads.
+            let size = if i % 50 == 7 { 5000 } else { 40 };
+            log.append(&mut batch(i, 1 + (i as usize % 3), size), 0, 0)
+                .unwrap();
+        }
+        let mut expected = Vec::new();
+        log.scan_headers(0, &mut |h| expected.push(h.base_offset))
+            .unwrap();
+        assert!(log.offsets().segments > 5);
+        assert_eq!(log.batch_bases(0).unwrap(), expected);
+        let saved = |dir: &Path| {
+            let mut v: Vec<_> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|x| x == "entries"))
+                .collect();
+            v.sort();
+            v
+        };
+        let files = saved(dir.path());
+        assert_eq!(
+            files.len(),
+            log.offsets().segments as usize - 1,
+            "one list per closed segment"
+        );
+        // From the middle of the log.
+        let from = expected[77];
+        assert_eq!(log.batch_bases(from).unwrap(), expected[77..].to_vec());
+
+        // A damaged list is not trusted (and the answer is still right).
+        let mut data = std::fs::read(&files[1]).unwrap();
+        let n = data.len();
+        data[n - 3] ^= 0x40;
+        std::fs::write(&files[1], &data).unwrap();
+        assert_eq!(log.batch_bases(0).unwrap(), expected);
+        // Nor one describing another size of its segment.
+        let first = &files[0];
+        let mut data = std::fs::read(first).unwrap();
+        data[8] ^= 1;
+        std::fs::write(first, &data).unwrap();
+        assert_eq!(log.batch_bases(0).unwrap(), expected);
+        log.close().unwrap();
+        let log = SegmentLog::open(dir.path(), opts(3000), 0).unwrap();
+        assert_eq!(log.batch_bases(0).unwrap(), expected);
+
+        // Truncating into a closed segment removes its list.
+        let mut log = log;
+        let cut = expected[40];
+        log.truncate_suffix(cut).unwrap();
+        assert_eq!(log.batch_bases(0).unwrap(), expected[..40].to_vec());
+        for i in 0..5 {
+            log.append(&mut batch(i, 2, 40), 0, 0).unwrap();
+        }
+        let mut now = Vec::new();
+        log.scan_headers(0, &mut |h| now.push(h.base_offset))
+            .unwrap();
+        assert_eq!(log.batch_bases(0).unwrap(), now);
     }
 
     #[test]

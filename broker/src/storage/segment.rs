@@ -179,6 +179,9 @@ pub(crate) struct Segment {
     interval: u64,
 }
 
+const ENTRIES_MAGIC: &[u8; 8] = b"SLENTRS1";
+const ENTRIES_HEADER: usize = 28;
+
 pub(crate) fn log_file_name(base_offset: i64) -> String {
     format!("{base_offset:020}.log")
 }
@@ -586,6 +589,13 @@ impl Segment {
             None if offset == self.next_offset => return Ok(()),
             _ => return Err(StorageError::NotBatchBoundary(offset)),
         };
+        // A saved list of its batches no longer describes it (and must not match again
+        // once the segment grows back to the same size).
+        match std::fs::remove_file(self.entries_path()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io("delete", &self.entries_path())(e)),
+        }
         self.file
             .set_len(pos)
             .map_err(StorageError::io("truncate", &self.log_path))?;
@@ -612,8 +622,120 @@ impl Segment {
         Ok(())
     }
 
+    fn entries_path(&self) -> PathBuf {
+        self.log_path.with_extension("entries")
+    }
+
+    /// The base offset of every batch in the segment, in order: from its `.entries` file
+    /// when that is valid for the segment as it is now (same size, CRC), else by reading
+    /// the batch headers through the file sequentially (1 MiB reads, 12 bytes parsed per
+    /// batch: what a Raft log rebuilds at open, instead of a checked read per batch). With
+    /// `keep`, a scan's result is saved as the `.entries` file for the next open; only for
+    /// closed segments, which do not change (truncation and deletion remove the file).
+    /// The segment's batches were checked when it was written or recovered; readers check
+    /// each batch's CRC again.
+    pub(crate) fn batch_bases(&self, keep: bool) -> Result<Vec<i64>> {
+        if let Some(bases) = self.read_entries() {
+            return Ok(bases);
+        }
+        let bases = self.scan_bases()?;
+        if keep && let Err(e) = self.write_entries(&bases) {
+            tracing::warn!(segment = %self.log_path.display(), cause = %e, "cannot save the segment's batch offsets; the next open scans it again");
+        }
+        Ok(bases)
+    }
+
+    fn scan_bases(&self) -> Result<Vec<i64>> {
+        const CHUNK: usize = 1 << 20;
+        let mut bases: Vec<i64> = Vec::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut pos = 0u64;
+        while pos < self.size {
+            let want = (CHUNK as u64).min(self.size - pos) as usize;
+            self.file
+                .read_exact_at(&mut buf[..want], pos)
+                .map_err(StorageError::io("read", &self.log_path))?;
+            let mut at = 0usize;
+            // Headers that start in this chunk; one that straddles its end is read again
+            // at the start of the next.
+            while at + 12 <= want {
+                let base = i64::from_be_bytes(buf[at..at + 8].try_into().expect("8 bytes"));
+                let len = i32::from_be_bytes(buf[at + 8..at + 12].try_into().expect("4 bytes"));
+                let total = 12 + u64::try_from(len).unwrap_or(0);
+                if len < (HEADER_LEN - 12) as i32
+                    || pos + at as u64 + total > self.size
+                    || bases.last().is_some_and(|b| *b >= base)
+                {
+                    return Err(StorageError::Corrupt {
+                        path: self.log_path.clone(),
+                        position: pos + at as u64,
+                        offset: base,
+                        detail: format!(
+                            "no batch header here (length {len}) while listing the segment's batches"
+                        ),
+                    });
+                }
+                bases.push(base);
+                at += total as usize;
+            }
+            if at == 0 {
+                return Err(StorageError::Corrupt {
+                    path: self.log_path.clone(),
+                    position: pos,
+                    offset: bases.last().copied().unwrap_or(self.base_offset),
+                    detail: "a partial batch header at the end of the segment".into(),
+                });
+            }
+            pos += at as u64;
+        }
+        Ok(bases)
+    }
+
+    /// `.entries`: magic, the segment size it describes, the count, CRC-32C of the offsets,
+    /// then the offsets (i64 little-endian).
+    fn read_entries(&self) -> Option<Vec<i64>> {
+        let data = std::fs::read(self.entries_path()).ok()?;
+        let (head, body) = data.split_at_checked(ENTRIES_HEADER)?;
+        let size = u64::from_le_bytes(head[8..16].try_into().ok()?);
+        let count = u64::from_le_bytes(head[16..24].try_into().ok()?) as usize;
+        let crc = u32::from_le_bytes(head[24..28].try_into().ok()?);
+        let valid = head[..8] == *ENTRIES_MAGIC
+            && size == self.size
+            && body.len() == count * 8
+            && crc32c::crc32c(body) == crc;
+        if !valid {
+            return None;
+        }
+        let bases: Vec<i64> = body
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8-byte chunks")))
+            .collect();
+        (bases.first().is_none_or(|b| *b == self.base_offset)
+            && bases.windows(2).all(|w| w[0] < w[1]))
+        .then_some(bases)
+    }
+
+    fn write_entries(&self, bases: &[i64]) -> std::io::Result<()> {
+        let mut body = Vec::with_capacity(bases.len() * 8);
+        for b in bases {
+            body.extend_from_slice(&b.to_le_bytes());
+        }
+        let mut data = Vec::with_capacity(ENTRIES_HEADER + body.len());
+        data.extend_from_slice(ENTRIES_MAGIC);
+        data.extend_from_slice(&self.size.to_le_bytes());
+        data.extend_from_slice(&(bases.len() as u64).to_le_bytes());
+        data.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        data.extend_from_slice(&body);
+        // No fsync: a torn file fails its checks and the segment is scanned again.
+        let path = self.entries_path();
+        let tmp = path.with_extension("entries.tmp");
+        std::fs::write(&tmp, &data)?;
+        std::fs::rename(&tmp, &path)
+    }
+
     pub(crate) fn delete_files(&self) -> Result<()> {
-        for path in [&self.log_path, &self.index_path, &self.time_path] {
+        let entries = self.entries_path();
+        for path in [&self.log_path, &self.index_path, &self.time_path, &entries] {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
