@@ -1,10 +1,11 @@
 //! Failover benchmark: a 3-broker cluster of real processes, one RF=3 partition with
 //! min.insync.replicas=2, under a steady acks=all load (LOAD records of 1 KiB per second,
-//! default 10,000; 0 for none). Each trial SIGKILLs the partition leader and times how long
-//! until an acks=all produce succeeds again (the producer retries on its own), then
-//! restarts the broker and waits for a full in-sync set.
+//! default 10,000; 0 for none). Each trial SIGKILLs (`kill`, the default) or SIGSTOPs
+//! (`pause`) the partition leader and times how long until an acks=all produce succeeds
+//! again (the producer, with its default retry backoff, retries on its own), then restarts
+//! or resumes the broker and waits for a full in-sync set.
 //!
-//! `cargo build --release --bins && cargo run --release -p sluice-tests --example failover -- [TRIALS] [LOAD]`
+//! `cargo build --release --bins && cargo run --release -p sluice-tests --example failover -- [TRIALS] [LOAD] [kill|pause]`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,11 @@ async fn main() -> anyhow::Result<()> {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
+    let pause = match std::env::args().nth(3).as_deref() {
+        None | Some("kill") => false,
+        Some("pause") => true,
+        Some(other) => anyhow::bail!("unknown fault '{other}': use kill or pause"),
+    };
     let mut cluster = Cluster::start(3);
     cluster.wait_ready().await;
     let admin = Admin::new(cluster.client())?;
@@ -39,8 +45,6 @@ async fn main() -> anyhow::Result<()> {
             cluster.client(),
             ProducerConfig {
                 acks: Acks::All,
-                retry_backoff: Duration::from_millis(20),
-                retry_backoff_max: Duration::from_millis(100),
                 ..ProducerConfig::default()
             },
         )
@@ -108,8 +112,6 @@ async fn main() -> anyhow::Result<()> {
         let config = ProducerConfig {
             acks: Acks::All,
             linger: Duration::ZERO,
-            retry_backoff: Duration::from_millis(20),
-            retry_backoff_max: Duration::from_millis(100),
             ..ProducerConfig::default()
         };
         let producer = Producer::connect(cluster.client(), config).await?;
@@ -117,7 +119,13 @@ async fn main() -> anyhow::Result<()> {
             .send(ProducerRecord::new("failover", "warm-up").partition(0))
             .await?
             .await?;
-        cluster.node(leader).kill();
+        if pause {
+            cluster
+                .node(leader)
+                .signal(nix::sys::signal::Signal::SIGSTOP);
+        } else {
+            cluster.node(leader).kill();
+        }
         let killed = Instant::now();
         producer
             .send(ProducerRecord::new("failover", format!("after-{trial}")).partition(0))
@@ -125,12 +133,19 @@ async fn main() -> anyhow::Result<()> {
             .await?;
         let took = killed.elapsed();
         println!(
-            "trial {trial}: leader {leader} killed, first acks=all produce after {took:?} (load: {} delivered so far)",
+            "trial {trial}: leader {leader} {}, first acks=all produce after {took:?} (load: {} delivered so far)",
+            if pause { "paused" } else { "killed" },
             delivered.load(Ordering::Relaxed)
         );
         times.push(took);
         producer.close().await;
-        cluster.node(leader).restart();
+        if pause {
+            cluster
+                .node(leader)
+                .signal(nix::sys::signal::Signal::SIGCONT);
+        } else {
+            cluster.node(leader).restart();
+        }
     }
     loader.abort();
     println!(
