@@ -205,9 +205,11 @@ impl Flusher {
 }
 
 impl Broker {
-    /// Opens the data directory, joins the controller group, opens the partitions the
-    /// metadata assigns here (recovering them if the last run crashed), and starts the
-    /// reconciler and the registration of this broker.
+    /// Opens the data directory and joins the controller group. The partitions come next,
+    /// in [`Broker::open_logs`], once the inter-broker listener serves: a restarted
+    /// controller voter that cannot hear the leader's heartbeats while its logs open
+    /// campaigns, and its higher term makes a healthy leader step down (the cluster had no
+    /// controller for ~2 s after a slow restart).
     pub async fn open(
         config: Config,
         addresses: Addresses,
@@ -261,6 +263,13 @@ impl Broker {
             raft_tails,
             shutdown: CancellationToken::new(),
         });
+        Ok(broker)
+    }
+
+    /// Opens the partitions the metadata assigns here (recovering them if the last run
+    /// crashed), then starts the reconciler and the registration of this broker.
+    pub async fn open_logs(self: &Arc<Self>) -> Result<()> {
+        let broker = self;
         let started = std::time::Instant::now();
         let b = broker.clone();
         let state = broker.controller.state();
@@ -278,7 +287,7 @@ impl Broker {
         tokio::spawn(broker.clone().register());
         tokio::spawn(broker.clone().run_liveness());
         tokio::spawn(broker.clone().run_leader_rebalance());
-        Ok(broker)
+        Ok(())
     }
 
     /// A producer id no other producer of the cluster gets: from this broker's reserved

@@ -93,6 +93,15 @@ pub async fn run(
                 ),
         )
     });
+    // The inter-broker listener serves before the logs open (so the controller's
+    // heartbeats reach this broker meanwhile); the client listener after.
+    if let Err(e) = broker.open_logs().await {
+        broker.shutdown.cancel();
+        if let Some(server) = raft_server {
+            server.abort();
+        }
+        return Err(e);
+    }
     let retention = tokio::spawn(broker.clone().run_retention());
     let max = broker.config.max_request_bytes;
     tracing::info!(address = %local, node_id = broker.config.node_id, flush = %broker.config.flush, "serving");
