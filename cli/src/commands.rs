@@ -66,23 +66,7 @@ pub(crate) fn progress(
     bar
 }
 
-/// A mistake in what the user asked for (a flag's value, an input line), as opposed to a
-/// failure of the cluster: `-o json` reports it as `INVALID_ARGUMENT`.
-#[derive(Debug)]
-pub(crate) struct InvalidInput(pub(crate) String);
-
-impl std::fmt::Display for InvalidInput {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for InvalidInput {}
-
-/// An [`InvalidInput`] error.
-pub(crate) fn invalid(message: impl Into<String>) -> anyhow::Error {
-    anyhow::Error::new(InvalidInput(message.into()))
-}
+pub(crate) use crate::output::invalid;
 
 /// Checks `--bootstrap`: comma-separated `host:port` entries, each optionally written as
 /// `http://host:port` (the scheme is dropped: brokers speak plain HTTP/2). Returns the

@@ -34,6 +34,24 @@ pub(crate) fn print<T: Serialize>(
     Ok(())
 }
 
+/// A mistake in what the user asked for (a flag's value, an input line), as opposed to a
+/// failure of the cluster: `-o json` reports it as `INVALID_ARGUMENT`.
+#[derive(Debug)]
+pub(crate) struct InvalidInput(pub(crate) String);
+
+impl std::fmt::Display for InvalidInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InvalidInput {}
+
+/// An [`InvalidInput`] error.
+pub(crate) fn invalid(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(InvalidInput(message.into()))
+}
+
 /// The code of an error that is neither a broker's nor one of the kinds below.
 pub(crate) const GENERIC_ERROR: &str = "ERROR";
 
@@ -43,7 +61,7 @@ pub(crate) const GENERIC_ERROR: &str = "ERROR";
 /// asked), or [`GENERIC_ERROR`].
 pub(crate) fn error_code(e: &anyhow::Error) -> &'static str {
     for cause in e.chain() {
-        if cause.is::<crate::commands::InvalidInput>() {
+        if cause.is::<InvalidInput>() {
             return "INVALID_ARGUMENT";
         }
         if let Some(e) = cause.downcast_ref::<sluice_client::Error>() {
