@@ -62,6 +62,9 @@ struct Cache {
     /// bootstrap list, as Kafka's clients do: the bootstrap brokers may all be gone by now
     /// (a client given one broker must survive that broker's failover).
     brokers: Vec<String>,
+    /// When each topic's metadata was last asked for by [`Cluster::await_other_leader`]:
+    /// however many partitions wait, one request per topic and `LEADER_POLL`.
+    leader_polls: HashMap<String, Instant>,
 }
 
 /// Shared connection state; cheap to clone.
@@ -324,13 +327,22 @@ impl Cluster {
         until: tokio::time::Instant,
     ) -> Option<String> {
         loop {
-            let fresh = self
-                .cache
-                .read()
-                .topics
-                .get(topic)
-                .is_some_and(|(_, at)| at.elapsed() < LEADER_POLL);
-            if !fresh {
+            let ask = {
+                let mut cache = self.cache.write();
+                let fresh = cache
+                    .topics
+                    .get(topic)
+                    .is_some_and(|(_, at)| at.elapsed() < LEADER_POLL)
+                    || cache
+                        .leader_polls
+                        .get(topic)
+                        .is_some_and(|at| at.elapsed() < LEADER_POLL);
+                if !fresh {
+                    cache.leader_polls.insert(topic.to_string(), Instant::now());
+                }
+                !fresh
+            };
+            if ask {
                 let how = Call {
                     avoid: old,
                     timeout: Some(LEADER_POLL_TIMEOUT),
