@@ -76,8 +76,15 @@ fn main() {
             for (runs, _) in [(&mut first, 0), (&mut listed, 1)] {
                 let t = Instant::now();
                 let log = SegmentLog::open(&path, options, 0).expect("open");
+                let opened = t.elapsed();
                 assert_eq!(log.batch_bases(0).expect("list").len(), entries);
                 runs.push(t.elapsed());
+                if std::env::var_os("OPEN_LOG_DETAIL").is_some() {
+                    eprintln!(
+                        "  open {opened:.1?}, then list {:.1?}",
+                        t.elapsed() - opened
+                    );
+                }
                 // Without a close, the next open recovers the last segment as after a crash.
                 if crashed {
                     drop(log);

@@ -277,9 +277,13 @@ impl Broker {
             tokio::task::spawn_blocking(move || b.reconcile(&ClusterState::default(), &state))
                 .await
                 .map_err(|e| Error::Internal(format!("opening partitions: {e}")))?;
+        let logs_ms = started.elapsed().as_millis() as u64;
+        let replicas = pending.len();
         broker.start_replicas(pending).await;
         tracing::info!(
             topics = broker.local.read().len(),
+            replicas,
+            logs_ms,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "opened logs"
         );
