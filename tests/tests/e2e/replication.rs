@@ -524,13 +524,20 @@ async fn retention_trims_every_replica_and_a_late_follower_continues_at_the_same
     }
     let late_dir = cluster.node(late).data_dir.clone();
     // It leads again (the preferred leader) and serves every retained record at the offset
-    // it was acknowledged with.
+    // it was acknowledged with, once its high watermark covers them (a new leader's moves
+    // with its term's first commit, a moment after it leads).
+    let last_acked = *acked.keys().last().expect("records were acknowledged");
     eventually(
-        "the late follower leads",
+        "the late follower leading, its high watermark past the last acknowledged offset",
         Duration::from_secs(30),
         || async {
-            let l = admin.describe_topic("trimmed").await.ok()?.partitions[0].leader;
-            (l == late).then_some(())
+            let p = admin
+                .describe_topic("trimmed")
+                .await
+                .ok()?
+                .partitions
+                .remove(0);
+            (p.leader == late && p.high_watermark > last_acked).then_some(())
         },
     )
     .await;
