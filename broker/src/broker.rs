@@ -1236,12 +1236,13 @@ impl Broker {
             .controller
             .propose(MetaCommand::CreateTopic(record.clone()))
             .await
-            .map_err(|e| match e {
-                Error::OutcomeUnknown(why) => Error::OutcomeUnknown(format!(
-                    "topic '{name}' may have been created: {why}. Check with `sluice topics describe {name}`; creating it again answers TOPIC_ALREADY_EXISTS if it was"
-                )),
-                Error::Timeout(why) => Error::Timeout(format!("topic '{name}' was not created: {why}")),
-                other => other,
+            .map_err(|e| {
+                change_outcome(
+                    e,
+                    &name,
+                    "created",
+                    "; creating it again answers TOPIC_ALREADY_EXISTS if it was",
+                )
             })?;
         match proposed {
             MetaResponse::Ok => {}
@@ -1315,13 +1316,7 @@ impl Broker {
                 name: name.to_string(),
             })
             .await
-            .map_err(|e| match e {
-                Error::OutcomeUnknown(why) => Error::OutcomeUnknown(format!(
-                    "topic '{name}' may have been deleted: {why}. Check with `sluice topics describe {name}`"
-                )),
-                Error::Timeout(why) => Error::Timeout(format!("topic '{name}' was not deleted: {why}")),
-                other => other,
-            })?;
+            .map_err(|e| change_outcome(e, name, "deleted", ""))?;
         match proposed {
             MetaResponse::Ok => {}
             MetaResponse::Rejected { .. } => return Err(Error::UnknownTopic(name.to_string())),
@@ -1390,6 +1385,18 @@ impl Broker {
             tracing::error!(cause = %e, "flushing the metadata store failed");
         }
         tracing::info!("broker closed cleanly");
+    }
+}
+
+/// Words a failed proposal about `topic`: certainly not `done` (nothing changed), or maybe
+/// `done` (the outcome is unknown; `then` says what a retry answers).
+fn change_outcome(e: Error, topic: &str, done: &str, then: &str) -> Error {
+    match e {
+        Error::OutcomeUnknown(why) => Error::OutcomeUnknown(format!(
+            "topic '{topic}' may have been {done}: {why}. Check with `sluice topics describe {topic}`{then}"
+        )),
+        Error::Timeout(why) => Error::Timeout(format!("topic '{topic}' was not {done}: {why}")),
+        other => other,
     }
 }
 

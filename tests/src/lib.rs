@@ -334,17 +334,22 @@ impl Cluster {
     }
 }
 
-/// Runs `sluice --bootstrap ADDRESS ARGS...` with `stdin`.
-pub fn run_cli(address: &str, args: &[&str], stdin: &str) -> Output {
-    use std::io::Write;
-    let mut child = Command::new(bin("sluice"))
+/// Starts `sluice --bootstrap ADDRESS ARGS...` with every standard stream piped.
+fn spawn_cli(address: &str, args: &[&str]) -> Child {
+    Command::new(bin("sluice"))
         .args(["--bootstrap", address])
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("spawn sluice");
+        .expect("spawn sluice")
+}
+
+/// Runs `sluice --bootstrap ADDRESS ARGS...` with `stdin`.
+pub fn run_cli(address: &str, args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = spawn_cli(address, args);
     let mut input = child.stdin.take().expect("piped stdin");
     let data = stdin.to_string();
     let writer = std::thread::spawn(move || {
@@ -447,14 +452,7 @@ pub struct CliProcess {
 impl CliProcess {
     /// Starts `sluice --bootstrap ADDRESS ARGS...`.
     pub fn spawn(address: &str, args: &[&str]) -> CliProcess {
-        let mut child = Command::new(bin("sluice"))
-            .args(["--bootstrap", address])
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn sluice");
+        let mut child = spawn_cli(address, args);
         let mut readers = Vec::new();
         let mut collect = |pipe: Box<dyn std::io::Read + Send>| {
             let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
