@@ -106,9 +106,14 @@ pub fn replace_file(path: &std::path::Path, data: &[u8], durable: bool) -> std::
     }
     std::fs::rename(&tmp, path)?;
     if durable && let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
+        sync_dir(dir)?;
     }
     Ok(())
+}
+
+/// Makes the creations, renames and deletions of files in `dir` durable.
+pub fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 /// Where retention cuts a log: the end of the last whole segment that `retention.ms`

@@ -1,9 +1,14 @@
 //! The partition's Raft log *is* its segment log (layout (a) of docs/DESIGN.md): one entry
-//! is one batch, written once. Normal entries are record batches; blank and membership
-//! entries are control batches, which take an offset that consumers never see.
+//! is one batch, written once. Normal entries are record batches. Blank and membership
+//! entries (Raft's control entries) are kept in `raft.json`, not in the segments, so they
+//! take no offset: a partition's first record is at offset 0 and its log end counts records
+//! only, as in Kafka. (Logs written before that hold them as control batches, which take one
+//! offset each; those are still read.)
 //!
 //! What segments cannot say is kept in `raft.json` beside them: the last purged log id, the
-//! committed log id, and the leader ids of runs of entries (a leader id changes
+//! committed log id, the control entries (each with the offset the records after it
+//! continue at, which is how a restart puts it back between the batches, and tells one
+//! whose append never became durable), and the leader ids of runs of entries (a leader id changes
 //! only on elections, so the list is short; Kafka's leader-epoch checkpoint is the same
 //! idea). The batch's leader epoch field carries the term too. The Raft index of an entry
 //! is its position in the log: `first_index` plus how many batches precede it. The vote is
@@ -42,6 +47,8 @@ type SResult<T> = Result<T, StorageError<NodeId>>;
 const META_FILE: &str = "raft.json";
 const BLANK_KEY: &[u8] = b"raft:blank";
 const MEMBERSHIP_KEY: &[u8] = b"raft:membership";
+/// What a control entry counts for in the memory tail's budget.
+const CONTROL_SIZE: usize = 64;
 
 fn io_err(
     f: fn(AnyError) -> StorageIOError<NodeId>,
@@ -57,6 +64,22 @@ struct Epoch {
     leader: CommittedLeaderId<NodeId>,
 }
 
+/// A control entry: Raft's, not a record batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+enum ControlKind {
+    Blank,
+    Membership(Membership<NodeId, openraft::BasicNode>),
+}
+
+/// A control entry kept in `raft.json`, and the offset the log was at when it was appended
+/// (the base offset of the batch after it, if any).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Control {
+    index: u64,
+    next_offset: i64,
+    kind: ControlKind,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Meta {
     vote: Option<Vote<NodeId>>,
@@ -67,6 +90,9 @@ struct Meta {
     first_index: u64,
     first_offset: Option<i64>,
     epochs: Vec<Epoch>,
+    /// The control entries from `first_index` on, by index.
+    #[serde(default)]
+    controls: Vec<Control>,
 }
 
 #[derive(Debug)]
@@ -74,7 +100,8 @@ struct Inner {
     dir: PathBuf,
     log: SegmentLog,
     meta: Meta,
-    /// Base offset of each entry from `meta.first_index` on.
+    /// Base offset of each entry from `meta.first_index` on (a control entry in `raft.json`:
+    /// the offset of the batch after it).
     offsets: Vec<i64>,
     /// The newest entries in memory (shared with `SegmentRaftLog`, locked after `Inner`).
     tail: Arc<Mutex<Tail<Entry<PartitionRaft>>>>,
@@ -123,6 +150,16 @@ impl Inner {
 
     /// Reads the entry at `index`.
     fn entry(&self, index: u64) -> SResult<Entry<PartitionRaft>> {
+        if let Ok(i) = self.meta.controls.binary_search_by_key(&index, |c| c.index) {
+            let payload = match &self.meta.controls[i].kind {
+                ControlKind::Blank => EntryPayload::Blank,
+                ControlKind::Membership(m) => EntryPayload::Membership(m.clone()),
+            };
+            return Ok(Entry {
+                log_id: self.log_id(index)?,
+                payload,
+            });
+        }
         let pos = (index - self.meta.first_index) as usize;
         let offset = self.offsets[pos];
         let bytes = self
@@ -169,40 +206,21 @@ impl Inner {
         })
     }
 
-    /// The batch to write for `payload`, and the payload to keep in the tail if it is not
-    /// that batch. A batch this leader proposed was checked when it arrived; a batch from a
-    /// leader is checked here. A batch nobody else holds is written in place, not copied.
-    fn encode(
-        log_id: &LogId<NodeId>,
-        payload: EntryPayload<PartitionRaft>,
-    ) -> SResult<(BytesMut, Option<EntryPayload<PartitionRaft>>)> {
-        Ok(match payload {
-            EntryPayload::Normal(Payload(b, token)) => {
-                if token == 0 {
-                    batch::verify(&b).map_err(|e| {
-                        io_err(StorageIOError::write_logs, format!("entry {log_id}: {e}"))
-                    })?;
-                }
-                let bytes = b
-                    .try_into_mut()
-                    .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-                (bytes, None)
-            }
-            EntryPayload::Blank => (
-                batch::control_batch(BLANK_KEY, b""),
-                Some(EntryPayload::Blank),
-            ),
-            EntryPayload::Membership(m) => {
-                let bytes = batch::control_batch(
-                    MEMBERSHIP_KEY,
-                    &serde_json::to_vec(&m).map_err(|e| io_err(StorageIOError::write_logs, e))?,
-                );
-                (bytes, Some(EntryPayload::Membership(m)))
-            }
-        })
+    /// The batch to write for a normal entry. A batch this leader proposed was checked when
+    /// it arrived; a batch from a leader is checked here. A batch nobody else holds is
+    /// written in place, not copied.
+    fn encode(log_id: &LogId<NodeId>, Payload(b, token): Payload) -> SResult<BytesMut> {
+        if token == 0 {
+            batch::verify(&b).map_err(|e| {
+                io_err(StorageIOError::write_logs, format!("entry {log_id}: {e}"))
+            })?;
+        }
+        Ok(b.try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..])))
     }
 
-    /// Appends one entry; says whether the metadata changed and where the batch landed.
+    /// Appends one entry; says whether the metadata changed (and still has to be saved)
+    /// and where the batch landed (a control entry: at the log end, holding no offset).
     fn append_one(&mut self, entry: Entry<PartitionRaft>) -> SResult<(bool, Appended)> {
         let index = entry.log_id.index;
         // An empty log takes any first index (Raft picks it); after that entries are dense.
@@ -232,32 +250,117 @@ impl Inner {
             meta_changed = true;
         }
         let Entry { log_id, payload } = entry;
-        let (mut bytes, control) = Self::encode(&log_id, payload)?;
-        let term = i32::try_from(log_id.leader_id.term).unwrap_or(i32::MAX);
-        let info = self
-            .log
-            .append(&mut bytes, term, now_ms())
-            .map_err(|e| io_err(StorageIOError::write_logs, e))?;
-        if self.offsets.is_empty() {
+        let control = !matches!(payload, EntryPayload::Normal(_));
+        let (base_offset, last_offset, payload, size) = match payload {
+            EntryPayload::Normal(p) => {
+                let mut bytes = Self::encode(&log_id, p)?;
+                let term = i32::try_from(log_id.leader_id.term).unwrap_or(i32::MAX);
+                let info = self
+                    .log
+                    .append(&mut bytes, term, now_ms())
+                    .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+                let size = bytes.len();
+                // As a read would return it: base offset and epoch filled in, no token.
+                let payload = EntryPayload::Normal(Payload::batch(bytes.freeze()));
+                (info.base_offset, info.last_offset, payload, size)
+            }
+            payload => {
+                let at = self.log.offsets().log_end;
+                let kind = match &payload {
+                    EntryPayload::Membership(m) => ControlKind::Membership(m.clone()),
+                    _ => ControlKind::Blank,
+                };
+                self.meta.controls.push(Control {
+                    index,
+                    next_offset: at,
+                    kind,
+                });
+                if self.offsets.is_empty() {
+                    self.meta.first_index = index;
+                    self.meta.first_offset = Some(at);
+                }
+                // Durable before any batch after it is written: a restart must never find
+                // that batch without the entry before it (it would take the entry's index).
+                self.persist_meta()
+                    .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+                meta_changed = false;
+                (at, at - 1, payload, CONTROL_SIZE)
+            }
+        };
+        if self.offsets.is_empty() && !control {
             self.meta.first_index = index;
-            self.meta.first_offset = Some(info.base_offset);
+            self.meta.first_offset = Some(base_offset);
             meta_changed = true;
         }
-        self.offsets.push(info.base_offset);
-        let size = bytes.len();
-        // As a read would return it: base offset and epoch filled in, no token.
-        let payload =
-            control.unwrap_or_else(|| EntryPayload::Normal(Payload::batch(bytes.freeze())));
+        self.offsets.push(base_offset);
         self.tail
             .lock()
             .push(index, Entry { log_id, payload }, size);
         Ok((
             meta_changed,
             Appended {
-                base_offset: info.base_offset,
-                last_offset: info.last_offset,
+                base_offset,
+                last_offset,
             },
         ))
+    }
+
+    /// Rebuilds the entry-to-offset map from the batches' base offsets (from
+    /// `meta.first_offset` on) and the control entries in `meta`, which go between them
+    /// where their `next_offset` says. A control entry past the batches (its append, or
+    /// the batches before it, never became durable) is dropped; one that contradicts a
+    /// batch after it means `raft.json` and the segments disagree, and the log is not
+    /// opened.
+    fn place_controls(&mut self, bases: Vec<i64>) -> std::io::Result<()> {
+        let log_end = self.log.offsets().log_end;
+        let first = self.meta.first_index;
+        self.meta.controls.retain(|c| c.index >= first);
+        if self.meta.controls.is_empty() {
+            self.offsets = bases;
+            return Ok(());
+        }
+        let mut offsets = Vec::with_capacity(bases.len() + self.meta.controls.len());
+        let (mut b, mut c, mut index) = (0, 0, first);
+        loop {
+            if let Some(control) = self.meta.controls.get(c)
+                && control.index == index
+            {
+                let at = bases.get(b).copied().unwrap_or(log_end);
+                if at != control.next_offset {
+                    if b < bases.len() {
+                        return Err(std::io::Error::other(format!(
+                            "raft.json has a control entry at Raft index {index} before offset {}, but the batch at that index starts at offset {at}: the Raft metadata and the segments of {} disagree",
+                            control.next_offset,
+                            self.dir.display()
+                        )));
+                    }
+                    break;
+                }
+                offsets.push(at);
+                c += 1;
+            } else if let Some(&base) = bases.get(b) {
+                offsets.push(base);
+                b += 1;
+            } else {
+                break;
+            }
+            index += 1;
+        }
+        if c < self.meta.controls.len() {
+            tracing::info!(dir = %self.dir.display(), from_index = self.meta.controls[c].index,
+                dropped = self.meta.controls.len() - c, "dropped control entries whose append was not durable");
+            self.meta.controls.truncate(c);
+        }
+        self.offsets = offsets;
+        Ok(())
+    }
+
+    /// Forgets the leader runs that start past the last entry: a crash can lose the newest
+    /// batches after `raft.json` recorded the run they began, and a run left there would
+    /// sit out of order once the next leader's entries take those indexes.
+    fn forget_runs_past_the_end(&mut self) {
+        let next = self.meta.first_index + self.offsets.len() as u64;
+        self.meta.epochs.retain(|e| e.first_index < next);
     }
 }
 
@@ -287,8 +390,9 @@ impl SegmentRaftLog {
             committed: committed.clone(),
             votes,
         };
+        let mut bases = Vec::new();
         if let Some(start) = inner.meta.first_offset {
-            inner.offsets = match inner.log.batch_bases(start) {
+            bases = match inner.log.batch_bases(start) {
                 Ok(bases) if bases.first() == Some(&start) || bases.is_empty() => bases,
                 listed => {
                     // Damage the fast listing cannot step over: read batch by batch (the
@@ -304,7 +408,11 @@ impl SegmentRaftLog {
                     offsets
                 }
             };
+        } else {
+            inner.meta.controls.clear();
         }
+        inner.place_controls(bases)?;
+        inner.forget_runs_past_the_end();
         Ok(SegmentRaftLog {
             inner: Arc::new(Mutex::new(inner)),
             tail,
@@ -413,6 +521,7 @@ impl SegmentRaftLog {
             .map_err(std::io::Error::other)?;
         inner.offsets.clear();
         inner.tail.lock().clear();
+        inner.meta.controls.clear();
         inner.meta.first_index = last.index + 1;
         inner.meta.first_offset = None;
         if inner.meta.last_purged < Some(last) {
@@ -581,14 +690,20 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
             }
             let keep = log_id.index.saturating_sub(inner.meta.first_index) as usize;
             if let Some(&offset) = inner.offsets.get(keep) {
+                // The cut is durable before raft.json forgets the control entries past it:
+                // a batch it removed must not come back at the index of one of them.
                 inner
                     .log
                     .truncate_suffix(offset)
+                    .and_then(|()| inner.log.flush())
+                    .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+                crate::storage::sync_dir(&inner.dir)
                     .map_err(|e| io_err(StorageIOError::write_logs, e))?;
                 inner.offsets.truncate(keep);
                 // Only now: a failed cut leaves the entries in the log, and in the tail.
                 inner.tail.lock().truncate_from(log_id.index);
             }
+            inner.meta.controls.retain(|c| c.index < log_id.index);
             if inner.offsets.is_empty() {
                 inner.meta.first_offset = None;
             }
@@ -609,6 +724,7 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
             inner.tail.lock().purge_through(log_id.index);
             inner.meta.first_index = inner.meta.first_index.max(log_id.index + 1);
             inner.meta.first_offset = inner.offsets.first().copied();
+            inner.meta.controls.retain(|c| c.index > log_id.index);
             inner.meta.last_purged = Some(log_id);
             // Keep the run that covers the first remaining entry (or the purged id).
             let keep_from = inner
@@ -706,8 +822,8 @@ mod tests {
         );
     }
 
-    /// Record batches are the entries: offsets follow the log prefix, control batches take
-    /// one offset each, and a restart finds every entry at its index.
+    /// Record batches are the entries: offsets follow the log prefix, control entries take
+    /// none, and a restart finds every entry at its index.
     #[tokio::test]
     async fn batches_are_entries_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -729,8 +845,8 @@ mod tests {
         let EntryPayload::Normal(Payload(b, _)) = &got[0].payload else {
             panic!("normal entry expected")
         };
-        // The blank entry took offset 0; entry i holds offsets 1 + 3(i-1) ..
-        assert_eq!(BatchHeader::parse(b).unwrap().base_offset, 13);
+        // The blank entry took no offset; entry i holds offsets 3(i-1) ..
+        assert_eq!(BatchHeader::parse(b).unwrap().base_offset, 12);
         assert_eq!(got[0].log_id.leader_id.term, 1);
         let last = log.get_log_state().await.unwrap().last_log_id.unwrap();
         assert_eq!((last.index, last.leader_id.term), (20, 2));
@@ -756,7 +872,7 @@ mod tests {
         let EntryPayload::Normal(Payload(b, _)) = &all[15].payload else {
             panic!("normal entry expected")
         };
-        assert_eq!(BatchHeader::parse(b).unwrap().base_offset, 1 + 14 * 3);
+        assert_eq!(BatchHeader::parse(b).unwrap().base_offset, 14 * 3);
 
         // Purging drops whole segments below the first kept entry.
         log.purge(LogId::new(CommittedLeaderId::new(2, 1), 12))
@@ -767,6 +883,166 @@ mod tests {
         drop(log);
         let mut log = open(dir.path());
         assert_eq!(log.try_get_log_entries(0..).await.unwrap().len(), 3);
+    }
+
+    /// A partition's first record is at offset 0 and its log end counts records only,
+    /// however many elections and membership entries came before and between them.
+    #[tokio::test]
+    async fn control_entries_take_no_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        let membership = Membership::new(vec![[1, 2, 3].into_iter().collect()], None);
+        log.blocking_append([
+            entry(0, 0, EntryPayload::Membership(membership.clone())),
+            entry(1, 1, EntryPayload::Blank),
+            entry(1, 2, EntryPayload::Normal(batch(2))),
+            entry(2, 3, EntryPayload::Blank),
+            entry(3, 4, EntryPayload::Blank),
+            entry(3, 5, EntryPayload::Normal(batch(3))),
+            entry(3, 6, EntryPayload::Blank),
+        ])
+        .await
+        .unwrap();
+        let bases = |entries: &[Entry<PartitionRaft>]| {
+            entries
+                .iter()
+                .map(|e| match &e.payload {
+                    EntryPayload::Normal(Payload(b, _)) => {
+                        format!("{}@{}", e.log_id.index, BatchHeader::parse(b).unwrap().base_offset)
+                    }
+                    EntryPayload::Blank => format!("{}:blank", e.log_id.index),
+                    EntryPayload::Membership(_) => format!("{}:membership", e.log_id.index),
+                })
+                .collect::<Vec<_>>()
+        };
+        let want = ["0:membership", "1:blank", "2@0", "3:blank", "4:blank", "5@2", "6:blank"];
+        assert_eq!(bases(&log.try_get_log_entries(0..).await.unwrap()), want);
+        assert_eq!(log.offsets().log_end, 5);
+        assert_eq!(log.next_offset_after(2), Some(2));
+        assert_eq!(log.next_offset_after(6), Some(5));
+        drop(log);
+        // The same after a restart (from the segments), and the membership comes back whole.
+        let mut log = open(dir.path());
+        let all = log.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(bases(&all), want);
+        assert_eq!(all[0].payload, EntryPayload::Membership(membership));
+        assert_eq!(all[4].log_id.leader_id.term, 3);
+        // Cut back to entry 4 and continue under a new leader: the next batch is at 2 again.
+        log.truncate(LogId::new(CommittedLeaderId::new(3, 1), 5))
+            .await
+            .unwrap();
+        log.blocking_append([
+            entry(4, 5, EntryPayload::Blank),
+            entry(4, 6, EntryPayload::Normal(batch(1))),
+        ])
+        .await
+        .unwrap();
+        drop(log);
+        let mut log = open(dir.path());
+        assert_eq!(
+            bases(&log.try_get_log_entries(3..).await.unwrap()),
+            ["3:blank", "4:blank", "5:blank", "6@2"]
+        );
+        // Purging through a control entry keeps the ones after it.
+        log.purge(LogId::new(CommittedLeaderId::new(3, 1), 4))
+            .await
+            .unwrap();
+        drop(log);
+        let mut log = open(dir.path());
+        assert_eq!(
+            bases(&log.try_get_log_entries(0..).await.unwrap()),
+            ["5:blank", "6@2"]
+        );
+    }
+
+    /// A crash can lose batches that were written but not yet fsynced, while `raft.json`
+    /// already holds a control entry after them. A restart drops that entry (it was never
+    /// acknowledged) instead of giving a later batch its index, and the log continues.
+    #[tokio::test]
+    async fn a_control_entry_after_lost_batches_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.blocking_append([
+            entry(1, 0, EntryPayload::Blank),
+            entry(1, 1, EntryPayload::Normal(batch(2))),
+            entry(1, 2, EntryPayload::Normal(batch(2))),
+            entry(2, 3, EntryPayload::Blank),
+        ])
+        .await
+        .unwrap();
+        drop(log);
+        // As a crash that kept raft.json but lost the second batch.
+        let options = LogOptions {
+            segment_bytes: 2048,
+            segment_ms: i64::MAX,
+            index_interval_bytes: 256,
+        };
+        let mut segments = SegmentLog::open(dir.path(), options, 0).unwrap();
+        segments.truncate_suffix(2).unwrap();
+        segments.flush().unwrap();
+        drop(segments);
+        let mut log = open(dir.path());
+        let last = log.get_log_state().await.unwrap().last_log_id.unwrap();
+        assert_eq!((last.index, last.leader_id.term), (1, 1));
+        log.blocking_append([
+            entry(3, 2, EntryPayload::Blank),
+            entry(3, 3, EntryPayload::Normal(batch(1))),
+        ])
+        .await
+        .unwrap();
+        drop(log);
+        let mut log = open(dir.path());
+        let all = log.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[2].payload, EntryPayload::Blank);
+        assert_eq!(all[2].log_id.leader_id.term, 3);
+        let EntryPayload::Normal(Payload(b, _)) = &all[3].payload else {
+            panic!("normal entry expected")
+        };
+        assert_eq!(BatchHeader::parse(b).unwrap().base_offset, 2);
+    }
+
+    /// A log written when control entries were control batches in the segments (one
+    /// offset each) still opens and reads them, and new ones take no offset.
+    #[tokio::test]
+    async fn control_batches_of_older_logs_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        {
+            let mut inner = log.inner.lock();
+            let mut blank = batch::control_batch(BLANK_KEY, b"");
+            let at = inner.log.append(&mut blank, 1, 0).unwrap();
+            let Payload(data, _) = batch(2);
+            let mut data = BytesMut::from(&data[..]);
+            let next = inner.log.append(&mut data, 1, 0).unwrap();
+            inner.offsets = vec![at.base_offset, next.base_offset];
+            inner.meta.first_index = 0;
+            inner.meta.first_offset = Some(at.base_offset);
+            inner.meta.epochs = vec![Epoch {
+                first_index: 0,
+                leader: CommittedLeaderId::new(1, 1),
+            }];
+            inner.persist_meta().unwrap();
+            inner.log.flush().unwrap();
+        }
+        drop(log);
+        let mut log = open(dir.path());
+        log.blocking_append([
+            entry(2, 2, EntryPayload::Blank),
+            entry(2, 3, EntryPayload::Normal(batch(1))),
+        ])
+        .await
+        .unwrap();
+        drop(log);
+        let mut log = open(dir.path());
+        let all = log.try_get_log_entries(0..).await.unwrap();
+        assert_eq!(all[0].payload, EntryPayload::Blank);
+        assert_eq!(all[2].payload, EntryPayload::Blank);
+        let base = |e: &Entry<PartitionRaft>| match &e.payload {
+            EntryPayload::Normal(Payload(b, _)) => BatchHeader::parse(b).unwrap().base_offset,
+            _ => panic!("normal entry expected"),
+        };
+        assert_eq!((base(&all[1]), base(&all[3])), (1, 3));
     }
 
     /// Reads served from memory are the entries a read from the segments returns: same

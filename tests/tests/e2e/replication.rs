@@ -124,6 +124,17 @@ async fn every_acked_record_survives_a_leader_kill(batch_size: usize, burst: u32
         .collect();
     assert!(twice.is_empty(), "stored twice: {twice:?}");
     assert_eq!(values, (0..400).collect::<Vec<_>>());
+    // Offsets count records only, as in Kafka: the first is 0, and neither the elections
+    // (a new leader's first Raft entry) nor the membership took one, so the idle partition
+    // ends where its high watermark is.
+    let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
+    assert_eq!(offsets, (0..400).collect::<Vec<i64>>());
+    eventually("high watermark = log end = 400", Duration::from_secs(20), || async {
+        let d = admin.describe_topic("safe").await.ok()?;
+        let p = &d.partitions[0];
+        (p.high_watermark == 400 && p.log_end_offset == 400).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
