@@ -1093,6 +1093,88 @@ impl Broker {
             .ok_or_else(|| Error::UnknownTopic(name.to_string()))
     }
 
+    /// Catches up with the controller's committed metadata when `found` says this broker
+    /// does not know the topic or partition asked for: its metadata may simply be behind (a
+    /// broker that just restarted, a topic created a moment ago through another broker).
+    /// Returns whether it caught up (then ask again: the answer is authoritative), or the
+    /// original answer when it was not about an unknown topic; a broker that cannot catch
+    /// up in time answers the retriable [`Error::MetadataBehind`], never "unknown topic".
+    pub async fn catch_up_if_unknown<T>(&self, topic: &str, found: &Result<T>) -> Result<bool> {
+        if !matches!(
+            found,
+            Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. })
+        ) {
+            return Ok(false);
+        }
+        self.controller
+            .catch_up(self.config.metadata_catch_up_timeout)
+            .await
+            .map_err(|e| Error::MetadataBehind {
+                topic: topic.to_string(),
+                node: self.node_id(),
+                cause: e.to_string(),
+            })?;
+        Ok(true)
+    }
+
+    /// [`Broker::partition`], caught up with the controller first when this broker does
+    /// not know the topic or partition.
+    pub async fn partition_current(&self, topic: &str, partition: i32) -> Result<PartitionRef> {
+        let found = self.partition(topic, partition);
+        if self.catch_up_if_unknown(topic, &found).await? {
+            return self.partition(topic, partition);
+        }
+        found
+    }
+
+    /// [`Broker::partition`] for each of `asked`, with one catch-up with the controller
+    /// when this broker does not know some of them.
+    pub async fn partitions_current<'a>(
+        &self,
+        asked: impl IntoIterator<Item = (&'a str, i32)>,
+    ) -> Vec<Result<PartitionRef>> {
+        let asked: Vec<_> = asked.into_iter().collect();
+        let mut found: Vec<_> = asked.iter().map(|(t, p)| self.partition(t, *p)).collect();
+        let unknown = |r: &Result<PartitionRef>| {
+            matches!(
+                r,
+                Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. })
+            )
+        };
+        let Some(first) = found.iter().position(unknown) else {
+            return found;
+        };
+        let caught_up = self
+            .controller
+            .catch_up(self.config.metadata_catch_up_timeout)
+            .await
+            .map_err(|e| e.to_string());
+        for (i, (topic, partition)) in asked.iter().enumerate().skip(first) {
+            if !unknown(&found[i]) {
+                continue;
+            }
+            found[i] = match &caught_up {
+                Ok(()) => self.partition(topic, *partition),
+                Err(cause) => Err(Error::MetadataBehind {
+                    topic: topic.to_string(),
+                    node: self.node_id(),
+                    cause: cause.clone(),
+                }),
+            };
+        }
+        found
+    }
+
+    /// [`Broker::topic_record`], caught up with the controller first when this broker does
+    /// not know the topic.
+    pub async fn topic_record_current(&self, name: &str) -> Result<TopicRecord> {
+        let found = self.topic_record(name);
+        if self.catch_up_if_unknown(name, &found).await? {
+            return self.topic_record(name);
+        }
+        found
+    }
+
     /// This broker's partitions of a topic, if it has any.
     pub fn local_topic(&self, name: &str) -> Option<Arc<LocalTopic>> {
         self.local.read().get(name).cloned()
@@ -1309,7 +1391,7 @@ impl Broker {
 
     /// Deletes a topic through the controller; every broker then removes its data.
     pub async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<()> {
-        self.topic_record(name)?;
+        self.topic_record_current(name).await?;
         let proposed = self
             .controller
             .propose(MetaCommand::DeleteTopic {

@@ -23,6 +23,7 @@ pub const DEFAULT_METADATA_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_RAFT_TAIL_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
 pub const DEFAULT_CONTROLLED_SHUTDOWN_TIMEOUT: &str = "10s";
+pub const DEFAULT_METADATA_CATCH_UP_TIMEOUT: &str = "3s";
 pub const DEFAULT_REPLICA_LAG_TIME_MAX: &str = "10s";
 pub const DEFAULT_LEADER_REBALANCE_INTERVAL: &str = "30s";
 pub const DEFAULT_MAX_PRODUCERS_PER_PARTITION: usize = crate::producer_state::MAX_PRODUCERS;
@@ -97,6 +98,10 @@ pub struct Config {
     /// partition it leads to an in-sync follower, for at most this long, so producers and
     /// consumers move over without noticing a failure. Zero turns it off.
     pub controlled_shutdown_timeout: Duration,
+    /// A request naming a topic (or partition) this broker's metadata does not have waits
+    /// this long for the broker to catch up with the controller before the broker calls
+    /// it unknown; if it cannot, the answer is the retriable LEADER_NOT_AVAILABLE.
+    pub metadata_catch_up_timeout: Duration,
     /// Kafka's `replica.lag.time.max.ms`: a follower not caught up for this long leaves the
     /// in-sync set.
     pub replica_lag_time_max: Duration,
@@ -154,6 +159,7 @@ impl Default for Config {
             raft_tail_cache_bytes: DEFAULT_RAFT_TAIL_CACHE_BYTES,
             shutdown_timeout: dur(DEFAULT_SHUTDOWN_TIMEOUT),
             controlled_shutdown_timeout: dur(DEFAULT_CONTROLLED_SHUTDOWN_TIMEOUT),
+            metadata_catch_up_timeout: dur(DEFAULT_METADATA_CATCH_UP_TIMEOUT),
             replica_lag_time_max: dur(DEFAULT_REPLICA_LAG_TIME_MAX),
             leader_rebalance_interval: dur(DEFAULT_LEADER_REBALANCE_INTERVAL),
             max_producers_per_partition: DEFAULT_MAX_PRODUCERS_PER_PARTITION,
@@ -257,6 +263,7 @@ struct ConfigFile {
     raft_tail_cache_bytes: Option<u64>,
     shutdown_timeout: Option<String>,
     controlled_shutdown_timeout: Option<String>,
+    metadata_catch_up_timeout: Option<String>,
     replica_lag_time_max: Option<String>,
     leader_rebalance_interval: Option<String>,
     max_producers_per_partition: Option<usize>,
@@ -332,6 +339,10 @@ pub struct Args {
     /// this long (controlled.shutdown.enable); 0s turns it off [default: 10s]
     #[arg(long, env = "SLUICE_CONTROLLED_SHUTDOWN_TIMEOUT")]
     pub controlled_shutdown_timeout: Option<String>,
+    /// A request naming a topic this broker does not know waits this long for its metadata
+    /// to catch up with the controller before the topic is called unknown [default: 3s]
+    #[arg(long, env = "SLUICE_METADATA_CATCH_UP_TIMEOUT")]
+    pub metadata_catch_up_timeout: Option<String>,
     /// A follower not caught up for this long leaves the in-sync set
     /// (replica.lag.time.max.ms) [default: 10s]
     #[arg(long, env = "SLUICE_REPLICA_LAG_TIME_MAX")]
@@ -438,6 +449,12 @@ impl Args {
                 self.controlled_shutdown_timeout,
                 file.controlled_shutdown_timeout,
                 d.controlled_shutdown_timeout,
+            )?,
+            metadata_catch_up_timeout: pick_dur(
+                "metadata_catch_up_timeout",
+                self.metadata_catch_up_timeout,
+                file.metadata_catch_up_timeout,
+                d.metadata_catch_up_timeout,
             )?,
             replica_lag_time_max: pick_dur(
                 "replica_lag_time_max",

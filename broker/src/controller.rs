@@ -271,6 +271,75 @@ impl Controller {
         })
     }
 
+    /// Waits until this broker has applied every metadata change the controller leader
+    /// had committed when asked (a linearizable read of the metadata), within `timeout`,
+    /// through an election if one is under way. After `Ok`, a topic missing from
+    /// [`Controller::state`] does not exist.
+    pub async fn catch_up(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut last = String::from("no controller leader elected yet");
+        let index = loop {
+            match tokio::time::timeout_at(deadline, self.read_index()).await {
+                Ok(Ok(index)) => break index,
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => {}
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(50) >= deadline {
+                return Err(Error::Timeout(format!(
+                    "no controller leader gave its commit index within {timeout:?} ({last})"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(index, "catching up with the controller")
+            .await
+            .map(|_| ())
+            .map_err(|e| {
+                Error::Timeout(format!(
+                    "this broker (node {}) did not apply the controller's metadata up to index {index:?} within {timeout:?}: {e}",
+                    self.node_id
+                ))
+            })
+    }
+
+    /// The controller leader's read index, asked of it wherever it is.
+    async fn read_index(&self) -> Result<Option<u64>> {
+        match self.leader_address() {
+            Some((leader, _)) if leader == self.node_id => self.read_index_here().await,
+            Some((leader, address)) => {
+                let mut client = self.channels.client(&address).map_err(Error::Internal)?;
+                match client.read_index(pb::ReadIndexRequest {}).await {
+                    Ok(r) => Ok(u64::try_from(r.into_inner().index).ok()),
+                    Err(status) => Err(Error::Internal(format!(
+                        "controller leader {leader} did not give its commit index: {}",
+                        status.message()
+                    ))),
+                }
+            }
+            None => Err(Error::NotController { leader: None }),
+        }
+    }
+
+    /// The read index of this node, which must lead the group: its commit index, once a
+    /// quorum confirmed it still leads.
+    pub async fn read_index_here(&self) -> Result<Option<u64>> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map(|l| l.index)),
+            Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(Error::NotController {
+                    leader: f.leader_node.map(|n| n.addr),
+                })
+            }
+            Err(e) => {
+                tracing::debug!(cause = %e, "controller read index");
+                Err(Error::NotController { leader: None })
+            }
+        }
+    }
+
     /// Commits a command on this node, which must lead the group.
     pub async fn propose_here(&self, command: MetaCommand) -> Result<MetaResponse> {
         if let MetaCommand::RegisterBroker { broker: b, .. } = &command {

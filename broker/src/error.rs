@@ -15,6 +15,14 @@ pub enum Error {
         partition: i32,
         count: i32,
     },
+    #[error(
+        "broker {node} does not know topic '{topic}' yet and could not confirm with the controller whether it exists ({cause}); retry, or ask another broker"
+    )]
+    MetadataBehind {
+        topic: String,
+        node: i32,
+        cause: String,
+    },
     #[error("topic '{0}' already exists")]
     TopicExists(String),
     #[error("{0}")]
@@ -145,7 +153,9 @@ impl Error {
             Error::ShuttingDown => ErrorCode::BrokerNotAvailable,
             Error::NotController { .. } => ErrorCode::NotController,
             Error::NotLeader { .. } => ErrorCode::NotLeader,
-            Error::LeaderNotAvailable { .. } => ErrorCode::LeaderNotAvailable,
+            Error::LeaderNotAvailable { .. } | Error::MetadataBehind { .. } => {
+                ErrorCode::LeaderNotAvailable
+            }
             Error::Rejected(_) => ErrorCode::InvalidRequest,
             Error::NotEnoughReplicas { .. } => ErrorCode::NotEnoughReplicas,
             Error::NotEnoughReplicasAfterAppend { .. } => ErrorCode::NotEnoughReplicasAfterAppend,

@@ -217,8 +217,18 @@ impl Cluster {
                 }
                 Ok(Err(status)) => {
                     let err = Error::from_status(address, status);
-                    if matches!(err, Error::Broker { .. }) || !err.is_retriable() {
+                    if !err.is_retriable() {
                         return Err(err);
+                    }
+                    if matches!(err, Error::Broker { .. }) {
+                        // A read may find another broker further along (one that just
+                        // restarted answers LEADER_NOT_AVAILABLE for a topic it has not
+                        // caught up on); a change was answered and must not be sent twice.
+                        if change.is_some() {
+                            return Err(err);
+                        }
+                        last = Some(err);
+                        continue;
                     }
                     self.drop_channel(address);
                     if change.is_some() && !err.is_connection_refused() {
@@ -304,6 +314,28 @@ impl Cluster {
                     format!("unknown topic '{name}'; create it with `sluice topics create {name}`"),
                 ))
             })
+    }
+
+    /// [`Cluster::topic`], retried with backoff while the answer is retriable (no broker
+    /// asked could confirm the topic yet, none answered) until `until`; the backoff
+    /// doubles from `backoff` up to `backoff_max`.
+    pub async fn topic_until(
+        &self,
+        name: &str,
+        until: tokio::time::Instant,
+        mut backoff: Duration,
+        backoff_max: Duration,
+    ) -> Result<Arc<TopicRoute>> {
+        loop {
+            match self.topic(name).await {
+                Err(e) if e.is_retriable() && tokio::time::Instant::now() + backoff < until => {
+                    tracing::debug!(topic = name, cause = %e, "metadata; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(backoff_max);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The leader address of a partition as cached, without asking anyone.

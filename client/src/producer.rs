@@ -432,7 +432,17 @@ impl Producer {
         if inner.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(Error::Closed);
         }
-        let route = inner.cluster.topic(&record.topic).await?;
+        // As Kafka's `max.block.ms`: `send` waits this long for the topic's metadata while
+        // the brokers asked cannot confirm it yet (a broker that just restarted).
+        let route = inner
+            .cluster
+            .topic_until(
+                &record.topic,
+                tokio::time::Instant::now() + inner.config.max_block,
+                inner.config.retry_backoff,
+                inner.config.retry_backoff_max,
+            )
+            .await?;
         let count = route.leaders.len() as i32;
         let size = record.value.len() + record.key.as_ref().map_or(0, |k| k.len()) + 32;
         let partition = match (record.partition, &record.key) {

@@ -667,6 +667,20 @@ impl pb::raft_server::Raft for RaftService {
         Ok(tonic::Response::new(pb::ElectReply { accepted }))
     }
 
+    async fn read_index(
+        &self,
+        _: tonic::Request<pb::ReadIndexRequest>,
+    ) -> Result<tonic::Response<pb::ReadIndexReply>, tonic::Status> {
+        let index = self
+            .controller
+            .read_index_here()
+            .await
+            .map_err(tonic::Status::from)?;
+        Ok(tonic::Response::new(pb::ReadIndexReply {
+            index: index.map_or(-1, |i| i as i64),
+        }))
+    }
+
     async fn propose(
         &self,
         request_: tonic::Request<pb::Proposal>,

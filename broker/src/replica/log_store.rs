@@ -211,9 +211,8 @@ impl Inner {
     /// written in place, not copied.
     fn encode(log_id: &LogId<NodeId>, Payload(b, token): Payload) -> SResult<BytesMut> {
         if token == 0 {
-            batch::verify(&b).map_err(|e| {
-                io_err(StorageIOError::write_logs, format!("entry {log_id}: {e}"))
-            })?;
+            batch::verify(&b)
+                .map_err(|e| io_err(StorageIOError::write_logs, format!("entry {log_id}: {e}")))?;
         }
         Ok(b.try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..])))
@@ -908,14 +907,26 @@ mod tests {
                 .iter()
                 .map(|e| match &e.payload {
                     EntryPayload::Normal(Payload(b, _)) => {
-                        format!("{}@{}", e.log_id.index, BatchHeader::parse(b).unwrap().base_offset)
+                        format!(
+                            "{}@{}",
+                            e.log_id.index,
+                            BatchHeader::parse(b).unwrap().base_offset
+                        )
                     }
                     EntryPayload::Blank => format!("{}:blank", e.log_id.index),
                     EntryPayload::Membership(_) => format!("{}:membership", e.log_id.index),
                 })
                 .collect::<Vec<_>>()
         };
-        let want = ["0:membership", "1:blank", "2@0", "3:blank", "4:blank", "5@2", "6:blank"];
+        let want = [
+            "0:membership",
+            "1:blank",
+            "2@0",
+            "3:blank",
+            "4:blank",
+            "5@2",
+            "6:blank",
+        ];
         assert_eq!(bases(&log.try_get_log_entries(0..).await.unwrap()), want);
         assert_eq!(log.offsets().log_end, 5);
         assert_eq!(log.next_offset_after(2), Some(2));

@@ -200,7 +200,7 @@ impl Admin for AdminService {
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::DescribeTopicResponse>, Status> {
         let req = request.into_inner();
-        let record = self.broker.topic_record(&req.name)?;
+        let record = self.broker.topic_record_current(&req.name).await?;
         let topic = self.describe(&record, req.local_only).await?;
         Ok(Response::new(pb::DescribeTopicResponse {
             topic: Some(topic),
@@ -212,7 +212,15 @@ impl Admin for AdminService {
         request: Request<pb::MetadataRequest>,
     ) -> Result<Response<pb::MetadataResponse>, Status> {
         let wanted = request.into_inner().topics;
-        let state = self.broker.controller.state();
+        // A topic asked for by name that this broker does not know may exist already: the
+        // answer waits for this broker to catch up with the controller (or fails, retriable).
+        let mut state = self.broker.controller.state();
+        if let Some(missing) = wanted.iter().find(|t| !state.topics.contains_key(*t)) {
+            let unknown: Result<(), _> = Err(crate::error::Error::UnknownTopic(missing.clone()));
+            if self.broker.catch_up_if_unknown(missing, &unknown).await? {
+                state = self.broker.controller.state();
+            }
+        }
         let topics = state
             .topics
             .values()

@@ -25,14 +25,15 @@ pub(super) async fn handle(
         req.max_bytes as usize
     }
     .min(broker.config.max_request_bytes);
-    let targets: Vec<(pb::FetchPartition, Result<PartitionRef>)> = req
-        .partitions
-        .into_iter()
-        .map(|fp| {
-            let p = broker.partition(&fp.topic, fp.partition);
-            (fp, p)
-        })
-        .collect();
+    let found = broker
+        .partitions_current(
+            req.partitions
+                .iter()
+                .map(|fp| (fp.topic.as_str(), fp.partition)),
+        )
+        .await;
+    let targets: Vec<(pb::FetchPartition, Result<PartitionRef>)> =
+        req.partitions.into_iter().zip(found).collect();
     let targets = Arc::new(targets);
     loop {
         // Subscribe before reading, so a write between the read and the wait still wakes us.

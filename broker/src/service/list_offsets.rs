@@ -13,12 +13,19 @@ pub(super) async fn handle(
     broker: &Arc<Broker>,
     req: pb::ListOffsetsRequest,
 ) -> Result<pb::ListOffsetsResponse> {
-    let broker = broker.clone();
+    let found = broker
+        .partitions_current(
+            req.partitions
+                .iter()
+                .map(|q| (q.topic.as_str(), q.partition)),
+        )
+        .await;
     blocking(move || {
         let partitions = req
             .partitions
             .into_iter()
-            .map(|q| {
+            .zip(found)
+            .map(|(q, p)| {
                 let mut out = pb::ListedOffset {
                     topic: q.topic.clone(),
                     partition: q.partition,
@@ -26,14 +33,11 @@ pub(super) async fn handle(
                     offset: -1,
                     timestamp: -1,
                 };
-                let found =
-                    broker
-                        .partition(&q.topic, q.partition)
-                        .and_then(|p| match q.timestamp {
-                            list_offsets::EARLIEST => Ok(Some((p.offsets().log_start, -1))),
-                            list_offsets::LATEST => Ok(Some((p.high_watermark(), -1))),
-                            ts => p.offset_for_timestamp(ts),
-                        });
+                let found = p.and_then(|p| match q.timestamp {
+                    list_offsets::EARLIEST => Ok(Some((p.offsets().log_start, -1))),
+                    list_offsets::LATEST => Ok(Some((p.high_watermark(), -1))),
+                    ts => p.offset_for_timestamp(ts),
+                });
                 match found {
                     Ok(Some((offset, ts))) => {
                         out.offset = offset;

@@ -31,7 +31,7 @@ pub(super) async fn handle(
     } else {
         Duration::from_millis(req.timeout_ms as u64) * 9 / 10
     };
-    let partition = match broker.partition(&req.topic, req.partition)? {
+    let partition = match broker.partition_current(&req.topic, req.partition).await? {
         PartitionRef::Local(p) => p,
         PartitionRef::Replica(r) => {
             let state = broker.controller.state();

@@ -465,3 +465,64 @@ async fn restarts_and_lost_quorums_log_no_errors() {
         "the survivor with two peers down"
     );
 }
+
+/// A broker whose metadata is behind (it was paused while a topic was created through the
+/// others, as a broker that just restarted is) never calls that topic unknown: asked for it
+/// by name, it first catches up with the controller. A producer and an admin that know only
+/// that broker use the topic at once.
+#[tokio::test]
+async fn a_broker_behind_on_metadata_catches_up_before_calling_a_topic_unknown() {
+    use nix::sys::signal::Signal;
+
+    let mut cluster = Cluster::start(3);
+    let meta = cluster.wait_ready().await;
+    let late = (1..=3).find(|id| *id != meta.controller_id).unwrap();
+    let late_address = cluster.node(late).address.clone();
+    let mut others = cluster.client();
+    others.bootstrap.retain(|a| *a != late_address);
+
+    for round in 0..3 {
+        let topic = format!("fresh{round}");
+        cluster.node(late).signal(Signal::SIGSTOP);
+        Admin::new(others.clone())
+            .unwrap()
+            .create_topic(NewTopic::new(&topic, 3, 1), false)
+            .await
+            .unwrap();
+        cluster.node(late).signal(Signal::SIGCONT);
+
+        let only_late = cluster.node(late).client();
+        let d = Admin::new(only_late.clone())
+            .unwrap()
+            .describe_topic(&topic)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "describe {topic} at broker {late}: {e}\n{}",
+                    cluster.log(late)
+                )
+            });
+        assert_eq!(d.partitions.len(), 3);
+        let producer = sluice_client::Producer::connect(only_late, ProducerConfig::default())
+            .await
+            .unwrap();
+        let delivered = producer
+            .send(ProducerRecord::new(&topic, "v").partition(round))
+            .await
+            .unwrap_or_else(|e| panic!("send to {topic} through broker {late}: {e}"))
+            .await
+            .unwrap_or_else(|e| panic!("deliver to {topic} through broker {late}: {e}"));
+        assert_eq!(delivered.offset, 0);
+    }
+    // A topic nobody created is still unknown, at once and with the hint.
+    let err = Admin::new(cluster.node(late).client())
+        .unwrap()
+        .describe_topic("never-created")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::UnknownTopicOrPartition),
+        "{err}"
+    );
+}

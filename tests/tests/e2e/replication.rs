@@ -129,11 +129,15 @@ async fn every_acked_record_survives_a_leader_kill(batch_size: usize, burst: u32
     // ends where its high watermark is.
     let offsets: Vec<i64> = records.iter().map(|r| r.offset).collect();
     assert_eq!(offsets, (0..400).collect::<Vec<i64>>());
-    eventually("high watermark = log end = 400", Duration::from_secs(20), || async {
-        let d = admin.describe_topic("safe").await.ok()?;
-        let p = &d.partitions[0];
-        (p.high_watermark == 400 && p.log_end_offset == 400).then_some(())
-    })
+    eventually(
+        "high watermark = log end = 400",
+        Duration::from_secs(20),
+        || async {
+            let d = admin.describe_topic("safe").await.ok()?;
+            let p = &d.partitions[0];
+            (p.high_watermark == 400 && p.log_end_offset == 400).then_some(())
+        },
+    )
     .await;
 }
 

@@ -134,3 +134,83 @@ async fn a_rolling_restart_under_load_fails_no_write() {
         "every record once, in order, at its acknowledged offset"
     );
 }
+
+/// Brokers are SIGKILLed and restarted, three times, while an idempotent acks=all producer
+/// writes, and each time a new producer that knows only the restarted broker starts
+/// writing while that broker is still catching up: no send fails (none with
+/// UNKNOWN_TOPIC_OR_PARTITION for the topic that exists all along, none at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_brokers_never_call_an_existing_topic_unknown() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("crash", PARTITIONS, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .unwrap();
+    all_in_sync(&cluster, "crash").await;
+    let producer = Producer::connect(cluster.client(), ProducerConfig::default())
+        .await
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let sender = {
+        let producer = producer.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let p = (i % PARTITIONS as u64) as i32;
+                let d = producer
+                    .send(ProducerRecord::new("crash", format!("{i}")).partition(p))
+                    .await;
+                tx.send(d).expect("collector runs");
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        })
+    };
+    let collector = tokio::spawn(async move {
+        let (mut acked, mut failed) = (0usize, Vec::new());
+        while let Some(d) = rx.recv().await {
+            match d {
+                Ok(d) => match d.await {
+                    Ok(_) => acked += 1,
+                    Err(e) => failed.push(e.to_string()),
+                },
+                Err(e) => failed.push(format!("send: {e}")),
+            }
+        }
+        (acked, failed)
+    });
+
+    for id in [2, 3, 1] {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster.node(id).kill();
+        cluster.node(id).restart_in_place();
+        // A client that knows only the restarted broker, from the moment it listens.
+        let only_it = cluster.node(id).client();
+        let fresh = eventually("the restarted broker listens", Duration::from_secs(30), || {
+            let c = only_it.clone();
+            async move { Producer::connect(c, ProducerConfig::default()).await.ok() }
+        })
+        .await;
+        for p in 0..PARTITIONS {
+            fresh
+                .send(ProducerRecord::new("crash", format!("fresh-{id}-{p}")).partition(p))
+                .await
+                .unwrap_or_else(|e| panic!("send through restarted broker {id}: {e}"))
+                .await
+                .unwrap_or_else(|e| panic!("deliver through restarted broker {id}: {e}"));
+        }
+        all_in_sync(&cluster, "crash").await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    sender.await.unwrap();
+    let (acked, failed) = collector.await.unwrap();
+    assert!(failed.is_empty(), "sends failed across the restarts: {failed:?}");
+    assert!(acked > 0);
+}
