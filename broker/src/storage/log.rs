@@ -474,6 +474,29 @@ mod tests {
         );
     }
 
+    /// A clean reopen finds the active segment's max timestamp (what retention.ms and
+    /// timestamp lookups go by) from its indexes and a bounded read, whatever the
+    /// timestamps did: a maximum reached just after the last time index entry, then never
+    /// passed again, still counts.
+    #[test]
+    fn a_reopen_keeps_the_max_timestamp_of_timestamps_that_stop_rising() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SegmentLog::open(dir.path(), opts(1 << 20), 0).unwrap();
+        log.append(&mut batch(1000, 1, 100), 0, 0).unwrap();
+        // Within index_interval_bytes (256) of the first batch: no time index entry of its own.
+        log.append(&mut batch(5000, 1, 20), 0, 0).unwrap();
+        for _ in 0..100 {
+            log.append(&mut batch(10, 1, 100), 0, 0).unwrap();
+        }
+        let before = log.segments()[0].max_timestamp;
+        assert_eq!(before, 5000);
+        log.close().unwrap();
+        let log = SegmentLog::open(dir.path(), opts(1 << 20), 0).unwrap();
+        assert_eq!(log.segments()[0].max_timestamp, before);
+        assert_eq!(log.offsets().log_end, 102);
+        assert_eq!(log.offset_for_timestamp(4000).unwrap(), Some((1, 5000)));
+    }
+
     #[test]
     fn crash_recovery_cuts_a_torn_tail_only() {
         let dir = tempfile::tempdir().unwrap();

@@ -316,18 +316,27 @@ impl Segment {
         Ok(report)
     }
 
-    /// Re-derives `next_offset` and `max_timestamp` from the last index entries on, after
-    /// the indexes were loaded or cut. Entries only ever under-state the running maximum
-    /// timestamp (they are sparse), so scanning from the earlier of the two last entries
-    /// sees every batch that could raise it.
+    /// Re-derives `next_offset` and `max_timestamp` from the last offset index entry on,
+    /// after the indexes were loaded or cut. Time entries only under-state the running
+    /// maximum timestamp, but by little: a batch that raised it past the last time entry
+    /// gets an entry of its own unless it starts within `interval` bytes of that entry (the
+    /// next batch beyond that window would carry the raised maximum into a new entry). So
+    /// besides the tail after the last offset entry, only the batch headers in that window
+    /// are read, however old the last time entry is (timestamps that never rise used to
+    /// make a clean open read the whole active segment).
     fn resume_tail(&mut self, verify: bool) -> Result<ScanReport> {
         let ix = self.indexes();
-        let from = ix
-            .offsets
-            .last()
-            .map_or(0, |e| e.pos as u64)
-            .min(ix.times.last().map_or(0, |t| t.pos as u64));
+        let from = ix.offsets.last().map_or(0, |e| e.pos as u64);
+        let time_pos = ix.times.last().map_or(0, |t| t.pos as u64);
         self.max_timestamp = ix.times.last().map_or(-1, |t| t.ts);
+        let window_end = from.min(time_pos + self.interval);
+        let mut pos = time_pos;
+        while pos < window_end {
+            let head = self.read_exact(pos, HEADER_LEN)?;
+            let h = BatchHeader::parse(&head).map_err(|e| self.corrupt(pos, -1, e.to_string()))?;
+            self.max_timestamp = self.max_timestamp.max(h.max_timestamp);
+            pos += h.total_len() as u64;
+        }
         let offset = if from == 0 {
             self.base_offset
         } else {
