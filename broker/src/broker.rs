@@ -1264,8 +1264,19 @@ impl Broker {
         } else {
             replication_factor
         };
-        // Replicas go to live brokers only. A broker this one has not heard from yet (it
-        // just started) gets a moment to answer a ping.
+        // Replicas go to live brokers only, of those registered as of the controller's
+        // latest commit (this broker's metadata may be behind: a broker that registered a
+        // moment ago through another one). If it cannot catch up, the proposal below fails
+        // and says why.
+        if let Err(e) = self
+            .controller
+            .catch_up(self.config.metadata_catch_up_timeout)
+            .await
+        {
+            tracing::debug!(topic = %name, cause = %e, "catching up before placing a new topic");
+        }
+        // A broker this one has not heard from yet (it just started) gets a moment to answer
+        // a ping.
         let deadline = tokio::time::Instant::now() + LEADER_SILENCE * 2;
         let brokers = loop {
             let live = self.live_brokers();

@@ -193,10 +193,14 @@ async fn restarted_brokers_never_call_an_existing_topic_unknown() {
         cluster.node(id).restart_in_place();
         // A client that knows only the restarted broker, from the moment it listens.
         let only_it = cluster.node(id).client();
-        let fresh = eventually("the restarted broker listens", Duration::from_secs(30), || {
-            let c = only_it.clone();
-            async move { Producer::connect(c, ProducerConfig::default()).await.ok() }
-        })
+        let fresh = eventually(
+            "the restarted broker listens",
+            Duration::from_secs(30),
+            || {
+                let c = only_it.clone();
+                async move { Producer::connect(c, ProducerConfig::default()).await.ok() }
+            },
+        )
         .await;
         for p in 0..PARTITIONS {
             fresh
@@ -211,6 +215,9 @@ async fn restarted_brokers_never_call_an_existing_topic_unknown() {
     stop.store(true, Ordering::Relaxed);
     sender.await.unwrap();
     let (acked, failed) = collector.await.unwrap();
-    assert!(failed.is_empty(), "sends failed across the restarts: {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "sends failed across the restarts: {failed:?}"
+    );
     assert!(acked > 0);
 }
