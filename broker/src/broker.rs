@@ -20,10 +20,14 @@ use crate::controller::{
     PeerChannels,
 };
 use crate::error::{Error, Result};
+use crate::live_config::LiveConfig;
 use crate::metadata::{MetadataStore, TopicRecord};
 use crate::partition::Partition;
 use crate::replica::group::{Replica, ReplicaStores, ReplicaTiming};
 use crate::storage::{LogOptions, SegmentLog};
+
+mod alter;
+pub use alter::ConfigChange;
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -61,8 +65,9 @@ const PARTITION_META_FILE: &str = "partition.json";
 /// `partitions`, replicas of Raft-replicated ones in `replicas`.
 #[derive(Debug)]
 pub struct LocalTopic {
+    /// As opened; `config` is the current topic config (the record's may be older).
     pub record: TopicRecord,
-    pub config: Arc<TopicConfig>,
+    pub config: LiveConfig,
     pub partitions: BTreeMap<i32, Arc<Partition>>,
     pub replicas: RwLock<BTreeMap<i32, Arc<Replica>>>,
 }
@@ -117,7 +122,7 @@ impl PartitionRef {
 #[derive(Debug)]
 struct PendingReplica {
     record: TopicRecord,
-    config: Arc<TopicConfig>,
+    config: LiveConfig,
     partition: i32,
     stores: ReplicaStores,
 }
@@ -528,10 +533,11 @@ impl Broker {
         let me = self.node_id();
         for (name, record) in &next.topics {
             let current = self.local.read().get(name).cloned();
-            if current
+            if let Some(t) = current
                 .as_ref()
-                .is_some_and(|t| t.record.topic_id == record.topic_id)
+                .filter(|t| t.record.topic_id == record.topic_id)
             {
+                self.update_config(t, record);
                 continue;
             }
             if let Some(stale) = current {
@@ -573,6 +579,29 @@ impl Broker {
             }
         }
         pending
+    }
+
+    /// Applies an altered topic config to this broker's partitions of the topic: at once
+    /// for what requests and retention read, from the next append on for segment rolls.
+    fn update_config(&self, topic: &LocalTopic, record: &TopicRecord) {
+        let config = match TopicConfig::from_map(&record.config, record.replication_factor) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(topic = %record.name, cause = %e, "the topic's committed config is invalid; keeping the previous one");
+                return;
+            }
+        };
+        let options = self.log_options(&config);
+        if !topic.config.set(config) {
+            return;
+        }
+        for p in topic.partitions.values() {
+            p.set_log_options(options);
+        }
+        for r in topic.replicas.read().values() {
+            r.set_log_options(options);
+        }
+        tracing::info!(topic = %record.name, config = ?record.config, "topic config changed");
     }
 
     /// Starts the Raft groups of replicas opened by `reconcile`, and reports their
@@ -963,25 +992,30 @@ impl Broker {
             .join(format!("{topic}-{partition}"))
     }
 
+    /// Segment settings from a topic's config.
+    fn log_options(&self, config: &TopicConfig) -> LogOptions {
+        LogOptions {
+            segment_bytes: config.segment_bytes as u64,
+            segment_ms: config.segment_ms,
+            index_interval_bytes: self.config.index_interval_bytes,
+        }
+    }
+
     fn open_topic(
         &self,
         record: TopicRecord,
         assigned: &[i32],
     ) -> Result<(LocalTopic, Vec<PendingReplica>)> {
-        let config = Arc::new(
+        let settings =
             TopicConfig::from_map(&record.config, record.replication_factor).map_err(|e| {
                 Error::Internal(format!(
                     "stored config of topic '{}' is invalid: {e}",
                     record.name
                 ))
-            })?,
-        );
+            })?;
+        let options = self.log_options(&settings);
+        let config = LiveConfig::new(settings);
         let topic_name: Arc<str> = Arc::from(record.name.as_str());
-        let options = LogOptions {
-            segment_bytes: config.segment_bytes as u64,
-            segment_ms: config.segment_ms,
-            index_interval_bytes: self.config.index_interval_bytes,
-        };
         let mut partitions = BTreeMap::new();
         let mut pending = Vec::new();
         for &p in assigned {

@@ -12,11 +12,13 @@
 //! - [`metadata`]: topics and node identity, durable in sled.
 //! - [`service`]: the gRPC handlers, one file per RPC group.
 //! - [`error`]: [`Error`], with its one conversion to `tonic::Status`.
+//! - [`live_config`]: a topic's config as its partitions read it, replaced when altered.
 
 pub mod broker;
 pub mod config;
 pub mod controller;
 pub mod error;
+pub mod live_config;
 pub mod metadata;
 pub mod partition;
 pub mod producer_state;

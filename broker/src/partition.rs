@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use crate::config::FlushPolicy;
 use crate::error::{Error, Result};
+use crate::live_config::LiveConfig;
 use crate::producer_state::{BatchId, ProducerStates, Verdict};
 use crate::storage::{AppendInfo, LogOffsets, LogStorage};
 
@@ -30,7 +31,7 @@ struct ProducerSnapshot {
 pub struct Partition {
     pub topic: Arc<str>,
     pub id: i32,
-    pub config: Arc<TopicConfig>,
+    pub config: LiveConfig,
     log: RwLock<Box<dyn LogStorage>>,
     /// Idempotent producers' last batches; changed only under the log's write lock.
     producers: Mutex<ProducerStates>,
@@ -58,7 +59,7 @@ impl Partition {
     pub fn new(
         topic: Arc<str>,
         id: i32,
-        config: Arc<TopicConfig>,
+        config: LiveConfig,
         log: Box<dyn LogStorage>,
         flush: FlushPolicy,
     ) -> Self {
@@ -87,7 +88,7 @@ impl Partition {
     pub fn open(
         topic: Arc<str>,
         id: i32,
-        config: Arc<TopicConfig>,
+        config: LiveConfig,
         log: Box<dyn LogStorage>,
         flush: FlushPolicy,
         dir: &std::path::Path,
@@ -167,7 +168,7 @@ impl Partition {
 
     /// Checks a batch as received; see [`validate_batch`]. Blocking (CPU).
     pub fn validate(&self, batch: Bytes) -> Result<BytesMut> {
-        validate_batch(&self.topic, self.id, &self.config, batch)
+        validate_batch(&self.topic, self.id, &self.config.get(), batch)
     }
 
     /// An idempotent producer keeps several batches in flight, and requests can be handled in
@@ -334,13 +335,19 @@ impl Partition {
         Ok(found.filter(|(o, _)| *o < hw))
     }
 
+    /// Takes new segment settings (a topic config change).
+    pub fn set_log_options(&self, options: crate::storage::LogOptions) {
+        self.log.write().set_options(options);
+    }
+
     /// Deletes segments that `retention.ms` / `retention.bytes` no longer keep. Blocking.
     pub fn enforce_retention(&self, now_ms: i64) -> Result<()> {
+        let config = self.config.get();
         let segments = self.log.read().segments();
         let cut = crate::storage::retention_cut(
             &segments,
-            self.config.retention_ms,
-            self.config.retention_bytes,
+            config.retention_ms,
+            config.retention_bytes,
             now_ms,
         );
         if let Some(offset) = cut {

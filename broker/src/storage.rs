@@ -217,4 +217,8 @@ pub trait LogStorage: Send + Sync + std::fmt::Debug {
 
     /// Flushes and writes what makes the next open fast (indexes, clean-shutdown marker).
     fn close(&mut self) -> Result<()>;
+
+    /// Changes segment settings (a topic config change): the active segment rolls by the
+    /// new `segment.bytes` / `segment.ms` from the next append on.
+    fn set_options(&mut self, options: LogOptions);
 }

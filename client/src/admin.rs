@@ -1,4 +1,4 @@
-//! [`Admin`]: create, delete, list and describe topics; cluster metadata.
+//! [`Admin`]: create, alter, delete, list and describe topics; cluster metadata.
 
 use std::collections::BTreeMap;
 
@@ -83,6 +83,36 @@ impl Admin {
             .await?;
         self.cluster.invalidate(name);
         Ok(())
+    }
+
+    /// Sets and removes config overrides of a topic, all or none (Kafka's
+    /// IncrementalAlterConfigs). Returns the keys that change (none: nothing to do); with
+    /// `validate_only`, what would change, changing nothing.
+    #[tracing::instrument(skip(self))]
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+        validate_only: bool,
+    ) -> Result<pb::AlterTopicResponse> {
+        let req = pb::AlterTopicRequest {
+            name: name.to_string(),
+            set_config: set.into_iter().collect(),
+            delete_config: delete,
+            validate_only,
+        };
+        let what = format!("altering topic '{name}'");
+        let resp = self.cluster.admin_change(&what, |mut c| {
+            let r = req.clone();
+            async move { c.alter_topic(r).await }
+        });
+        let resp = resp.await?;
+        if !validate_only {
+            // max.message.bytes is cached with the topic's route.
+            self.cluster.invalidate(name);
+        }
+        Ok(resp)
     }
 
     pub async fn list_topics(&self) -> Result<Vec<pb::TopicSummary>> {

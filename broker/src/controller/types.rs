@@ -59,6 +59,14 @@ pub enum MetaCommand {
     DeleteTopic {
         name: String,
     },
+    /// Sets and removes config overrides of a topic (the incarnation `topic_id`), checked
+    /// against the result at apply: all of it or none.
+    AlterTopicConfig {
+        name: String,
+        topic_id: String,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+    },
     /// A partition's Raft group elected `leader` in `term`.
     PartitionLeader {
         topic_id: String,
@@ -141,6 +149,36 @@ impl ClusterState {
                 let first = self.next_producer_id;
                 self.next_producer_id = first.saturating_add(i64::from(*count));
                 MetaResponse::ProducerIds { first }
+            }
+            MetaCommand::AlterTopicConfig {
+                name,
+                topic_id,
+                set,
+                delete,
+            } => {
+                let Some(t) = self
+                    .topics
+                    .get_mut(name)
+                    .filter(|t| &t.topic_id == topic_id)
+                else {
+                    return MetaResponse::Rejected {
+                        code: "UNKNOWN_TOPIC_OR_PARTITION".into(),
+                        message: format!("unknown topic '{name}' (it was deleted or recreated)"),
+                    };
+                };
+                let mut config = t.config.clone();
+                for key in delete {
+                    config.remove(key);
+                }
+                config.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
+                if let Err(e) = sluice_proto::TopicConfig::from_map(&config, t.replication_factor) {
+                    return MetaResponse::Rejected {
+                        code: "INVALID_CONFIG".into(),
+                        message: format!("topic '{name}': {e}"),
+                    };
+                }
+                t.config = config;
+                MetaResponse::Ok
             }
             MetaCommand::DeleteTopic { name } => match self.topics.remove(name) {
                 Some(_) => MetaResponse::Ok,

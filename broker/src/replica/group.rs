@@ -19,6 +19,7 @@ use super::state_machine::ReplicaState;
 use super::types::{Appended, PartitionRaft, Payload, Progress, Proposals};
 use crate::controller::{Controller, MetaCommand, PeerChannels, network::Network};
 use crate::error::{Error, Result};
+use crate::live_config::LiveConfig;
 use crate::partition::validate_batch;
 use crate::producer_state::{BatchId, Latest, ProducerStates, Verdict};
 use crate::storage::{LogOffsets, LogOptions, SegmentLog};
@@ -166,7 +167,7 @@ pub struct Replica {
     pub topic: Arc<str>,
     pub topic_id: String,
     pub id: i32,
-    pub config: Arc<TopicConfig>,
+    pub config: LiveConfig,
     pub replicas: Vec<i32>,
     /// The preferred leader: the first replica of the assignment.
     pub preferred: i32,
@@ -235,7 +236,7 @@ impl Replica {
         topic: Arc<str>,
         topic_id: String,
         id: i32,
-        config: Arc<TopicConfig>,
+        config: LiveConfig,
         node_id: i32,
         members: BTreeMap<u64, BasicNode>,
         group: u64,
@@ -359,6 +360,11 @@ impl Replica {
 
     pub fn subscribe_high_watermark(&self) -> watch::Receiver<i64> {
         self.high_watermark.clone()
+    }
+
+    /// Takes new segment settings (a topic config change).
+    pub fn set_log_options(&self, options: LogOptions) {
+        self.log.set_options(options);
     }
 
     pub fn offsets(&self) -> LogOffsets {
@@ -498,17 +504,18 @@ impl Replica {
                 });
             }
         };
-        let min_isr = self.config.min_insync_replicas as usize;
+        let config = self.config.get();
+        let min_isr = config.min_insync_replicas as usize;
         if acks_level == acks::ALL {
             self.await_in_sync(min_isr, deadline).await?;
         }
         self.wake();
-        let batch = if validates_quickly(&batch, &self.config) {
+        let batch = if validates_quickly(&batch, &config) {
             // A CRC pass and a walk over the records: cheaper than a hop to the blocking pool
             // and back, which is latency every acks=all write pays.
-            validate_batch(&self.topic, self.id, &self.config, batch)?
+            validate_batch(&self.topic, self.id, &config, batch)?
         } else {
-            let (topic, id, config) = (self.topic.clone(), self.id, self.config.clone());
+            let (topic, id, config) = (self.topic.clone(), self.id, config.clone());
             tokio::task::spawn_blocking(move || validate_batch(&topic, id, &config, batch))
                 .await
                 .map_err(|e| Error::Internal(format!("validating a batch: {e}")))??
@@ -1167,7 +1174,8 @@ impl Replica {
             .lock()
             .expire(now_ms, self.timing.producer_expiration.as_millis() as i64);
         let hw = self.high_watermark();
-        let (ms, bytes) = (self.config.retention_ms, self.config.retention_bytes);
+        let config = self.config.get();
+        let (ms, bytes) = (config.retention_ms, config.retention_bytes);
         let upto = tokio::task::spawn_blocking(move || {
             let cut = crate::storage::retention_cut(&log.segments(), ms, bytes, now_ms)?;
             log.last_index_below(cut.min(hw))

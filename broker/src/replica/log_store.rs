@@ -533,6 +533,12 @@ impl SegmentRaftLog {
         inner.persist_meta()
     }
 
+    /// Takes new segment settings (a topic config change). Waits for an append's fsync.
+    pub fn set_options(&self, options: crate::storage::LogOptions) {
+        use crate::storage::LogStorage;
+        self.inner.lock().log.set_options(options);
+    }
+
     /// The first offset with a timestamp at or after `ts`.
     pub fn offset_for_timestamp(&self, ts: i64) -> crate::storage::Result<Option<(i64, i64)>> {
         self.inner.lock().log.offset_for_timestamp(ts)

@@ -139,6 +139,7 @@ impl AdminService {
             replication_factor: record.replication_factor,
             config: config.to_map().into_iter().collect(),
             partitions,
+            overrides: record.config.keys().cloned().collect(),
         })
     }
 }
@@ -163,6 +164,37 @@ impl Admin for AdminService {
             .await?;
         let topic = self.describe(&record, req.validate_only).await?;
         Ok(Response::new(pb::CreateTopicResponse {
+            topic: Some(topic),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(topic = %request.get_ref().name))]
+    async fn alter_topic(
+        &self,
+        request: Request<pb::AlterTopicRequest>,
+    ) -> Result<Response<pb::AlterTopicResponse>, Status> {
+        let req = request.into_inner();
+        let (changes, record) = self
+            .broker
+            .alter_topic_config(
+                &req.name,
+                req.set_config.into_iter().collect(),
+                req.delete_config,
+                req.validate_only,
+            )
+            .await?;
+        let topic = self.describe(&record, true).await?;
+        Ok(Response::new(pb::AlterTopicResponse {
+            changes: changes
+                .into_iter()
+                .map(|c| pb::ConfigChange {
+                    key: c.key,
+                    old_value: c.old_value,
+                    new_value: c.new_value,
+                    old_override: c.old_override,
+                    new_override: c.new_override,
+                })
+                .collect(),
             topic: Some(topic),
         }))
     }

@@ -121,11 +121,6 @@ impl SegmentLog {
         Ok(out)
     }
 
-    /// Changes segment settings (a topic config change); applies from the next roll.
-    pub fn set_options(&mut self, options: LogOptions) {
-        self.options = options;
-    }
-
     fn active(&self) -> &Segment {
         self.segments
             .last()
@@ -179,6 +174,10 @@ impl SegmentLog {
 }
 
 impl LogStorage for SegmentLog {
+    fn set_options(&mut self, options: LogOptions) {
+        self.options = options;
+    }
+
     fn append(&mut self, bytes: &mut [u8], leader_epoch: i32, now_ms: i64) -> Result<AppendInfo> {
         let active = self.active();
         let len = bytes.len() as u64;

@@ -1,4 +1,4 @@
-//! `sluice topics create|list|describe|delete`.
+//! `sluice topics create|list|describe|alter|delete`.
 
 use anyhow::Context as _;
 use clap::Subcommand;
@@ -29,8 +29,43 @@ pub(crate) enum TopicsCommand {
     List,
     /// Show a topic's partitions (leader, offsets, size) and config.
     Describe { name: String },
+    /// Change a topic's config while it serves (Kafka's kafka-configs --alter): every
+    /// broker applies it without a restart.
+    Alter {
+        name: String,
+        /// Set a config override, key=value (repeatable); same keys and checks as create.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// Remove an override, back to the default (repeatable).
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete_config: Vec<String>,
+        /// Show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Delete a topic and all its data.
     Delete { name: String },
+}
+
+#[derive(Debug, Serialize)]
+struct ChangeRow {
+    key: String,
+    old_value: String,
+    new_value: String,
+    /// "topic" (an override) or "default".
+    old_source: &'static str,
+    new_source: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+struct AlterView {
+    topic: String,
+    applied: bool,
+    changes: Vec<ChangeRow>,
+}
+
+fn source(is_override: bool) -> &'static str {
+    if is_override { "topic" } else { "default" }
 }
 
 #[derive(Debug, Serialize)]
@@ -59,6 +94,8 @@ struct TopicView {
     replication_factor: i32,
     partitions: Vec<PartitionRow>,
     config: std::collections::BTreeMap<String, String>,
+    /// The config keys the topic sets itself; the others are defaults.
+    overrides: Vec<String>,
 }
 
 fn view(d: pb::TopicDescription) -> TopicView {
@@ -66,6 +103,7 @@ fn view(d: pb::TopicDescription) -> TopicView {
         name: d.name,
         replication_factor: d.replication_factor,
         config: d.config.into_iter().collect(),
+        overrides: d.overrides,
         partitions: d
             .partitions
             .into_iter()
@@ -124,10 +162,17 @@ fn print_topic(v: &TopicView) {
             })
         )
     );
-    outln!("Config:");
-    for (k, v) in &v.config {
-        outln!("  {k}={v}");
-    }
+    outln!(
+        "{}",
+        table(
+            &["config", "value", "source"],
+            v.config.iter().map(|(k, value)| vec![
+                k.clone(),
+                value.clone(),
+                source(v.overrides.contains(k)).to_string()
+            ])
+        )
+    );
 }
 
 pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()> {
@@ -197,6 +242,67 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
                 .await
                 .with_context(|| format!("describing topic '{name}'"))?;
             output::print(ctx.output, &view(d), print_topic)
+        }
+        TopicsCommand::Alter {
+            name,
+            config,
+            delete_config,
+            dry_run,
+        } => {
+            if config.is_empty() && delete_config.is_empty() {
+                anyhow::bail!(
+                    "altering topic '{name}': nothing to change; give --config KEY=VALUE or --delete-config KEY"
+                );
+            }
+            let set = parse_kv(&config)?;
+            let resp = admin
+                .alter_topic_config(&name, set, delete_config, dry_run)
+                .await
+                .with_context(|| format!("altering topic '{name}'"))?;
+            let v = AlterView {
+                topic: name.clone(),
+                applied: !dry_run && !resp.changes.is_empty(),
+                changes: resp
+                    .changes
+                    .into_iter()
+                    .map(|c| ChangeRow {
+                        key: c.key,
+                        old_value: c.old_value,
+                        new_value: c.new_value,
+                        old_source: source(c.old_override),
+                        new_source: source(c.new_override),
+                    })
+                    .collect(),
+            };
+            output::print(ctx.output, &v, |v| {
+                if v.changes.is_empty() {
+                    outln!(
+                        "Topic '{}' already has this config; nothing changed.",
+                        v.topic
+                    );
+                    return;
+                }
+                outln!(
+                    "{}",
+                    table(
+                        &["config", "from", "to"],
+                        v.changes.iter().map(|c| vec![
+                            c.key.clone(),
+                            format!("{} ({})", c.old_value, c.old_source),
+                            format!("{} ({})", c.new_value, c.new_source),
+                        ])
+                    )
+                );
+                if v.applied {
+                    outln!(
+                        "Altered topic '{}': {} config change(s), in effect on every broker as it applies them (no restart).",
+                        v.topic,
+                        v.changes.len()
+                    );
+                } else {
+                    outln!("Nothing changed (--dry-run).");
+                }
+            })
         }
         TopicsCommand::Delete { name } => {
             admin

@@ -11,3 +11,4 @@ mod idempotence;
 mod produce_consume;
 mod replication;
 mod shutdown;
+mod topic_changes;

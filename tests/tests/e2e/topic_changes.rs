@@ -1,0 +1,269 @@
+//! Live topic changes: config altered while the topic serves, on every replica, without a
+//! restart, kept across restarts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use sluice_client::{
+    Admin, ClientConfig, ErrorCode, NewTopic, Producer, ProducerConfig, ProducerRecord,
+};
+use sluice_proto::{ErrorDetailExt, RecordBatchBuilder, pb};
+use sluice_tests::{Cluster, eventually, run_cli};
+
+fn set(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// The outcome of sending one record of `size` bytes to `partition`.
+async fn send(producer: &Producer, partition: i32, size: usize) -> Result<i64, ErrorCode> {
+    let d = producer
+        .send(ProducerRecord::new("live", vec![b'x'; size]).partition(partition))
+        .await
+        .map_err(|e| e.code().unwrap_or(ErrorCode::UnknownServerError))?;
+    d.await
+        .map(|m| m.offset)
+        .map_err(|e| e.code().unwrap_or(ErrorCode::UnknownServerError))
+}
+
+/// One record of `size` bytes sent straight to the partition's leader, past the client's
+/// own size check (which follows the topic's metadata): the broker's answer, or its code.
+async fn raw_send(client: ClientConfig, partition: i32, size: usize) -> Result<i64, String> {
+    let cluster = sluice_client::cluster::Cluster::new(client).unwrap();
+    let leader = cluster
+        .leader("live", partition)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut c = cluster.log_client(&leader).map_err(|e| e.to_string())?;
+    let mut b = RecordBatchBuilder::new(Default::default());
+    b.append(1, None, &vec![b'x'; size], &[]);
+    c.produce(pb::ProduceRequest {
+        topic: "live".into(),
+        partition,
+        acks: -1,
+        timeout_ms: 5000,
+        batch: b.build(),
+    })
+    .await
+    .map(|r| r.into_inner().base_offset)
+    .map_err(|s| pb::ErrorDetail::from_status(&s).map_or_else(|| s.to_string(), |d| d.code))
+}
+
+/// A lower `max.message.bytes` refuses, on every partition, a record it accepted before;
+/// a bad value or an unknown key changes nothing; a shorter `retention.ms` frees segments
+/// at the next retention pass; the overrides survive a restart of every broker, and
+/// removing one goes back to the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_config_changes_take_effect_at_once_everywhere_and_survive_restarts() {
+    let mut cluster = Cluster::start_with(3, &["--retention-check-interval", "100ms"]);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("live", 3, 3)
+                .config("min.insync.replicas", "2")
+                .config("segment.bytes", "4096"),
+            false,
+        )
+        .await
+        .unwrap();
+    let producer = Producer::connect(cluster.client(), ProducerConfig::default())
+        .await
+        .unwrap();
+    for p in 0..3 {
+        assert!(
+            send(&producer, p, 5000).await.is_ok(),
+            "partition {p} takes 5 KB"
+        );
+    }
+
+    let resp = admin
+        .alter_topic_config("live", set(&[("max.message.bytes", "2048")]), vec![], false)
+        .await
+        .unwrap();
+    let keys: Vec<_> = resp.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["max.message.bytes"]);
+    assert!(resp.changes[0].new_override && !resp.changes[0].old_override);
+    // Each partition's leader applies it as it applies the metadata (at once, or a moment
+    // later on a broker other than the one asked); the producer's cached limit is older.
+    for p in 0..3 {
+        eventually(
+            "the lower limit refuses 5 KB",
+            Duration::from_secs(10),
+            || async {
+                let refused = raw_send(cluster.client(), p, 5000).await;
+                (refused == Err("MESSAGE_TOO_LARGE".into())).then_some(())
+            },
+        )
+        .await;
+        assert!(raw_send(cluster.client(), p, 1000).await.is_ok());
+        // The producer follows the topic's metadata and refuses it itself.
+        eventually(
+            "the producer refuses 5 KB",
+            Duration::from_secs(10),
+            || async {
+                (send(&producer, p, 5000).await == Err(ErrorCode::MessageTooLarge)).then_some(())
+            },
+        )
+        .await;
+    }
+
+    // Refused, with the messages of create, and nothing changed.
+    let err = admin
+        .alter_topic_config("live", set(&[("min.insync.replicas", "4")]), vec![], false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidConfig), "{err}");
+    assert!(err.to_string().contains("min.insync.replicas"), "{err}");
+    let err = admin
+        .alter_topic_config("live", BTreeMap::new(), vec!["retention.mss".into()], false)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("retention.mss"), "{err}");
+    let d = admin.describe_topic("live").await.unwrap();
+    assert_eq!(d.config["max.message.bytes"], "2048");
+    assert_eq!(d.config["min.insync.replicas"], "2");
+    let mut overrides = d.overrides.clone();
+    overrides.sort();
+    assert_eq!(
+        overrides,
+        ["max.message.bytes", "min.insync.replicas", "segment.bytes"]
+    );
+
+    // A shorter retention frees the closed segments of every replica at the next pass.
+    let data_dir = cluster.node(1).data_dir.clone();
+    let before = sluice_tests::segment_files(&data_dir, "live", 0).len();
+    assert!(before > 1, "1 KB and 5 KB records rolled 4 KiB segments");
+    admin
+        .alter_topic_config("live", set(&[("retention.ms", "1")]), vec![], false)
+        .await
+        .unwrap();
+    eventually(
+        "retention frees the closed segments",
+        Duration::from_secs(10),
+        || async { (sluice_tests::segment_files(&data_dir, "live", 0).len() == 1).then_some(()) },
+    )
+    .await;
+
+    // Kept across a restart of every broker (from the metadata log, not from memory).
+    for id in 1..=3 {
+        let status = tokio::task::block_in_place(|| cluster.node(id).terminate());
+        assert!(status.success());
+        cluster.node(id).restart_in_place();
+    }
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    let producer = Producer::connect(cluster.client(), ProducerConfig::default())
+        .await
+        .unwrap();
+    for p in 0..3 {
+        eventually(
+            "refused after the restart",
+            Duration::from_secs(30),
+            || async {
+                let refused = raw_send(cluster.client(), p, 5000).await;
+                (refused == Err("MESSAGE_TOO_LARGE".into())).then_some(())
+            },
+        )
+        .await;
+    }
+
+    // Back to the default: the CLI shows the plan; 5 KB is taken again.
+    let out = run_cli(
+        &cluster.bootstrap(),
+        &[
+            "topics",
+            "alter",
+            "live",
+            "--delete-config",
+            "max.message.bytes",
+            "-o",
+            "json",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["applied"], true);
+    assert_eq!(v["changes"][0]["key"], "max.message.bytes");
+    assert_eq!(v["changes"][0]["old_value"], "2048");
+    assert_eq!(v["changes"][0]["new_source"], "default");
+    for p in 0..3 {
+        eventually("5 KB taken again", Duration::from_secs(10), || async {
+            raw_send(cluster.client(), p, 5000).await.ok()
+        })
+        .await;
+        eventually(
+            "the producer takes 5 KB again",
+            Duration::from_secs(10),
+            || async { send(&producer, p, 5000).await.ok() },
+        )
+        .await;
+    }
+    let d = admin.describe_topic("live").await.unwrap();
+    assert!(!d.overrides.contains(&"max.message.bytes".to_string()));
+}
+
+/// `topics alter --dry-run` shows the changes and makes none; altering a topic that does
+/// not exist names it; nothing to change is said so.
+#[tokio::test]
+async fn topics_alter_dry_run_and_mistakes() {
+    let cluster = Cluster::start(1);
+    cluster.wait_ready().await;
+    let address = cluster.bootstrap();
+    let cli = |args: &[&str]| {
+        let out = run_cli(&address, args, "");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert!(cli(&["topics", "create", "t", "--config", "retention.ms=60000"]).0);
+    let (ok, stdout, stderr) = cli(&[
+        "topics",
+        "alter",
+        "t",
+        "--config",
+        "retention.ms=1000",
+        "--dry-run",
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("retention.ms"), "{stdout}");
+    assert!(
+        stdout.contains("60000 (topic)") && stdout.contains("1000 (topic)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Nothing changed (--dry-run)"), "{stdout}");
+    let (ok, stdout, _) = cli(&["topics", "describe", "t"]);
+    assert!(ok);
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("retention.ms"))
+        .unwrap_or_else(|| panic!("retention.ms in {stdout}"));
+    assert!(line.contains("60000") && line.contains("topic"), "{line}");
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("segment.bytes"))
+        .unwrap();
+    assert!(line.contains("default"), "{line}");
+
+    let (ok, stdout, _) = cli(&["topics", "alter", "t", "--config", "retention.ms=60000"]);
+    assert!(ok);
+    assert!(stdout.contains("nothing changed"), "{stdout}");
+    let (ok, _, stderr) = cli(&["topics", "alter", "nope", "--config", "retention.ms=1"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("UNKNOWN_TOPIC_OR_PARTITION") && stderr.contains("nope"),
+        "{stderr}"
+    );
+    let (ok, _, stderr) = cli(&["topics", "alter", "t"]);
+    assert!(!ok);
+    assert!(stderr.contains("nothing to change"), "{stderr}");
+}
