@@ -27,7 +27,7 @@ use crate::replica::group::{Replica, ReplicaStores, ReplicaTiming};
 use crate::storage::{LogOptions, SegmentLog};
 
 mod alter;
-pub use alter::ConfigChange;
+pub use alter::{ConfigChange, TopicChange, TopicChanges};
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -538,6 +538,9 @@ impl Broker {
                 .filter(|t| t.record.topic_id == record.topic_id)
             {
                 self.update_config(t, record);
+                if record.partitions > t.record.partitions {
+                    pending.extend(self.add_partitions(t, record));
+                }
                 continue;
             }
             if let Some(stale) = current {
@@ -551,7 +554,7 @@ impl Broker {
                         .is_some_and(|r| r.contains(&me))
                 })
                 .collect();
-            match self.open_topic(record.clone(), &assigned) {
+            match self.open_topic(record.clone(), &assigned, None) {
                 Ok((topic, replicas)) => {
                     self.local.write().insert(name.clone(), Arc::new(topic));
                     pending.extend(replicas);
@@ -578,6 +581,43 @@ impl Broker {
                 self.drop_topic(&t);
             }
         }
+        pending
+    }
+
+    /// Opens the partitions added to a topic that are assigned here, and puts the topic
+    /// with them in place of `topic` (the partitions it has stay as they are).
+    fn add_partitions(&self, topic: &Arc<LocalTopic>, record: &TopicRecord) -> Vec<PendingReplica> {
+        let me = self.node_id();
+        let added: Vec<i32> = (topic.record.partitions..record.partitions)
+            .filter(|&p| {
+                record
+                    .replicas
+                    .get(p as usize)
+                    .is_some_and(|r| r.contains(&me))
+            })
+            .collect();
+        let (opened, pending) =
+            match self.open_topic(record.clone(), &added, Some(topic.config.clone())) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(topic = %record.name, partitions = ?added, cause = %e,
+                        "cannot open the topic's new partitions");
+                    return Vec::new();
+                }
+            };
+        let mut partitions = topic.partitions.clone();
+        partitions.extend(opened.partitions);
+        let grown = LocalTopic {
+            record: record.clone(),
+            config: topic.config.clone(),
+            partitions,
+            replicas: RwLock::new(topic.replicas.read().clone()),
+        };
+        self.local
+            .write()
+            .insert(record.name.clone(), Arc::new(grown));
+        tracing::info!(topic = %record.name, partitions = record.partitions, opened_here = ?added,
+            "partitions added to topic");
         pending
     }
 
@@ -1001,10 +1041,13 @@ impl Broker {
         }
     }
 
+    /// Opens the partitions `assigned` here of a topic; they read `config` if given (the
+    /// topic's partitions already open here), else a config of their own.
     fn open_topic(
         &self,
         record: TopicRecord,
         assigned: &[i32],
+        config: Option<LiveConfig>,
     ) -> Result<(LocalTopic, Vec<PendingReplica>)> {
         let settings =
             TopicConfig::from_map(&record.config, record.replication_factor).map_err(|e| {
@@ -1014,7 +1057,7 @@ impl Broker {
                 ))
             })?;
         let options = self.log_options(&settings);
-        let config = LiveConfig::new(settings);
+        let config = config.unwrap_or_else(|| LiveConfig::new(settings));
         let topic_name: Arc<str> = Arc::from(record.name.as_str());
         let mut partitions = BTreeMap::new();
         let mut pending = Vec::new();
@@ -1298,47 +1341,8 @@ impl Broker {
         } else {
             replication_factor
         };
-        // Replicas go to live brokers only, of those registered as of the controller's
-        // latest commit (this broker's metadata may be behind: a broker that registered a
-        // moment ago through another one). If it cannot catch up, the proposal below fails
-        // and says why.
-        if let Err(e) = self
-            .controller
-            .catch_up(self.config.metadata_catch_up_timeout)
-            .await
-        {
-            tracing::debug!(topic = %name, cause = %e, "catching up before placing a new topic");
-        }
-        // A broker this one has not heard from yet (it just started) gets a moment to answer
-        // a ping.
-        let deadline = tokio::time::Instant::now() + LEADER_SILENCE * 2;
-        let brokers = loop {
-            let live = self.live_brokers();
-            let registered = self.controller.state().brokers.len();
-            if live.len() >= registered || tokio::time::Instant::now() >= deadline {
-                break live;
-            }
-            tokio::time::sleep(PING_INTERVAL / 2).await;
-        };
+        let brokers = self.placement_brokers(&name, rf).await?;
         let state = self.controller.state();
-        let live = brokers.len() as i32;
-        if rf < 1 || rf > live {
-            let down: Vec<i32> = state
-                .brokers
-                .keys()
-                .filter(|b| !brokers.contains(b))
-                .copied()
-                .collect();
-            let down = if down.is_empty() {
-                String::new()
-            } else {
-                format!(" (registered but not answering: {down:?})")
-            };
-            return Err(Error::InvalidReplicationFactor(format!(
-                "topic '{name}': replication factor {replication_factor} is not possible with {live} live broker(s) {brokers:?}{down}; \
-                 use a value between 1 and {live}"
-            )));
-        }
         TopicConfig::from_map(&overrides, rf)
             .map_err(|e| Error::InvalidConfig(format!("topic '{name}': {e}")))?;
         if state.topics.contains_key(&name) {
@@ -1354,6 +1358,7 @@ impl Broker {
             topic_id: format!("{name}-{}-{}", now_ms(), self.node_id()),
             replicas,
             group_base: 0,
+            groups: Vec::new(),
             leaders: Vec::new(),
         };
         if validate_only {
@@ -1423,6 +1428,53 @@ impl Broker {
         }
         tracing::info!(topic = %name, partitions, replication_factor = rf, "created topic");
         Ok(record)
+    }
+
+    /// The brokers new replicas of topic `name` may go to: the live ones, of those
+    /// registered as of the controller's latest commit (this broker's metadata may be
+    /// behind: a broker that registered a moment ago through another one), or
+    /// INVALID_REPLICATION_FACTOR when fewer than `rf` are live.
+    async fn placement_brokers(&self, name: &str, rf: i32) -> Result<Vec<i32>> {
+        // If it cannot catch up, the proposal that follows fails and says why.
+        if let Err(e) = self
+            .controller
+            .catch_up(self.config.metadata_catch_up_timeout)
+            .await
+        {
+            tracing::debug!(topic = %name, cause = %e, "catching up before placing replicas");
+        }
+        // A broker this one has not heard from yet (it just started) gets a moment to answer
+        // a ping.
+        let deadline = tokio::time::Instant::now() + LEADER_SILENCE * 2;
+        let brokers = loop {
+            let live = self.live_brokers();
+            let registered = self.controller.state().brokers.len();
+            if live.len() >= registered || tokio::time::Instant::now() >= deadline {
+                break live;
+            }
+            tokio::time::sleep(PING_INTERVAL / 2).await;
+        };
+        let live = brokers.len() as i32;
+        if rf < 1 || rf > live {
+            let down: Vec<i32> = self
+                .controller
+                .state()
+                .brokers
+                .keys()
+                .filter(|b| !brokers.contains(b))
+                .copied()
+                .collect();
+            let down = if down.is_empty() {
+                String::new()
+            } else {
+                format!(" (registered but not answering: {down:?})")
+            };
+            return Err(Error::InvalidReplicationFactor(format!(
+                "topic '{name}': replication factor {rf} is not possible with {live} live broker(s) {brokers:?}{down}; \
+                 use a value between 1 and {live}"
+            )));
+        }
+        Ok(brokers)
     }
 
     /// Waits (bounded) until this broker has applied a metadata change, so that a client

@@ -28,6 +28,10 @@ pub struct TopicRecord {
     /// the controller when the topic is created (replicated topics only).
     #[serde(default)]
     pub group_base: u64,
+    /// Once partitions were added: the Raft group id of every partition (the added ones
+    /// got ids of their own, after every group handed out before). Empty until then.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<u64>,
     /// The last leader each replicated partition reported, with its Raft term.
     #[serde(default)]
     pub leaders: Vec<Option<LeaderRecord>>,
@@ -48,7 +52,10 @@ impl TopicRecord {
 
     /// The Raft group id of a partition.
     pub fn group(&self, partition: i32) -> u64 {
-        self.group_base + partition as u64
+        match self.groups.get(partition as usize) {
+            Some(&g) => g,
+            None => self.group_base + partition as u64,
+        }
     }
 
     /// The broker that leads `partition`: the last one its group reported, else the

@@ -7,6 +7,15 @@ use sluice_proto::pb;
 use crate::cluster::{ClientConfig, Cluster};
 use crate::error::Result;
 
+/// A change to a topic: config overrides to set and to remove, and the partition count to
+/// grow to (partitions are only ever added).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AlterTopic {
+    pub set_config: BTreeMap<String, String>,
+    pub delete_config: Vec<String>,
+    pub partitions: Option<i32>,
+}
+
 /// A topic to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewTopic {
@@ -85,22 +94,22 @@ impl Admin {
         Ok(())
     }
 
-    /// Sets and removes config overrides of a topic, all or none (Kafka's
-    /// IncrementalAlterConfigs). Returns the keys that change (none: nothing to do); with
-    /// `validate_only`, what would change, changing nothing.
+    /// Changes a topic, all or none (Kafka's IncrementalAlterConfigs and
+    /// CreatePartitions): config overrides set and removed, partitions added. Returns what
+    /// changes (nothing: nothing to do); with `validate_only`, what would, changing nothing.
     #[tracing::instrument(skip(self))]
-    pub async fn alter_topic_config(
+    pub async fn alter_topic(
         &self,
         name: &str,
-        set: BTreeMap<String, String>,
-        delete: Vec<String>,
+        change: AlterTopic,
         validate_only: bool,
     ) -> Result<pb::AlterTopicResponse> {
         let req = pb::AlterTopicRequest {
             name: name.to_string(),
-            set_config: set.into_iter().collect(),
-            delete_config: delete,
+            set_config: change.set_config.into_iter().collect(),
+            delete_config: change.delete_config,
             validate_only,
+            partitions: change.partitions.unwrap_or(0),
         };
         let what = format!("altering topic '{name}'");
         let resp = self.cluster.admin_change(&what, |mut c| {
@@ -109,10 +118,26 @@ impl Admin {
         });
         let resp = resp.await?;
         if !validate_only {
-            // max.message.bytes is cached with the topic's route.
+            // The route caches max.message.bytes and the partition count.
             self.cluster.invalidate(name);
         }
         Ok(resp)
+    }
+
+    /// [`Admin::alter_topic`] for config only: overrides to set and to remove.
+    pub async fn alter_topic_config(
+        &self,
+        name: &str,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+        validate_only: bool,
+    ) -> Result<pb::AlterTopicResponse> {
+        let change = AlterTopic {
+            set_config: set,
+            delete_config: delete,
+            partitions: None,
+        };
+        self.alter_topic(name, change, validate_only).await
     }
 
     pub async fn list_topics(&self) -> Result<Vec<pb::TopicSummary>> {

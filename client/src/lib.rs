@@ -25,7 +25,7 @@ pub mod error;
 pub mod partitioner;
 pub mod producer;
 
-pub use admin::{Admin, NewTopic};
+pub use admin::{Admin, AlterTopic, NewTopic};
 pub use cluster::ClientConfig;
 pub use consumer::{
     AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, Offset, PartitionEvent,

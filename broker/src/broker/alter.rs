@@ -1,15 +1,39 @@
-//! Live topic changes: config overrides set and removed through the controller, and applied
-//! by every broker holding a partition of the topic without a restart (see
-//! `Broker::update_config`, which the reconciler calls).
+//! Live topic changes through the controller, applied by every broker without a restart:
+//! config overrides set and removed (see `Broker::update_config`, which the reconciler
+//! calls), and partitions added (opened by the reconciler like a new topic's).
 
 use std::collections::BTreeMap;
 
 use sluice_proto::TopicConfig;
 
-use super::{Broker, change_outcome};
+use super::{Broker, change_outcome, place};
 use crate::controller::{MetaCommand, MetaResponse};
 use crate::error::{Error, Result};
 use crate::metadata::TopicRecord;
+
+/// A change to a topic: config overrides to set and to remove, and the partition count to
+/// grow to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicChange {
+    pub set: BTreeMap<String, String>,
+    pub delete: Vec<String>,
+    /// The new partition count (more than now), if partitions are to be added.
+    pub partitions: Option<i32>,
+}
+
+/// What an alter changes (or would, with `validate_only`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicChanges {
+    pub config: Vec<ConfigChange>,
+    /// Partition count before and after.
+    pub partitions: (i32, i32),
+}
+
+impl TopicChanges {
+    pub fn is_empty(&self) -> bool {
+        self.config.is_empty() && self.partitions.0 == self.partitions.1
+    }
+}
 
 /// One key whose effective value, or whether the topic sets it, an alter changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,7 +46,7 @@ pub struct ConfigChange {
     pub new_override: bool,
 }
 
-/// What changes between two override maps of a topic, key by key, in key order.
+/// What changes between two override maps of a topic, key by key, in alphabetical order.
 fn diff(
     before: &BTreeMap<String, String>,
     after: &BTreeMap<String, String>,
@@ -34,7 +58,7 @@ fn diff(
     let new = TopicConfig::from_map(after, replication_factor)
         .map_err(|e| e.to_string())?
         .to_map();
-    Ok(TopicConfig::keys()
+    let mut changes: Vec<ConfigChange> = TopicConfig::keys()
         .map(|key| ConfigChange {
             key: key.to_string(),
             old_value: old.get(key).cloned().unwrap_or_default(),
@@ -43,22 +67,29 @@ fn diff(
             new_override: after.contains_key(key),
         })
         .filter(|c| c.old_value != c.new_value || c.old_override != c.new_override)
-        .collect())
+        .collect();
+    changes.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(changes)
 }
 
 impl Broker {
-    /// Sets and removes config overrides of topic `name`, all or none: checked here with
-    /// the messages of topic creation, committed through the controller (which checks the
-    /// result again against the topic as it is then), and in effect on this broker's
-    /// partitions when this returns (on other brokers' as soon as they apply it). Returns
-    /// the changes, none when there is nothing to do, and the topic as altered.
-    pub async fn alter_topic_config(
+    /// Changes topic `name`, all or none: sets and removes config overrides (checked here
+    /// with the messages of topic creation) and adds partitions (placed like a new
+    /// topic's), committed through the controller in one command, which checks it again
+    /// against the topic as it is then. In effect on this broker when this returns (the new
+    /// partitions opened and, when replicated, led), on the others as soon as they apply
+    /// it. Returns what changed (nothing: nothing to do) and the topic as altered.
+    pub async fn alter_topic(
         &self,
         name: &str,
-        set: BTreeMap<String, String>,
-        delete: Vec<String>,
+        change: TopicChange,
         validate_only: bool,
-    ) -> Result<(Vec<ConfigChange>, TopicRecord)> {
+    ) -> Result<(TopicChanges, TopicRecord)> {
+        let TopicChange {
+            set,
+            delete,
+            partitions,
+        } = change;
         let mut record = self.topic_record_current(name).await?;
         let known: Vec<&str> = TopicConfig::keys().collect();
         for key in &delete {
@@ -79,19 +110,46 @@ impl Broker {
             after.remove(key);
         }
         after.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let changes = diff(&record.config, &after, record.replication_factor)
+        let config = diff(&record.config, &after, record.replication_factor)
             .map_err(|e| Error::InvalidConfig(format!("topic '{name}': {e}")))?;
+        let before = record.partitions;
+        let total = partitions.unwrap_or(before);
+        let max = self.config.max_partitions_per_topic;
+        if total < before {
+            return Err(Error::InvalidPartitions(format!(
+                "topic '{name}' has {before} partitions; partitions can only be added: removing one would delete its records and move its keys to other partitions. To have fewer, create a new topic with {total} and copy the records into it"
+            )));
+        }
+        if total > max {
+            return Err(Error::InvalidPartitions(format!(
+                "topic '{name}': partitions must be between 1 and {max}, got {total}"
+            )));
+        }
+        let changes = TopicChanges {
+            config,
+            partitions: (before, total),
+        };
+        let add_replicas = if total > before {
+            let brokers = self
+                .placement_brokers(name, record.replication_factor)
+                .await?;
+            // The same rotation as at creation, continued: partitions stay spread.
+            place(name, total, record.replication_factor, &brokers).split_off(before as usize)
+        } else {
+            Vec::new()
+        };
         if validate_only || changes.is_empty() {
             record.config = after;
             return Ok((changes, record));
         }
         let proposed = self
             .controller
-            .propose(MetaCommand::AlterTopicConfig {
+            .propose(MetaCommand::AlterTopic {
                 name: name.to_string(),
                 topic_id: record.topic_id.clone(),
                 set,
                 delete,
+                add_replicas,
             })
             .await
             .map_err(|e| change_outcome(e, name, "altered", ""))?;
@@ -100,6 +158,9 @@ impl Broker {
             MetaResponse::Rejected { code, message } if code == "INVALID_CONFIG" => {
                 return Err(Error::InvalidConfig(message));
             }
+            MetaResponse::Rejected { code, message } if code == "INVALID_REPLICATION_FACTOR" => {
+                return Err(Error::InvalidReplicationFactor(message));
+            }
             MetaResponse::Rejected { .. } => return Err(Error::UnknownTopic(name.to_string())),
             other => {
                 return Err(Error::Internal(format!(
@@ -107,23 +168,40 @@ impl Broker {
                 )));
             }
         }
-        // The committed overrides are this alter's unless another one came in between.
+        // Committed as this alter left it (unless another one came in between), applied to
+        // this broker's partitions, and every partition led.
         let wanted = TopicConfig::from_map(&after, record.replication_factor).ok();
+        let me = self.node_id();
         self.await_local(|| {
-            let committed = self
-                .controller
-                .state()
+            let state = self.controller.state();
+            let Some(t) = state
                 .topics
                 .get(name)
-                .is_some_and(|t| t.topic_id == record.topic_id && t.config == after);
-            let applied = self
-                .local_topic(name)
-                .is_none_or(|t| Some(&*t.config.get()) == wanted.as_ref());
-            committed && applied
+                .filter(|t| t.topic_id == record.topic_id)
+            else {
+                return true;
+            };
+            let committed = t.config == after && t.partitions >= total;
+            let local = self.local_topic(name);
+            let applied = local
+                .as_ref()
+                .is_none_or(|l| Some(&*l.config.get()) == wanted.as_ref());
+            let opened = (0..t.partitions)
+                .filter(|&p| t.replicas.get(p as usize).is_some_and(|r| r.contains(&me)))
+                .all(|p| {
+                    local.as_ref().is_some_and(|l| {
+                        l.partitions.contains_key(&p) || l.replicas.read().contains_key(&p)
+                    })
+                });
+            let led = !t.replicated() || t.leaders.iter().all(Option::is_some);
+            committed && applied && opened && led
         })
         .await;
-        tracing::info!(topic = %name, changes = changes.len(), "altered topic config");
-        record.config = after;
+        tracing::info!(topic = %name, config_changes = changes.config.len(),
+            partitions_before = before, partitions = total, "altered topic");
+        if let Some(t) = self.controller.state().topics.get(name) {
+            record = t.clone();
+        }
         Ok((changes, record))
     }
 }
@@ -147,8 +225,8 @@ mod tests {
         let after = map(&[("segment.bytes", "4096"), ("max.message.bytes", "1048588")]);
         let changes = diff(&before, &after, 3).unwrap();
         let keys: Vec<_> = changes.iter().map(|c| c.key.as_str()).collect();
-        assert_eq!(keys, ["retention.ms", "max.message.bytes"]);
-        let retention = &changes[0];
+        assert_eq!(keys, ["max.message.bytes", "retention.ms"]);
+        let retention = &changes[1];
         assert_eq!(retention.old_value, "1000");
         assert!(retention.old_override && !retention.new_override);
         assert_eq!(

@@ -59,13 +59,16 @@ pub enum MetaCommand {
     DeleteTopic {
         name: String,
     },
-    /// Sets and removes config overrides of a topic (the incarnation `topic_id`), checked
-    /// against the result at apply: all of it or none.
-    AlterTopicConfig {
+    /// Changes a topic (the incarnation `topic_id`), checked against the topic as it is at
+    /// apply, all of it or none: sets and removes config overrides, and adds partitions
+    /// (`add_replicas`: the replicas of each new one, placed by the proposer).
+    AlterTopic {
         name: String,
         topic_id: String,
         set: BTreeMap<String, String>,
         delete: Vec<String>,
+        #[serde(default)]
+        add_replicas: Vec<Vec<i32>>,
     },
     /// A partition's Raft group elected `leader` in `term`.
     PartitionLeader {
@@ -150,11 +153,12 @@ impl ClusterState {
                 self.next_producer_id = first.saturating_add(i64::from(*count));
                 MetaResponse::ProducerIds { first }
             }
-            MetaCommand::AlterTopicConfig {
+            MetaCommand::AlterTopic {
                 name,
                 topic_id,
                 set,
                 delete,
+                add_replicas,
             } => {
                 let Some(t) = self
                     .topics
@@ -177,7 +181,34 @@ impl ClusterState {
                         message: format!("topic '{name}': {e}"),
                     };
                 }
+                if add_replicas
+                    .iter()
+                    .any(|r| r.len() != t.replication_factor as usize)
+                {
+                    return MetaResponse::Rejected {
+                        code: "INVALID_REPLICATION_FACTOR".into(),
+                        message: format!(
+                            "topic '{name}': new partitions must have {} replicas each",
+                            t.replication_factor
+                        ),
+                    };
+                }
                 t.config = config;
+                if !add_replicas.is_empty() {
+                    if t.replicated() {
+                        if t.groups.is_empty() {
+                            t.groups = (0..t.partitions).map(|p| t.group(p)).collect();
+                        }
+                        self.next_group = self.next_group.max(1);
+                        for _ in add_replicas {
+                            t.groups.push(self.next_group);
+                            self.next_group += 1;
+                        }
+                    }
+                    t.replicas.extend(add_replicas.iter().cloned());
+                    t.partitions += add_replicas.len() as i32;
+                    t.leaders.resize(t.partitions as usize, None);
+                }
                 MetaResponse::Ok
             }
             MetaCommand::DeleteTopic { name } => match self.topics.remove(name) {

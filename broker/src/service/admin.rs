@@ -174,18 +174,21 @@ impl Admin for AdminService {
         request: Request<pb::AlterTopicRequest>,
     ) -> Result<Response<pb::AlterTopicResponse>, Status> {
         let req = request.into_inner();
+        let change = crate::broker::TopicChange {
+            set: req.set_config.into_iter().collect(),
+            delete: req.delete_config,
+            partitions: (req.partitions > 0).then_some(req.partitions),
+        };
         let (changes, record) = self
             .broker
-            .alter_topic_config(
-                &req.name,
-                req.set_config.into_iter().collect(),
-                req.delete_config,
-                req.validate_only,
-            )
+            .alter_topic(&req.name, change, req.validate_only)
             .await?;
         let topic = self.describe(&record, true).await?;
         Ok(Response::new(pb::AlterTopicResponse {
+            partitions_before: changes.partitions.0,
+            partitions_after: changes.partitions.1,
             changes: changes
+                .config
                 .into_iter()
                 .map(|c| pb::ConfigChange {
                     key: c.key,

@@ -29,10 +29,14 @@ pub(crate) enum TopicsCommand {
     List,
     /// Show a topic's partitions (leader, offsets, size) and config.
     Describe { name: String },
-    /// Change a topic's config while it serves (Kafka's kafka-configs --alter): every
-    /// broker applies it without a restart.
+    /// Change a topic while it serves: its config (Kafka's kafka-configs --alter) and its
+    /// partition count. Every broker applies it without a restart.
     Alter {
         name: String,
+        /// Grow the topic to this many partitions (only up: keys then map to other
+        /// partitions, as in Kafka).
+        #[arg(long)]
+        partitions: Option<i32>,
         /// Set a config override, key=value (repeatable); same keys and checks as create.
         #[arg(long = "config", value_name = "KEY=VALUE")]
         config: Vec<String>,
@@ -61,6 +65,8 @@ struct ChangeRow {
 struct AlterView {
     topic: String,
     applied: bool,
+    partitions_before: i32,
+    partitions_after: i32,
     changes: Vec<ChangeRow>,
 }
 
@@ -245,23 +251,34 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
         }
         TopicsCommand::Alter {
             name,
+            partitions,
             config,
             delete_config,
             dry_run,
         } => {
-            if config.is_empty() && delete_config.is_empty() {
+            if config.is_empty() && delete_config.is_empty() && partitions.is_none() {
                 anyhow::bail!(
-                    "altering topic '{name}': nothing to change; give --config KEY=VALUE or --delete-config KEY"
+                    "altering topic '{name}': nothing to change; give --config KEY=VALUE, --delete-config KEY or --partitions N"
                 );
             }
-            let set = parse_kv(&config)?;
+            if let Some(n) = partitions.filter(|n| *n < 1) {
+                anyhow::bail!("altering topic '{name}': --partitions must be at least 1, got {n}");
+            }
+            let change = sluice_client::AlterTopic {
+                set_config: parse_kv(&config)?,
+                delete_config,
+                partitions,
+            };
             let resp = admin
-                .alter_topic_config(&name, set, delete_config, dry_run)
+                .alter_topic(&name, change, dry_run)
                 .await
                 .with_context(|| format!("altering topic '{name}'"))?;
+            let grows = resp.partitions_after > resp.partitions_before;
             let v = AlterView {
                 topic: name.clone(),
-                applied: !dry_run && !resp.changes.is_empty(),
+                applied: !dry_run && (grows || !resp.changes.is_empty()),
+                partitions_before: resp.partitions_before,
+                partitions_after: resp.partitions_after,
                 changes: resp
                     .changes
                     .into_iter()
@@ -275,29 +292,40 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
                     .collect(),
             };
             output::print(ctx.output, &v, |v| {
-                if v.changes.is_empty() {
-                    outln!(
-                        "Topic '{}' already has this config; nothing changed.",
-                        v.topic
-                    );
+                let grows = v.partitions_after > v.partitions_before;
+                if v.changes.is_empty() && !grows {
+                    outln!("Topic '{}' is already like this; nothing changed.", v.topic);
                     return;
                 }
-                outln!(
-                    "{}",
-                    table(
-                        &["config", "from", "to"],
-                        v.changes.iter().map(|c| vec![
+                let mut rows: Vec<Vec<String>> = v
+                    .changes
+                    .iter()
+                    .map(|c| {
+                        vec![
                             c.key.clone(),
                             format!("{} ({})", c.old_value, c.old_source),
                             format!("{} ({})", c.new_value, c.new_source),
-                        ])
-                    )
-                );
+                        ]
+                    })
+                    .collect();
+                if grows {
+                    rows.push(vec![
+                        "partitions".into(),
+                        v.partitions_before.to_string(),
+                        v.partitions_after.to_string(),
+                    ]);
+                }
+                outln!("{}", table(&["change", "from", "to"], rows.into_iter()));
+                if grows {
+                    outln!(
+                        "Keys are spread over {} partitions from now on: a key may go to another partition than before (as in Kafka).",
+                        v.partitions_after
+                    );
+                }
                 if v.applied {
                     outln!(
-                        "Altered topic '{}': {} config change(s), in effect on every broker as it applies them (no restart).",
-                        v.topic,
-                        v.changes.len()
+                        "Altered topic '{}', in effect on every broker as it applies it (no restart).",
+                        v.topic
                     );
                 } else {
                     outln!("Nothing changed (--dry-run).");

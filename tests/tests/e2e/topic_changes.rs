@@ -266,4 +266,179 @@ async fn topics_alter_dry_run_and_mistakes() {
     let (ok, _, stderr) = cli(&["topics", "alter", "t"]);
     assert!(!ok);
     assert!(stderr.contains("nothing to change"), "{stderr}");
+
+    // An unreplicated topic grows too; the new partitions take records at once.
+    let (ok, stdout, stderr) = cli(&["topics", "alter", "t", "--partitions", "3", "-o", "json"]);
+    assert!(ok, "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        (
+            v["partitions_before"].as_i64(),
+            v["partitions_after"].as_i64()
+        ),
+        (Some(1), Some(3))
+    );
+    let out = run_cli(&address, &["produce", "t", "--partition", "2"], "hello\n");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, stdout, _) = cli(&["topics", "describe", "t", "-o", "json"]);
+    assert!(ok);
+    let d: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(d["partitions"].as_array().unwrap().len(), 3);
+    assert_eq!(d["partitions"][2]["log_end_offset"], 1);
+    let (ok, _, stderr) = cli(&["topics", "alter", "t", "--partitions", "2"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("INVALID_PARTITIONS") && stderr.contains("can only be added"),
+        "{stderr}"
+    );
+}
+
+/// A replicated topic grows from 3 to 6 partitions while a producer writes keyed records
+/// and a consumer reads: the producer spreads keys over 6 partitions from its next
+/// metadata refresh, the consumer adds the new partitions, and every acknowledged record
+/// is read exactly once, at its acknowledged offset. Shrinking is refused and changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_are_added_under_load_and_never_removed() {
+    use sluice_client::{Consumer, ConsumerConfig, Offset, TopicPartition};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("grow", 3, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .unwrap();
+    let mut client = cluster.client();
+    client.metadata_max_age = Duration::from_millis(500);
+    let producer = Producer::connect(client.clone(), ProducerConfig::default())
+        .await
+        .unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (producer, sent) = (producer.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..1500u32 {
+                let d = producer
+                    .send(ProducerRecord::new("grow", format!("{i}")).key(format!("k{}", i % 40)))
+                    .await
+                    .expect("send");
+                acked.push((i, d));
+                sent.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            let mut out = Vec::new();
+            for (i, d) in acked {
+                let m = d.await.expect("every record is delivered");
+                out.push((i, m.partition, m.offset));
+            }
+            out
+        })
+    };
+    let tps = |n: i32| -> Vec<TopicPartition> {
+        (0..n).map(|p| TopicPartition::new("grow", p)).collect()
+    };
+    let mut consumer = Consumer::new(client.clone(), ConsumerConfig::default()).unwrap();
+    consumer.assign(tps(3), Offset::Earliest).await.unwrap();
+    let mut read: Vec<(i32, i64, String)> = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sent.load(Ordering::Relaxed) < 500 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "500 records sent within 60 s"
+        );
+        for r in consumer.poll(Duration::from_millis(50)).await.unwrap() {
+            read.push((
+                r.partition,
+                r.offset,
+                String::from_utf8_lossy(&r.value).into(),
+            ));
+        }
+    }
+
+    // Shrinking is refused, growing is not.
+    let shrink = sluice_client::AlterTopic {
+        partitions: Some(2),
+        ..Default::default()
+    };
+    let err = admin.alter_topic("grow", shrink, false).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidPartitions), "{err}");
+    assert!(err.to_string().contains("can only be added"), "{err}");
+    let grow = sluice_client::AlterTopic {
+        partitions: Some(6),
+        ..Default::default()
+    };
+    let resp = admin.alter_topic("grow", grow, false).await.unwrap();
+    assert_eq!((resp.partitions_before, resp.partitions_after), (3, 6));
+    let d = admin.describe_topic("grow").await.unwrap();
+    assert_eq!(d.partitions.len(), 6);
+    assert!(
+        d.partitions
+            .iter()
+            .all(|p| p.leader > 0 && p.replicas.len() == 3),
+        "every new partition has three replicas and a leader: {:?}",
+        d.partitions
+    );
+
+    // The consumer adds the new partitions, from their start; the others keep their place.
+    let positions: Vec<(TopicPartition, i64)> = tps(3)
+        .into_iter()
+        .map(|tp| {
+            let at = consumer.position(&tp).unwrap();
+            (tp, at)
+        })
+        .collect();
+    // At its next metadata refresh (metadata.max.age, 500 ms here).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while consumer.partitions_for("grow").await.unwrap().len() < 6 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the consumer sees 6 partitions"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    consumer.assign(tps(6), Offset::Earliest).await.unwrap();
+    for (tp, at) in positions {
+        consumer.seek(&tp, Offset::At(at)).await.unwrap();
+    }
+    let acked = writer.await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while read.len() < acked.len() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "read {} of {} records within 30 s",
+            read.len(),
+            acked.len()
+        );
+        for r in consumer.poll(Duration::from_millis(100)).await.unwrap() {
+            read.push((
+                r.partition,
+                r.offset,
+                String::from_utf8_lossy(&r.value).into(),
+            ));
+        }
+    }
+    let mut got: Vec<(i32, i64, String)> = read.clone();
+    got.sort();
+    let mut want: Vec<(i32, i64, String)> = acked
+        .iter()
+        .map(|(i, p, o)| (*p, *o, i.to_string()))
+        .collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "every record once, at its acknowledged partition and offset"
+    );
+    let late = acked.iter().filter(|(_, p, _)| *p >= 3).count();
+    assert!(late > 0, "the producer wrote to the new partitions");
 }
