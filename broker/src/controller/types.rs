@@ -221,3 +221,88 @@ impl ClusterState {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topic(name: &str, partitions: i32, rf: i32) -> TopicRecord {
+        TopicRecord {
+            name: name.into(),
+            partitions,
+            replication_factor: rf,
+            config: BTreeMap::new(),
+            created_ms: 0,
+            topic_id: format!("{name}-1"),
+            replicas: (0..partitions).map(|_| (1..=rf).collect()).collect(),
+            group_base: 0,
+            groups: Vec::new(),
+            leaders: Vec::new(),
+        }
+    }
+
+    fn alter(name: &str, set: &[(&str, &str)], add: Vec<Vec<i32>>) -> MetaCommand {
+        MetaCommand::AlterTopic {
+            name: name.into(),
+            topic_id: format!("{name}-1"),
+            set: set
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            delete: Vec::new(),
+            add_replicas: add,
+        }
+    }
+
+    /// Added partitions of a replicated topic get Raft group ids after every id handed
+    /// out before (never one of another topic's), and the existing ones keep theirs; a
+    /// change whose result is invalid, or aimed at another incarnation, changes nothing.
+    #[test]
+    fn alter_topic_adds_partitions_with_fresh_groups_or_changes_nothing() {
+        let mut state = ClusterState::default();
+        assert_eq!(
+            state.apply(&MetaCommand::CreateTopic(topic("a", 2, 3))),
+            MetaResponse::Ok
+        );
+        assert_eq!(
+            state.apply(&MetaCommand::CreateTopic(topic("b", 2, 3))),
+            MetaResponse::Ok
+        );
+        let before: Vec<u64> = (0..2).map(|p| state.topics["a"].group(p)).collect();
+        assert_eq!(
+            state.apply(&alter(
+                "a",
+                &[("retention.ms", "1000")],
+                vec![vec![3, 1, 2]]
+            )),
+            MetaResponse::Ok
+        );
+        let a = &state.topics["a"];
+        assert_eq!(a.partitions, 3);
+        assert_eq!(a.config["retention.ms"], "1000");
+        assert_eq!((0..2).map(|p| a.group(p)).collect::<Vec<_>>(), before);
+        let used: Vec<u64> = (0..2).map(|p| state.topics["b"].group(p)).collect();
+        assert!(!used.contains(&a.group(2)) && !before.contains(&a.group(2)));
+        assert_eq!(state.next_group, a.group(2) + 1);
+        assert_eq!(a.leaders.len(), 3);
+
+        let snapshot = state.clone();
+        let invalid = state.apply(&alter("a", &[("min.insync.replicas", "4")], vec![]));
+        assert!(
+            matches!(invalid, MetaResponse::Rejected { ref code, .. } if code == "INVALID_CONFIG")
+        );
+        let wrong_rf = state.apply(&alter("a", &[], vec![vec![1]]));
+        assert!(
+            matches!(wrong_rf, MetaResponse::Rejected { ref code, .. } if code == "INVALID_REPLICATION_FACTOR")
+        );
+        let mut other = alter("a", &[("retention.ms", "5")], vec![]);
+        if let MetaCommand::AlterTopic { topic_id, .. } = &mut other {
+            *topic_id = "a-2".into();
+        }
+        assert!(matches!(state.apply(&other), MetaResponse::Rejected { .. }));
+        assert_eq!(
+            state, snapshot,
+            "a refused change leaves the state as it was"
+        );
+    }
+}
