@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use sluice_proto::TopicConfig;
 
-use super::{Broker, change_outcome, place};
+use super::Broker;
+use super::topics::{change_outcome, place};
 use crate::controller::{MetaCommand, MetaResponse};
 use crate::error::{Error, Result};
 use crate::metadata::TopicRecord;
