@@ -213,6 +213,30 @@ impl Consumer {
         Ok((0..route.leaders.len() as i32).collect())
     }
 
+    /// Partitions of a topic, asked of the cluster now rather than from the metadata cache
+    /// (which is refreshed every `metadata.max.age`): to notice partitions added since.
+    pub async fn partitions_now(&self, topic: &str) -> Result<Vec<i32>> {
+        self.cluster.invalidate(topic);
+        self.partitions_for(topic).await
+    }
+
+    /// Adds partitions to the assignment, each from `start`, leaving the others as they
+    /// are (positions and records already fetched): for partitions added to a topic.
+    /// Partitions already assigned are left alone.
+    pub async fn add_partitions(
+        &mut self,
+        partitions: Vec<TopicPartition>,
+        start: Offset,
+    ) -> Result<()> {
+        let backoff = self.config.retry_backoff;
+        for tp in partitions {
+            self.assigned
+                .entry(tp)
+                .or_insert_with(|| Assigned::new(start.into(), backoff));
+        }
+        self.resolve_positions().await
+    }
+
     /// Reads these partitions, each from `start`. Start offsets are looked up now where
     /// the leaders answer; a partition whose leader does not is reported
     /// ([`Consumer::take_events`]) and positioned once it answers, without holding up the

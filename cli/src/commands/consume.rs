@@ -196,6 +196,9 @@ fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(d.as_millis() as u64)
 }
 
+/// How often a consumer of a whole topic looks for partitions added to it.
+const PARTITION_CHECK: Duration = Duration::from_secs(5);
+
 pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> {
     check_format(&args.format)?;
     let reset = match (args.reset, args.offset) {
@@ -249,7 +252,40 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
     let idle_limit: Option<Duration> = args.timeout.map(Into::into);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
+    // Without --partition, partitions added to the topic while this runs are read too,
+    // from their start (they are new): checked every PARTITION_CHECK.
+    let mut known = partitions.len();
+    let mut checked = Instant::now();
     'outer: loop {
+        if args.partition.is_none() && checked.elapsed() >= PARTITION_CHECK {
+            checked = Instant::now();
+            if let Ok(now) = consumer.partitions_now(&args.topic).await
+                && now.len() > known
+            {
+                let added: Vec<TopicPartition> = now[known..]
+                    .iter()
+                    .map(|&p| TopicPartition::new(&args.topic, p))
+                    .collect();
+                match ctx.output {
+                    Format::Table => eprintln!(
+                        "Topic '{}' grew to {} partitions; reading the new ones from their start.",
+                        args.topic,
+                        now.len()
+                    ),
+                    _ => eprintln!(
+                        "{}",
+                        serde_json::json!({"event": {"topic": args.topic, "state": "partitions_added", "partitions": now.len()}})
+                    ),
+                }
+                consumer
+                    .add_partitions(added, Offset::Earliest)
+                    .await
+                    .with_context(|| {
+                        format!("positioning on the new partitions of '{}'", args.topic)
+                    })?;
+                known = now.len();
+            }
+        }
         if args.max_messages.is_some_and(|m| count >= m) {
             break;
         }

@@ -391,26 +391,18 @@ async fn partitions_are_added_under_load_and_never_removed() {
     );
 
     // The consumer adds the new partitions, from their start; the others keep their place.
-    let positions: Vec<(TopicPartition, i64)> = tps(3)
-        .into_iter()
-        .map(|tp| {
-            let at = consumer.position(&tp).unwrap();
-            (tp, at)
-        })
-        .collect();
-    // At its next metadata refresh (metadata.max.age, 500 ms here).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while consumer.partitions_for("grow").await.unwrap().len() < 6 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the consumer sees 6 partitions"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    consumer.assign(tps(6), Offset::Earliest).await.unwrap();
-    for (tp, at) in positions {
-        consumer.seek(&tp, Offset::At(at)).await.unwrap();
-    }
+    let now = consumer.partitions_now("grow").await.unwrap();
+    assert_eq!(now.len(), 6);
+    consumer
+        .add_partitions(
+            now[3..]
+                .iter()
+                .map(|&p| TopicPartition::new("grow", p))
+                .collect(),
+            Offset::Earliest,
+        )
+        .await
+        .unwrap();
     let acked = writer.await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while read.len() < acked.len() {
@@ -441,4 +433,50 @@ async fn partitions_are_added_under_load_and_never_removed() {
     );
     let late = acked.iter().filter(|(_, p, _)| *p >= 3).count();
     assert!(late > 0, "the producer wrote to the new partitions");
+}
+
+/// `sluice consume TOPIC` (no --partition) reads the partitions added while it runs, from
+/// their start, and says so on stderr.
+#[tokio::test]
+async fn consume_follows_partitions_added_while_it_runs() {
+    use nix::sys::signal::Signal;
+
+    let cluster = Cluster::start(1);
+    cluster.wait_ready().await;
+    let address = cluster.bootstrap();
+    let ok = |args: &[&str], input: &str| {
+        let out = run_cli(&address, args, input);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(&["topics", "create", "tail"], "");
+    ok(&["produce", "tail"], "early\n");
+    let consumer = sluice_tests::CliProcess::spawn(
+        &address,
+        &[
+            "consume",
+            "tail",
+            "--from-beginning",
+            "--format",
+            "{partition}:{value}",
+        ],
+    );
+    consumer.wait_for_output("the first record", Duration::from_secs(20), |out, _| {
+        out.contains("0:early")
+    });
+    ok(&["topics", "alter", "tail", "--partitions", "2"], "");
+    ok(&["produce", "tail", "--partition", "1"], "late\n");
+    consumer.wait_for_output(
+        "the record in the new partition",
+        Duration::from_secs(30),
+        |out, _| out.contains("1:late"),
+    );
+    let (_, err) = consumer.output();
+    assert!(err.contains("grew to 2 partitions"), "{err}");
+    consumer.signal(Signal::SIGINT);
+    let (status, _, _) = consumer.wait(Duration::from_secs(10));
+    assert!(status.success());
 }
