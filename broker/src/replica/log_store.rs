@@ -206,13 +206,32 @@ impl Inner {
         })
     }
 
-    /// The batch to write for a normal entry. A batch this leader proposed was checked when
-    /// it arrived; a batch from a leader is checked here. A batch nobody else holds is
-    /// written in place, not copied.
-    fn encode(log_id: &LogId<NodeId>, Payload(b, token): Payload) -> SResult<BytesMut> {
+    /// The batch to write for a normal entry at offset `log_end`. A batch this leader
+    /// proposed was checked when it arrived; a batch from a leader is checked here, and must
+    /// land at the offset the leader gave it (its base offset as the leader wrote it; 0 is
+    /// also what an unwritten batch says, so it is not held against it): replicas that
+    /// disagree on offsets (a broker of a build where Raft's control entries took offsets)
+    /// must stop rather than serve a record at another offset than the leader. A batch
+    /// nobody else holds is written in place, not copied.
+    fn encode(
+        log_id: &LogId<NodeId>,
+        Payload(b, token): Payload,
+        log_end: i64,
+    ) -> SResult<BytesMut> {
         if token == 0 {
             batch::verify(&b)
                 .map_err(|e| io_err(StorageIOError::write_logs, format!("entry {log_id}: {e}")))?;
+            let base = BatchHeader::parse(&b)
+                .map_err(|e| io_err(StorageIOError::write_logs, format!("entry {log_id}: {e}")))?
+                .base_offset;
+            if base != 0 && base != log_end {
+                return Err(io_err(
+                    StorageIOError::write_logs,
+                    format!(
+                        "entry {log_id}: the leader wrote this batch at offset {base}, but this replica's log ends at offset {log_end}: the replicas disagree on offsets (is every broker of the cluster the same build?); this replica stops rather than serve records at other offsets"
+                    ),
+                ));
+            }
         }
         Ok(b.try_into_mut()
             .unwrap_or_else(|shared| BytesMut::from(&shared[..])))
@@ -252,7 +271,7 @@ impl Inner {
         let control = !matches!(payload, EntryPayload::Normal(_));
         let (base_offset, last_offset, payload, size) = match payload {
             EntryPayload::Normal(p) => {
-                let mut bytes = Self::encode(&log_id, p)?;
+                let mut bytes = Self::encode(&log_id, p, self.log.offsets().log_end)?;
                 let term = i32::try_from(log_id.leader_id.term).unwrap_or(i32::MAX);
                 let info = self
                     .log
@@ -1017,6 +1036,38 @@ mod tests {
             panic!("normal entry expected")
         };
         assert_eq!(BatchHeader::parse(b).unwrap().base_offset, 2);
+    }
+
+    /// A follower refuses a leader's batch that the leader wrote at another offset than
+    /// the one the follower's log would give it (replicas that disagree on offsets).
+    #[tokio::test]
+    async fn a_batch_from_a_leader_must_land_at_the_leaders_offset() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut leader = open(a.path());
+        leader
+            .blocking_append([
+                entry(1, 0, EntryPayload::Blank),
+                entry(1, 1, EntryPayload::Normal(batch(2))),
+                entry(1, 2, EntryPayload::Normal(batch(3))),
+            ])
+            .await
+            .unwrap();
+        let written = leader.try_get_log_entries(0..3).await.unwrap();
+        // The same entries on a follower: same offsets.
+        let mut follower = open(b.path());
+        follower.blocking_append(written.clone()).await.unwrap();
+        assert_eq!(follower.offsets().log_end, 5);
+        // A follower whose log says otherwise (here: a batch the leader does not have).
+        let c = tempfile::tempdir().unwrap();
+        let mut odd = open(c.path());
+        odd.blocking_append([
+            entry(1, 0, EntryPayload::Blank),
+            entry(1, 1, EntryPayload::Normal(batch(1))),
+        ])
+        .await
+        .unwrap();
+        let err = odd.blocking_append([written[2].clone()]).await.unwrap_err();
+        assert!(err.to_string().contains("disagree on offsets"), "{err}");
     }
 
     /// A log written when control entries were control batches in the segments (one
