@@ -151,6 +151,7 @@ impl Broker {
                 set,
                 delete,
                 add_replicas,
+                partitions_before: before,
             })
             .await
             .map_err(|e| change_outcome(e, name, "altered", ""))?;
@@ -161,6 +162,9 @@ impl Broker {
             }
             MetaResponse::Rejected { code, message } if code == "INVALID_REPLICATION_FACTOR" => {
                 return Err(Error::InvalidReplicationFactor(message));
+            }
+            MetaResponse::Rejected { code, message } if code == "INVALID_PARTITIONS" => {
+                return Err(Error::InvalidPartitions(message));
             }
             MetaResponse::Rejected { .. } => return Err(Error::UnknownTopic(name.to_string())),
             other => {
@@ -194,7 +198,9 @@ impl Broker {
                         l.partitions.contains_key(&p) || l.replicas.read().contains_key(&p)
                     })
                 });
-            let led = !t.replicated() || t.leaders.iter().all(Option::is_some);
+            // The added partitions have leaders (others may lack one for their own reasons).
+            let led = !t.replicated()
+                || t.leaders.iter().skip(before as usize).all(Option::is_some);
             committed && applied && opened && led
         })
         .await;

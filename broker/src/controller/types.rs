@@ -69,6 +69,11 @@ pub enum MetaCommand {
         delete: Vec<String>,
         #[serde(default)]
         add_replicas: Vec<Vec<i32>>,
+        /// The partition count `add_replicas` grows from: a command applied again (a
+        /// proposal retried after an unknown outcome) or against a topic grown meanwhile
+        /// adds nothing more.
+        #[serde(default)]
+        partitions_before: i32,
     },
     /// A partition's Raft group elected `leader` in `term`.
     PartitionLeader {
@@ -159,6 +164,7 @@ impl ClusterState {
                 set,
                 delete,
                 add_replicas,
+                partitions_before,
             } => {
                 let Some(t) = self
                     .topics
@@ -181,6 +187,23 @@ impl ClusterState {
                         message: format!("topic '{name}': {e}"),
                     };
                 }
+                let add_replicas = if add_replicas.is_empty() || t.partitions == *partitions_before
+                {
+                    add_replicas.as_slice()
+                } else if t.partitions == partitions_before + add_replicas.len() as i32
+                    && t.replicas.ends_with(add_replicas)
+                {
+                    // This very change, applied already.
+                    &[]
+                } else {
+                    return MetaResponse::Rejected {
+                        code: "INVALID_PARTITIONS".into(),
+                        message: format!(
+                            "topic '{name}' has {} partitions now, not {partitions_before} as when this change was made; nothing changed, check with `sluice topics describe {name}`",
+                            t.partitions
+                        ),
+                    };
+                };
                 if add_replicas
                     .iter()
                     .any(|r| r.len() != t.replication_factor as usize)
@@ -250,6 +273,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             delete: Vec::new(),
+            partitions_before: 2,
             add_replicas: add,
         }
     }
@@ -286,12 +310,32 @@ mod tests {
         assert_eq!(state.next_group, a.group(2) + 1);
         assert_eq!(a.leaders.len(), 3);
 
+        // The same command again (a retried proposal) adds nothing more.
+        let again = state.apply(&alter(
+            "a",
+            &[("retention.ms", "1000")],
+            vec![vec![3, 1, 2]],
+        ));
+        assert_eq!(again, MetaResponse::Ok);
+        assert_eq!(state.topics["a"].partitions, 3);
+        // Another growth from the old count is refused: the topic grew meanwhile.
+        let stale = state.apply(&alter("a", &[], vec![vec![1, 2, 3]]));
+        assert!(
+            matches!(stale, MetaResponse::Rejected { ref code, .. } if code == "INVALID_PARTITIONS")
+        );
         let snapshot = state.clone();
         let invalid = state.apply(&alter("a", &[("min.insync.replicas", "4")], vec![]));
         assert!(
             matches!(invalid, MetaResponse::Rejected { ref code, .. } if code == "INVALID_CONFIG")
         );
-        let wrong_rf = state.apply(&alter("a", &[], vec![vec![1]]));
+        let mut wrong = alter("a", &[], vec![vec![1]]);
+        if let MetaCommand::AlterTopic {
+            partitions_before, ..
+        } = &mut wrong
+        {
+            *partitions_before = 3;
+        }
+        let wrong_rf = state.apply(&wrong);
         assert!(
             matches!(wrong_rf, MetaResponse::Rejected { ref code, .. } if code == "INVALID_REPLICATION_FACTOR")
         );

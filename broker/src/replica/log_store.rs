@@ -185,7 +185,11 @@ impl Inner {
                 .first()
                 .ok_or_else(|| io_err(StorageIOError::read_logs, "empty control batch"))?;
             match r.key.as_deref() {
-                Some(BLANK_KEY) => EntryPayload::Blank,
+                // A blank entry of a log from before control entries left the segments: it
+                // took an offset there, so it goes out as the batch it is, and a follower
+                // writes it as such, at the same offset (a no-op to Raft either way;
+                // consumers skip control batches).
+                Some(BLANK_KEY) => EntryPayload::Normal(Payload::batch(whole)),
                 Some(MEMBERSHIP_KEY) => EntryPayload::Membership(
                     serde_json::from_slice::<Membership<NodeId, openraft::BasicNode>>(&r.value)
                         .map_err(|e| io_err(StorageIOError::read_logs, e))?,
@@ -1104,13 +1108,25 @@ mod tests {
         drop(log);
         let mut log = open(dir.path());
         let all = log.try_get_log_entries(0..).await.unwrap();
-        assert_eq!(all[0].payload, EntryPayload::Blank);
-        assert_eq!(all[2].payload, EntryPayload::Blank);
         let base = |e: &Entry<PartitionRaft>| match &e.payload {
             EntryPayload::Normal(Payload(b, _)) => BatchHeader::parse(b).unwrap().base_offset,
             _ => panic!("normal entry expected"),
         };
-        assert_eq!((base(&all[1]), base(&all[3])), (1, 3));
+        // The old blank goes out as the control batch it is (it holds offset 0); the new
+        // one is a control entry that holds none.
+        let EntryPayload::Normal(Payload(old_blank, _)) = &all[0].payload else {
+            panic!("the old blank is served as its batch")
+        };
+        assert!(BatchHeader::parse(old_blank).unwrap().is_control());
+        assert_eq!(all[2].payload, EntryPayload::Blank);
+        assert_eq!((base(&all[0]), base(&all[1]), base(&all[3])), (0, 1, 3));
+        // A follower given these entries (one that lagged behind an upgrade) writes them
+        // at the same offsets, the old blank taking its offset again.
+        let other = tempfile::tempdir().unwrap();
+        let mut follower = open(other.path());
+        follower.blocking_append(all.clone()).await.unwrap();
+        assert_eq!(follower.offsets().log_end, log.offsets().log_end);
+        assert_eq!(follower.try_get_log_entries(0..).await.unwrap(), all);
     }
 
     /// Reads served from memory are the entries a read from the segments returns: same
