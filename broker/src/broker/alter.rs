@@ -199,8 +199,8 @@ impl Broker {
                     })
                 });
             // The added partitions have leaders (others may lack one for their own reasons).
-            let led = !t.replicated()
-                || t.leaders.iter().skip(before as usize).all(Option::is_some);
+            let led =
+                !t.replicated() || t.leaders.iter().skip(before as usize).all(Option::is_some);
             committed && applied && opened && led
         })
         .await;
