@@ -46,11 +46,7 @@ mod routing;
 mod topics;
 pub use alter::{ConfigChange, TopicChange, TopicChanges};
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
+use crate::clock::now_ms;
 
 /// How often brokers ping each other (liveness for quiesced groups).
 const PING_INTERVAL: Duration = Duration::from_millis(100);

@@ -1,6 +1,7 @@
 //! The Sluice broker: stores partition logs in segment files and serves them over gRPC.
 //!
 //! # Layout
+//! - [`clock`]: wall-clock milliseconds (a leaf every layer may use).
 //! - [`config`]: settings from YAML, `SLUICE_*` environment and flags.
 //! - [`server`]: [`server::run`], which takes a bound listener and a shutdown future.
 //! - [`broker`]: topics, partitions, the flusher, retention, admin operations, liveness.
@@ -15,6 +16,7 @@
 //! - [`live_config`]: a topic's config as its partitions read it, replaced when altered.
 
 pub mod broker;
+pub mod clock;
 pub mod config;
 pub mod controller;
 pub mod error;

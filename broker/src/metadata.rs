@@ -58,6 +58,17 @@ impl TopicRecord {
         }
     }
 
+    /// The partitions in `range` that have a replica on `broker`.
+    pub fn partitions_on(&self, broker: i32, range: std::ops::Range<i32>) -> Vec<i32> {
+        range
+            .filter(|&p| {
+                self.replicas
+                    .get(p as usize)
+                    .is_some_and(|r| r.contains(&broker))
+            })
+            .collect()
+    }
+
     /// The broker that leads `partition`: the last one its group reported, else the
     /// preferred (first) replica.
     pub fn leader(&self, partition: i32) -> Option<i32> {

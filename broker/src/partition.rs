@@ -113,7 +113,7 @@ impl Partition {
             Some(s) => (s.producers, active_base),
             None => (ProducerStates::default(), active_base),
         };
-        let now = crate::broker::now_ms();
+        let now = crate::clock::now_ms();
         // Idle time counts from now: record timestamps are the producer's to set.
         let scanned = p
             .log

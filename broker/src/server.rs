@@ -14,10 +14,7 @@ use crate::controller::RaftService;
 use crate::error::{Error, Result};
 use crate::service::{AdminService, LogService};
 
-/// HTTP/2 flow-control windows: large enough that one connection carries a full-speed
-/// stream of MiB-sized batches without waiting for window updates.
-pub const STREAM_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
-pub const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
+use crate::controller::network::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
 
 /// How long a graceful shutdown waits for in-flight requests before closing connections.
 pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);

@@ -191,13 +191,11 @@ impl Broker {
             let applied = local
                 .as_ref()
                 .is_none_or(|l| Some(&*l.config.get()) == wanted.as_ref());
-            let opened = (0..t.partitions)
-                .filter(|&p| t.replicas.get(p as usize).is_some_and(|r| r.contains(&me)))
-                .all(|p| {
-                    local.as_ref().is_some_and(|l| {
-                        l.partitions.contains_key(&p) || l.replicas.read().contains_key(&p)
-                    })
-                });
+            let opened = t.partitions_on(me, 0..t.partitions).into_iter().all(|p| {
+                local.as_ref().is_some_and(|l| {
+                    l.partitions.contains_key(&p) || l.replicas.read().contains_key(&p)
+                })
+            });
             // The added partitions have leaders (others may lack one for their own reasons).
             let led =
                 !t.replicated() || t.leaders.iter().skip(before as usize).all(Option::is_some);

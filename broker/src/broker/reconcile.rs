@@ -48,14 +48,7 @@ impl Broker {
             if let Some(stale) = current {
                 self.drop_topic(&stale);
             }
-            let assigned: Vec<i32> = (0..record.partitions)
-                .filter(|&p| {
-                    record
-                        .replicas
-                        .get(p as usize)
-                        .is_some_and(|r| r.contains(&me))
-                })
-                .collect();
+            let assigned = record.partitions_on(me, 0..record.partitions);
             match self.open_topic(record.clone(), &assigned, None) {
                 Ok((topic, replicas)) => {
                     self.local.write().insert(name.clone(), Arc::new(topic));
@@ -93,15 +86,8 @@ impl Broker {
         topic: &Arc<LocalTopic>,
         record: &TopicRecord,
     ) -> Vec<PendingReplica> {
-        let me = self.node_id();
-        let added: Vec<i32> = (topic.record.partitions..record.partitions)
-            .filter(|&p| {
-                record
-                    .replicas
-                    .get(p as usize)
-                    .is_some_and(|r| r.contains(&me))
-            })
-            .collect();
+        let added =
+            record.partitions_on(self.node_id(), topic.record.partitions..record.partitions);
         let (opened, pending) =
             match self.open_topic(record.clone(), &added, Some(topic.config.clone())) {
                 Ok(o) => o,

@@ -29,6 +29,12 @@ use crate::replica::log_store::SegmentRaftLog;
 pub const CONTROLLER_GROUP: u64 = 0;
 
 /// Encodes a Raft message or proposal.
+/// HTTP/2 flow-control windows of every connection (client and inter-broker listeners, peer
+/// channels): large enough that one connection carries a full-speed stream of MiB-sized
+/// batches without waiting for window updates.
+pub const STREAM_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+pub const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
+
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     rmp_serde::to_vec_named(value)
 }
@@ -97,8 +103,8 @@ impl PeerChannels {
             .map_err(|e| format!("invalid peer address '{address}': {e}"))?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
-            .initial_stream_window_size(crate::server::STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(crate::server::CONNECTION_WINDOW_BYTES)
+            .initial_stream_window_size(STREAM_WINDOW_BYTES)
+            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
             .connect_lazy();
         channels.insert(address.to_string(), channel.clone());
         Ok(channel)

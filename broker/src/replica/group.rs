@@ -154,7 +154,7 @@ impl ReplicaStores {
         producer_limits: crate::producer_state::ProducerLimits,
         tail: crate::replica::tail::TailBudget,
     ) -> std::io::Result<Self> {
-        let segments = SegmentLog::open(dir, options, crate::broker::now_ms())
+        let segments = SegmentLog::open(dir, options, crate::clock::now_ms())
             .map_err(std::io::Error::other)?;
         let log = SegmentRaftLog::open(dir, segments, tail)?;
         let state = ReplicaState::open(dir)?.with_log(log.clone());

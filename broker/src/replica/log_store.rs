@@ -38,7 +38,7 @@ use sluice_proto::batch::{self, BatchHeader};
 use super::tail::{Tail, TailBudget};
 use super::types::{Appended, PartitionRaft, Payload, Progress, Proposals};
 use super::vote_file::VoteFile;
-use crate::broker::now_ms;
+use crate::clock::now_ms;
 use crate::storage::{LogStorage, SegmentLog};
 
 type NodeId = u64;

@@ -239,7 +239,7 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
                     self.applied.high_watermark = self.applied.high_watermark.max(h.next_offset());
                     self.producers
                         .lock()
-                        .record_header(&h, crate::broker::now_ms());
+                        .record_header(&h, crate::clock::now_ms());
                     Appended {
                         base_offset: h.base_offset,
                         last_offset: h.last_offset(),

@@ -7,7 +7,8 @@ use std::time::Duration;
 use sluice_proto::{acks, pb};
 
 use super::blocking;
-use crate::broker::{Broker, PartitionRef, now_ms};
+use crate::broker::{Broker, PartitionRef};
+use crate::clock::now_ms;
 use crate::config::FlushPolicy;
 use crate::error::{Error, Result};
 
