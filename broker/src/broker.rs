@@ -309,6 +309,7 @@ impl Broker {
         tokio::spawn(broker.clone().register());
         tokio::spawn(broker.clone().run_liveness());
         tokio::spawn(broker.clone().run_leader_rebalance());
+        tokio::spawn(broker.controller.clone().log_leadership());
         Ok(())
     }
 

@@ -119,6 +119,30 @@ impl Controller {
         }))
     }
 
+    /// Logs each controller leadership this broker wins (Kafka's "became the active
+    /// controller"), the moment openraft reports it. Runs until the group stops.
+    pub async fn log_leadership(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        let mut logged = 0u64;
+        loop {
+            let (leading, term) = {
+                let m = metrics.borrow_and_update();
+                (
+                    m.state == openraft::ServerState::Leader
+                        && m.current_leader == Some(self.node_id as u64),
+                    m.current_term,
+                )
+            };
+            if leading && term > logged {
+                logged = term;
+                tracing::info!(term, "leading the controller (cluster metadata) group");
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
     /// The controller group's timing.
     pub fn timing(&self) -> ControllerTiming {
         self.timing

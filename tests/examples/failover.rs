@@ -3,9 +3,12 @@
 //! default 10,000; 0 for none). Each trial SIGKILLs (`kill`, the default) or SIGSTOPs
 //! (`pause`) the partition leader and times how long until an acks=all produce succeeds
 //! again (the producer, with its default retry backoff, retries on its own), then restarts
-//! or resumes the broker and waits for a full in-sync set.
+//! or resumes the broker and waits for a full in-sync set. `kill-controller` uses three
+//! partitions (one led by each broker, the load spread over them) and SIGKILLs the broker
+//! that leads the controller (metadata) group, timing the partition it led: both Raft groups
+//! fail over at once.
 //!
-//! `cargo build --release --bins && cargo run --release -p sluice-tests --example failover -- [TRIALS] [LOAD] [kill|pause]`
+//! `cargo build --release --bins && cargo run --release -p sluice-tests --example failover -- [TRIALS] [LOAD] [kill|pause|kill-controller]`
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,17 +27,25 @@ async fn main() -> anyhow::Result<()> {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(10_000);
-    let pause = match std::env::args().nth(3).as_deref() {
-        None | Some("kill") => false,
-        Some("pause") => true,
-        Some(other) => anyhow::bail!("unknown fault '{other}': use kill or pause"),
+    let (pause, with_controller) = match std::env::args().nth(3).as_deref() {
+        None | Some("kill") => (false, false),
+        Some("pause") => (true, false),
+        Some("kill-controller") => (false, true),
+        Some(other) => anyhow::bail!("unknown fault '{other}': use kill, pause or kill-controller"),
     };
-    let mut cluster = Cluster::start(3);
+    let partitions: i32 = if with_controller { 3 } else { 1 };
+    // A restarted broker retakes its preferred leaderships within a second rather than the
+    // default 30 s, so that the controller leader soon leads a partition again.
+    let mut cluster = if with_controller {
+        Cluster::start_with(3, &["--leader-rebalance-interval", "1s"])
+    } else {
+        Cluster::start(3)
+    };
     cluster.wait_ready().await;
     let admin = Admin::new(cluster.client())?;
     admin
         .create_topic(
-            NewTopic::new("failover", 1, 3).config("min.insync.replicas", "2"),
+            NewTopic::new("failover", partitions, 3).config("min.insync.replicas", "2"),
             false,
         )
         .await?;
@@ -63,7 +74,8 @@ async fn main() -> anyhow::Result<()> {
                 let due = started.elapsed().as_millis() as u64 * load / 1000;
                 while sent < due {
                     let (delivered, failed) = (delivered.clone(), failed.clone());
-                    let record = ProducerRecord::new("failover", vec![b'x'; 1024]).partition(0);
+                    let record = ProducerRecord::new("failover", vec![b'x'; 1024])
+                        .partition((sent % partitions as u64) as i32);
                     let queued = producer
                         .send_with_callback(record, move |r| {
                             let counter = if r.is_ok() { &delivered } else { &failed };
@@ -90,22 +102,30 @@ async fn main() -> anyhow::Result<()> {
         // Every broker must name the same leader with all replicas in sync: one broker's
         // view can lag an election (or a restart), and killing a follower would time nothing.
         let admins: Vec<Admin> = (1..=3).map(|b| cluster.node(b).admin()).collect();
-        let leader = eventually(
-            "all brokers agreeing on a leader with all replicas in sync",
+        // With `kill-controller`: the partition the controller leader's broker leads.
+        let (partition, leader) = eventually(
+            "all brokers agreeing on the leaders with all replicas in sync",
             Duration::from_secs(60),
             || async {
                 let mut seen = Vec::new();
                 for admin in &admins {
-                    let p = admin
-                        .describe_topic("failover")
-                        .await
-                        .ok()?
-                        .partitions
-                        .remove(0);
-                    seen.push((p.leader, p.isr.len()));
+                    let d = admin.describe_topic("failover").await.ok()?;
+                    seen.push(
+                        d.partitions
+                            .iter()
+                            .map(|p| (p.leader, p.isr.len()))
+                            .collect::<Vec<_>>(),
+                    );
                 }
-                let (leader, isr) = seen[0];
-                (leader > 0 && isr == 3 && seen.iter().all(|s| *s == (leader, 3))).then_some(leader)
+                let agreed = seen.iter().all(|s| *s == seen[0])
+                    && seen[0].iter().all(|(l, isr)| *l > 0 && *isr == 3);
+                if !agreed {
+                    return None;
+                }
+                let controller = admins[0].metadata().await.ok()?.controller_id;
+                let wanted = |l: i32| !with_controller || l == controller;
+                let partition = seen[0].iter().position(|(l, _)| wanted(*l))?;
+                Some((partition as i32, seen[0][partition].0))
             },
         )
         .await;
@@ -116,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
         };
         let producer = Producer::connect(cluster.client(), config).await?;
         producer
-            .send(ProducerRecord::new("failover", "warm-up").partition(0))
+            .send(ProducerRecord::new("failover", "warm-up").partition(partition))
             .await?
             .await?;
         if pause {
@@ -128,12 +148,17 @@ async fn main() -> anyhow::Result<()> {
         }
         let killed = Instant::now();
         producer
-            .send(ProducerRecord::new("failover", format!("after-{trial}")).partition(0))
+            .send(ProducerRecord::new("failover", format!("after-{trial}")).partition(partition))
             .await?
             .await?;
         let took = killed.elapsed();
         println!(
-            "trial {trial}: leader {leader} {}, first acks=all produce after {took:?} (load: {} delivered so far)",
+            "trial {trial}: leader {leader} of partition {partition}{} {}, first acks=all produce after {took:?} (load: {} delivered so far)",
+            if with_controller {
+                " and of the controller"
+            } else {
+                ""
+            },
             if pause { "paused" } else { "killed" },
             delivered.load(Ordering::Relaxed)
         );
@@ -156,6 +181,13 @@ async fn main() -> anyhow::Result<()> {
     times.sort();
     let p50 = times[times.len() / 2];
     let max = times[times.len() - 1];
-    println!("failover over {trials} trials (load {load} records/s): p50 {p50:?}, max {max:?}");
+    println!(
+        "failover over {trials} trials (load {load} records/s{}): p50 {p50:?}, max {max:?}",
+        if with_controller {
+            ", the controller leader's broker killed"
+        } else {
+            ""
+        }
+    );
     Ok(())
 }

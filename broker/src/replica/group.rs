@@ -527,6 +527,7 @@ impl Replica {
     pub async fn report_leadership(self: Arc<Self>, controller: Arc<Controller>) {
         let mut metrics = self.raft.metrics();
         let mut reported = 0u64;
+        let mut announced = 0u64;
         loop {
             let (leader, term) = {
                 let m = metrics.borrow_and_update();
@@ -539,6 +540,28 @@ impl Replica {
                 self.raft.runtime_config().tick(true);
                 self.raft.runtime_config().heartbeat(true);
                 *self.last_write.lock() = Instant::now();
+                if announced < term {
+                    announced = term;
+                    // A replica restarted with its own vote from an old term takes up that
+                    // leadership until its first heartbeat meets the newer term: not news.
+                    let newer = controller
+                        .state()
+                        .topics
+                        .values()
+                        .find(|t| *t.topic_id == *self.topic_id)
+                        .and_then(|t| t.leaders.get(self.id as usize).copied().flatten())
+                        .filter(|l| l.term > term);
+                    match newer {
+                        None => {
+                            tracing::info!(topic = %self.topic, partition = self.id, term, "leading the partition")
+                        }
+                        Some(l) => {
+                            tracing::debug!(topic = %self.topic, partition = self.id, term, newer_term = l.term, leader = l.leader, "a stale leadership from before a restart; the partition has a newer leader")
+                        }
+                    }
+                }
+                // Clients find this leader at once through the replicas' own Raft view;
+                // the controller's record is for brokers that hold no replica of it.
                 let command = MetaCommand::PartitionLeader {
                     topic_id: self.topic_id.clone(),
                     partition: self.id,
@@ -546,28 +569,9 @@ impl Replica {
                     term,
                 };
                 match controller.propose(command).await {
-                    Ok(_) => {
-                        reported = term;
-                        // A replica restarted with its own vote from an old term takes up that
-                        // leadership until its first heartbeat meets the newer term: not news.
-                        let newer = controller
-                            .state()
-                            .topics
-                            .values()
-                            .find(|t| *t.topic_id == *self.topic_id)
-                            .and_then(|t| t.leaders.get(self.id as usize).copied().flatten())
-                            .filter(|l| l.term > term);
-                        match newer {
-                            None => {
-                                tracing::info!(topic = %self.topic, partition = self.id, term, "leading the partition")
-                            }
-                            Some(l) => {
-                                tracing::debug!(topic = %self.topic, partition = self.id, term, newer_term = l.term, leader = l.leader, "a stale leadership from before a restart; the partition has a newer leader")
-                            }
-                        }
-                    }
+                    Ok(_) => reported = term,
                     Err(e) => {
-                        tracing::warn!(topic = %self.topic, partition = self.id, cause = %e, "reporting leadership; will retry")
+                        tracing::warn!(topic = %self.topic, partition = self.id, cause = %e, "reporting leadership to the controller; will retry")
                     }
                 }
                 continue;

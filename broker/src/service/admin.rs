@@ -56,7 +56,9 @@ impl AdminService {
         })
     }
 
-    /// Partitions held elsewhere, asked of their brokers (one call per broker).
+    /// Partitions held elsewhere, asked of their leaders (one call per broker). The leader is
+    /// the freshest this broker knows: its own replica's Raft view when it holds one (right
+    /// after an election, before the controller has recorded it), else the controller's record.
     async fn remote_partitions(
         &self,
         record: &TopicRecord,
@@ -65,7 +67,7 @@ impl AdminService {
         let state = self.broker.controller.state();
         let mut by_broker: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
         for &p in wanted {
-            if let Some(leader) = record.leader(p) {
+            if let Some(leader) = self.broker.current_leader(record, p) {
                 by_broker.entry(leader).or_default().push(p);
             }
         }
