@@ -7,7 +7,8 @@
 //!   controller before calling a topic unknown.
 //! - `reconcile`: opening, growing, reconfiguring and dropping partitions as metadata changes.
 //! - `topics`: create and delete through the controller, replica placement.
-//! - `alter`: live topic changes (config, partitions).
+//! - `alter`: live topic changes (config, partitions, replication factor).
+//! - `reassign`: partition leaders moving their groups to new replicas.
 //! - `liveness`: peer liveness and crash takeover.
 //! - `leadership`: preferred-leader rebalance, controlled-shutdown hand-off.
 //! - `producer_ids`: idempotent producer id blocks.
@@ -40,6 +41,7 @@ mod alter;
 mod leadership;
 mod liveness;
 mod producer_ids;
+mod reassign;
 mod reconcile;
 mod retention;
 mod routing;
@@ -138,6 +140,8 @@ struct PendingReplica {
     config: LiveConfig,
     partition: i32,
     stores: ReplicaStores,
+    /// Added to an existing group (a replication factor change): it must not initialize.
+    joining: bool,
 }
 
 /// Where this broker is reachable.
@@ -309,6 +313,7 @@ impl Broker {
         tokio::spawn(broker.clone().register());
         tokio::spawn(broker.clone().run_liveness());
         tokio::spawn(broker.clone().run_leader_rebalance());
+        tokio::spawn(broker.clone().run_reassignments());
         tokio::spawn(broker.controller.clone().log_leadership());
         Ok(())
     }

@@ -32,6 +32,8 @@ pub enum Error {
     #[error("{0}")]
     InvalidReplicationFactor(String),
     #[error("{0}")]
+    ReassignmentInProgress(String),
+    #[error("{0}")]
     InvalidConfig(String),
     #[error("invalid acks {0}: use 0, 1 or -1 (all)")]
     InvalidAcks(i32),
@@ -130,6 +132,7 @@ impl Error {
             Error::InvalidTopic(_) => ErrorCode::InvalidTopic,
             Error::InvalidPartitions(_) => ErrorCode::InvalidPartitions,
             Error::InvalidReplicationFactor(_) => ErrorCode::InvalidReplicationFactor,
+            Error::ReassignmentInProgress(_) => ErrorCode::ReassignmentInProgress,
             Error::InvalidConfig(_) => ErrorCode::InvalidConfig,
             Error::InvalidAcks(_) => ErrorCode::InvalidRequiredAcks,
             Error::InvalidRequest(_) => ErrorCode::InvalidRequest,

@@ -35,6 +35,12 @@ pub struct TopicRecord {
     /// The last leader each replicated partition reported, with its Raft term.
     #[serde(default)]
     pub leaders: Vec<Option<LeaderRecord>>,
+    /// Partitions whose replicas are changing (a replication factor change), with the
+    /// replicas each moves to. `replicas` stays what the partition's Raft group has until its
+    /// leader has moved the group over (new replicas added as learners, caught up, then the
+    /// voters replaced) and reported it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reassigning: BTreeMap<i32, Vec<i32>>,
 }
 
 /// A partition leader as reported by its Raft group.
@@ -58,15 +64,25 @@ impl TopicRecord {
         }
     }
 
-    /// The partitions in `range` that have a replica on `broker`.
+    /// The partitions in `range` that have a replica on `broker`, or are getting one.
     pub fn partitions_on(&self, broker: i32, range: std::ops::Range<i32>) -> Vec<i32> {
         range
             .filter(|&p| {
                 self.replicas
                     .get(p as usize)
                     .is_some_and(|r| r.contains(&broker))
+                    || self
+                        .reassigning
+                        .get(&p)
+                        .is_some_and(|r| r.contains(&broker))
             })
             .collect()
+    }
+
+    /// The replicas partition `p` has now and, while they change, the ones it moves to.
+    pub fn replicas_of(&self, p: i32) -> (Vec<i32>, Option<&Vec<i32>>) {
+        let now = self.replicas.get(p as usize).cloned().unwrap_or_default();
+        (now, self.reassigning.get(&p))
     }
 
     /// The broker that leads `partition`: the last one its group reported, else the

@@ -14,6 +14,10 @@ pub struct AlterTopic {
     pub set_config: BTreeMap<String, String>,
     pub delete_config: Vec<String>,
     pub partitions: Option<i32>,
+    /// The replication factor to change to (2 or more, from 2 or more). The call returns
+    /// once the change is committed; each partition's leader then moves its replicas in the
+    /// background ([`Admin::describe_topic`] shows the progress).
+    pub replication_factor: Option<i32>,
 }
 
 /// A topic to create.
@@ -94,8 +98,9 @@ impl Admin {
         Ok(())
     }
 
-    /// Changes a topic, all or none (Kafka's IncrementalAlterConfigs and
-    /// CreatePartitions): config overrides set and removed, partitions added. Returns what
+    /// Changes a topic, all or none (Kafka's IncrementalAlterConfigs, CreatePartitions and
+    /// partition reassignment): config overrides set and removed, partitions added, the
+    /// replication factor changed. Returns what
     /// changes (nothing: nothing to do); with `validate_only`, what would, changing nothing.
     #[tracing::instrument(skip(self))]
     pub async fn alter_topic(
@@ -110,6 +115,7 @@ impl Admin {
             delete_config: change.delete_config,
             validate_only,
             partitions: change.partitions.unwrap_or(0),
+            replication_factor: change.replication_factor.unwrap_or(0),
         };
         let what = format!("altering topic '{name}'");
         let resp = self.cluster.admin_change(&what, |mut c| {
@@ -136,6 +142,7 @@ impl Admin {
             set_config: set,
             delete_config: delete,
             partitions: None,
+            replication_factor: None,
         };
         self.alter_topic(name, change, validate_only).await
     }

@@ -74,6 +74,7 @@ error_codes! {
     NotController = "NOT_CONTROLLER", retriable = true, Unavailable;
     OutOfOrderSequenceNumber = "OUT_OF_ORDER_SEQUENCE_NUMBER", retriable = false, FailedPrecondition;
     InvalidProducerEpoch = "INVALID_PRODUCER_EPOCH", retriable = false, FailedPrecondition;
+    ReassignmentInProgress = "REASSIGNMENT_IN_PROGRESS", retriable = false, FailedPrecondition;
 }
 
 impl fmt::Display for ErrorCode {

@@ -1,13 +1,16 @@
 //! Live topic changes through the controller, applied by every broker without a restart:
 //! config overrides set and removed (see `Broker::update_config`, which the reconciler
-//! calls), and partitions added (opened by the reconciler like a new topic's).
+//! calls), partitions added (opened by the reconciler like a new topic's), and the
+//! replication factor changed (each partition's leader then moves its Raft group to the new
+//! replicas: see `reassign`).
 
 use std::collections::BTreeMap;
 
 use sluice_proto::TopicConfig;
 
 use super::Broker;
-use super::topics::{change_outcome, place};
+use super::topics::{change_outcome, place, reassign};
+use crate::controller::types::ReplicationChange;
 use crate::controller::{MetaCommand, MetaResponse};
 use crate::error::{Error, Result};
 use crate::metadata::TopicRecord;
@@ -20,6 +23,8 @@ pub struct TopicChange {
     pub delete: Vec<String>,
     /// The new partition count (more than now), if partitions are to be added.
     pub partitions: Option<i32>,
+    /// The new replication factor, if it changes.
+    pub replication_factor: Option<i32>,
 }
 
 /// What an alter changes (or would, with `validate_only`).
@@ -28,11 +33,17 @@ pub struct TopicChanges {
     pub config: Vec<ConfigChange>,
     /// Partition count before and after.
     pub partitions: (i32, i32),
+    /// Replication factor before and after.
+    pub replication_factor: (i32, i32),
+    /// The partitions whose replicas change, with their replicas before and after.
+    pub reassignments: Vec<(i32, Vec<i32>, Vec<i32>)>,
 }
 
 impl TopicChanges {
     pub fn is_empty(&self) -> bool {
-        self.config.is_empty() && self.partitions.0 == self.partitions.1
+        self.config.is_empty()
+            && self.partitions.0 == self.partitions.1
+            && self.replication_factor.0 == self.replication_factor.1
     }
 }
 
@@ -90,6 +101,7 @@ impl Broker {
             set,
             delete,
             partitions,
+            replication_factor,
         } = change;
         let mut record = self.topic_record_current(name).await?;
         let known: Vec<&str> = TopicConfig::keys().collect();
@@ -111,7 +123,21 @@ impl Broker {
             after.remove(key);
         }
         after.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let config = diff(&record.config, &after, record.replication_factor)
+        let from = record.replication_factor;
+        let to = replication_factor.unwrap_or(from);
+        if to != from && (from < 2 || to < 2) {
+            return Err(Error::InvalidReplicationFactor(format!(
+                "topic '{name}': changing the replication factor from {from} to {to} is not supported yet: a partition with one replica has no Raft group to add replicas to or keep. \
+                 Factors of 2 and more change freely; for {to}, create a new topic with replication factor {to} and copy the records into it"
+            )));
+        }
+        if to != from && !record.reassigning.is_empty() {
+            return Err(Error::ReassignmentInProgress(format!(
+                "topic '{name}': {} partition(s) are still changing replicas from the last replication factor change; wait until `sluice topics describe {name}` shows none adding or removing, then try again",
+                record.reassigning.len()
+            )));
+        }
+        let config = diff(&record.config, &after, to)
             .map_err(|e| Error::InvalidConfig(format!("topic '{name}': {e}")))?;
         let before = record.partitions;
         let total = partitions.unwrap_or(before);
@@ -126,16 +152,38 @@ impl Broker {
                 "topic '{name}': partitions must be between 1 and {max}, got {total}"
             )));
         }
+        let brokers = if total > before || to != from {
+            self.placement_brokers(name, to).await?
+        } else {
+            Vec::new()
+        };
+        let replication = (to != from).then(|| {
+            let leaders: Vec<Option<i32>> = (0..before)
+                .map(|p| self.current_leader(&record, p))
+                .collect();
+            ReplicationChange {
+                from,
+                to,
+                targets: reassign(&record.replicas, to as usize, &brokers, &leaders),
+            }
+        });
+        let reassignments = replication.as_ref().map_or_else(Vec::new, |r| {
+            r.targets
+                .iter()
+                .enumerate()
+                .filter(|(p, target)| record.replicas.get(*p) != Some(*target))
+                .map(|(p, target)| (p as i32, record.replicas[p].clone(), target.clone()))
+                .collect()
+        });
         let changes = TopicChanges {
             config,
             partitions: (before, total),
+            replication_factor: (from, to),
+            reassignments,
         };
         let add_replicas = if total > before {
-            let brokers = self
-                .placement_brokers(name, record.replication_factor)
-                .await?;
             // The same rotation as at creation, continued: partitions stay spread.
-            place(name, total, record.replication_factor, &brokers).split_off(before as usize)
+            place(name, total, to, &brokers).split_off(before as usize)
         } else {
             Vec::new()
         };
@@ -152,6 +200,7 @@ impl Broker {
                 delete,
                 add_replicas,
                 partitions_before: before,
+                replication,
             })
             .await
             .map_err(|e| change_outcome(e, name, "altered", ""))?;
@@ -166,6 +215,9 @@ impl Broker {
             MetaResponse::Rejected { code, message } if code == "INVALID_PARTITIONS" => {
                 return Err(Error::InvalidPartitions(message));
             }
+            MetaResponse::Rejected { code, message } if code == "REASSIGNMENT_IN_PROGRESS" => {
+                return Err(Error::ReassignmentInProgress(message));
+            }
             MetaResponse::Rejected { .. } => return Err(Error::UnknownTopic(name.to_string())),
             other => {
                 return Err(Error::Internal(format!(
@@ -175,7 +227,9 @@ impl Broker {
         }
         // Committed as this alter left it (unless another one came in between), applied to
         // this broker's partitions, and every partition led.
-        let wanted = TopicConfig::from_map(&after, record.replication_factor).ok();
+        // A replication factor change goes on in the background (`topics describe` shows it):
+        // committed is enough here.
+        let wanted = TopicConfig::from_map(&after, to).ok();
         let me = self.node_id();
         self.await_local(|| {
             let state = self.controller.state();
@@ -186,16 +240,20 @@ impl Broker {
             else {
                 return true;
             };
-            let committed = t.config == after && t.partitions >= total;
+            let committed =
+                t.config == after && t.partitions >= total && t.replication_factor == to;
             let local = self.local_topic(name);
             let applied = local
                 .as_ref()
                 .is_none_or(|l| Some(&*l.config.get()) == wanted.as_ref());
-            let opened = t.partitions_on(me, 0..t.partitions).into_iter().all(|p| {
-                local.as_ref().is_some_and(|l| {
-                    l.partitions.contains_key(&p) || l.replicas.read().contains_key(&p)
-                })
-            });
+            let opened = t
+                .partitions_on(me, before..t.partitions)
+                .into_iter()
+                .all(|p| {
+                    local.as_ref().is_some_and(|l| {
+                        l.partitions.contains_key(&p) || l.replicas.read().contains_key(&p)
+                    })
+                });
             // The added partitions have leaders (others may lack one for their own reasons).
             let led =
                 !t.replicated() || t.leaders.iter().skip(before as usize).all(Option::is_some);
@@ -203,7 +261,8 @@ impl Broker {
         })
         .await;
         tracing::info!(topic = %name, config_changes = changes.config.len(),
-            partitions_before = before, partitions = total, "altered topic");
+            partitions_before = before, partitions = total, replication_factor_before = from,
+            replication_factor = to, "altered topic");
         if let Some(t) = self.controller.state().topics.get(name) {
             record = t.clone();
         }

@@ -25,7 +25,7 @@ impl Broker {
                     }
                     let group = topic.record.group(r.id);
                     if r.hand_back_leadership(group).await {
-                        tracing::info!(topic = %r.topic, partition = r.id, leader = r.preferred, "preferred leader restored");
+                        tracing::info!(topic = %r.topic, partition = r.id, leader = r.preferred(), "preferred leader restored");
                     }
                 }
             }

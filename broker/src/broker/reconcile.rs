@@ -43,6 +43,14 @@ impl Broker {
                 if record.partitions > t.record.partitions {
                     pending.extend(self.add_partitions(t, record));
                 }
+                if record.replicas != t.record.replicas
+                    || record.reassigning != t.record.reassigning
+                {
+                    // Partitions added just now are opened already (above).
+                    let existing = t.record.partitions;
+                    let t = self.local_topic(name).unwrap_or_else(|| t.clone());
+                    pending.extend(self.reassign_replicas(&t, record, existing));
+                }
                 continue;
             }
             if let Some(stale) = current {
@@ -113,6 +121,91 @@ impl Broker {
         pending
     }
 
+    /// Follows a topic's replica changes here (a replication factor change): opens the
+    /// replicas this broker is to join (empty; the group's leader catches them up), stops
+    /// and deletes the ones it no longer has once the group has moved on without them, and
+    /// notes each partition's preferred leader.
+    pub(super) fn reassign_replicas(
+        &self,
+        topic: &Arc<LocalTopic>,
+        record: &TopicRecord,
+        existing: i32,
+    ) -> Vec<PendingReplica> {
+        let me = self.node_id();
+        let wanted = record.partitions_on(me, 0..existing.min(record.partitions));
+        let open: Vec<i32> = topic.replicas.read().keys().copied().collect();
+        let (joined, pending) = {
+            let join: Vec<i32> = wanted
+                .iter()
+                .copied()
+                .filter(|p| !open.contains(p) && !topic.partitions.contains_key(p))
+                .collect();
+            if join.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                match self.open_topic(record.clone(), &join, Some(topic.config.clone())) {
+                    Ok((_, pending)) => (join, pending),
+                    Err(e) => {
+                        tracing::error!(topic = %record.name, partitions = ?join, cause = %e,
+                            "cannot open the replicas this broker is to join");
+                        (Vec::new(), Vec::new())
+                    }
+                }
+            }
+        };
+        let left: Vec<Arc<Replica>> = {
+            let mut replicas = topic.replicas.write();
+            let gone: Vec<i32> = replicas
+                .keys()
+                .copied()
+                .filter(|p| *p < existing && !wanted.contains(p))
+                .collect();
+            gone.iter().filter_map(|p| replicas.remove(p)).collect()
+        };
+        for r in topic.replicas.read().values() {
+            if let Some(first) = record.replicas.get(r.id as usize).and_then(|r| r.first()) {
+                r.set_preferred(*first);
+            }
+        }
+        let updated = LocalTopic {
+            record: record.clone(),
+            config: topic.config.clone(),
+            partitions: topic.partitions.clone(),
+            replicas: RwLock::new(topic.replicas.read().clone()),
+        };
+        self.local
+            .write()
+            .insert(record.name.clone(), Arc::new(updated));
+        if !joined.is_empty() {
+            tracing::info!(topic = %record.name, partitions = ?joined, "joining partitions as a new replica");
+        }
+        for r in left {
+            let group = record.group(r.id);
+            self.groups.remove(group);
+            let dir = self.partition_dir(&record.name, r.id);
+            let partition = r.id;
+            let name = record.name.clone();
+            // The group stops first (it may be writing), then its files go.
+            tokio::runtime::Handle::current().spawn(async move {
+                r.shutdown().await;
+                match tokio::task::spawn_blocking(move || {
+                    std::fs::remove_dir_all(&dir).map(|()| dir)
+                })
+                .await
+                {
+                    Ok(Ok(dir)) => tracing::info!(topic = %name, partition, dir = %dir.display(),
+                        "no longer a replica of the partition: deleted its data"),
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Ok(Err(e)) => tracing::error!(topic = %name, partition, cause = %e,
+                        "no longer a replica of the partition, but cannot delete its data"),
+                    Err(e) => tracing::error!(topic = %name, partition, cause = %e,
+                        "deleting the data of a partition no longer here"),
+                }
+            });
+        }
+        pending
+    }
+
     /// Applies an altered topic config to this broker's partitions of the topic: at once
     /// for what requests and retention read, from the next append on for segment rolls.
     pub(super) fn update_config(&self, topic: &LocalTopic, record: &TopicRecord) {
@@ -159,6 +252,7 @@ impl Broker {
                 continue;
             }
             let group = p.record.group(p.partition);
+            let joining = p.joining;
             let started = Replica::start(
                 Arc::from(p.record.name.as_str()),
                 p.record.topic_id.clone(),
@@ -175,6 +269,7 @@ impl Broker {
                     ..ReplicaTiming::default()
                 },
                 replicas.first().copied().unwrap_or(self.node_id()),
+                joining,
             )
             .await;
             match started {
@@ -293,11 +388,17 @@ impl Broker {
                 .map_err(|e| {
                     Error::Internal(format!("{}-{p}: opening the replica: {e}", record.name))
                 })?;
+                // A replica the group does not have yet (it is being added) joins it.
+                let joining = record
+                    .replicas
+                    .get(p as usize)
+                    .is_some_and(|r| !r.contains(&self.node_id()));
                 pending.push(PendingReplica {
                     record: record.clone(),
                     config: config.clone(),
                     partition: p,
                     stores,
+                    joining,
                 });
                 continue;
             }

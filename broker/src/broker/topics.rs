@@ -52,6 +52,7 @@ impl Broker {
             group_base: 0,
             groups: Vec::new(),
             leaders: Vec::new(),
+            reassigning: BTreeMap::new(),
         };
         if validate_only {
             return Ok(record);
@@ -237,6 +238,69 @@ pub(super) fn place(topic: &str, partitions: i32, rf: i32, brokers: &[i32]) -> V
         .collect()
 }
 
+/// The replicas each partition moves to for a replication factor of `to`. Growing keeps a
+/// partition's replicas (in order: the preferred leader stays) and adds the live brokers
+/// holding the fewest replicas of the topic; shrinking removes replicas on brokers that are
+/// not live first, then the most loaded, never the current leader (`leaders`) nor, while it
+/// is live, the preferred one.
+pub(super) fn reassign(
+    current: &[Vec<i32>],
+    to: usize,
+    live: &[i32],
+    leaders: &[Option<i32>],
+) -> Vec<Vec<i32>> {
+    let mut load: BTreeMap<i32, usize> = live.iter().map(|b| (*b, 0)).collect();
+    for r in current.iter().flatten() {
+        *load.entry(*r).or_default() += 1;
+    }
+    current
+        .iter()
+        .enumerate()
+        .map(|(p, replicas)| {
+            let mut out = replicas.clone();
+            while out.len() < to {
+                // Rotating the tie-break by partition spreads equal loads.
+                let Some(&add) = live
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| !out.contains(b))
+                    .min_by_key(|(i, b)| {
+                        (
+                            load[*b],
+                            (i + live.len() - p % live.len().max(1)) % live.len().max(1),
+                        )
+                    })
+                    .map(|(_, b)| b)
+                else {
+                    break;
+                };
+                out.push(add);
+                *load.entry(add).or_default() += 1;
+            }
+            let leader = leaders.get(p).copied().flatten();
+            while out.len() > to {
+                let Some(i) = (0..out.len())
+                    .filter(|&i| Some(out[i]) != leader && (i > 0 || !live.contains(&out[i])))
+                    .max_by_key(|&i| {
+                        (
+                            !live.contains(&out[i]),
+                            load.get(&out[i]).copied().unwrap_or(0),
+                            i,
+                        )
+                    })
+                else {
+                    break;
+                };
+                let removed = out.remove(i);
+                if let Some(n) = load.get_mut(&removed) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            out
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -259,5 +323,41 @@ mod tests {
                 .all(|r| r.iter().collect::<HashSet<_>>().len() == 3),
             "{three:?}"
         );
+    }
+
+    /// Growing keeps each partition's replicas in order and adds the least loaded live
+    /// brokers (the topic stays balanced); shrinking removes brokers that are down first and
+    /// never the leader or the live preferred replica.
+    #[test]
+    fn reassignment_keeps_leaders_and_balance() {
+        let live = [1, 2, 3, 4];
+        let two = place("orders", 4, 2, &live);
+        let three = reassign(&two, 3, &live, &[None; 4]);
+        for (before, after) in two.iter().zip(&three) {
+            assert_eq!(&after[..2], &before[..], "{three:?}");
+            assert_eq!(after.iter().collect::<HashSet<_>>().len(), 3, "{three:?}");
+        }
+        let mut load = BTreeMap::new();
+        for b in three.iter().flatten() {
+            *load.entry(*b).or_insert(0) += 1;
+        }
+        assert_eq!(
+            load.values().collect::<Vec<_>>(),
+            vec![&3, &3, &3, &3],
+            "{three:?}"
+        );
+
+        let current = vec![vec![1, 2, 3], vec![2, 3, 1], vec![3, 1, 2]];
+        // Broker 3 is down; partition 0 is led by 2 and partition 1 by its preferred 2.
+        let two = reassign(&current, 2, &[1, 2], &[Some(2), Some(2), None]);
+        assert_eq!(two, vec![vec![1, 2], vec![2, 1], vec![1, 2]]);
+        // Nothing is down: the leader and the preferred replica stay.
+        let two = reassign(&current, 2, &[1, 2, 3], &[Some(3), None, None]);
+        assert!(two[0].contains(&1) && two[0].contains(&3), "{two:?}");
+        assert_eq!(two[1][0], 2);
+        assert_eq!(two[2][0], 3);
+        assert!(two.iter().all(|r| r.len() == 2));
+        // Unchanged factor: unchanged replicas.
+        assert_eq!(reassign(&current, 3, &[1, 2, 3], &[]), current);
     }
 }

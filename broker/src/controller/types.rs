@@ -74,6 +74,17 @@ pub enum MetaCommand {
         /// adds nothing more.
         #[serde(default)]
         partitions_before: i32,
+        /// A replication factor change: applied against the factor it was planned from
+        /// (a stale one is refused, a repeated one changes nothing).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        replication: Option<ReplicationChange>,
+    },
+    /// A partition's Raft group now has `replicas` (its leader moved the group's voters to
+    /// them): the end of that partition's reassignment.
+    PartitionReplicas {
+        topic_id: String,
+        partition: i32,
+        replicas: Vec<i32>,
     },
     /// A partition's Raft group elected `leader` in `term`.
     PartitionLeader {
@@ -86,6 +97,15 @@ pub enum MetaCommand {
     AllocateProducerIds {
         count: u32,
     },
+}
+
+/// A topic's replication factor going from `from` to `to`: `targets` has the replicas of
+/// each of its partitions after the change (placed by the proposer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicationChange {
+    pub from: i32,
+    pub to: i32,
+    pub targets: Vec<Vec<i32>>,
 }
 
 /// The outcome of applying a command.
@@ -153,6 +173,29 @@ impl ClusterState {
                 }
                 MetaResponse::Ok
             }
+            MetaCommand::PartitionReplicas {
+                topic_id,
+                partition,
+                replicas,
+            } => {
+                let Some(t) = self.topics.values_mut().find(|t| &t.topic_id == topic_id) else {
+                    return MetaResponse::Rejected {
+                        code: "UNKNOWN_TOPIC_OR_PARTITION".into(),
+                        message: format!("no topic with id {topic_id}"),
+                    };
+                };
+                let Some(slot) = t.replicas.get_mut(*partition as usize) else {
+                    return MetaResponse::Rejected {
+                        code: "UNKNOWN_TOPIC_OR_PARTITION".into(),
+                        message: format!("topic '{}' has no partition {partition}", t.name),
+                    };
+                };
+                *slot = replicas.clone();
+                if t.reassigning.get(partition) == Some(replicas) {
+                    t.reassigning.remove(partition);
+                }
+                MetaResponse::Ok
+            }
             MetaCommand::AllocateProducerIds { count } => {
                 let first = self.next_producer_id;
                 self.next_producer_id = first.saturating_add(i64::from(*count));
@@ -165,6 +208,7 @@ impl ClusterState {
                 delete,
                 add_replicas,
                 partitions_before,
+                replication,
             } => {
                 let Some(t) = self
                     .topics
@@ -181,7 +225,46 @@ impl ClusterState {
                     config.remove(key);
                 }
                 config.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
-                if let Err(e) = sluice_proto::TopicConfig::from_map(&config, t.replication_factor) {
+                let factor = match replication {
+                    None => t.replication_factor,
+                    Some(r) if r.to == t.replication_factor && r.from != r.to => {
+                        // This very change, applied already (or one to the same factor).
+                        r.to
+                    }
+                    Some(r) if r.from != t.replication_factor => {
+                        return MetaResponse::Rejected {
+                            code: "INVALID_REPLICATION_FACTOR".into(),
+                            message: format!(
+                                "topic '{name}' has replication factor {} now, not {} as when this change was made; nothing changed, check with `sluice topics describe {name}`",
+                                t.replication_factor, r.from
+                            ),
+                        };
+                    }
+                    Some(_) if !t.reassigning.is_empty() => {
+                        return MetaResponse::Rejected {
+                            code: "REASSIGNMENT_IN_PROGRESS".into(),
+                            message: format!(
+                                "topic '{name}': {} partition(s) are still changing replicas; wait until `sluice topics describe {name}` shows none adding or removing, then try again",
+                                t.reassigning.len()
+                            ),
+                        };
+                    }
+                    Some(r)
+                        if r.to < 2
+                            || r.targets.len() != t.partitions as usize
+                            || r.targets.iter().any(|p| p.len() != r.to as usize) =>
+                    {
+                        return MetaResponse::Rejected {
+                            code: "INVALID_REPLICATION_FACTOR".into(),
+                            message: format!(
+                                "topic '{name}': a replication factor change must place {} replicas for each of its {} partitions",
+                                r.to, t.partitions
+                            ),
+                        };
+                    }
+                    Some(r) => r.to,
+                };
+                if let Err(e) = sluice_proto::TopicConfig::from_map(&config, factor) {
                     return MetaResponse::Rejected {
                         code: "INVALID_CONFIG".into(),
                         message: format!("topic '{name}': {e}"),
@@ -204,19 +287,26 @@ impl ClusterState {
                         ),
                     };
                 };
-                if add_replicas
-                    .iter()
-                    .any(|r| r.len() != t.replication_factor as usize)
-                {
+                if add_replicas.iter().any(|r| r.len() != factor as usize) {
                     return MetaResponse::Rejected {
                         code: "INVALID_REPLICATION_FACTOR".into(),
                         message: format!(
-                            "topic '{name}': new partitions must have {} replicas each",
-                            t.replication_factor
+                            "topic '{name}': new partitions must have {factor} replicas each"
                         ),
                     };
                 }
                 t.config = config;
+                if let Some(r) = replication
+                    && r.from == t.replication_factor
+                    && r.from != r.to
+                {
+                    t.replication_factor = r.to;
+                    for (p, target) in r.targets.iter().enumerate() {
+                        if t.replicas.get(p) != Some(target) {
+                            t.reassigning.insert(p as i32, target.clone());
+                        }
+                    }
+                }
                 if !add_replicas.is_empty() {
                     if t.replicated() {
                         if t.groups.is_empty() {
@@ -261,6 +351,7 @@ mod tests {
             group_base: 0,
             groups: Vec::new(),
             leaders: Vec::new(),
+            reassigning: BTreeMap::new(),
         }
     }
 
@@ -275,6 +366,7 @@ mod tests {
             delete: Vec::new(),
             partitions_before: 2,
             add_replicas: add,
+            replication: None,
         }
     }
 

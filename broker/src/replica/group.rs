@@ -29,7 +29,10 @@ use crate::producer_state::{BatchId, Latest, ProducerStates, Verdict};
 use crate::storage::{LogOffsets, LogOptions, SegmentLog};
 
 mod handover;
+mod membership;
 mod produce;
+
+pub use membership::Moved;
 
 /// How long a new leadership waits to hear its followers before an `acks=all` write is
 /// refused for too few in-sync replicas.
@@ -175,9 +178,9 @@ pub struct Replica {
     pub topic_id: String,
     pub id: i32,
     pub config: LiveConfig,
-    pub replicas: Vec<i32>,
-    /// The preferred leader: the first replica of the assignment.
-    pub preferred: i32,
+    /// The preferred leader: the first replica of the assignment (it changes with a
+    /// replication factor change).
+    preferred: std::sync::atomic::AtomicI32,
     pub raft: Raft<PartitionRaft>,
     node_id: i32,
     log: SegmentRaftLog,
@@ -251,6 +254,7 @@ impl Replica {
         channels: PeerChannels,
         timing: ReplicaTiming,
         preferred: i32,
+        joining: bool,
     ) -> Result<Arc<Self>> {
         let raft_config = openraft::Config {
             cluster_name: format!("{topic}-{id}"),
@@ -279,7 +283,6 @@ impl Replica {
         )
         .await
         .map_err(|e| Error::Internal(format!("{topic}-{id}: starting its Raft group: {e}")))?;
-        let replicas: Vec<i32> = members.keys().map(|k| *k as i32).collect();
         // A new group is initialized by its preferred replica alone, which campaigns at once
         // (openraft's `initialize` starts an election) and wins term 1 unopposed: the others
         // hold empty logs and grant their votes. If every replica initialized, all three
@@ -288,7 +291,10 @@ impl Replica {
         // topic. The others initialize only if no candidate has reached them after
         // `INIT_FALLBACK_TIMEOUTS` election timeouts (the preferred broker died before it
         // could), so a partition never waits on one broker to exist.
-        if node_id == preferred {
+        // A replica added to an existing group (a replication factor change) never
+        // initializes: it starts empty and learns the group from its leader.
+        if joining {
+        } else if node_id == preferred {
             initialize(&raft, members, &topic, id).await?;
         } else {
             let raft = raft.clone();
@@ -317,8 +323,7 @@ impl Replica {
             topic_id,
             id,
             config,
-            replicas,
-            preferred,
+            preferred: std::sync::atomic::AtomicI32::new(preferred),
             raft,
             node_id,
             log: stores.log,
@@ -352,6 +357,28 @@ impl Replica {
             .borrow()
             .current_leader
             .map(|l| l as i32)
+    }
+
+    /// The preferred leader.
+    pub fn preferred(&self) -> i32 {
+        self.preferred.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Takes the preferred leader of a new assignment.
+    pub fn set_preferred(&self, preferred: i32) {
+        self.preferred
+            .store(preferred, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many voters the group has now (its replicas, learners not counted).
+    pub fn voters(&self) -> usize {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count()
     }
 
     pub fn is_leader(&self) -> bool {
@@ -402,8 +429,10 @@ impl Replica {
             };
         }
         let caught_up = &mut leadership.caught_up;
+        let membership = m.membership_config.membership();
         for (follower, matched) in replication {
-            if *follower == self.node_id as u64 {
+            // Learners (replicas being added) join the in-sync set once they are voters.
+            if *follower == self.node_id as u64 || !membership.voter_ids().any(|v| v == *follower) {
                 continue;
             }
             let alive = self

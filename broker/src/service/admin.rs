@@ -30,16 +30,29 @@ impl AdminService {
     /// A partition this broker leads (replicated partitions are described by their leader).
     fn local_partition(&self, record: &TopicRecord, p: i32) -> Option<pb::PartitionDescription> {
         let topic = self.broker.local_topic(&record.name)?;
-        let replicas = record.replicas.get(p as usize).cloned().unwrap_or_default();
-        let (part, isr) = match topic.partitions.get(&p) {
-            Some(local) => (PartitionRef::Local(local.clone()), replicas.clone()),
+        let (replicas, target) = record.replicas_of(p);
+        let (adding, removing) = changing(&replicas, target);
+        let (part, isr, records_behind) = match topic.partitions.get(&p) {
+            Some(local) => (PartitionRef::Local(local.clone()), replicas.clone(), 0),
             None => {
                 let replica = topic.replicas.read().get(&p).cloned()?;
                 if !replica.is_leader() {
                     return None;
                 }
                 let isr = replica.in_sync();
-                (PartitionRef::Replica(replica), isr)
+                let learners = replica.catching_up();
+                // A replica to add that is not a learner yet lacks everything (unknown).
+                let behind = if adding.iter().all(|a| learners.iter().any(|(l, _)| l == a)) {
+                    learners
+                        .iter()
+                        .filter(|(l, _)| adding.contains(l))
+                        .map(|(_, b)| *b)
+                        .max()
+                        .unwrap_or(0)
+                } else {
+                    -1
+                };
+                (PartitionRef::Replica(replica), isr, behind)
             }
         };
         let o = part.offsets();
@@ -53,6 +66,9 @@ impl AdminService {
             log_end_offset: o.log_end,
             size_bytes: o.size_bytes,
             segments: o.segments,
+            adding_replicas: adding,
+            removing_replicas: removing,
+            records_behind,
         })
     }
 
@@ -121,7 +137,8 @@ impl AdminService {
         }
         let mut remote = self.remote_partitions(record, &missing).await;
         for p in missing {
-            let replicas = record.replicas.get(p as usize).cloned().unwrap_or_default();
+            let (replicas, target) = record.replicas_of(p);
+            let (adding_replicas, removing_replicas) = changing(&replicas, target);
             partitions.push(remote.remove(&p).unwrap_or(pb::PartitionDescription {
                 partition: p,
                 // The leader did not answer: shown as offline.
@@ -133,6 +150,9 @@ impl AdminService {
                 log_end_offset: -1,
                 size_bytes: 0,
                 segments: 0,
+                adding_replicas,
+                removing_replicas,
+                records_behind: -1,
             }));
         }
         partitions.sort_by_key(|p| p.partition);
@@ -144,6 +164,25 @@ impl AdminService {
             overrides: record.config.keys().cloned().collect(),
         })
     }
+}
+
+/// The replicas a partition is adding and removing while they change (both empty otherwise).
+fn changing(replicas: &[i32], target: Option<&Vec<i32>>) -> (Vec<i32>, Vec<i32>) {
+    let Some(target) = target else {
+        return (Vec::new(), Vec::new());
+    };
+    (
+        target
+            .iter()
+            .filter(|r| !replicas.contains(r))
+            .copied()
+            .collect(),
+        replicas
+            .iter()
+            .filter(|r| !target.contains(r))
+            .copied()
+            .collect(),
+    )
 }
 
 #[tonic::async_trait]
@@ -180,6 +219,7 @@ impl Admin for AdminService {
             set: req.set_config.into_iter().collect(),
             delete: req.delete_config,
             partitions: (req.partitions > 0).then_some(req.partitions),
+            replication_factor: (req.replication_factor > 0).then_some(req.replication_factor),
         };
         let (changes, record) = self
             .broker
@@ -189,6 +229,17 @@ impl Admin for AdminService {
         Ok(Response::new(pb::AlterTopicResponse {
             partitions_before: changes.partitions.0,
             partitions_after: changes.partitions.1,
+            replication_factor_before: changes.replication_factor.0,
+            replication_factor_after: changes.replication_factor.1,
+            reassignments: changes
+                .reassignments
+                .into_iter()
+                .map(|(partition, before, after)| pb::Reassignment {
+                    partition,
+                    replicas_before: before,
+                    replicas_after: after,
+                })
+                .collect(),
             changes: changes
                 .config
                 .into_iter()

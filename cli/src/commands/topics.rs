@@ -29,14 +29,28 @@ pub(crate) enum TopicsCommand {
     List,
     /// Show a topic's partitions (leader, offsets, size) and config.
     Describe { name: String },
-    /// Change a topic while it serves: its config (Kafka's kafka-configs --alter) and its
-    /// partition count. Every broker applies it without a restart.
+    /// Change a topic while it serves: its config (Kafka's kafka-configs --alter), its
+    /// partition count and its replication factor. Every broker applies it without a
+    /// restart.
     Alter {
         name: String,
         /// Grow the topic to this many partitions (only up: keys then map to other
         /// partitions, as in Kafka).
         #[arg(long)]
         partitions: Option<i32>,
+        /// Change the replication factor (2 or more, from 2 or more): replicas are added
+        /// (caught up, then voting) or removed partition by partition while the topic
+        /// serves; shows the progress until done.
+        #[arg(long)]
+        replication_factor: Option<i32>,
+        /// With --replication-factor: return once the change is committed, without waiting
+        /// for the replicas to move (`topics describe` shows the progress).
+        #[arg(long)]
+        no_wait: bool,
+        /// With --replication-factor: how long to wait for the replicas to move before
+        /// returning (the change goes on regardless).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        wait_timeout: std::time::Duration,
         /// Set a config override, key=value (repeatable); same keys and checks as create.
         #[arg(long = "config", value_name = "KEY=VALUE")]
         config: Vec<String>,
@@ -67,7 +81,20 @@ struct AlterView {
     applied: bool,
     partitions_before: i32,
     partitions_after: i32,
+    replication_factor_before: i32,
+    replication_factor_after: i32,
     changes: Vec<ChangeRow>,
+    reassignments: Vec<ReassignmentRow>,
+    /// With a replication factor change: whether every partition has its new replicas
+    /// (false with --no-wait or --dry-run).
+    replicas_moved: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ReassignmentRow {
+    partition: i32,
+    replicas_before: Vec<i32>,
+    replicas_after: Vec<i32>,
 }
 
 fn source(is_override: bool) -> &'static str {
@@ -92,6 +119,18 @@ struct PartitionRow {
     log_end_offset: i64,
     size_bytes: u64,
     segments: u32,
+    /// While the replicas change: the ones being added and removed, and how many records
+    /// the added ones still lack (-1: unknown).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    adding_replicas: Vec<i32>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    removing_replicas: Vec<i32>,
+    #[serde(skip_serializing_if = "is_zero")]
+    records_behind: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +153,11 @@ fn view(d: pb::TopicDescription) -> TopicView {
             .partitions
             .into_iter()
             .map(|p| PartitionRow {
+                records_behind: if p.adding_replicas.is_empty() {
+                    0
+                } else {
+                    p.records_behind
+                },
                 partition: p.partition,
                 leader: p.leader,
                 replicas: p.replicas,
@@ -123,6 +167,8 @@ fn view(d: pb::TopicDescription) -> TopicView {
                 log_end_offset: p.log_end_offset,
                 size_bytes: p.size_bytes,
                 segments: p.segments,
+                adding_replicas: p.adding_replicas,
+                removing_replicas: p.removing_replicas,
             })
             .collect(),
     }
@@ -168,6 +214,36 @@ fn print_topic(v: &TopicView) {
             })
         )
     );
+    let changing: Vec<&PartitionRow> = v
+        .partitions
+        .iter()
+        .filter(|p| !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty())
+        .collect();
+    if !changing.is_empty() {
+        outln!(
+            "Replicas changing ({} of {} partitions; `replicas` above is what each has until then):",
+            changing.len(),
+            v.partitions.len()
+        );
+        outln!(
+            "{}",
+            table(
+                &["partition", "adding", "removing", "records-behind"],
+                changing.iter().map(|p| vec![
+                    p.partition.to_string(),
+                    ids(&p.adding_replicas),
+                    ids(&p.removing_replicas),
+                    if p.adding_replicas.is_empty() {
+                        "-".to_string()
+                    } else if p.records_behind < 0 {
+                        "unknown".to_string()
+                    } else {
+                        p.records_behind.to_string()
+                    },
+                ])
+            )
+        );
+    }
     outln!(
         "{}",
         table(
@@ -252,33 +328,49 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
         TopicsCommand::Alter {
             name,
             partitions,
+            replication_factor,
+            no_wait,
+            wait_timeout,
             config,
             delete_config,
             dry_run,
         } => {
-            if config.is_empty() && delete_config.is_empty() && partitions.is_none() {
+            if config.is_empty()
+                && delete_config.is_empty()
+                && partitions.is_none()
+                && replication_factor.is_none()
+            {
                 anyhow::bail!(
-                    "altering topic '{name}': nothing to change; give --config KEY=VALUE, --delete-config KEY or --partitions N"
+                    "altering topic '{name}': nothing to change; give --config KEY=VALUE, --delete-config KEY, --partitions N or --replication-factor N"
                 );
             }
             if let Some(n) = partitions.filter(|n| *n < 1) {
                 anyhow::bail!("altering topic '{name}': --partitions must be at least 1, got {n}");
             }
+            if let Some(n) = replication_factor.filter(|n| *n < 1) {
+                anyhow::bail!(
+                    "altering topic '{name}': --replication-factor must be at least 1, got {n}"
+                );
+            }
             let change = sluice_client::AlterTopic {
                 set_config: parse_kv(&config)?,
                 delete_config,
                 partitions,
+                replication_factor,
             };
             let resp = admin
                 .alter_topic(&name, change, dry_run)
                 .await
                 .with_context(|| format!("altering topic '{name}'"))?;
             let grows = resp.partitions_after > resp.partitions_before;
-            let v = AlterView {
+            let refactors = resp.replication_factor_after != resp.replication_factor_before;
+            let mut v = AlterView {
                 topic: name.clone(),
-                applied: !dry_run && (grows || !resp.changes.is_empty()),
+                applied: !dry_run && (grows || refactors || !resp.changes.is_empty()),
                 partitions_before: resp.partitions_before,
                 partitions_after: resp.partitions_after,
+                replication_factor_before: resp.replication_factor_before,
+                replication_factor_after: resp.replication_factor_after,
                 changes: resp
                     .changes
                     .into_iter()
@@ -290,47 +382,29 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
                         new_source: source(c.new_override),
                     })
                     .collect(),
-            };
-            output::print(ctx.output, &v, |v| {
-                let grows = v.partitions_after > v.partitions_before;
-                if v.changes.is_empty() && !grows {
-                    outln!("Topic '{}' is already like this; nothing changed.", v.topic);
-                    return;
-                }
-                let mut rows: Vec<Vec<String>> = v
-                    .changes
-                    .iter()
-                    .map(|c| {
-                        vec![
-                            c.key.clone(),
-                            format!("{} ({})", c.old_value, c.old_source),
-                            format!("{} ({})", c.new_value, c.new_source),
-                        ]
+                reassignments: resp
+                    .reassignments
+                    .into_iter()
+                    .map(|r| ReassignmentRow {
+                        partition: r.partition,
+                        replicas_before: r.replicas_before,
+                        replicas_after: r.replicas_after,
                     })
-                    .collect();
-                if grows {
-                    rows.push(vec![
-                        "partitions".into(),
-                        v.partitions_before.to_string(),
-                        v.partitions_after.to_string(),
-                    ]);
-                }
-                outln!("{}", table(&["change", "from", "to"], rows.into_iter()));
-                if grows {
-                    outln!(
-                        "Keys are spread over {} partitions from now on: a key may go to another partition than before (as in Kafka).",
-                        v.partitions_after
-                    );
-                }
-                if v.applied {
-                    outln!(
-                        "Altered topic '{}', in effect on every broker as it applies it (no restart).",
-                        v.topic
-                    );
-                } else {
-                    outln!("Nothing changed (--dry-run).");
-                }
-            })
+                    .collect(),
+                replicas_moved: !refactors,
+            };
+            if v.applied && refactors && !no_wait {
+                await_replicas(
+                    ctx,
+                    &admin,
+                    &name,
+                    v.reassignments.len() as u64,
+                    wait_timeout,
+                )
+                .await?;
+                v.replicas_moved = true;
+            }
+            output::print(ctx.output, &v, print_alter)
         }
         TopicsCommand::Delete { name } => {
             admin
@@ -341,5 +415,111 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
                 outln!("Deleted topic '{name}'.")
             })
         }
+    }
+}
+
+fn print_alter(v: &AlterView) {
+    let grows = v.partitions_after > v.partitions_before;
+    let refactors = v.replication_factor_after != v.replication_factor_before;
+    if v.changes.is_empty() && !grows && !refactors {
+        outln!("Topic '{}' is already like this; nothing changed.", v.topic);
+        return;
+    }
+    let mut rows: Vec<Vec<String>> = v
+        .changes
+        .iter()
+        .map(|c| {
+            vec![
+                c.key.clone(),
+                format!("{} ({})", c.old_value, c.old_source),
+                format!("{} ({})", c.new_value, c.new_source),
+            ]
+        })
+        .collect();
+    if grows {
+        rows.push(vec![
+            "partitions".into(),
+            v.partitions_before.to_string(),
+            v.partitions_after.to_string(),
+        ]);
+    }
+    if refactors {
+        rows.push(vec![
+            "replication factor".into(),
+            v.replication_factor_before.to_string(),
+            v.replication_factor_after.to_string(),
+        ]);
+        for r in &v.reassignments {
+            rows.push(vec![
+                format!("replicas of partition {}", r.partition),
+                ids(&r.replicas_before),
+                ids(&r.replicas_after),
+            ]);
+        }
+    }
+    outln!("{}", table(&["change", "from", "to"], rows.into_iter()));
+    if grows {
+        outln!(
+            "Keys are spread over {} partitions from now on: a key may go to another partition than before (as in Kafka).",
+            v.partitions_after
+        );
+    }
+    if !v.applied {
+        outln!("Nothing changed (--dry-run).");
+    } else if refactors && !v.replicas_moved {
+        outln!(
+            "Altered topic '{}'; its partitions move to their new replicas in the background: watch with `sluice topics describe {}`.",
+            v.topic,
+            v.topic
+        );
+    } else {
+        outln!(
+            "Altered topic '{}', in effect on every broker as it applies it (no restart).",
+            v.topic
+        );
+    }
+}
+
+/// Waits, with a progress bar, until no partition of `name` is changing replicas.
+async fn await_replicas(
+    ctx: &Context,
+    admin: &Admin,
+    name: &str,
+    moving: u64,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let bar = super::progress(
+        ctx,
+        Some(moving),
+        &format!("moving the replicas of '{name}'"),
+        false,
+    );
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        // A broker may be briefly unable to answer (a leader moving): keep asking.
+        if let Ok(d) = admin.describe_topic(name).await {
+            let left: Vec<&pb::PartitionDescription> = d
+                .partitions
+                .iter()
+                .filter(|p| !p.adding_replicas.is_empty() || !p.removing_replicas.is_empty())
+                .collect();
+            bar.set_position(moving.saturating_sub(left.len() as u64));
+            let behind: i64 = left.iter().map(|p| p.records_behind.max(0)).sum();
+            bar.set_message(format!(
+                "moving the replicas of '{name}' ({behind} records behind)"
+            ));
+            if left.is_empty() {
+                bar.finish_and_clear();
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bar.abandon();
+            anyhow::bail!(
+                "topic '{name}': its partitions were still moving to their new replicas after {} (the change goes on in the background); watch it with `sluice topics describe {name}`",
+                humantime::format_duration(timeout)
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 }

@@ -480,3 +480,245 @@ async fn consume_follows_partitions_added_while_it_runs() {
     let (status, _, _) = consumer.wait(Duration::from_secs(10));
     assert!(status.success());
 }
+
+/// The bytes of every segment of a partition's replica on one broker, oldest first.
+fn replica_bytes(data_dir: &std::path::Path, topic: &str, partition: i32) -> Vec<u8> {
+    sluice_tests::segment_files(data_dir, topic, partition)
+        .iter()
+        .flat_map(|f| std::fs::read(f).unwrap())
+        .collect()
+}
+
+/// The replication factor goes 2 -> 3 (through the CLI, which waits for the move) -> 2
+/// while an idempotent acks=all producer writes: every partition ends with the new
+/// replicas, all in sync; a broker that left a partition deletes its copy; every
+/// acknowledged record is read exactly once at its offset, and every replica holds the same
+/// bytes. Factors the cluster cannot hold, and changes to or from 1, are refused with what
+/// to do instead, changing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_factor_changes_under_load() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(NewTopic::new("refactor", 3, 2), false)
+        .await
+        .unwrap();
+    admin
+        .create_topic(NewTopic::new("single", 1, 1), false)
+        .await
+        .unwrap();
+    let factor = |n: i32| sluice_client::AlterTopic {
+        replication_factor: Some(n),
+        ..Default::default()
+    };
+    let err = admin
+        .alter_topic("refactor", factor(4), false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::InvalidReplicationFactor),
+        "{err}"
+    );
+    assert!(err.to_string().contains("3 live broker(s)"), "{err}");
+    let err = admin
+        .alter_topic("single", factor(3), false)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::InvalidReplicationFactor),
+        "{err}"
+    );
+    assert!(err.to_string().contains("create a new topic"), "{err}");
+    assert_eq!(
+        admin
+            .describe_topic("single")
+            .await
+            .unwrap()
+            .replication_factor,
+        1
+    );
+
+    let producer = Producer::connect(cluster.client(), ProducerConfig::default())
+        .await
+        .unwrap();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let (producer, sent) = (producer.clone(), sent.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..1500u32 {
+                let d = producer
+                    .send(
+                        ProducerRecord::new("refactor", format!("{i}")).key(format!("k{}", i % 30)),
+                    )
+                    .await
+                    .expect("send");
+                acked.push((i, d));
+                sent.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            let mut out = Vec::new();
+            for (i, d) in acked {
+                let m = d.await.expect("every record is delivered");
+                out.push((i, m.partition, m.offset));
+            }
+            out
+        })
+    };
+    let progressed = |n: usize| {
+        let sent = sent.clone();
+        async move {
+            eventually("the producer writing", Duration::from_secs(60), || {
+                let now = sent.load(Ordering::Relaxed);
+                async move { (now >= n).then_some(()) }
+            })
+            .await
+        }
+    };
+    progressed(300).await;
+
+    // 2 -> 3 through the CLI: it shows the plan and returns once every partition moved.
+    let address = cluster.brokers[0].address.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        run_cli(
+            &address,
+            &["topics", "alter", "refactor", "--replication-factor", "3"],
+            "",
+        )
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("replication factor"), "{stdout}");
+    assert!(stdout.contains("replicas of partition 0"), "{stdout}");
+    let d = admin.describe_topic("refactor").await.unwrap();
+    assert_eq!(d.replication_factor, 3);
+    for p in &d.partitions {
+        assert_eq!(p.replicas.len(), 3, "{p:?}");
+        assert!(
+            p.adding_replicas.is_empty() && p.removing_replicas.is_empty(),
+            "{p:?}"
+        );
+    }
+    eventually("every replica in sync", Duration::from_secs(30), || async {
+        let d = admin.describe_topic("refactor").await.ok()?;
+        d.partitions.iter().all(|p| p.isr.len() == 3).then_some(())
+    })
+    .await;
+
+    // 3 -> 2 through the API: the change is committed at once, the moves follow.
+    progressed(700).await;
+    let resp = admin
+        .alter_topic("refactor", factor(2), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            resp.replication_factor_before,
+            resp.replication_factor_after
+        ),
+        (3, 2)
+    );
+    assert_eq!(resp.reassignments.len(), 3);
+    let err = admin
+        .alter_topic("refactor", factor(3), false)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    // Either still moving (refused) or done already (then it is a new change back to 3).
+    if err.code() == Some(ErrorCode::ReassignmentInProgress) {
+        assert!(err.to_string().contains("wait until"), "{err}");
+    }
+    let d = eventually(
+        "every partition on two replicas",
+        Duration::from_secs(60),
+        || async {
+            let d = admin.describe_topic("refactor").await.ok()?;
+            d.partitions
+                .iter()
+                .all(|p| {
+                    p.replicas.len() == 2
+                        && p.adding_replicas.is_empty()
+                        && p.removing_replicas.is_empty()
+                        && p.isr.len() == 2
+                })
+                .then_some(d)
+        },
+    )
+    .await;
+    // A broker that left a partition deletes its copy.
+    for p in &d.partitions {
+        for (i, b) in cluster.brokers.iter().enumerate() {
+            let dir = b
+                .data_dir
+                .join("logs")
+                .join(format!("refactor-{}", p.partition));
+            if !p.replicas.contains(&(i as i32 + 1)) {
+                eventually(
+                    "the removed replica's data deleted",
+                    Duration::from_secs(10),
+                    || {
+                        let gone = !dir.exists();
+                        async move { gone.then_some(()) }
+                    },
+                )
+                .await;
+            }
+        }
+    }
+
+    let acked = writer.await.unwrap();
+    let read = sluice_tests::read_all(cluster.client(), "refactor").await;
+    let mut got: Vec<(i32, i64, String)> = read
+        .iter()
+        .map(|r| {
+            (
+                r.partition,
+                r.offset,
+                String::from_utf8_lossy(&r.value).into(),
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want: Vec<(i32, i64, String)> = acked
+        .iter()
+        .map(|(i, p, o)| (*p, *o, i.to_string()))
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "every acknowledged record once, at its offset");
+    // Every current replica holds the same bytes (followers apply what the leader wrote).
+    let d = admin.describe_topic("refactor").await.unwrap();
+    for p in &d.partitions {
+        let copies = eventually(
+            "the replicas holding the same bytes",
+            Duration::from_secs(10),
+            || {
+                let copies: Vec<Vec<u8>> = p
+                    .replicas
+                    .iter()
+                    .map(|b| {
+                        replica_bytes(
+                            &cluster.brokers[*b as usize - 1].data_dir,
+                            "refactor",
+                            p.partition,
+                        )
+                    })
+                    .collect();
+                async move { copies.windows(2).all(|w| w[0] == w[1]).then_some(copies) }
+            },
+        )
+        .await;
+        assert!(!copies[0].is_empty());
+    }
+}

@@ -71,18 +71,19 @@ impl Replica {
     /// Hands leadership to the preferred replica if this leader is not it and it is in sync
     /// and caught up. Returns whether leadership moved.
     pub async fn hand_back_leadership(&self, group: u64) -> bool {
-        if self.preferred == self.node_id || !self.is_leader() {
+        let preferred = self.preferred();
+        if preferred == self.node_id || !self.is_leader() {
             return false;
         }
         if self
-            .matched(self.preferred)
+            .matched(preferred)
             .is_none_or(|m| m < self.last_log_index())
-            || !self.in_sync().contains(&self.preferred)
+            || !self.in_sync().contains(&preferred)
         {
             return false;
         }
-        tracing::info!(topic = %self.topic, partition = self.id, to = self.preferred, "handing leadership back to the preferred replica");
-        self.hand_over(group, self.preferred).await
+        tracing::info!(topic = %self.topic, partition = self.id, to = preferred, "handing leadership back to the preferred replica");
+        self.hand_over(group, preferred).await
     }
 
     /// Controlled shutdown: hands leadership to an in-sync follower (the preferred replica
@@ -92,8 +93,9 @@ impl Replica {
             return None;
         }
         let isr = self.in_sync();
-        let target = if self.preferred != self.node_id && isr.contains(&self.preferred) {
-            self.preferred
+        let preferred = self.preferred();
+        let target = if preferred != self.node_id && isr.contains(&preferred) {
+            preferred
         } else {
             isr.iter()
                 .copied()

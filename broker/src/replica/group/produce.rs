@@ -86,7 +86,7 @@ impl Replica {
             .await?;
         // A commit means a majority holds the batch; only a min.insync.replicas above the
         // majority needs more (watched on the replication metrics, not polled).
-        let majority = self.replicas.len() / 2 + 1;
+        let majority = self.voters() / 2 + 1;
         if acks_level == acks::ALL && min_isr > majority {
             let held = self
                 .watch_metrics(deadline, |m| {
