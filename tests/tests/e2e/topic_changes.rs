@@ -722,3 +722,108 @@ async fn replication_factor_changes_under_load() {
         assert!(!copies[0].is_empty());
     }
 }
+
+/// Writes `n` keyed records of 2 KB through a new acks=all producer; returns where each went.
+async fn write_keyed(client: ClientConfig, topic: &str, n: u32) -> Vec<(i32, i64)> {
+    let producer = Producer::connect(client, ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut acked = Vec::new();
+    for i in 0..n {
+        let d = producer
+            .send(ProducerRecord::new(topic, vec![b'x'; 2000]).key(format!("k{}", i % 30)))
+            .await
+            .unwrap();
+        acked.push(d);
+    }
+    let mut offsets = Vec::new();
+    for d in acked {
+        let m = d.await.expect("delivered");
+        offsets.push((m.partition, m.offset));
+    }
+    producer.close().await;
+    offsets
+}
+
+/// A replication factor change survives brokers dying in the middle: the broker joining
+/// partition 0 is SIGKILLed right after the change is committed (before the leader can have
+/// caught it up) and started again, then partition 0's leader is; the moves complete (a
+/// restarted joiner goes on from what it has, a new leader carries the move on), and every
+/// acknowledged record is there once, on every replica alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replication_factor_change_survives_brokers_crashing() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(NewTopic::new("crashy", 3, 2), false)
+        .await
+        .unwrap();
+    let mut offsets = write_keyed(cluster.client(), "crashy", 600).await;
+    let resp = admin
+        .alter_topic(
+            "crashy",
+            sluice_client::AlterTopic {
+                replication_factor: Some(3),
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.reassignments.len(), 3);
+    let joiner = resp.reassignments[0]
+        .replicas_after
+        .iter()
+        .find(|r| !resp.reassignments[0].replicas_before.contains(r))
+        .copied()
+        .unwrap();
+    cluster.node(joiner).kill();
+    cluster.node(joiner).restart();
+    offsets.extend(write_keyed(cluster.client(), "crashy", 300).await);
+    let admin = Admin::new(cluster.client()).unwrap();
+    let leader = eventually("partition 0 led", Duration::from_secs(30), || async {
+        let d = admin.describe_topic("crashy").await.ok()?;
+        Some(d.partitions[0].leader).filter(|l| *l > 0)
+    })
+    .await;
+    cluster.node(leader).kill();
+    cluster.node(leader).restart();
+    let admin = Admin::new(cluster.client()).unwrap();
+    eventually(
+        "every partition on three replicas, all in sync",
+        Duration::from_secs(60),
+        || async {
+            let d = admin.describe_topic("crashy").await.ok()?;
+            d.partitions
+                .iter()
+                .all(|p| p.replicas.len() == 3 && p.adding_replicas.is_empty() && p.isr.len() == 3)
+                .then_some(())
+        },
+    )
+    .await;
+    offsets.extend(write_keyed(cluster.client(), "crashy", 300).await);
+    let read = sluice_tests::read_all(cluster.client(), "crashy").await;
+    let mut got: Vec<(i32, i64)> = read.iter().map(|r| (r.partition, r.offset)).collect();
+    got.sort();
+    offsets.sort();
+    assert_eq!(
+        got, offsets,
+        "every acknowledged record once, at its offset"
+    );
+    for p in 0..3 {
+        eventually(
+            "the replicas holding the same bytes",
+            Duration::from_secs(10),
+            || {
+                let copies: Vec<Vec<u8>> = cluster
+                    .brokers
+                    .iter()
+                    .map(|b| replica_bytes(&b.data_dir, "crashy", p))
+                    .collect();
+                async move { copies.windows(2).all(|w| w[0] == w[1]).then_some(()) }
+            },
+        )
+        .await;
+    }
+}
