@@ -25,15 +25,14 @@ use sluice_proto::TopicConfig;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FlushPolicy};
-use crate::controller::network::{CONTROLLER_GROUP, Groups, Quiesced, is_refused};
 use crate::controller::{
     BrokerRecord, ClusterState, Controller, ControllerTiming, MetaCommand, MetaResponse,
-    PeerChannels,
 };
 use crate::error::{Error, Result};
 use crate::live_config::LiveConfig;
 use crate::metadata::{MetadataStore, TopicRecord};
 use crate::partition::Partition;
+use crate::raft::{CONTROLLER_GROUP, Groups, PeerChannels, Quiesced, is_refused};
 use crate::replica::group::{Replica, ReplicaStores, ReplicaTiming};
 use crate::storage::{LogOptions, SegmentLog};
 

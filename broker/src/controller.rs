@@ -5,9 +5,7 @@
 //! # Layout
 //! - [`types`]: the Raft type config, [`ClusterState`] and the commands that change it.
 //! - [`store`]: the sled-backed Raft log and state machine.
-//! - [`network`]: Raft over gRPC, one connection per peer for every group.
 
-pub mod network;
 pub mod store;
 pub mod types;
 
@@ -20,9 +18,9 @@ use openraft::{BasicNode, Raft};
 use sluice_proto::pb;
 use tokio::sync::watch;
 
-pub use self::network::{CONTROLLER_GROUP, PeerChannels, RaftService};
 pub use self::types::{BrokerRecord, ClusterState, MetaCommand, MetaRaft, MetaResponse};
 use crate::error::{Error, Result};
+use crate::raft::{CONTROLLER_GROUP, Network, PeerChannels, transport};
 
 /// Raft timing of the controller group.
 #[derive(Debug, Clone, Copy)]
@@ -87,7 +85,7 @@ impl Controller {
         let sm = store::StateMachine::open(db)
             .map_err(|e| Error::Internal(format!("controller state: {e}")))?;
         let state = sm.subscribe();
-        let network = network::Network::<MetaRaft>::new(CONTROLLER_GROUP, channels.clone());
+        let network = Network::<MetaRaft>::new(CONTROLLER_GROUP, channels.clone());
         let raft = Raft::new(node_id as u64, Arc::new(config), network, log.clone(), sm)
             .await
             .map_err(|e| Error::Internal(format!("starting the controller Raft: {e}")))?;
@@ -257,14 +255,14 @@ impl Controller {
         deadline: tokio::time::Instant,
         maybe_applied: &mut bool,
     ) -> Result<MetaResponse> {
-        let bytes = network::encode(command).map_err(|e| Error::Internal(e.to_string()))?;
+        let bytes = transport::encode(command).map_err(|e| Error::Internal(e.to_string()))?;
         let mut client = self.channels.client(address).map_err(Error::Internal)?;
         let answer =
             tokio::time::timeout_at(deadline, client.propose(pb::Proposal { command: bytes }))
                 .await;
         let status = match answer {
             Ok(Ok(r)) => {
-                return network::decode(&r.into_inner().response).map_err(|e| {
+                return transport::decode(&r.into_inner().response).map_err(|e| {
                     Error::Internal(format!("controller {leader} answered undecodably: {e}"))
                 });
             }

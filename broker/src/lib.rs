@@ -5,7 +5,9 @@
 //! - [`config`]: settings from YAML, `SLUICE_*` environment and flags.
 //! - [`server`]: [`server::run`], which takes a bound listener and a shutdown future.
 //! - [`broker`]: topics, partitions, the flusher, retention, admin operations, liveness.
-//! - [`controller`]: the metadata Raft group (KRaft-like) and the inter-broker transport.
+//! - [`controller`]: the metadata Raft group (KRaft-like).
+//! - [`raft`]: Raft over gRPC for every group: peer connections and health, the transport,
+//!   the registry of partition groups.
 //! - [`partition`]: an unreplicated partition: validate, append, read, high watermark, flush.
 //! - [`producer_state`]: idempotent producers: what each partition remembers to drop retries.
 //! - [`replica`]: replicated partitions: a Raft group per partition on segment files.
@@ -24,6 +26,7 @@ pub mod live_config;
 pub mod metadata;
 pub mod partition;
 pub mod producer_state;
+pub mod raft;
 pub mod replica;
 pub mod server;
 pub mod service;

@@ -1,6 +1,6 @@
 //! Partition replicas under Raft: one openraft group per partition of a replicated topic,
 //! whose log is the partition's segment log (one batch per entry, written once). Groups talk
-//! over [`crate::controller::network`], sharing one connection per peer broker.
+//! over [`crate::raft`], sharing one connection per peer broker.
 //!
 //! # Layout
 //! - [`types`]: the partition groups' Raft type config.

@@ -10,11 +10,11 @@ use sluice_proto::pb::raft_server::RaftServer;
 
 use crate::broker::{Addresses, Broker};
 use crate::config::Config;
-use crate::controller::RaftService;
 use crate::error::{Error, Result};
+use crate::service::raft::RaftService;
 use crate::service::{AdminService, LogService};
 
-use crate::controller::network::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
+use crate::raft::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
 
 /// How long a graceful shutdown waits for in-flight requests before closing connections.
 pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
@@ -218,7 +218,7 @@ where
 /// openraft 0.9's replication stream logs every failed call at ERROR (`RPCError`, with an
 /// `err` field): with a broker down, each group leading a replica on it does so on every
 /// retry, 25-500 ms apart. The network layer reports the same failures once per peer and
-/// interval instead ([`crate::controller::network::PeerChannels::call_failed`]), with the
+/// interval instead ([`crate::raft::PeerChannels::call_failed`]), with the
 /// error. openraft's other errors (storage, its `error` field) still show, and
 /// `RUST_LOG=info,openraft=warn` shows each failed call again (openraft's own warning line).
 ///

@@ -1,10 +1,12 @@
-//! gRPC handlers: one file per service, thin: decode, call the [`Broker`], encode.
+//! gRPC handlers: one file per service, thin: decode, call the [`Broker`] (or, for the
+//! inter-broker `raft` service, the Raft group), encode.
 //! Errors become statuses through `From<Error> for tonic::Status` only.
 
 mod admin;
 mod fetch;
 mod list_offsets;
 mod produce;
+pub mod raft;
 
 use std::sync::Arc;
 

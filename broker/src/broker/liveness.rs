@@ -250,7 +250,7 @@ impl Broker {
                 continue;
             };
             for (group, bytes) in reply.into_inner().last_log_ids {
-                if let Ok(last) = crate::controller::network::decode(&bytes) {
+                if let Ok(last) = crate::raft::transport::decode(&bytes) {
                     ends.insert((group, peer), last);
                 }
             }

@@ -21,11 +21,12 @@ use tokio::sync::watch;
 use super::log_store::SegmentRaftLog;
 use super::state_machine::ReplicaState;
 use super::types::{Appended, PartitionRaft, Payload, Progress, Proposals};
-use crate::controller::{Controller, MetaCommand, PeerChannels, network::Network};
+use crate::controller::{Controller, MetaCommand};
 use crate::error::{Error, Result};
 use crate::live_config::LiveConfig;
 use crate::partition::validate_batch;
 use crate::producer_state::{BatchId, Latest, ProducerStates, Verdict};
+use crate::raft::{Network, PeerChannels};
 use crate::storage::{LogOffsets, LogOptions, SegmentLog};
 
 mod handover;
