@@ -174,6 +174,10 @@ pub struct Broker {
     /// Memory for the newest entries of the partition Raft logs here.
     raft_tails: crate::replica::tail::TailBudget,
     pub shutdown: CancellationToken,
+    /// Every background task of this broker (loops, takeovers, moves, group stops): the
+    /// server waits for them, bounded, when it stops. Each loop ends on `shutdown`; the
+    /// others are bounded by their own timeouts or end with their Raft group.
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 /// Producer ids a broker reserves at the controller at a time (Kafka reserves 1,000 too).
@@ -283,6 +287,7 @@ impl Broker {
             refilling_producer_ids: Default::default(),
             raft_tails,
             shutdown: CancellationToken::new(),
+            tasks: tokio_util::task::TaskTracker::new(),
         });
         Ok(broker)
     }
@@ -308,12 +313,14 @@ impl Broker {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "opened logs"
         );
-        tokio::spawn(broker.clone().run_reconciler());
-        tokio::spawn(broker.clone().register());
-        tokio::spawn(broker.clone().run_liveness());
-        tokio::spawn(broker.clone().run_leader_rebalance());
-        tokio::spawn(broker.clone().run_reassignments());
-        tokio::spawn(broker.controller.clone().log_leadership());
+        broker.tasks.spawn(broker.clone().run_reconciler());
+        broker.tasks.spawn(broker.clone().register());
+        broker.tasks.spawn(broker.clone().run_liveness());
+        broker.tasks.spawn(broker.clone().run_leader_rebalance());
+        broker.tasks.spawn(broker.clone().run_reassignments());
+        broker
+            .tasks
+            .spawn(broker.controller.clone().log_leadership());
         Ok(())
     }
 

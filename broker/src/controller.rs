@@ -51,6 +51,9 @@ pub struct Controller {
     state: watch::Receiver<Arc<ClusterState>>,
     channels: PeerChannels,
     timing: ControllerTiming,
+    /// Cancelled when the group stops: proposals, waiting or not, fail at once rather than
+    /// reach a stopped Raft (or hold up the broker's shutdown).
+    stopped: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for Controller {
@@ -114,6 +117,7 @@ impl Controller {
             state,
             channels,
             timing,
+            stopped: tokio_util::sync::CancellationToken::new(),
         }))
     }
 
@@ -198,8 +202,17 @@ impl Controller {
     /// elections up to the propose timeout. Fails with [`Error::OutcomeUnknown`] when the
     /// command may have reached a leader that did not confirm it in time (a leader without
     /// a quorum keeps it in its log and commits it once the quorum is back), and with
-    /// [`Error::Timeout`] only when it certainly reached none.
+    /// [`Error::Timeout`] only when it certainly reached none. Once this broker's group
+    /// stops (shutdown, after the client listener has drained) it fails with
+    /// [`Error::ShuttingDown`] at once, whatever became of the command.
     pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse> {
+        tokio::select! {
+            r = self.propose_until_stopped(command) => r,
+            _ = self.stopped.cancelled() => Err(Error::ShuttingDown),
+        }
+    }
+
+    async fn propose_until_stopped(&self, command: MetaCommand) -> Result<MetaResponse> {
         let timeout = self.timing.propose_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = String::from("no controller leader elected yet");
@@ -229,6 +242,8 @@ impl Controller {
             };
             match attempt {
                 Ok(r) => return Ok(r),
+                // This broker is stopping: no retry will get through here.
+                Err(Error::ShuttingDown) => return Err(Error::ShuttingDown),
                 Err(e) if e.code().is_retriable() => last = e.to_string(),
                 Err(e) => return Err(e),
             }
@@ -364,6 +379,10 @@ impl Controller {
 
     /// Commits a command on this node, which must lead the group.
     pub async fn propose_here(&self, command: MetaCommand) -> Result<MetaResponse> {
+        // A stopped group would answer too, after openraft logs the call as an error.
+        if self.stopped.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
         if let MetaCommand::RegisterBroker { broker: b, .. } = &command {
             let known = self
                 .raft
@@ -388,6 +407,7 @@ impl Controller {
     }
 
     pub async fn shutdown(&self) {
+        self.stopped.cancel();
         if let Err(e) = self.raft.shutdown().await {
             tracing::error!(cause = %e, "stopping the controller Raft");
         }

@@ -19,6 +19,11 @@ use crate::raft::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
 /// How long a graceful shutdown waits for in-flight requests before closing connections.
 pub const DRAIN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a stopping broker waits for its background tasks (after its Raft groups have
+/// stopped, every one of them ends within about a second: pings, takeovers and hand-offs are
+/// bounded by their own timeouts).
+const TASKS_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Opens the broker on `config.data_dir` and serves on `listener` until `shutdown`
 /// resolves; then stops accepting, finishes in-flight requests, flushes and closes every
 /// log so that the next start is fast.
@@ -149,6 +154,14 @@ pub async fn run(
     }
     broker.stop_replicas().await;
     broker.controller.shutdown().await;
+    // Every background task ends on the shutdown token or with its Raft group.
+    broker.tasks.close();
+    if tokio::time::timeout(TASKS_STOP_WAIT, broker.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(tasks = broker.tasks.len(), timeout = ?TASKS_STOP_WAIT, "background tasks still running at shutdown; stopping without them");
+    }
     let b = broker.clone();
     let closed = tokio::task::spawn_blocking(move || b.close());
     if tokio::time::timeout(shutdown_timeout, closed)

@@ -24,7 +24,7 @@ impl Broker {
             for b in state.brokers.values().filter(|b| b.node_id != me) {
                 let (broker, node, address) =
                     (self.clone(), b.node_id as u64, b.raft_address.clone());
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     let ping = |broker: &Arc<Self>| {
                         let client = broker.peers.client(&address);
                         async move {
@@ -64,7 +64,7 @@ impl Broker {
                                     %address,
                                     "broker refuses connections: its process is down"
                                 );
-                                tokio::spawn(broker.take_over_from(node));
+                                broker.tasks.spawn(broker.clone().take_over_from(node));
                             }
                         }
                         _ => {}
@@ -100,7 +100,7 @@ impl Broker {
                     for r in replicas {
                         if r.should_quiesce(QUIESCE_AFTER) {
                             let group = t.record.group(r.id);
-                            tokio::spawn(async move { r.quiesce(group).await });
+                            self.tasks.spawn(async move { r.quiesce(group).await });
                         }
                     }
                 }
@@ -168,7 +168,7 @@ impl Broker {
             // Not this follower's to win: if the one that should campaign has not won by
             // then, this one's election timer takes over (an idle group's was stopped).
             let broker = self.clone();
-            tokio::spawn(async move {
+            self.tasks.spawn(async move {
                 tokio::time::sleep(partition_lease * 2).await;
                 let orphaned = raft.metrics().borrow().current_leader == Some(dead);
                 if orphaned && broker.quiesced.remove(group) {

@@ -31,7 +31,7 @@ impl Broker {
             return;
         }
         let this = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             match this.reserve_producer_ids().await {
                 Ok(block) => this.producer_ids.lock().await.push_back(block),
                 Err(e) => {

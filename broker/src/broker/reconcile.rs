@@ -186,7 +186,7 @@ impl Broker {
             let partition = r.id;
             let name = record.name.clone();
             // The group stops first (it may be writing), then its files go.
-            tokio::runtime::Handle::current().spawn(async move {
+            self.tasks.spawn(async move {
                 r.shutdown().await;
                 match tokio::task::spawn_blocking(move || {
                     std::fs::remove_dir_all(&dir).map(|()| dir)
@@ -279,7 +279,8 @@ impl Broker {
                     if let Some(t) = self.local_topic(&p.record.name) {
                         t.replicas.write().insert(p.partition, replica.clone());
                     }
-                    tokio::spawn(replica.report_leadership(self.controller.clone()));
+                    self.tasks
+                        .spawn(replica.report_leadership(self.controller.clone()));
                 }
                 Err(e) => {
                     tracing::error!(topic = %p.record.name, partition = p.partition, cause = %e, "cannot start the replica")
@@ -315,7 +316,7 @@ impl Broker {
             self.groups.remove(topic.record.group(r.id));
             let raft = r.raft.clone();
             // The group stops in the background; its files are removed below.
-            tokio::runtime::Handle::current().spawn(async move {
+            self.tasks.spawn(async move {
                 let _ = raft.shutdown().await;
             });
         }

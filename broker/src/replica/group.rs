@@ -39,6 +39,10 @@ pub use membership::Moved;
 /// refused for too few in-sync replicas.
 const NEW_LEADER_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a leader waits before reporting its leadership to the controller again after
+/// a failed attempt (the controller may be electing a leader itself).
+const REPORT_RETRY: Duration = Duration::from_millis(200);
+
 /// Uncompressed batches up to this size are validated on the request's task.
 const INLINE_VALIDATION_BYTES: usize = 1024 * 1024;
 
@@ -600,8 +604,15 @@ impl Replica {
                 };
                 match controller.propose(command).await {
                     Ok(_) => reported = term,
+                    // This broker is stopping: its partitions will report from elsewhere.
+                    Err(Error::ShuttingDown) => return,
                     Err(e) => {
-                        tracing::warn!(topic = %self.topic, partition = self.id, cause = %e, "reporting leadership to the controller; will retry")
+                        tracing::warn!(topic = %self.topic, partition = self.id, cause = %e, "reporting leadership to the controller; will retry");
+                        // Again after a pause, or at once if the leadership changes meanwhile.
+                        tokio::select! {
+                            _ = tokio::time::sleep(REPORT_RETRY) => {}
+                            changed = metrics.changed() => if changed.is_err() { return },
+                        }
                     }
                 }
                 continue;
