@@ -45,7 +45,7 @@ mod reconcile;
 mod retention;
 mod routing;
 mod topics;
-pub use alter::{ConfigChange, TopicChange, TopicChanges};
+pub(crate) use alter::TopicChange;
 
 use crate::clock::now_ms;
 
@@ -78,7 +78,7 @@ const PARTITION_META_FILE: &str = "partition.json";
 /// A topic's partitions on this broker: unreplicated ones (`replication.factor` 1) in
 /// `partitions`, replicas of Raft-replicated ones in `replicas`.
 #[derive(Debug)]
-pub struct LocalTopic {
+pub(crate) struct LocalTopic {
     /// As opened; `config` is the current topic config (the record's may be older).
     pub record: TopicRecord,
     pub config: LiveConfig,
@@ -88,35 +88,35 @@ pub struct LocalTopic {
 
 /// A partition this broker serves, either kind.
 #[derive(Debug, Clone)]
-pub enum PartitionRef {
+pub(crate) enum PartitionRef {
     Local(Arc<Partition>),
     Replica(Arc<Replica>),
 }
 
 impl PartitionRef {
     /// Whole batches from `offset`, below the high watermark. Blocking (disk).
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<bytes::Bytes> {
+    pub(crate) fn read(&self, offset: i64, max_bytes: usize) -> Result<bytes::Bytes> {
         match self {
             PartitionRef::Local(p) => p.read(offset, max_bytes),
             PartitionRef::Replica(r) => r.read(offset, max_bytes),
         }
     }
 
-    pub fn high_watermark(&self) -> i64 {
+    pub(crate) fn high_watermark(&self) -> i64 {
         match self {
             PartitionRef::Local(p) => p.high_watermark(),
             PartitionRef::Replica(r) => r.high_watermark(),
         }
     }
 
-    pub fn subscribe_high_watermark(&self) -> tokio::sync::watch::Receiver<i64> {
+    pub(crate) fn subscribe_high_watermark(&self) -> tokio::sync::watch::Receiver<i64> {
         match self {
             PartitionRef::Local(p) => p.subscribe_high_watermark(),
             PartitionRef::Replica(r) => r.subscribe_high_watermark(),
         }
     }
 
-    pub fn offsets(&self) -> crate::storage::LogOffsets {
+    pub(crate) fn offsets(&self) -> crate::storage::LogOffsets {
         match self {
             PartitionRef::Local(p) => p.offsets(),
             PartitionRef::Replica(r) => r.offsets(),
@@ -124,7 +124,7 @@ impl PartitionRef {
     }
 
     /// Blocking (disk).
-    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>> {
+    pub(crate) fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>> {
         match self {
             PartitionRef::Local(p) => p.offset_for_timestamp(ts),
             PartitionRef::Replica(r) => r.offset_for_timestamp(ts),
@@ -145,7 +145,7 @@ struct PendingReplica {
 
 /// Where this broker is reachable.
 #[derive(Debug, Clone)]
-pub struct Addresses {
+pub(crate) struct Addresses {
     /// host:port for clients.
     pub client: String,
     /// host:port for other brokers.
@@ -153,7 +153,7 @@ pub struct Addresses {
 }
 
 #[derive(Debug)]
-pub struct Broker {
+pub(crate) struct Broker {
     pub config: Config,
     pub addresses: Addresses,
     local_cluster_id: String,
@@ -235,7 +235,7 @@ impl Broker {
     /// controller voter that cannot hear the leader's heartbeats while its logs open
     /// campaigns, and its higher term makes a healthy leader step down (the cluster had no
     /// controller for ~2 s after a slow restart).
-    pub async fn open(
+    pub(crate) async fn open(
         config: Config,
         addresses: Addresses,
         voters: BTreeMap<i32, String>,
@@ -294,7 +294,7 @@ impl Broker {
 
     /// Opens the partitions the metadata assigns here (recovering them if the last run
     /// crashed), then starts the reconciler and the registration of this broker.
-    pub async fn open_logs(self: &Arc<Self>) -> Result<()> {
+    pub(crate) async fn open_logs(self: &Arc<Self>) -> Result<()> {
         let broker = self;
         let started = std::time::Instant::now();
         let b = broker.clone();
@@ -325,7 +325,7 @@ impl Broker {
     }
 
     /// This broker and the registered brokers that answered a ping recently.
-    pub fn live_brokers(&self) -> Vec<i32> {
+    pub(crate) fn live_brokers(&self) -> Vec<i32> {
         let me = self.node_id();
         self.controller
             .state()
@@ -342,13 +342,13 @@ impl Broker {
             .collect()
     }
 
-    pub fn node_id(&self) -> i32 {
+    pub(crate) fn node_id(&self) -> i32 {
         self.config.node_id
     }
 
     /// The controller leader if it leads with a quorum as this broker can tell (see
     /// [`Controller::leader_with_quorum`]): none while the quorum is lost.
-    pub fn controller_leader(&self) -> Option<i32> {
+    pub(crate) fn controller_leader(&self) -> Option<i32> {
         self.controller.leader_with_quorum(|b| {
             self.peers
                 .last_answer(b as u64)
@@ -357,7 +357,7 @@ impl Broker {
     }
 
     /// The cluster id: the controller's once known, this data directory's until then.
-    pub fn cluster_id(&self) -> String {
+    pub(crate) fn cluster_id(&self) -> String {
         let state = self.controller.state();
         if state.cluster_id.is_empty() {
             self.local_cluster_id.clone()
@@ -399,12 +399,12 @@ impl Broker {
     }
 
     /// Queues a partition for the flusher after a write.
-    pub fn written(&self, partition: &Arc<Partition>) {
+    pub(crate) fn written(&self, partition: &Arc<Partition>) {
         self.flusher.enqueue(partition);
     }
 
     /// Stops the flusher and closes every log cleanly. Blocking.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.shutdown.cancel();
         self.flusher.stop.store(true, Ordering::Release);
         self.flusher.wake.notify_all();

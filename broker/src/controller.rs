@@ -6,8 +6,8 @@
 //! - [`types`]: the Raft type config, [`ClusterState`] and the commands that change it.
 //! - [`store`]: the sled-backed Raft log and state machine.
 
-pub mod store;
-pub mod types;
+pub(crate) mod store;
+pub(crate) mod types;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,13 +18,13 @@ use openraft::{BasicNode, Raft};
 use sluice_proto::pb;
 use tokio::sync::watch;
 
-pub use self::types::{BrokerRecord, ClusterState, MetaCommand, MetaRaft, MetaResponse};
+pub(crate) use self::types::{BrokerRecord, ClusterState, MetaCommand, MetaRaft, MetaResponse};
 use crate::error::{Error, Result};
 use crate::raft::{CONTROLLER_GROUP, Network, PeerChannels, transport};
 
 /// Raft timing of the controller group.
 #[derive(Debug, Clone, Copy)]
-pub struct ControllerTiming {
+pub(crate) struct ControllerTiming {
     pub heartbeat: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
@@ -43,7 +43,7 @@ impl Default for ControllerTiming {
     }
 }
 
-pub struct Controller {
+pub(crate) struct Controller {
     pub raft: Raft<MetaRaft>,
     pub node_id: i32,
     /// The group's log (sled; shared with the Raft), for its last log id.
@@ -68,7 +68,7 @@ impl std::fmt::Debug for Controller {
 impl Controller {
     /// Starts this broker's member of the controller group. Voters initialize the group
     /// with all voters (idempotent); other brokers wait to be added as learners.
-    pub async fn start(
+    pub(crate) async fn start(
         node_id: i32,
         db: &sled::Db,
         voters: &BTreeMap<i32, String>,
@@ -123,7 +123,7 @@ impl Controller {
 
     /// Logs each controller leadership this broker wins (Kafka's "became the active
     /// controller"), the moment openraft reports it. Runs until the group stops.
-    pub async fn log_leadership(self: Arc<Self>) {
+    pub(crate) async fn log_leadership(self: Arc<Self>) {
         let mut metrics = self.raft.metrics();
         let mut logged = 0u64;
         loop {
@@ -146,28 +146,28 @@ impl Controller {
     }
 
     /// The controller group's timing.
-    pub fn timing(&self) -> ControllerTiming {
+    pub(crate) fn timing(&self) -> ControllerTiming {
         self.timing
     }
 
     /// The last log id of this broker's copy of the metadata log: what a vote compares.
-    pub async fn last_log_id(&self) -> Option<openraft::LogId<u64>> {
+    pub(crate) async fn last_log_id(&self) -> Option<openraft::LogId<u64>> {
         use openraft::storage::RaftLogStorage;
         let mut log = self.log.clone();
         log.get_log_state().await.ok().and_then(|s| s.last_log_id)
     }
 
     /// The current metadata as this broker has applied it.
-    pub fn state(&self) -> Arc<ClusterState> {
+    pub(crate) fn state(&self) -> Arc<ClusterState> {
         self.state.borrow().clone()
     }
 
-    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
         self.state.clone()
     }
 
     /// The controller leader's node id, if there is one now.
-    pub fn leader(&self) -> Option<i32> {
+    pub(crate) fn leader(&self) -> Option<i32> {
         self.raft
             .metrics()
             .borrow()
@@ -180,7 +180,7 @@ impl Controller {
     /// naming a leader that died. So this broker counts as the leader only if a quorum
     /// acknowledged it within the election timeout, and another broker only if `answers`
     /// says it answered this broker lately.
-    pub fn leader_with_quorum(&self, answers: impl Fn(i32) -> bool) -> Option<i32> {
+    pub(crate) fn leader_with_quorum(&self, answers: impl Fn(i32) -> bool) -> Option<i32> {
         let m = self.raft.metrics().borrow().clone();
         let leader = m.current_leader? as i32;
         if leader != self.node_id {
@@ -205,7 +205,7 @@ impl Controller {
     /// [`Error::Timeout`] only when it certainly reached none. Once this broker's group
     /// stops (shutdown, after the client listener has drained) it fails with
     /// [`Error::ShuttingDown`] at once, whatever became of the command.
-    pub async fn propose(&self, command: MetaCommand) -> Result<MetaResponse> {
+    pub(crate) async fn propose(&self, command: MetaCommand) -> Result<MetaResponse> {
         tokio::select! {
             r = self.propose_until_stopped(command) => r,
             _ = self.stopped.cancelled() => Err(Error::ShuttingDown),
@@ -312,7 +312,7 @@ impl Controller {
     /// had committed when asked (a linearizable read of the metadata), within `timeout`,
     /// through an election if one is under way. After `Ok`, a topic missing from
     /// [`Controller::state`] does not exist.
-    pub async fn catch_up(&self, timeout: Duration) -> Result<()> {
+    pub(crate) async fn catch_up(&self, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last = String::from("no controller leader elected yet");
         let index = loop {
@@ -362,7 +362,7 @@ impl Controller {
 
     /// The read index of this node, which must lead the group: its commit index, once a
     /// quorum confirmed it still leads.
-    pub async fn read_index_here(&self) -> Result<Option<u64>> {
+    pub(crate) async fn read_index_here(&self) -> Result<Option<u64>> {
         match self.raft.get_read_log_id().await {
             Ok((read, _)) => Ok(read.map(|l| l.index)),
             Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -378,7 +378,7 @@ impl Controller {
     }
 
     /// Commits a command on this node, which must lead the group.
-    pub async fn propose_here(&self, command: MetaCommand) -> Result<MetaResponse> {
+    pub(crate) async fn propose_here(&self, command: MetaCommand) -> Result<MetaResponse> {
         // A stopped group would answer too, after openraft logs the call as an error.
         if self.stopped.is_cancelled() {
             return Err(Error::ShuttingDown);
@@ -406,7 +406,7 @@ impl Controller {
             .map_err(|e| write_error(e, "committing"))
     }
 
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         self.stopped.cancel();
         if let Err(e) = self.raft.shutdown().await {
             tracing::error!(cause = %e, "stopping the controller Raft");

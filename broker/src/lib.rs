@@ -17,19 +17,19 @@
 //! - [`error`]: [`Error`], with its one conversion to `tonic::Status`.
 //! - [`live_config`]: a topic's config as its partitions read it, replaced when altered.
 
-pub mod broker;
-pub mod clock;
+pub(crate) mod broker;
+pub(crate) mod clock;
 pub mod config;
-pub mod controller;
-pub mod error;
-pub mod live_config;
-pub mod metadata;
-pub mod partition;
-pub mod producer_state;
-pub mod raft;
-pub mod replica;
+pub(crate) mod controller;
+pub(crate) mod error;
+pub(crate) mod live_config;
+pub(crate) mod metadata;
+pub(crate) mod partition;
+pub(crate) mod producer_state;
+pub(crate) mod raft;
+pub(crate) mod replica;
 pub mod server;
-pub mod service;
+pub(crate) mod service;
 pub mod storage;
 
 pub use config::{Config, FlushPolicy};

@@ -9,20 +9,20 @@ use sluice_proto::TopicConfig;
 /// The current [`TopicConfig`] of one topic. Cheap to clone (shared); a read is a lock and
 /// an `Arc` clone, so a request reads it once and keeps the copy it got.
 #[derive(Debug, Clone)]
-pub struct LiveConfig(Arc<RwLock<Arc<TopicConfig>>>);
+pub(crate) struct LiveConfig(Arc<RwLock<Arc<TopicConfig>>>);
 
 impl LiveConfig {
-    pub fn new(config: TopicConfig) -> Self {
+    pub(crate) fn new(config: TopicConfig) -> Self {
         LiveConfig(Arc::new(RwLock::new(Arc::new(config))))
     }
 
     /// The config now.
-    pub fn get(&self) -> Arc<TopicConfig> {
+    pub(crate) fn get(&self) -> Arc<TopicConfig> {
         self.0.read().clone()
     }
 
     /// Replaces it for every holder; returns whether it changed.
-    pub fn set(&self, config: TopicConfig) -> bool {
+    pub(crate) fn set(&self, config: TopicConfig) -> bool {
         let mut current = self.0.write();
         if **current == config {
             return false;

@@ -12,7 +12,7 @@ use crate::error::{Error, Result};
 
 /// A topic as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TopicRecord {
+pub(crate) struct TopicRecord {
     pub name: String,
     pub partitions: i32,
     pub replication_factor: i32,
@@ -45,19 +45,19 @@ pub struct TopicRecord {
 
 /// A partition leader as reported by its Raft group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LeaderRecord {
+pub(crate) struct LeaderRecord {
     pub leader: i32,
     pub term: u64,
 }
 
 impl TopicRecord {
     /// Whether partitions are Raft groups (more than one replica).
-    pub fn replicated(&self) -> bool {
+    pub(crate) fn replicated(&self) -> bool {
         self.replication_factor > 1
     }
 
     /// The Raft group id of a partition.
-    pub fn group(&self, partition: i32) -> u64 {
+    pub(crate) fn group(&self, partition: i32) -> u64 {
         match self.groups.get(partition as usize) {
             Some(&g) => g,
             None => self.group_base + partition as u64,
@@ -65,7 +65,7 @@ impl TopicRecord {
     }
 
     /// The partitions in `range` that have a replica on `broker`, or are getting one.
-    pub fn partitions_on(&self, broker: i32, range: std::ops::Range<i32>) -> Vec<i32> {
+    pub(crate) fn partitions_on(&self, broker: i32, range: std::ops::Range<i32>) -> Vec<i32> {
         range
             .filter(|&p| {
                 self.replicas
@@ -80,14 +80,14 @@ impl TopicRecord {
     }
 
     /// The replicas partition `p` has now and, while they change, the ones it moves to.
-    pub fn replicas_of(&self, p: i32) -> (Vec<i32>, Option<&Vec<i32>>) {
+    pub(crate) fn replicas_of(&self, p: i32) -> (Vec<i32>, Option<&Vec<i32>>) {
         let now = self.replicas.get(p as usize).cloned().unwrap_or_default();
         (now, self.reassigning.get(&p))
     }
 
     /// The broker that leads `partition`: the last one its group reported, else the
     /// preferred (first) replica.
-    pub fn leader(&self, partition: i32) -> Option<i32> {
+    pub(crate) fn leader(&self, partition: i32) -> Option<i32> {
         let p = usize::try_from(partition).ok()?;
         if let Some(Some(l)) = self.leaders.get(p) {
             return Some(l.leader);
@@ -97,13 +97,13 @@ impl TopicRecord {
 }
 
 #[derive(Debug, Clone)]
-pub struct MetadataStore {
+pub(crate) struct MetadataStore {
     db: sled::Db,
 }
 
 impl MetadataStore {
     /// Opens the store and checks that `data_dir` belongs to `node_id`.
-    pub fn open(data_dir: &Path, node_id: i32, cache_bytes: u64) -> Result<(Self, String)> {
+    pub(crate) fn open(data_dir: &Path, node_id: i32, cache_bytes: u64) -> Result<(Self, String)> {
         let path = data_dir.join("metadata");
         let db = sled::Config::new()
             .path(&path)
@@ -148,11 +148,11 @@ impl MetadataStore {
     }
 
     /// The database, for the controller group's trees.
-    pub fn db(&self) -> &sled::Db {
+    pub(crate) fn db(&self) -> &sled::Db {
         &self.db
     }
 
-    pub fn flush(&self) -> Result<()> {
+    pub(crate) fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
     }

@@ -28,7 +28,7 @@ struct ProducerSnapshot {
 }
 
 #[derive(Debug)]
-pub struct Partition {
+pub(crate) struct Partition {
     pub topic: Arc<str>,
     pub id: i32,
     pub config: LiveConfig,
@@ -56,7 +56,7 @@ pub struct Partition {
 }
 
 impl Partition {
-    pub fn new(
+    pub(crate) fn new(
         topic: Arc<str>,
         id: i32,
         config: LiveConfig,
@@ -85,7 +85,7 @@ impl Partition {
     /// A partition on disk in `dir`: restores its idempotent producers from the snapshot of
     /// the last clean close and the batches written after it (at most the active segment's).
     /// Blocking.
-    pub fn open(
+    pub(crate) fn open(
         topic: Arc<str>,
         id: i32,
         config: LiveConfig,
@@ -150,24 +150,20 @@ impl Partition {
         }
     }
 
-    pub fn high_watermark(&self) -> i64 {
+    pub(crate) fn high_watermark(&self) -> i64 {
         *self.high_watermark.borrow()
     }
 
-    pub fn subscribe_high_watermark(&self) -> watch::Receiver<i64> {
+    pub(crate) fn subscribe_high_watermark(&self) -> watch::Receiver<i64> {
         self.high_watermark.subscribe()
     }
 
-    pub fn subscribe_flushed(&self) -> watch::Receiver<i64> {
-        self.flushed.subscribe()
-    }
-
-    pub fn offsets(&self) -> LogOffsets {
+    pub(crate) fn offsets(&self) -> LogOffsets {
         self.log.read().offsets()
     }
 
     /// Checks a batch as received; see [`validate_batch`]. Blocking (CPU).
-    pub fn validate(&self, batch: Bytes) -> Result<BytesMut> {
+    pub(crate) fn validate(&self, batch: Bytes) -> Result<BytesMut> {
         validate_batch(&self.topic, self.id, &self.config.get(), batch)
     }
 
@@ -177,7 +173,7 @@ impl Partition {
     /// judges it after that.
     ///
     /// [`append`]: Partition::append
-    pub async fn await_turn(&self, batch: &[u8]) {
+    pub(crate) async fn await_turn(&self, batch: &[u8]) {
         let Some(id) = batch::BatchHeader::parse(batch)
             .ok()
             .and_then(|h| BatchId::of(&h))
@@ -200,7 +196,7 @@ impl Partition {
     /// Appends a validated batch, unless it is a retry of one an idempotent producer already
     /// stored here: then nothing is written and the original's offsets are returned. Blocking
     /// (disk): runs on the blocking pool.
-    pub fn append(&self, mut batch: BytesMut, now_ms: i64) -> Result<AppendInfo> {
+    pub(crate) fn append(&self, mut batch: BytesMut, now_ms: i64) -> Result<AppendInfo> {
         self.check_online()?;
         let mut log = self.log.write();
         if self.closed.load(Ordering::Acquire) {
@@ -262,7 +258,7 @@ impl Partition {
     }
 
     /// Waits until `offset` is flushed, or fails if the partition went offline.
-    pub async fn wait_flushed(&self, offset: i64) -> Result<()> {
+    pub(crate) async fn wait_flushed(&self, offset: i64) -> Result<()> {
         let mut rx = self.flushed.subscribe();
         loop {
             if *rx.borrow_and_update() >= offset {
@@ -276,7 +272,7 @@ impl Partition {
     }
 
     /// One flusher round for this partition. Blocking (fsync).
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         self.dirty.store(false, Ordering::Release);
         let target = self.log.write().flush_target();
         if let Err(e) = target.sync() {
@@ -297,7 +293,7 @@ impl Partition {
     }
 
     /// Whole batches from `offset`, below the high watermark. Blocking (disk).
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
+    pub(crate) fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
         let hw = self.high_watermark();
         let log = self.log.read();
         if offset > hw {
@@ -325,7 +321,7 @@ impl Partition {
     }
 
     /// The first offset with a timestamp >= `ts` that consumers can read. Blocking (disk).
-    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>> {
+    pub(crate) fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>> {
         let hw = self.high_watermark();
         let found = self
             .log
@@ -336,12 +332,12 @@ impl Partition {
     }
 
     /// Takes new segment settings (a topic config change).
-    pub fn set_log_options(&self, options: crate::storage::LogOptions) {
+    pub(crate) fn set_log_options(&self, options: crate::storage::LogOptions) {
         self.log.write().set_options(options);
     }
 
     /// Deletes segments that `retention.ms` / `retention.bytes` no longer keep. Blocking.
-    pub fn enforce_retention(&self, now_ms: i64) -> Result<()> {
+    pub(crate) fn enforce_retention(&self, now_ms: i64) -> Result<()> {
         let config = self.config.get();
         let segments = self.log.read().segments();
         let cut = crate::storage::retention_cut(
@@ -365,7 +361,7 @@ impl Partition {
     }
 
     /// Flushes and closes the log for a fast, clean restart. Blocking.
-    pub fn close(&self) -> Result<()> {
+    pub(crate) fn close(&self) -> Result<()> {
         let mut log = self.log.write();
         self.closed.store(true, Ordering::Release);
         if let Some(dir) = &self.dir {
@@ -412,7 +408,7 @@ fn recompress(
 
 /// Checks a batch as received (size, CRC, record structure) and applies the topic's
 /// `compression.type`. Blocking (CPU): runs on the blocking pool.
-pub fn validate_batch(
+pub(crate) fn validate_batch(
     topic: &str,
     partition: i32,
     config: &TopicConfig,

@@ -21,13 +21,13 @@ use serde::{Deserialize, Serialize};
 use sluice_proto::batch::BatchHeader;
 
 /// Batches remembered per producer (Kafka's bound on in-flight requests with idempotence).
-pub const MAX_BATCHES_PER_PRODUCER: usize = 5;
+pub(crate) const MAX_BATCHES_PER_PRODUCER: usize = 5;
 
 /// Producers remembered per partition, by default (`max_producers_per_partition`).
-pub const MAX_PRODUCERS: usize = 10_000;
+pub(crate) const MAX_PRODUCERS: usize = 10_000;
 
 /// How long an idle producer is remembered, by default (Kafka's `producer.id.expiration.ms`).
-pub const PRODUCER_EXPIRATION_MS: i64 = 24 * 60 * 60 * 1000;
+pub(crate) const PRODUCER_EXPIRATION_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// What a partition remembers of idempotent producers, at most.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +55,7 @@ fn default_max_producers() -> usize {
 
 /// One stored batch of a producer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StoredBatch {
+pub(crate) struct StoredBatch {
     pub first_seq: i32,
     pub last_seq: i32,
     pub base_offset: i64,
@@ -64,7 +64,7 @@ pub struct StoredBatch {
 
 /// What a partition knows of one producer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProducerEntry {
+pub(crate) struct ProducerEntry {
     pub epoch: i16,
     /// Oldest first.
     pub batches: VecDeque<StoredBatch>,
@@ -74,7 +74,7 @@ pub struct ProducerEntry {
 
 /// A batch's producer, epoch and sequence range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BatchId {
+pub(crate) struct BatchId {
     pub producer_id: i64,
     pub epoch: i16,
     pub first_seq: i32,
@@ -83,7 +83,7 @@ pub struct BatchId {
 
 impl BatchId {
     /// The batch's identity, or `None` for batches from producers without idempotence.
-    pub fn of(header: &BatchHeader) -> Option<BatchId> {
+    pub(crate) fn of(header: &BatchHeader) -> Option<BatchId> {
         let p = header.producer()?;
         Some(BatchId {
             producer_id: p.producer_id,
@@ -128,7 +128,7 @@ pub enum SequenceError {
 
 /// The verdict on an incoming batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Store it.
     Append,
     /// Already stored, here.
@@ -137,14 +137,14 @@ pub enum Verdict {
 
 /// The last batch known for a producer, wherever it is (stored, or proposed and pending).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Latest {
+pub(crate) struct Latest {
     pub epoch: i16,
     pub last_seq: i32,
 }
 
 /// Every producer a partition remembers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProducerStates {
+pub(crate) struct ProducerStates {
     /// Stored as a list of pairs: JSON map keys are strings, which nested (flattened)
     /// decoding does not turn back into numbers.
     #[serde(with = "as_pairs")]
@@ -190,32 +190,30 @@ mod as_pairs {
 
 impl ProducerStates {
     /// Sets how many producers are remembered (at least 1).
-    pub fn set_max_producers(&mut self, max: usize) {
+    pub(crate) fn set_max_producers(&mut self, max: usize) {
         self.max_producers = max.max(1);
     }
 
     /// Takes `other`'s producers (a snapshot's), keeping this one's bound.
-    pub fn replace_producers(&mut self, other: ProducerStates) {
+    pub(crate) fn replace_producers(&mut self, other: ProducerStates) {
         self.producers = other.producers;
         while self.producers.len() > self.max_producers {
             self.evict_oldest();
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.producers.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.producers.is_empty()
-    }
-
-    pub fn get(&self, producer_id: i64) -> Option<&ProducerEntry> {
+    #[cfg(test)]
+    fn get(&self, producer_id: i64) -> Option<&ProducerEntry> {
         self.producers.get(&producer_id)
     }
 
     /// The producer's last stored batch.
-    pub fn latest(&self, producer_id: i64) -> Option<Latest> {
+    pub(crate) fn latest(&self, producer_id: i64) -> Option<Latest> {
         let e = self.producers.get(&producer_id)?;
         e.batches.back().map(|b| Latest {
             epoch: e.epoch,
@@ -226,7 +224,11 @@ impl ProducerStates {
     /// Whether `id` was stored already, may be stored now, or is out of sequence. `pending`
     /// is the producer's newest batch that is on its way into the log but not stored yet
     /// (a replicated partition's leader proposes before it knows the offsets).
-    pub fn check(&self, id: &BatchId, pending: Option<Latest>) -> Result<Verdict, SequenceError> {
+    pub(crate) fn check(
+        &self,
+        id: &BatchId,
+        pending: Option<Latest>,
+    ) -> Result<Verdict, SequenceError> {
         let entry = self.producers.get(&id.producer_id);
         if let Some(e) = entry
             && id.epoch == e.epoch
@@ -273,7 +275,7 @@ impl ProducerStates {
     /// [`MAX_BATCHES_PER_PRODUCER`] in flight), worth a short wait for them before
     /// [`check`](Self::check) judges it. A new producer or epoch starts at sequence 0; a
     /// duplicate is never early.
-    pub fn is_early(&self, id: &BatchId, pending: Option<Latest>) -> bool {
+    pub(crate) fn is_early(&self, id: &BatchId, pending: Option<Latest>) -> bool {
         if let Some(e) = self.producers.get(&id.producer_id)
             && id.epoch == e.epoch
             && e.batches
@@ -300,7 +302,7 @@ impl ProducerStates {
     }
 
     /// Records a batch stored at `base_offset..=last_offset`.
-    pub fn record(&mut self, id: &BatchId, base_offset: i64, last_offset: i64, now_ms: i64) {
+    pub(crate) fn record(&mut self, id: &BatchId, base_offset: i64, last_offset: i64, now_ms: i64) {
         if !self.producers.contains_key(&id.producer_id) && self.producers.len() >= MAX_PRODUCERS {
             self.evict_oldest();
         }
@@ -330,21 +332,21 @@ impl ProducerStates {
     }
 
     /// Records a stored batch from its header (offsets assigned), if it has a producer.
-    pub fn record_header(&mut self, header: &BatchHeader, now_ms: i64) {
+    pub(crate) fn record_header(&mut self, header: &BatchHeader, now_ms: i64) {
         if let Some(id) = BatchId::of(header) {
             self.record(&id, header.base_offset, header.last_offset(), now_ms);
         }
     }
 
     /// Forgets producers idle for longer than `max_idle_ms`.
-    pub fn expire(&mut self, now_ms: i64, max_idle_ms: i64) {
+    pub(crate) fn expire(&mut self, now_ms: i64, max_idle_ms: i64) {
         self.producers
             .retain(|_, e| now_ms.saturating_sub(e.last_ms) <= max_idle_ms);
     }
 
     /// Forgets batches below `log_start` (deleted by retention); a producer with none left
     /// is forgotten.
-    pub fn truncate_head(&mut self, log_start: i64) {
+    pub(crate) fn truncate_head(&mut self, log_start: i64) {
         self.producers.retain(|_, e| {
             e.batches.retain(|b| b.last_offset >= log_start);
             !e.batches.is_empty()
@@ -491,6 +493,6 @@ mod tests {
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(serde_json::from_str::<ProducerStates>(&json).unwrap(), s);
         s.truncate_head(1);
-        assert!(s.is_empty());
+        assert_eq!(s.len(), 0);
     }
 }

@@ -11,13 +11,13 @@
 //! The server side, which routes incoming calls to their group, is
 //! [`crate::service::raft::RaftService`].
 
-pub mod groups;
-pub mod peers;
-pub mod transport;
+pub(crate) mod groups;
+pub(crate) mod peers;
+pub(crate) mod transport;
 
-pub use groups::{Groups, Quiesced};
-pub use peers::{CONNECTION_WINDOW_BYTES, PeerChannels, STREAM_WINDOW_BYTES, is_refused};
-pub use transport::Network;
+pub(crate) use groups::{Groups, Quiesced};
+pub(crate) use peers::{CONNECTION_WINDOW_BYTES, PeerChannels, STREAM_WINDOW_BYTES, is_refused};
+pub(crate) use transport::Network;
 
 /// The controller's Raft group id.
-pub const CONTROLLER_GROUP: u64 = 0;
+pub(crate) const CONTROLLER_GROUP: u64 = 0;

@@ -9,12 +9,12 @@
 //! - [`state_machine`]: [`state_machine::ReplicaState`], applied index and high watermark.
 //! - [`tail`]: the newest entries of each log in memory, within a broker-wide budget.
 
-pub mod group;
-pub mod log_store;
-pub mod state_machine;
-pub mod tail;
-pub mod types;
-pub mod vote_file;
+pub(crate) mod group;
+pub(crate) mod log_store;
+pub(crate) mod state_machine;
+pub(crate) mod tail;
+pub(crate) mod types;
+pub(crate) mod vote_file;
 
 #[cfg(test)]
 mod tests {

@@ -6,22 +6,22 @@ mod admin;
 mod fetch;
 mod list_offsets;
 mod produce;
-pub mod raft;
+pub(crate) mod raft;
 
 use std::sync::Arc;
 
 use crate::broker::Broker;
 
-pub use admin::AdminService;
+pub(crate) use admin::AdminService;
 
 /// The `Log` service: produce, fetch, list offsets.
 #[derive(Debug, Clone)]
-pub struct LogService {
+pub(crate) struct LogService {
     broker: Arc<Broker>,
 }
 
 impl LogService {
-    pub fn new(broker: Arc<Broker>) -> Self {
+    pub(crate) fn new(broker: Arc<Broker>) -> Self {
         LogService { broker }
     }
 }

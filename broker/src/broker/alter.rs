@@ -18,7 +18,7 @@ use crate::metadata::TopicRecord;
 /// A change to a topic: config overrides to set and to remove, and the partition count to
 /// grow to.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TopicChange {
+pub(crate) struct TopicChange {
     pub set: BTreeMap<String, String>,
     pub delete: Vec<String>,
     /// The new partition count (more than now), if partitions are to be added.
@@ -29,7 +29,7 @@ pub struct TopicChange {
 
 /// What an alter changes (or would, with `validate_only`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TopicChanges {
+pub(crate) struct TopicChanges {
     pub config: Vec<ConfigChange>,
     /// Partition count before and after.
     pub partitions: (i32, i32),
@@ -40,7 +40,7 @@ pub struct TopicChanges {
 }
 
 impl TopicChanges {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.config.is_empty()
             && self.partitions.0 == self.partitions.1
             && self.replication_factor.0 == self.replication_factor.1
@@ -49,7 +49,7 @@ impl TopicChanges {
 
 /// One key whose effective value, or whether the topic sets it, an alter changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigChange {
+pub(crate) struct ConfigChange {
     pub key: String,
     pub old_value: String,
     pub new_value: String,
@@ -91,7 +91,7 @@ impl Broker {
     /// against the topic as it is then. In effect on this broker when this returns (the new
     /// partitions opened and, when replicated, led), on the others as soon as they apply
     /// it. Returns what changed (nothing: nothing to do) and the topic as altered.
-    pub async fn alter_topic(
+    pub(crate) async fn alter_topic(
         &self,
         name: &str,
         change: TopicChange,

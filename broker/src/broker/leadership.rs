@@ -36,7 +36,7 @@ impl Broker {
     /// led here to an in-sync follower, 64 at a time, for at most `within`, so that its
     /// producers and consumers move over as after a planned leader move rather than a
     /// crash (no election timeouts, no failed calls). Returns (moved, led).
-    pub async fn hand_off_leaderships(self: &Arc<Self>, within: Duration) -> (usize, usize) {
+    pub(crate) async fn hand_off_leaderships(self: &Arc<Self>, within: Duration) -> (usize, usize) {
         use futures::StreamExt;
         let led: Vec<(Arc<Replica>, u64)> = self
             .local_topics()

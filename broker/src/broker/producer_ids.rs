@@ -5,7 +5,7 @@ use super::*;
 impl Broker {
     /// A producer id no other producer of the cluster gets: from this broker's reserved
     /// blocks; the next block is reserved through the controller before this one runs out.
-    pub async fn allocate_producer_id(self: &Arc<Self>) -> Result<i64> {
+    pub(crate) async fn allocate_producer_id(self: &Arc<Self>) -> Result<i64> {
         let mut ids = self.producer_ids.lock().await;
         while ids.front().is_some_and(|r| r.is_empty()) {
             ids.pop_front();

@@ -290,7 +290,7 @@ impl Broker {
     }
 
     /// Stops every partition Raft group (at shutdown).
-    pub async fn stop_replicas(&self) {
+    pub(crate) async fn stop_replicas(&self) {
         for t in self.local_topics() {
             let replicas: Vec<_> = t.replicas.read().values().cloned().collect();
             for r in replicas {

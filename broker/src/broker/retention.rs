@@ -4,7 +4,7 @@ use super::*;
 
 impl Broker {
     /// Deletes expired segments until shutdown.
-    pub async fn run_retention(self: Arc<Self>) {
+    pub(crate) async fn run_retention(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.config.retention_check_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -5,7 +5,7 @@ use super::*;
 impl Broker {
     /// Brokers and their client addresses. This broker's own entry is always its current
     /// address, even before its registration (after a restart on a new port) is committed.
-    pub fn known_brokers(&self) -> BTreeMap<i32, String> {
+    pub(crate) fn known_brokers(&self) -> BTreeMap<i32, String> {
         let mut out: BTreeMap<i32, String> = self
             .controller
             .state()
@@ -19,7 +19,7 @@ impl Broker {
 
     /// A partition's leader: what this broker's own replica of it knows from its Raft group
     /// (freshest, right after an election), else what the controller recorded.
-    pub fn current_leader(&self, record: &TopicRecord, partition: i32) -> Option<i32> {
+    pub(crate) fn current_leader(&self, record: &TopicRecord, partition: i32) -> Option<i32> {
         let local = self
             .local_topic(&record.name)
             .filter(|t| t.record.topic_id == record.topic_id);
@@ -32,7 +32,7 @@ impl Broker {
     }
 
     /// The metadata of a topic, or UNKNOWN_TOPIC_OR_PARTITION.
-    pub fn topic_record(&self, name: &str) -> Result<TopicRecord> {
+    pub(crate) fn topic_record(&self, name: &str) -> Result<TopicRecord> {
         self.controller
             .state()
             .topics
@@ -47,7 +47,11 @@ impl Broker {
     /// Returns whether it caught up (then ask again: the answer is authoritative), or the
     /// original answer when it was not about an unknown topic; a broker that cannot catch
     /// up in time answers the retriable [`Error::MetadataBehind`], never "unknown topic".
-    pub async fn catch_up_if_unknown<T>(&self, topic: &str, found: &Result<T>) -> Result<bool> {
+    pub(crate) async fn catch_up_if_unknown<T>(
+        &self,
+        topic: &str,
+        found: &Result<T>,
+    ) -> Result<bool> {
         if !matches!(
             found,
             Err(Error::UnknownTopic(_) | Error::UnknownPartition { .. })
@@ -67,7 +71,11 @@ impl Broker {
 
     /// [`Broker::partition`], caught up with the controller first when this broker does
     /// not know the topic or partition.
-    pub async fn partition_current(&self, topic: &str, partition: i32) -> Result<PartitionRef> {
+    pub(crate) async fn partition_current(
+        &self,
+        topic: &str,
+        partition: i32,
+    ) -> Result<PartitionRef> {
         let found = self.partition(topic, partition);
         if self.catch_up_if_unknown(topic, &found).await? {
             return self.partition(topic, partition);
@@ -77,7 +85,7 @@ impl Broker {
 
     /// [`Broker::partition`] for each of `asked`, with one catch-up with the controller
     /// when this broker does not know some of them.
-    pub async fn partitions_current<'a>(
+    pub(crate) async fn partitions_current<'a>(
         &self,
         asked: impl IntoIterator<Item = (&'a str, i32)>,
     ) -> Vec<Result<PartitionRef>> {
@@ -115,7 +123,7 @@ impl Broker {
 
     /// [`Broker::topic_record`], caught up with the controller first when this broker does
     /// not know the topic.
-    pub async fn topic_record_current(&self, name: &str) -> Result<TopicRecord> {
+    pub(crate) async fn topic_record_current(&self, name: &str) -> Result<TopicRecord> {
         let found = self.topic_record(name);
         if self.catch_up_if_unknown(name, &found).await? {
             return self.topic_record(name);
@@ -124,16 +132,16 @@ impl Broker {
     }
 
     /// This broker's partitions of a topic, if it has any.
-    pub fn local_topic(&self, name: &str) -> Option<Arc<LocalTopic>> {
+    pub(crate) fn local_topic(&self, name: &str) -> Option<Arc<LocalTopic>> {
         self.local.read().get(name).cloned()
     }
 
-    pub fn local_topics(&self) -> Vec<Arc<LocalTopic>> {
+    pub(crate) fn local_topics(&self) -> Vec<Arc<LocalTopic>> {
         self.local.read().values().cloned().collect()
     }
 
     /// A partition this broker leads, or the error that tells the client where to go.
-    pub fn partition(&self, topic: &str, partition: i32) -> Result<PartitionRef> {
+    pub(crate) fn partition(&self, topic: &str, partition: i32) -> Result<PartitionRef> {
         let local = self.local.read().get(topic).cloned();
         let state = self.controller.state();
         if let Some(t) = local {

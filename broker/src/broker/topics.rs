@@ -5,7 +5,7 @@ use super::*;
 impl Broker {
     /// Validates a topic, places its partitions on registered brokers, and commits it
     /// through the controller. Returns once this broker has applied it.
-    pub async fn create_topic(
+    pub(crate) async fn create_topic(
         self: &Arc<Self>,
         name: String,
         partitions: i32,
@@ -180,7 +180,7 @@ impl Broker {
     }
 
     /// Deletes a topic through the controller; every broker then removes its data.
-    pub async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<()> {
+    pub(crate) async fn delete_topic(self: &Arc<Self>, name: &str) -> Result<()> {
         self.topic_record_current(name).await?;
         let proposed = self
             .controller

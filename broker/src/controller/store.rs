@@ -68,14 +68,14 @@ fn to_json<T: Serialize>(v: &T, f: fn(AnyError) -> StorageIOError<NodeId>) -> SR
 
 /// The Raft log and vote.
 #[derive(Debug, Clone)]
-pub struct LogStore {
+pub(crate) struct LogStore {
     db: sled::Db,
     log: sled::Tree,
     meta: sled::Tree,
 }
 
 impl LogStore {
-    pub fn open(db: &sled::Db) -> Result<Self, sled::Error> {
+    pub(crate) fn open(db: &sled::Db) -> Result<Self, sled::Error> {
         Ok(LogStore {
             db: db.clone(),
             log: db.open_tree("controller_log")?,
@@ -222,7 +222,7 @@ struct StoredSnapshot {
 
 /// The cluster metadata, applied from the log; watchers see every new version.
 #[derive(Debug, Clone)]
-pub struct StateMachine {
+pub(crate) struct StateMachine {
     tree: sled::Tree,
     current: Persisted,
     watch: Arc<watch::Sender<Arc<ClusterState>>>,
@@ -230,7 +230,7 @@ pub struct StateMachine {
 }
 
 impl StateMachine {
-    pub fn open(db: &sled::Db) -> Result<Self, StorageError<NodeId>> {
+    pub(crate) fn open(db: &sled::Db) -> Result<Self, StorageError<NodeId>> {
         let tree = db.open_tree("controller_state").map_err(err(read_sm))?;
         let current: Persisted = get_json(&tree, "state", read_sm)?.unwrap_or_default();
         let watch = Arc::new(watch::Sender::new(Arc::new(current.state.clone())));
@@ -243,7 +243,7 @@ impl StateMachine {
     }
 
     /// Receives every new version of the metadata.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<Arc<ClusterState>> {
         self.watch.subscribe()
     }
 

@@ -9,7 +9,7 @@ use crate::metadata::TopicRecord;
 
 openraft::declare_raft_types!(
     /// The metadata (controller) Raft group.
-    pub MetaRaft:
+    pub(crate) MetaRaft:
         D = MetaCommand,
         R = MetaResponse,
         NodeId = u64,
@@ -21,7 +21,7 @@ openraft::declare_raft_types!(
 
 /// A broker as the cluster knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BrokerRecord {
+pub(crate) struct BrokerRecord {
     pub node_id: i32,
     /// host:port for clients.
     pub address: String,
@@ -31,7 +31,7 @@ pub struct BrokerRecord {
 
 /// Everything the controller group replicates.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterState {
+pub(crate) struct ClusterState {
     /// Set by the first broker that registers; the same on every broker.
     #[serde(default)]
     pub cluster_id: String,
@@ -48,7 +48,7 @@ pub struct ClusterState {
 /// A change to the cluster metadata. Validation that needs the current state happens when
 /// the command is applied, so every replica reaches the same answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MetaCommand {
+pub(crate) enum MetaCommand {
     /// Adds or updates a broker; `cluster_id` is this broker's candidate for the cluster id,
     /// used only when the cluster has none yet.
     RegisterBroker {
@@ -102,7 +102,7 @@ pub enum MetaCommand {
 /// A topic's replication factor going from `from` to `to`: `targets` has the replicas of
 /// each of its partitions after the change (placed by the proposer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReplicationChange {
+pub(crate) struct ReplicationChange {
     pub from: i32,
     pub to: i32,
     pub targets: Vec<Vec<i32>>,
@@ -110,7 +110,7 @@ pub struct ReplicationChange {
 
 /// The outcome of applying a command.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum MetaResponse {
+pub(crate) enum MetaResponse {
     Ok,
     /// The first of the ids an [`MetaCommand::AllocateProducerIds`] reserved.
     ProducerIds {
@@ -125,7 +125,7 @@ pub enum MetaResponse {
 
 impl ClusterState {
     /// Applies one command.
-    pub fn apply(&mut self, command: &MetaCommand) -> MetaResponse {
+    pub(crate) fn apply(&mut self, command: &MetaCommand) -> MetaResponse {
         match command {
             MetaCommand::RegisterBroker { broker, cluster_id } => {
                 if self.cluster_id.is_empty() {

@@ -13,7 +13,7 @@ type PartitionRaftHandle = openraft::Raft<crate::replica::types::PartitionRaft>;
 
 /// The partition groups this broker is a member of, by group id, with their logs.
 #[derive(Clone, Default)]
-pub struct Groups(Arc<GroupsInner>);
+pub(crate) struct Groups(Arc<GroupsInner>);
 
 #[derive(Default)]
 struct GroupsInner {
@@ -26,7 +26,7 @@ struct GroupsInner {
 /// replica starts a new partition's group as the controller's record of it arrives, so the
 /// first votes and appends often reach a broker a moment before it has. Shorter than the
 /// vote timeout (`election_timeout_min`), so the candidate gets an answer, not a timeout.
-pub const GROUP_START_WAIT: Duration = Duration::from_millis(200);
+pub(crate) const GROUP_START_WAIT: Duration = Duration::from_millis(200);
 
 impl std::fmt::Debug for Groups {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -35,12 +35,16 @@ impl std::fmt::Debug for Groups {
 }
 
 impl Groups {
-    pub fn get(&self, group: u64) -> Option<PartitionRaftHandle> {
+    pub(crate) fn get(&self, group: u64) -> Option<PartitionRaftHandle> {
         self.0.map.read().get(&group).map(|(raft, _)| raft.clone())
     }
 
     /// The group, waiting up to `wait` for it to start.
-    pub async fn get_or_wait(&self, group: u64, wait: Duration) -> Option<PartitionRaftHandle> {
+    pub(crate) async fn get_or_wait(
+        &self,
+        group: u64,
+        wait: Duration,
+    ) -> Option<PartitionRaftHandle> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let added = self.0.added.notified();
@@ -53,20 +57,20 @@ impl Groups {
         }
     }
 
-    pub fn log(&self, group: u64) -> Option<SegmentRaftLog> {
+    pub(crate) fn log(&self, group: u64) -> Option<SegmentRaftLog> {
         self.0.map.read().get(&group).map(|(_, log)| log.clone())
     }
 
-    pub fn insert(&self, group: u64, raft: PartitionRaftHandle, log: SegmentRaftLog) {
+    pub(crate) fn insert(&self, group: u64, raft: PartitionRaftHandle, log: SegmentRaftLog) {
         self.0.map.write().insert(group, (raft, log));
         self.0.added.notify_waiters();
     }
 
-    pub fn remove(&self, group: u64) {
+    pub(crate) fn remove(&self, group: u64) {
         self.0.map.write().remove(&group);
     }
 
-    pub fn all(&self) -> Vec<(u64, PartitionRaftHandle)> {
+    pub(crate) fn all(&self) -> Vec<(u64, PartitionRaftHandle)> {
         self.0
             .map
             .read()
@@ -79,19 +83,19 @@ impl Groups {
 /// Partition groups whose leader asked this (follower) replica to stop its election timer,
 /// with that leader's node id.
 #[derive(Debug, Clone, Default)]
-pub struct Quiesced(Arc<Mutex<HashMap<u64, u64>>>);
+pub(crate) struct Quiesced(Arc<Mutex<HashMap<u64, u64>>>);
 
 impl Quiesced {
-    pub fn insert(&self, group: u64, leader: u64) {
+    pub(crate) fn insert(&self, group: u64, leader: u64) {
         self.0.lock().insert(group, leader);
     }
 
     /// True if the group was quiesced (it is not any more).
-    pub fn remove(&self, group: u64) -> bool {
+    pub(crate) fn remove(&self, group: u64) -> bool {
         self.0.lock().remove(&group).is_some()
     }
 
-    pub fn snapshot(&self) -> Vec<(u64, u64)> {
+    pub(crate) fn snapshot(&self) -> Vec<(u64, u64)> {
         self.0.lock().iter().map(|(g, l)| (*g, *l)).collect()
     }
 }

@@ -14,12 +14,12 @@ use tonic::transport::{Channel, Endpoint};
 /// HTTP/2 flow-control windows of every connection (client and inter-broker listeners, peer
 /// channels): large enough that one connection carries a full-speed stream of MiB-sized
 /// batches without waiting for window updates.
-pub const STREAM_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
-pub const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
+pub(crate) const STREAM_WINDOW_BYTES: u32 = 32 * 1024 * 1024;
+pub(crate) const CONNECTION_WINDOW_BYTES: u32 = 64 * 1024 * 1024;
 
 /// One lazily connected channel per peer address, shared by all groups and by forwarding.
 #[derive(Debug, Clone, Default)]
-pub struct PeerChannels {
+pub(crate) struct PeerChannels {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     /// When each node last answered a Raft RPC (heartbeats included): follower liveness
     /// for the in-sync set.
@@ -37,7 +37,7 @@ pub struct PeerChannels {
 /// At most one warning per peer this often while Raft calls to it fail. Every group calls
 /// every peer it replicates to, backing off only to 500 ms: a broker down for a minute used
 /// to leave a line per call in its peers' logs (about 30 a second with 12 partitions).
-pub const CALL_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const CALL_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Raft calls to one peer: the current run of failures and the last warning about it.
 #[derive(Debug, Default)]
@@ -51,7 +51,7 @@ struct CallHealth {
 
 /// What [`PeerChannels::call_failed`] or [`PeerChannels::call_answered`] logged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CallReport {
+pub(crate) enum CallReport {
     Quiet,
     /// The first warning of a run of failures.
     Failing,
@@ -62,12 +62,12 @@ pub enum CallReport {
 }
 
 impl PeerChannels {
-    pub fn client(&self, address: &str) -> Result<RaftClient<Channel>, String> {
+    pub(crate) fn client(&self, address: &str) -> Result<RaftClient<Channel>, String> {
         self.channel(address).map(RaftClient::new)
     }
 
     /// The channel to a broker's address (its Raft or its client listener).
-    pub fn channel(&self, address: &str) -> Result<Channel, String> {
+    pub(crate) fn channel(&self, address: &str) -> Result<Channel, String> {
         let mut channels = self.channels.lock();
         if let Some(c) = channels.get(address) {
             return Ok(c.clone());
@@ -86,11 +86,11 @@ impl PeerChannels {
     /// Records that `node` answered (a ping or a Raft call). If it had answered before and
     /// refused connections since (reported down), since when it refused.
     /// Notes that `node` answered a Raft call (follower liveness for the in-sync set).
-    pub fn note_raft_answer(&self, node: u64) {
+    pub(crate) fn note_raft_answer(&self, node: u64) {
         self.answered.lock().insert(node, std::time::Instant::now());
     }
 
-    pub fn mark_answer(&self, node: u64) -> Option<std::time::Instant> {
+    pub(crate) fn mark_answer(&self, node: u64) -> Option<std::time::Instant> {
         let answered_before = self
             .answered
             .lock()
@@ -101,7 +101,7 @@ impl PeerChannels {
     }
 
     /// Records that `node`'s broker refused a connection; true if it was answering until now.
-    pub fn mark_refused(&self, node: u64) -> bool {
+    pub(crate) fn mark_refused(&self, node: u64) -> bool {
         let mut refused = self.refused.lock();
         if refused.contains_key(&node) {
             return false;
@@ -111,22 +111,22 @@ impl PeerChannels {
     }
 
     /// Whether `node`'s broker has refused connections since it last answered.
-    pub fn refuses(&self, node: u64) -> bool {
+    pub(crate) fn refuses(&self, node: u64) -> bool {
         self.refused.lock().contains_key(&node)
     }
 
     /// When `node` last answered a Raft call from this broker.
-    pub fn last_answer(&self, node: u64) -> Option<std::time::Instant> {
+    pub(crate) fn last_answer(&self, node: u64) -> Option<std::time::Instant> {
         self.answered.lock().get(&node).copied()
     }
 
-    pub fn forget(&self, address: &str) {
+    pub(crate) fn forget(&self, address: &str) {
         self.channels.lock().remove(address);
     }
 
     /// Records a failed Raft call to `node` and warns about it at most once per
     /// [`CALL_FAILURE_LOG_INTERVAL`] per peer, whatever the number of groups calling it.
-    pub fn call_failed(
+    pub(crate) fn call_failed(
         &self,
         node: u64,
         address: &str,
@@ -191,13 +191,13 @@ impl PeerChannels {
     }
 
     /// This broker is shutting down: failed calls are no longer reported.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.closing
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Records an answered Raft call to `node`; ends its run of failures, if any.
-    pub fn call_answered(&self, node: u64) -> CallReport {
+    pub(crate) fn call_answered(&self, node: u64) -> CallReport {
         let ended = {
             let mut health = self.health.lock();
             match health.get_mut(&node) {
@@ -227,7 +227,7 @@ impl PeerChannels {
 
 /// Whether a failed call found nobody listening at the peer's address: its broker process
 /// is gone, certainly (see [`sluice_proto::is_connection_refused`]).
-pub fn is_refused(status: &tonic::Status) -> bool {
+pub(crate) fn is_refused(status: &tonic::Status) -> bool {
     sluice_proto::is_connection_refused(status)
 }
 

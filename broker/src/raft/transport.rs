@@ -22,25 +22,25 @@ use sluice_proto::pb;
 use super::peers::PeerChannels;
 
 /// Encodes a Raft message or proposal.
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     rmp_serde::to_vec_named(value)
 }
 
 /// Decodes a Raft message or proposal.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::decode::Error> {
     rmp_serde::from_slice(bytes)
 }
 
 /// Creates a [`Peer`] per target node, for Raft group `group` of type config `C`.
 #[derive(Debug, Clone)]
-pub struct Network<C> {
+pub(crate) struct Network<C> {
     group: u64,
     channels: PeerChannels,
     _config: PhantomData<C>,
 }
 
 impl<C> Network<C> {
-    pub fn new(group: u64, channels: PeerChannels) -> Self {
+    pub(crate) fn new(group: u64, channels: PeerChannels) -> Self {
         Network {
             group,
             channels,
@@ -69,7 +69,7 @@ where
 }
 
 #[derive(Debug)]
-pub struct Peer<C> {
+pub(crate) struct Peer<C> {
     group: u64,
     target: u64,
     address: String,

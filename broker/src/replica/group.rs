@@ -33,7 +33,7 @@ mod handover;
 mod membership;
 mod produce;
 
-pub use membership::Moved;
+pub(crate) use membership::Moved;
 
 /// How long a new leadership waits to hear its followers before an `acks=all` write is
 /// refused for too few in-sync replicas.
@@ -73,7 +73,7 @@ struct Leadership {
 }
 
 /// Most batches in one AppendEntries call.
-pub const MAX_PAYLOAD_ENTRIES: u64 = 8;
+pub(crate) const MAX_PAYLOAD_ENTRIES: u64 = 8;
 
 /// One write counted in [`Replica::proposing`] while it lives.
 struct Counted<'a>(&'a std::sync::atomic::AtomicUsize);
@@ -121,7 +121,7 @@ async fn initialize(
 
 /// Raft timing and in-sync rules of partition groups.
 #[derive(Debug, Clone, Copy)]
-pub struct ReplicaTiming {
+pub(crate) struct ReplicaTiming {
     pub heartbeat: Duration,
     pub election_timeout_min: Duration,
     pub election_timeout_max: Duration,
@@ -148,7 +148,7 @@ impl Default for ReplicaTiming {
 
 /// Stores opened on the blocking pool, before the group starts.
 #[derive(Debug)]
-pub struct ReplicaStores {
+pub(crate) struct ReplicaStores {
     log: SegmentRaftLog,
     state: ReplicaState,
     sequence_wait: Duration,
@@ -156,7 +156,7 @@ pub struct ReplicaStores {
 
 impl ReplicaStores {
     /// Opens (recovering if needed) the segment log and Raft state in `dir`. Blocking.
-    pub fn open(
+    pub(crate) fn open(
         dir: &Path,
         options: LogOptions,
         producer_limits: crate::producer_state::ProducerLimits,
@@ -178,7 +178,7 @@ impl ReplicaStores {
     }
 }
 
-pub struct Replica {
+pub(crate) struct Replica {
     pub topic: Arc<str>,
     pub topic_id: String,
     pub id: i32,
@@ -247,7 +247,7 @@ impl Replica {
     /// Starts this broker's member of the partition's group; every replica initializes the
     /// group with all replicas (idempotent).
     #[allow(clippy::too_many_arguments)]
-    pub async fn start(
+    pub(crate) async fn start(
         topic: Arc<str>,
         topic_id: String,
         id: i32,
@@ -356,7 +356,7 @@ impl Replica {
     }
 
     /// The leader's node id, if the group has one.
-    pub fn leader(&self) -> Option<i32> {
+    pub(crate) fn leader(&self) -> Option<i32> {
         self.raft
             .metrics()
             .borrow()
@@ -365,18 +365,18 @@ impl Replica {
     }
 
     /// The preferred leader.
-    pub fn preferred(&self) -> i32 {
+    pub(crate) fn preferred(&self) -> i32 {
         self.preferred.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Takes the preferred leader of a new assignment.
-    pub fn set_preferred(&self, preferred: i32) {
+    pub(crate) fn set_preferred(&self, preferred: i32) {
         self.preferred
             .store(preferred, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// How many voters the group has now (its replicas, learners not counted).
-    pub fn voters(&self) -> usize {
+    pub(crate) fn voters(&self) -> usize {
         self.raft
             .metrics()
             .borrow()
@@ -386,27 +386,27 @@ impl Replica {
             .count()
     }
 
-    pub fn is_leader(&self) -> bool {
+    pub(crate) fn is_leader(&self) -> bool {
         // Borrowed, not cloned: this runs on every produce and fetch.
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         m.state == ServerState::Leader && m.current_leader == Some(self.node_id as u64)
     }
 
-    pub fn high_watermark(&self) -> i64 {
+    pub(crate) fn high_watermark(&self) -> i64 {
         *self.high_watermark.borrow()
     }
 
-    pub fn subscribe_high_watermark(&self) -> watch::Receiver<i64> {
+    pub(crate) fn subscribe_high_watermark(&self) -> watch::Receiver<i64> {
         self.high_watermark.clone()
     }
 
     /// Takes new segment settings (a topic config change).
-    pub fn set_log_options(&self, options: LogOptions) {
+    pub(crate) fn set_log_options(&self, options: LogOptions) {
         self.log.set_options(options);
     }
 
-    pub fn offsets(&self) -> LogOffsets {
+    pub(crate) fn offsets(&self) -> LogOffsets {
         self.log.offsets()
     }
 
@@ -416,7 +416,7 @@ impl Replica {
     /// answer, so it starts with none: a follower is reported in sync only once it has been
     /// seen caught up (what a rolling restart that waits for a full ISR relies on). Only
     /// meaningful on the leader.
-    pub fn in_sync(&self) -> Vec<i32> {
+    pub(crate) fn in_sync(&self) -> Vec<i32> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let now = Instant::now();
@@ -497,7 +497,7 @@ impl Replica {
     }
 
     /// Fails unless this replica leads its group.
-    pub fn check_leader(&self, state: &crate::controller::ClusterState) -> Result<()> {
+    pub(crate) fn check_leader(&self, state: &crate::controller::ClusterState) -> Result<()> {
         if self.is_leader() {
             Ok(())
         } else {
@@ -506,12 +506,12 @@ impl Replica {
     }
 
     /// This replica's Raft log.
-    pub fn log(&self) -> SegmentRaftLog {
+    pub(crate) fn log(&self) -> SegmentRaftLog {
         self.log.clone()
     }
 
     /// Whole batches below the high watermark, on the leader. Blocking (disk).
-    pub fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
+    pub(crate) fn read(&self, offset: i64, max_bytes: usize) -> Result<Bytes> {
         let hw = self.high_watermark();
         let storage_err = |source| Error::Storage {
             topic: self.topic.to_string(),
@@ -543,7 +543,7 @@ impl Replica {
     }
 
     /// The first offset at or after `ts` that consumers can read. Blocking.
-    pub fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>> {
+    pub(crate) fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>> {
         let hw = self.high_watermark();
         let found = self
             .log
@@ -558,7 +558,7 @@ impl Replica {
 
     /// Reports each leadership this replica wins to the controller, so metadata points
     /// clients here. Runs until the group stops.
-    pub async fn report_leadership(self: Arc<Self>, controller: Arc<Controller>) {
+    pub(crate) async fn report_leadership(self: Arc<Self>, controller: Arc<Controller>) {
         let mut metrics = self.raft.metrics();
         let mut reported = 0u64;
         let mut announced = 0u64;
@@ -628,7 +628,7 @@ impl Replica {
     /// (the applied state and where the log continues) covers the entries first, then the log
     /// is purged; a follower that later needs purged entries gets the snapshot and continues
     /// at the same offsets.
-    pub async fn enforce_retention(&self, now_ms: i64) -> Result<()> {
+    pub(crate) async fn enforce_retention(&self, now_ms: i64) -> Result<()> {
         let log = self.log.clone();
         self.producers
             .lock()
@@ -680,7 +680,7 @@ impl Replica {
     }
 
     /// Stops the group and closes the segments.
-    pub async fn shutdown(&self) {
+    pub(crate) async fn shutdown(&self) {
         if let Err(e) = self.raft.shutdown().await {
             tracing::error!(topic = %self.topic, partition = self.id, cause = %e, "stopping the Raft group");
         }

@@ -114,7 +114,7 @@ struct Inner {
 
 /// A partition replica's Raft log on its segment files. Cheap to clone (shared state).
 #[derive(Debug, Clone)]
-pub struct SegmentRaftLog {
+pub(crate) struct SegmentRaftLog {
     inner: Arc<Mutex<Inner>>,
     /// Read without taking `inner`, which an append holds through its fsync.
     tail: Arc<Mutex<Tail<Entry<PartitionRaft>>>>,
@@ -389,7 +389,7 @@ impl Inner {
 impl SegmentRaftLog {
     /// Opens the log in `dir`: the segments (recovered as usual) and `raft.json`. Rebuilds
     /// the entry-to-offset map by reading batch headers.
-    pub fn open(dir: &Path, log: SegmentLog, tail: TailBudget) -> std::io::Result<Self> {
+    pub(crate) fn open(dir: &Path, log: SegmentLog, tail: TailBudget) -> std::io::Result<Self> {
         let mut meta: Meta = match std::fs::read(dir.join(META_FILE)) {
             Ok(b) => serde_json::from_slice(&b).map_err(std::io::Error::other)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Meta::default(),
@@ -444,7 +444,7 @@ impl SegmentRaftLog {
     }
 
     /// Where this log reports the durable append of the batches the leader proposed.
-    pub fn proposals(&self) -> Proposals {
+    pub(crate) fn proposals(&self) -> Proposals {
         self.proposals.clone()
     }
 
@@ -464,18 +464,18 @@ impl SegmentRaftLog {
     }
 
     /// The segment log's bounds and size.
-    pub fn offsets(&self) -> crate::storage::LogOffsets {
+    pub(crate) fn offsets(&self) -> crate::storage::LogOffsets {
         self.inner.lock().log.offsets()
     }
 
     /// The segments, for retention.
-    pub fn segments(&self) -> Vec<crate::storage::SegmentInfo> {
+    pub(crate) fn segments(&self) -> Vec<crate::storage::SegmentInfo> {
         self.inner.lock().log.segments()
     }
 
     /// The last Raft index whose batch ends at or below `offset` (what retention may purge
     /// when it cuts the log there).
-    pub fn last_index_below(&self, offset: i64) -> Option<u64> {
+    pub(crate) fn last_index_below(&self, offset: i64) -> Option<u64> {
         let inner = self.inner.lock();
         let n = inner.offsets.partition_point(|o| *o <= offset);
         let whole = if n == inner.offsets.len() && inner.log.offsets().log_end <= offset {
@@ -488,7 +488,7 @@ impl SegmentRaftLog {
 
     /// The last log id (the last purged one when the log is empty): what a vote compares.
     /// Waits for an append's fsync.
-    pub fn last_log_id(&self) -> Option<LogId<NodeId>> {
+    pub(crate) fn last_log_id(&self) -> Option<LogId<NodeId>> {
         let inner = self.inner.lock();
         match inner.last_index() {
             Some(i) => inner.log_id(i).ok(),
@@ -497,7 +497,7 @@ impl SegmentRaftLog {
     }
 
     /// The log id of entry `index`, if the log holds it.
-    pub fn log_id_at(&self, index: u64) -> Option<LogId<NodeId>> {
+    pub(crate) fn log_id_at(&self, index: u64) -> Option<LogId<NodeId>> {
         let inner = self.inner.lock();
         let held =
             index >= inner.meta.first_index && inner.last_index().is_some_and(|l| index <= l);
@@ -505,7 +505,7 @@ impl SegmentRaftLog {
     }
 
     /// The offset after entry `index`: where the log continues after a snapshot at it.
-    pub fn next_offset_after(&self, index: u64) -> Option<i64> {
+    pub(crate) fn next_offset_after(&self, index: u64) -> Option<i64> {
         let inner = self.inner.lock();
         let first = inner.meta.first_index;
         if index + 1 < first {
@@ -525,7 +525,7 @@ impl SegmentRaftLog {
     /// retained log): unless this log holds that entry, it is emptied and continues at
     /// `next_offset`, so the leader's next batches land at the offsets they have there.
     /// Blocking.
-    pub fn restart_at_snapshot(
+    pub(crate) fn restart_at_snapshot(
         &self,
         last: LogId<NodeId>,
         next_offset: i64,
@@ -557,23 +557,26 @@ impl SegmentRaftLog {
     }
 
     /// Takes new segment settings (a topic config change). Waits for an append's fsync.
-    pub fn set_options(&self, options: crate::storage::LogOptions) {
+    pub(crate) fn set_options(&self, options: crate::storage::LogOptions) {
         use crate::storage::LogStorage;
         self.inner.lock().log.set_options(options);
     }
 
     /// The first offset with a timestamp at or after `ts`.
-    pub fn offset_for_timestamp(&self, ts: i64) -> crate::storage::Result<Option<(i64, i64)>> {
+    pub(crate) fn offset_for_timestamp(
+        &self,
+        ts: i64,
+    ) -> crate::storage::Result<Option<(i64, i64)>> {
         self.inner.lock().log.offset_for_timestamp(ts)
     }
 
     /// Flushes and closes the segments for a fast restart. Blocking.
-    pub fn close(&self) -> crate::storage::Result<()> {
+    pub(crate) fn close(&self) -> crate::storage::Result<()> {
         self.inner.lock().log.close()
     }
 
     /// Whole batches for consumers, up to `upper_bound` (the high watermark).
-    pub fn read(
+    pub(crate) fn read(
         &self,
         offset: i64,
         max_bytes: usize,

@@ -85,7 +85,7 @@ impl Loaded {
 type StoredSnapshot = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
 
 #[derive(Debug, Clone)]
-pub struct ReplicaState {
+pub(crate) struct ReplicaState {
     path: PathBuf,
     applied: Applied,
     high_watermark: Arc<watch::Sender<i64>>,
@@ -102,7 +102,7 @@ pub struct ReplicaState {
 }
 
 impl ReplicaState {
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
+    pub(crate) fn open(dir: &Path) -> std::io::Result<Self> {
         let path = dir.join(STATE_FILE);
         let Loaded {
             applied, producers, ..
@@ -130,23 +130,23 @@ impl ReplicaState {
 
     /// Ties the state to its replica's log: snapshots then say at which offset the log
     /// continues after them, and installing one restarts a log that is behind it.
-    pub fn with_log(mut self, log: super::log_store::SegmentRaftLog) -> Self {
+    pub(crate) fn with_log(mut self, log: super::log_store::SegmentRaftLog) -> Self {
         self.log = Some(log);
         self
     }
 
     /// Consumers read below this offset.
-    pub fn subscribe_high_watermark(&self) -> watch::Receiver<i64> {
+    pub(crate) fn subscribe_high_watermark(&self) -> watch::Receiver<i64> {
         self.high_watermark.subscribe()
     }
 
     /// Where retention asks the next snapshot to be taken.
-    pub fn snapshot_upto(&self) -> Arc<std::sync::atomic::AtomicU64> {
+    pub(crate) fn snapshot_upto(&self) -> Arc<std::sync::atomic::AtomicU64> {
         self.snapshot_upto.clone()
     }
 
     /// The producers of the applied batches.
-    pub fn producers(&self) -> Arc<parking_lot::Mutex<ProducerStates>> {
+    pub(crate) fn producers(&self) -> Arc<parking_lot::Mutex<ProducerStates>> {
         self.producers.clone()
     }
 

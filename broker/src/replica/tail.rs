@@ -16,14 +16,14 @@ const MAX_PER_LOG: usize = 4 * 1024 * 1024;
 
 /// The broker-wide memory for log tails. Cheap to clone (shared).
 #[derive(Debug, Clone)]
-pub struct TailBudget {
+pub(crate) struct TailBudget {
     free: Arc<AtomicUsize>,
     per_log: usize,
 }
 
 impl TailBudget {
     /// A budget of `total` bytes across all partition logs (0 turns the tails off).
-    pub fn new(total: usize) -> Self {
+    pub(crate) fn new(total: usize) -> Self {
         TailBudget {
             free: Arc::new(AtomicUsize::new(total)),
             per_log: total.min(MAX_PER_LOG),
@@ -43,14 +43,15 @@ impl TailBudget {
     }
 
     /// Bytes not held by any tail now.
-    pub fn free(&self) -> usize {
+    #[cfg(test)]
+    fn free(&self) -> usize {
         self.free.load(Ordering::Acquire)
     }
 }
 
 /// The newest entries of one log: `entries[i]` is Raft index `first + i`.
 #[derive(Debug)]
-pub struct Tail<E> {
+pub(crate) struct Tail<E> {
     budget: TailBudget,
     first: u64,
     entries: VecDeque<(E, usize)>,
@@ -58,7 +59,7 @@ pub struct Tail<E> {
 }
 
 impl<E: Clone> Tail<E> {
-    pub fn new(budget: TailBudget) -> Self {
+    pub(crate) fn new(budget: TailBudget) -> Self {
         Tail {
             budget,
             first: 0,
@@ -72,7 +73,7 @@ impl<E: Clone> Tail<E> {
     }
 
     /// Records entry `index` (of `size` bytes), just written at the end of the log.
-    pub fn push(&mut self, index: u64, entry: E, size: usize) {
+    pub(crate) fn push(&mut self, index: u64, entry: E, size: usize) {
         if !self.entries.is_empty() && index != self.end() {
             // Not the next one: the tail would no longer mirror the log's end.
             self.clear();
@@ -107,7 +108,7 @@ impl<E: Clone> Tail<E> {
     }
 
     /// The log dropped entries `index..` (a truncated tail).
-    pub fn truncate_from(&mut self, index: u64) {
+    pub(crate) fn truncate_from(&mut self, index: u64) {
         while self.end() > index.max(self.first) {
             if let Some((_, size)) = self.entries.pop_back() {
                 self.bytes -= size;
@@ -117,13 +118,13 @@ impl<E: Clone> Tail<E> {
     }
 
     /// The log dropped entries `..=index` (purged).
-    pub fn purge_through(&mut self, index: u64) {
+    pub(crate) fn purge_through(&mut self, index: u64) {
         while !self.entries.is_empty() && self.first <= index {
             self.pop_front();
         }
     }
 
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         while !self.entries.is_empty() {
             self.pop_front();
         }
@@ -131,7 +132,7 @@ impl<E: Clone> Tail<E> {
 
     /// Entries `from..to` (`to` = `None`: to the end of the log), if the tail holds all of
     /// them. Entries past the end of the log are not there, as in the log itself.
-    pub fn get(&self, from: u64, to: Option<u64>) -> Option<Vec<E>> {
+    pub(crate) fn get(&self, from: u64, to: Option<u64>) -> Option<Vec<E>> {
         if self.entries.is_empty() || from < self.first {
             return None;
         }

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 openraft::declare_raft_types!(
     /// One Raft group per partition; one entry is one record batch.
-    pub PartitionRaft:
+    pub(crate) PartitionRaft:
         D = Payload,
         R = Appended,
         NodeId = u64,
@@ -26,11 +26,11 @@ openraft::declare_raft_types!(
 /// and, on the leader that proposed it, the token of the request waiting for it (never sent
 /// or stored: 0 elsewhere).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Payload(pub Bytes, #[serde(skip)] pub u64);
+pub(crate) struct Payload(pub Bytes, #[serde(skip)] pub u64);
 
 impl Payload {
     /// A batch nobody waits on by token.
-    pub fn batch(bytes: Bytes) -> Self {
+    pub(crate) fn batch(bytes: Bytes) -> Self {
         Payload(bytes, 0)
     }
 }
@@ -43,7 +43,7 @@ impl std::fmt::Debug for Payload {
 
 /// How far a batch proposed by this leader got.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Progress {
+pub(crate) enum Progress {
     Proposed,
     /// Durable in the leader's log (what `acks=1` waits for).
     Appended(Appended),
@@ -72,14 +72,14 @@ impl Progress {
 /// Batches this leader proposed, by token, for the log store to report their durable append
 /// and the proposer to report their commit. Cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
-pub struct Proposals {
+pub(crate) struct Proposals {
     waiting: Arc<Mutex<HashMap<u64, watch::Sender<Progress>>>>,
     next: Arc<AtomicU64>,
 }
 
 impl Proposals {
     /// A token for a new proposal, and where its progress shows.
-    pub fn register(&self) -> (u64, watch::Receiver<Progress>) {
+    pub(crate) fn register(&self) -> (u64, watch::Receiver<Progress>) {
         let token = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = watch::channel(Progress::Proposed);
         self.waiting.lock().insert(token, tx);
@@ -87,7 +87,7 @@ impl Proposals {
     }
 
     /// Moves a proposal forward (never back); the last step removes it.
-    pub fn advance(&self, token: u64, progress: Progress) {
+    pub(crate) fn advance(&self, token: u64, progress: Progress) {
         let mut waiting = self.waiting.lock();
         let done = progress.rank() == 2;
         if let Some(tx) = waiting.get(&token) {
@@ -103,20 +103,11 @@ impl Proposals {
             waiting.remove(&token);
         }
     }
-
-    /// Proposals still waiting (bounded by the requests in flight).
-    pub fn len(&self) -> usize {
-        self.waiting.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Where a committed batch landed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Appended {
+pub(crate) struct Appended {
     pub base_offset: i64,
     pub last_offset: i64,
 }

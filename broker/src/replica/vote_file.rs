@@ -21,7 +21,7 @@ use openraft::Vote;
 
 type NodeId = u64;
 
-pub const VOTE_FILE: &str = "raft-vote";
+pub(crate) const VOTE_FILE: &str = "raft-vote";
 /// Slot `i` starts at `i * SLOT_STRIDE`: separate pages, so one torn write cannot reach both.
 const SLOT_STRIDE: u64 = 4096;
 const SLOT_LEN: usize = 256;
@@ -30,7 +30,7 @@ const MAGIC: [u8; 4] = *b"SVT1";
 const HEADER_LEN: usize = 4 + 8 + 2 + 4;
 
 #[derive(Debug)]
-pub struct VoteFile {
+pub(crate) struct VoteFile {
     file: File,
     /// The sequence number of the newest valid slot (0: none written yet).
     seq: u64,
@@ -103,7 +103,7 @@ impl VoteFile {
     /// (`None` if it holds none yet: then `raft.json`'s, from before this file, counts).
     /// Both slots damaged is an error: the last durable vote is unknown, and guessing could
     /// vote twice in one term.
-    pub fn open(dir: &Path) -> io::Result<(VoteFile, Option<Vote<NodeId>>)> {
+    pub(crate) fn open(dir: &Path) -> io::Result<(VoteFile, Option<Vote<NodeId>>)> {
         let path = dir.join(VOTE_FILE);
         if !path.exists() {
             // Full size from the start, so later writes never change it.
@@ -150,7 +150,7 @@ impl VoteFile {
     }
 
     /// Saves `vote` durably, in the slot the newest vote is not in.
-    pub fn save(&mut self, vote: &Vote<NodeId>) -> io::Result<()> {
+    pub(crate) fn save(&mut self, vote: &Vote<NodeId>) -> io::Result<()> {
         let seq = self.seq + 1;
         let slot = encode(seq, vote)?;
         self.file.write_all_at(&slot, (seq % 2) * SLOT_STRIDE)?;

@@ -18,12 +18,12 @@ use crate::metadata::TopicRecord;
 const PEER_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, Clone)]
-pub struct AdminService {
+pub(crate) struct AdminService {
     broker: Arc<Broker>,
 }
 
 impl AdminService {
-    pub fn new(broker: Arc<Broker>) -> Self {
+    pub(crate) fn new(broker: Arc<Broker>) -> Self {
         AdminService { broker }
     }
 

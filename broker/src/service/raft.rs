@@ -18,7 +18,7 @@ use crate::raft::{CONTROLLER_GROUP, Groups, Quiesced};
 
 /// Serves Raft calls and forwarded proposals on the inter-broker listener.
 #[derive(Debug, Clone)]
-pub struct RaftService {
+pub(crate) struct RaftService {
     pub controller: Arc<Controller>,
     pub groups: Groups,
     pub quiesced: Quiesced,

@@ -4,14 +4,14 @@ use super::*;
 
 impl Replica {
     /// Whether this leader has been idle long enough to quiesce its group.
-    pub fn should_quiesce(&self, idle: Duration) -> bool {
+    pub(crate) fn should_quiesce(&self, idle: Duration) -> bool {
         !self.quiesced.load(std::sync::atomic::Ordering::Acquire)
             && self.is_leader()
             && self.last_write.lock().elapsed() >= idle
     }
 
     /// Asks every follower to stop its election timer; if all agree, stops heartbeats.
-    pub async fn quiesce(&self, group: u64) {
+    pub(crate) async fn quiesce(&self, group: u64) {
         if self
             .quiescing
             .swap(true, std::sync::atomic::Ordering::AcqRel)
@@ -70,7 +70,7 @@ impl Replica {
 
     /// Hands leadership to the preferred replica if this leader is not it and it is in sync
     /// and caught up. Returns whether leadership moved.
-    pub async fn hand_back_leadership(&self, group: u64) -> bool {
+    pub(crate) async fn hand_back_leadership(&self, group: u64) -> bool {
         let preferred = self.preferred();
         if preferred == self.node_id || !self.is_leader() {
             return false;
@@ -88,7 +88,7 @@ impl Replica {
 
     /// Controlled shutdown: hands leadership to an in-sync follower (the preferred replica
     /// when it is one, else the one furthest along). Returns the new leader, if it moved.
-    pub async fn hand_off(&self, group: u64) -> Option<i32> {
+    pub(crate) async fn hand_off(&self, group: u64) -> Option<i32> {
         if !self.is_leader() {
             return None;
         }

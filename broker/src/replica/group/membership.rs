@@ -14,7 +14,7 @@ const CAUGHT_UP_WITHIN: Duration = Duration::from_secs(1);
 
 /// What [`Replica::move_to`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Moved {
+pub(crate) enum Moved {
     /// The group's voters are the target replicas now.
     Done,
     /// This replica does not lead the group (or stopped leading it): its leader carries on.
@@ -34,7 +34,7 @@ impl Replica {
     /// `target` first hands leadership to a target replica that is in sync. `wanted` is
     /// asked while waiting whether the change still stands. Calling it again after any
     /// outcome carries on where it stopped.
-    pub async fn move_to(
+    pub(crate) async fn move_to(
         &self,
         group: u64,
         target: &BTreeMap<u64, BasicNode>,
@@ -124,7 +124,7 @@ impl Replica {
 
     /// The replicas being added that are still catching up, with how many records each is
     /// behind this leader's log end.
-    pub fn catching_up(&self) -> Vec<(i32, i64)> {
+    pub(crate) fn catching_up(&self) -> Vec<(i32, i64)> {
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let membership = m.membership_config.membership();

@@ -10,7 +10,7 @@ impl Replica {
     /// commit (NOT_ENOUGH_REPLICAS_AFTER_APPEND). A retry of an idempotent producer's batch
     /// that this partition holds or is committing is not appended again: it gets the
     /// original's offsets.
-    pub async fn produce(
+    pub(crate) async fn produce(
         &self,
         state: &crate::controller::ClusterState,
         batch: Bytes,
