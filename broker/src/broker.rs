@@ -39,6 +39,7 @@ use crate::storage::{LogOptions, SegmentLog};
 mod alter;
 mod leadership;
 mod liveness;
+mod partition_ref;
 mod producer_ids;
 mod reassign;
 mod reconcile;
@@ -46,6 +47,7 @@ mod retention;
 mod routing;
 mod topics;
 pub(crate) use alter::TopicChange;
+pub(crate) use partition_ref::PartitionRef;
 
 use crate::clock::now_ms;
 
@@ -86,48 +88,17 @@ pub(crate) struct LocalTopic {
     pub replicas: RwLock<BTreeMap<i32, Arc<Replica>>>,
 }
 
-/// A partition this broker serves, either kind.
-#[derive(Debug, Clone)]
-pub(crate) enum PartitionRef {
-    Local(Arc<Partition>),
-    Replica(Arc<Replica>),
-}
-
-impl PartitionRef {
-    /// Whole batches from `offset`, below the high watermark. Blocking (disk).
-    pub(crate) fn read(&self, offset: i64, max_bytes: usize) -> Result<bytes::Bytes> {
-        match self {
-            PartitionRef::Local(p) => p.read(offset, max_bytes),
-            PartitionRef::Replica(r) => r.read(offset, max_bytes),
-        }
-    }
-
-    pub(crate) fn high_watermark(&self) -> i64 {
-        match self {
-            PartitionRef::Local(p) => p.high_watermark(),
-            PartitionRef::Replica(r) => r.high_watermark(),
-        }
-    }
-
-    pub(crate) fn subscribe_high_watermark(&self) -> tokio::sync::watch::Receiver<i64> {
-        match self {
-            PartitionRef::Local(p) => p.subscribe_high_watermark(),
-            PartitionRef::Replica(r) => r.subscribe_high_watermark(),
-        }
-    }
-
-    pub(crate) fn offsets(&self) -> crate::storage::LogOffsets {
-        match self {
-            PartitionRef::Local(p) => p.offsets(),
-            PartitionRef::Replica(r) => r.offsets(),
-        }
-    }
-
-    /// Blocking (disk).
-    pub(crate) fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>> {
-        match self {
-            PartitionRef::Local(p) => p.offset_for_timestamp(ts),
-            PartitionRef::Replica(r) => r.offset_for_timestamp(ts),
+impl LocalTopic {
+    /// Partition `p` as served here, whichever kind, if this broker holds it.
+    pub(crate) fn partition(&self, p: i32) -> Option<PartitionRef> {
+        match self.partitions.get(&p) {
+            Some(local) => Some(PartitionRef::Local(local.clone())),
+            None => self
+                .replicas
+                .read()
+                .get(&p)
+                .cloned()
+                .map(PartitionRef::Replica),
         }
     }
 }

@@ -305,8 +305,10 @@ pub struct Args {
     /// Inter-broker address other brokers are told to use [default: the bound raft address]
     #[arg(long, env = "SLUICE_ADVERTISED_RAFT_ADDRESS")]
     pub advertised_raft_address: Option<String>,
-    /// `always` (fsync before acknowledging, group-committed) or an interval such as
-    /// `100ms` (fsync in the background; a power loss can lose that much) [default: always]
+    /// For factor-1 topics created by versions before factor 1 became a one-voter Raft group
+    /// only (every Raft log fsyncs before acknowledging): `always` (fsync before
+    /// acknowledging, group-committed) or an interval such as `100ms` (fsync in the
+    /// background; a power loss can lose that much) [default: always]
     #[arg(long, env = "SLUICE_FLUSH")]
     pub flush: Option<String>,
     /// Bytes between sparse index entries in a segment [default: 4096]

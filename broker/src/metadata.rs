@@ -24,6 +24,11 @@ pub(crate) struct TopicRecord {
     pub topic_id: String,
     /// The replicas of each partition, preferred leader first.
     pub replicas: Vec<Vec<i32>>,
+    /// Every partition is a Raft group, at any replication factor (a factor 1 partition is a
+    /// one-voter group). Set on every topic created since; a factor 1 topic created before
+    /// keeps the unreplicated segment-log path.
+    #[serde(default)]
+    pub raft: bool,
     /// Raft group id of partition 0; partition `p` is group `group_base + p`. Assigned by
     /// the controller when the topic is created (replicated topics only).
     #[serde(default)]
@@ -51,9 +56,10 @@ pub(crate) struct LeaderRecord {
 }
 
 impl TopicRecord {
-    /// Whether partitions are Raft groups (more than one replica).
+    /// Whether partitions are Raft groups: every topic created since one-voter groups, and
+    /// any with more than one replica.
     pub(crate) fn replicated(&self) -> bool {
-        self.replication_factor > 1
+        self.raft || self.replication_factor > 1
     }
 
     /// The Raft group id of a partition.

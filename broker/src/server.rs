@@ -73,6 +73,9 @@ pub async fn run(
         voters.insert(config.node_id, addresses.raft.clone());
     }
     let shutdown_timeout = config.shutdown_timeout;
+    if let crate::config::FlushPolicy::Interval(every) = config.flush {
+        tracing::warn!(interval = ?every, "--flush with an interval applies only to factor-1 topics created by versions before factor 1 became a one-voter Raft group; every Raft log fsyncs before it acknowledges");
+    }
     let broker = Broker::open(config, addresses, voters).await?;
     let raft_server = raft.map(|l| {
         let stop = broker.shutdown.clone();

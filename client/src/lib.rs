@@ -13,7 +13,9 @@
 //! # Layout
 //! - [`cluster`]: connections per broker and the metadata cache (topics, leaders).
 //! - [`admin`]: [`Admin`], topic management and cluster metadata.
-//! - [`producer`]: [`Producer`], batching by `linger.ms`/`batch.size`, bounded retries.
+//! - [`producer`]: [`Producer`], batching by `linger.ms`/`batch.size`, bounded retries; its
+//!   children: `worker` (one partition's queue, in-flight window, retries, sequences),
+//!   `delivery` (futures and callbacks, answered once), `metrics`.
 //! - [`consumer`]: [`Consumer`], assign, seek, poll with prefetch.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
 //! - [`error`]: [`Error`], carrying the broker's error code.

@@ -49,6 +49,8 @@ pub struct Broker {
     log_filter: String,
     /// Where the next start listens; a free port when unset.
     listen: Option<String>,
+    /// Extra environment of the broker process.
+    env: Vec<(String, String)>,
 }
 
 impl Broker {
@@ -64,6 +66,25 @@ impl Broker {
 
     /// Like [`Broker::start`], with a log filter (RUST_LOG syntax).
     pub fn start_logged(data_dir: &Path, args: &[&str], log_filter: &str) -> Broker {
+        Broker::start_full(data_dir, args, log_filter, &[])
+    }
+
+    /// Like [`Broker::start`], with extra environment variables.
+    pub fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Broker {
+        Broker::start_full(
+            data_dir,
+            args,
+            &std::env::var("SLUICE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            env,
+        )
+    }
+
+    fn start_full(
+        data_dir: &Path,
+        args: &[&str],
+        log_filter: &str,
+        env: &[(&str, &str)],
+    ) -> Broker {
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
         let mut b = Broker {
             child: None,
@@ -73,6 +94,10 @@ impl Broker {
             stderr_log: data_dir.with_extension("broker.log"),
             log_filter: log_filter.to_string(),
             listen: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         b.spawn();
         b
@@ -90,6 +115,7 @@ impl Broker {
             .args(["--listen", self.listen.as_deref().unwrap_or("127.0.0.1:0")])
             .args(&self.args)
             .env("RUST_LOG", &self.log_filter)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()

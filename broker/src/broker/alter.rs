@@ -125,10 +125,10 @@ impl Broker {
         after.extend(set.iter().map(|(k, v)| (k.clone(), v.clone())));
         let from = record.replication_factor;
         let to = replication_factor.unwrap_or(from);
-        if to != from && (from < 2 || to < 2) {
+        if to != from && !record.replicated() {
             return Err(Error::InvalidReplicationFactor(format!(
-                "topic '{name}': changing the replication factor from {from} to {to} is not supported yet: a partition with one replica has no Raft group to add replicas to or keep. \
-                 Factors of 2 and more change freely; for {to}, create a new topic with replication factor {to} and copy the records into it"
+                "topic '{name}': its replication factor cannot change from {from} to {to}: it was created with replication factor 1 by a broker version whose factor-1 partitions have no Raft group to add replicas to. \
+                 Create a new topic with replication factor {to} and copy the records into it (topics created now change factor freely, 1 included)"
             )));
         }
         if to != from && !record.reassigning.is_empty() {

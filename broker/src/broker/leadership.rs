@@ -45,7 +45,8 @@ impl Broker {
                 let replicas: Vec<_> = t.replicas.read().values().cloned().collect();
                 replicas
                     .into_iter()
-                    .filter(|r| r.is_leader())
+                    // A one-voter group (replication factor 1) has nobody to hand off to.
+                    .filter(|r| r.is_leader() && r.voters() > 1)
                     .map(|r| {
                         let group = t.record.group(r.id);
                         (r, group)

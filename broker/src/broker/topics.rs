@@ -2,6 +2,18 @@
 
 use super::*;
 
+/// Set (to anything) in a broker's environment, it creates factor-1 topics the way versions
+/// before one-voter groups did (unreplicated, no Raft group), so tests can check that such
+/// topics, still found in data directories, keep working. Not for use otherwise.
+const LEGACY_FACTOR_1_ENV: &str = "SLUICE_TEST_LEGACY_FACTOR_1";
+
+fn legacy_factor_1(rf: i32) -> bool {
+    rf == 1 && std::env::var_os(LEGACY_FACTOR_1_ENV).is_some()
+}
+
+/// How long creating a topic waits for its partitions' leaders before it answers.
+const CREATE_LEADERS_WAIT: Duration = Duration::from_secs(4);
+
 impl Broker {
     /// Validates a topic, places its partitions on registered brokers, and commits it
     /// through the controller. Returns once this broker has applied it.
@@ -49,6 +61,7 @@ impl Broker {
             created_ms: now_ms(),
             topic_id: format!("{name}-{}-{}", now_ms(), self.node_id()),
             replicas,
+            raft: !legacy_factor_1(rf),
             group_base: 0,
             groups: Vec::new(),
             leaders: Vec::new(),
@@ -108,9 +121,11 @@ impl Broker {
         })
         .await;
         if record.replicated() {
-            // Clients route by the leaders the controller knows: wait (bounded) until every
-            // partition's group has elected and reported one, so the topic is usable at once.
-            self.await_local(|| {
+            // Clients route by the leaders the controller knows: wait (bounded, well within a
+            // client's admin timeout) until every partition's group has elected and reported
+            // one, so the topic is usable at once. A partition whose only replica's broker is
+            // stalled gets its leader later; clients retry LEADER_NOT_AVAILABLE meanwhile.
+            self.await_within(CREATE_LEADERS_WAIT, || {
                 self.controller.state().topics.get(&name).is_some_and(|t| {
                     t.topic_id == record.topic_id
                         && t.leaders.len() == t.partitions as usize
@@ -173,7 +188,12 @@ impl Broker {
     /// Waits (bounded) until this broker has applied a metadata change, so that a client
     /// that created a topic here can use it here right away.
     pub(super) async fn await_local(&self, done: impl Fn() -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        self.await_within(Duration::from_secs(10), done).await
+    }
+
+    /// Waits until `done`, for at most `limit`.
+    pub(super) async fn await_within(&self, limit: Duration, done: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + limit;
         while !done() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -348,6 +348,7 @@ mod tests {
             created_ms: 0,
             topic_id: format!("{name}-1"),
             replicas: (0..partitions).map(|_| (1..=rf).collect()).collect(),
+            raft: true,
             group_base: 0,
             groups: Vec::new(),
             leaders: Vec::new(),

@@ -189,6 +189,8 @@ pub(crate) struct Replica {
     pub raft: Raft<PartitionRaft>,
     node_id: i32,
     log: SegmentRaftLog,
+    /// The state machine's applied state, written out when the group stops.
+    state: ReplicaState,
     high_watermark: watch::Receiver<i64>,
     /// What this replica's current leadership has seen of its followers.
     leadership: Mutex<Leadership>,
@@ -284,7 +286,7 @@ impl Replica {
             Arc::new(raft_config),
             Network::<PartitionRaft>::new(group, channels.clone()),
             stores.log.clone(),
-            stores.state,
+            stores.state.clone(),
         )
         .await
         .map_err(|e| Error::Internal(format!("{topic}-{id}: starting its Raft group: {e}")))?;
@@ -332,6 +334,7 @@ impl Replica {
             raft,
             node_id,
             log: stores.log,
+            state: stores.state,
             high_watermark,
             leadership: Mutex::new(Leadership {
                 term: 0,
@@ -684,8 +687,15 @@ impl Replica {
         if let Err(e) = self.raft.shutdown().await {
             tracing::error!(topic = %self.topic, partition = self.id, cause = %e, "stopping the Raft group");
         }
-        let log = self.log.clone();
-        let _ = tokio::task::spawn_blocking(move || log.close()).await;
+        let (log, state) = (self.log.clone(), self.state.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            // A restart then applies nothing again: no entry is read back to start the group.
+            if let Err(e) = state.persist() {
+                tracing::warn!(cause = %e, "saving the applied state of a stopped replica");
+            }
+            log.close()
+        })
+        .await;
     }
 }
 

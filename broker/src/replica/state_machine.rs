@@ -87,7 +87,9 @@ type StoredSnapshot = (SnapshotMeta<NodeId, BasicNode>, Vec<u8>);
 #[derive(Debug, Clone)]
 pub(crate) struct ReplicaState {
     path: PathBuf,
-    applied: Applied,
+    /// Shared with the replica, which writes it out when the group stops (a restart then
+    /// applies nothing again, and reads no entry to do so).
+    applied: Arc<parking_lot::Mutex<Applied>>,
     high_watermark: Arc<watch::Sender<i64>>,
     /// Idempotent producers of the applied batches (shared with the leader's produce path).
     producers: Arc<parking_lot::Mutex<ProducerStates>>,
@@ -118,7 +120,7 @@ impl ReplicaState {
         let high_watermark = Arc::new(watch::Sender::new(applied.high_watermark));
         Ok(ReplicaState {
             path,
-            applied,
+            applied: Arc::new(parking_lot::Mutex::new(applied)),
             high_watermark,
             producers: Arc::new(parking_lot::Mutex::new(producers)),
             snapshot: Arc::default(),
@@ -151,8 +153,9 @@ impl ReplicaState {
     }
 
     fn encode(&self, next_offset: Option<i64>) -> SResult<Vec<u8>> {
+        let applied = self.applied.lock().clone();
         serde_json::to_vec(&Saved {
-            applied: &self.applied,
+            applied: &applied,
             producers: &self.producers.lock(),
             next_offset,
         })
@@ -160,8 +163,8 @@ impl ReplicaState {
     }
 
     /// Written without fsync: after a crash the committed entries are applied again from the
-    /// log, which moves the high watermark and records their producers again.
-    fn persist(&self) -> SResult<()> {
+    /// log, which moves the high watermark and records their producers again. Blocking.
+    pub(crate) fn persist(&self) -> SResult<()> {
         let data = self.encode(None)?;
         crate::storage::replace_file(&self.path, &data, false).map_err(sm_err)
     }
@@ -182,8 +185,9 @@ impl RaftSnapshotBuilder<PartitionRaft> for ReplicaState {
         let upto = self
             .snapshot_upto
             .load(std::sync::atomic::Ordering::Acquire);
-        let membership_index = self.applied.membership.log_id().map_or(0, |l| l.index);
-        let (last, next_offset) = match (&self.log, self.applied.last) {
+        let applied = self.applied.lock().clone();
+        let membership_index = applied.membership.log_id().map_or(0, |l| l.index);
+        let (last, next_offset) = match (&self.log, applied.last) {
             (Some(log), Some(applied)) => {
                 let at = if upto > 0 {
                     upto.max(membership_index).min(applied.index)
@@ -197,11 +201,11 @@ impl RaftSnapshotBuilder<PartitionRaft> for ReplicaState {
         };
         let meta = SnapshotMeta {
             last_log_id: last,
-            last_membership: self.applied.membership.clone(),
+            last_membership: applied.membership.clone(),
             snapshot_id: format!(
                 "{}-{}",
                 last.map_or(0, |l| l.index),
-                next_offset.unwrap_or(self.applied.high_watermark)
+                next_offset.unwrap_or(applied.high_watermark)
             ),
         };
         // The log is purged up to the snapshot next: the applied state on disk must not be
@@ -222,7 +226,8 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
     async fn applied_state(
         &mut self,
     ) -> SResult<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>)> {
-        Ok((self.applied.last, self.applied.membership.clone()))
+        let applied = self.applied.lock();
+        Ok((applied.last, applied.membership.clone()))
     }
 
     async fn apply<I>(&mut self, entries: I) -> SResult<Vec<Appended>>
@@ -231,27 +236,32 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
         I::IntoIter: OptionalSend,
     {
         let mut out = Vec::new();
-        for entry in entries {
-            self.applied.last = Some(entry.log_id);
-            out.push(match &entry.payload {
-                EntryPayload::Normal(batch) => {
-                    let h = BatchHeader::parse(&batch.0).map_err(sm_err)?;
-                    self.applied.high_watermark = self.applied.high_watermark.max(h.next_offset());
-                    self.producers
-                        .lock()
-                        .record_header(&h, crate::clock::now_ms());
-                    Appended {
-                        base_offset: h.base_offset,
-                        last_offset: h.last_offset(),
+        // The lock is not held across an await.
+        let high_watermark = {
+            let mut applied = self.applied.lock();
+            for entry in entries {
+                applied.last = Some(entry.log_id);
+                out.push(match &entry.payload {
+                    EntryPayload::Normal(batch) => {
+                        let h = BatchHeader::parse(&batch.0).map_err(sm_err)?;
+                        applied.high_watermark = applied.high_watermark.max(h.next_offset());
+                        self.producers
+                            .lock()
+                            .record_header(&h, crate::clock::now_ms());
+                        Appended {
+                            base_offset: h.base_offset,
+                            last_offset: h.last_offset(),
+                        }
                     }
-                }
-                EntryPayload::Blank => Appended::default(),
-                EntryPayload::Membership(m) => {
-                    self.applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    Appended::default()
-                }
-            });
-        }
+                    EntryPayload::Blank => Appended::default(),
+                    EntryPayload::Membership(m) => {
+                        applied.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        Appended::default()
+                    }
+                });
+            }
+            applied.high_watermark
+        };
         if self
             .persisted_at
             .is_none_or(|t| t.elapsed() >= PERSIST_EVERY)
@@ -260,8 +270,8 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
             self.persisted_at = Some(std::time::Instant::now());
         }
         self.high_watermark.send_if_modified(|hw| {
-            let moved = self.applied.high_watermark > *hw;
-            *hw = (*hw).max(self.applied.high_watermark);
+            let moved = high_watermark > *hw;
+            *hw = (*hw).max(high_watermark);
             moved
         });
         Ok(out)
@@ -283,7 +293,7 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
         let loaded = Loaded::decode(snapshot.get_ref()).map_err(sm_err)?;
         // Everything before the snapshot point is committed (and deleted by retention).
         let hw = loaded.next_offset.unwrap_or(loaded.applied.high_watermark);
-        self.applied = Applied {
+        *self.applied.lock() = Applied {
             last: meta.last_log_id,
             membership: meta.last_membership.clone(),
             high_watermark: hw,

@@ -10,7 +10,7 @@ use sluice_proto::TopicConfig;
 use sluice_proto::pb::{self, admin_client::AdminClient, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
-use crate::broker::{Broker, PartitionRef};
+use crate::broker::Broker;
 use crate::error::Error;
 use crate::metadata::TopicRecord;
 
@@ -32,34 +32,13 @@ impl AdminService {
         let topic = self.broker.local_topic(&record.name)?;
         let (replicas, target) = record.replicas_of(p);
         let (adding, removing) = changing(&replicas, target);
-        let (part, isr, records_behind) = match topic.partitions.get(&p) {
-            Some(local) => (PartitionRef::Local(local.clone()), replicas.clone(), 0),
-            None => {
-                let replica = topic.replicas.read().get(&p).cloned()?;
-                if !replica.is_leader() {
-                    return None;
-                }
-                let isr = replica.in_sync();
-                let learners = replica.catching_up();
-                // A replica to add that is not a learner yet lacks everything (unknown).
-                let behind = if adding.iter().all(|a| learners.iter().any(|(l, _)| l == a)) {
-                    learners
-                        .iter()
-                        .filter(|(l, _)| adding.contains(l))
-                        .map(|(_, b)| *b)
-                        .max()
-                        .unwrap_or(0)
-                } else {
-                    -1
-                };
-                (PartitionRef::Replica(replica), isr, behind)
-            }
-        };
+        let part = topic.partition(p)?;
+        let view = part.replication(&replicas, &adding)?;
         let o = part.offsets();
         Some(pb::PartitionDescription {
             partition: p,
             leader: self.broker.node_id(),
-            isr,
+            isr: view.in_sync,
             replicas,
             log_start_offset: o.log_start,
             high_watermark: part.high_watermark(),
@@ -68,7 +47,7 @@ impl AdminService {
             segments: o.segments,
             adding_replicas: adding,
             removing_replicas: removing,
-            records_behind,
+            records_behind: view.records_behind,
         })
     }
 

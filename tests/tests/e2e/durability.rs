@@ -200,3 +200,47 @@ async fn a_flipped_byte_is_reported_never_served() {
         vec!["record-0004".to_string(), "record-0005".to_string()]
     );
 }
+
+/// A factor-1 topic created by a version before factor 1 became a one-voter Raft group (made
+/// here the way those versions made it) keeps its unreplicated path: its acknowledged records
+/// survive a crash, and changing its replication factor is refused with what to do instead.
+#[tokio::test]
+async fn a_factor_1_topic_from_an_earlier_version_keeps_working() {
+    let (_tmp, dir) = data_dir();
+    let mut broker = Broker::start_with_env(&dir, &[], &[("SLUICE_TEST_LEGACY_FACTOR_1", "1")]);
+    broker.create_topic(NewTopic::new("old", 1, 1)).await;
+    produce_each(&broker, "old", 20, Acks::All).await;
+    let partition_dir = dir.join("logs").join("old-0");
+    assert!(partition_dir.join("00000000000000000000.log").exists());
+    assert!(
+        !partition_dir.join("raft.json").exists(),
+        "the topic is on the unreplicated path"
+    );
+    broker.signal(Signal::SIGKILL);
+    broker.kill();
+    broker.restart();
+    assert_eq!(values(&broker.read_all("old").await), expected(20));
+    let err = sluice_client::Admin::new(broker.client())
+        .unwrap()
+        .alter_topic(
+            "old",
+            sluice_client::AlterTopic {
+                replication_factor: Some(2),
+                ..Default::default()
+            },
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::InvalidReplicationFactor),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .to_lowercase()
+            .contains("create a new topic"),
+        "{err}"
+    );
+}
