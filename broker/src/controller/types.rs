@@ -250,7 +250,8 @@ impl ClusterState {
                         };
                     }
                     Some(r)
-                        if r.to < 2
+                        if r.to < 1
+                            || !t.replicated()
                             || r.targets.len() != t.partitions as usize
                             || r.targets.iter().any(|p| p.len() != r.to as usize) =>
                     {

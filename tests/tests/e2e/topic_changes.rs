@@ -490,7 +490,7 @@ fn replica_bytes(data_dir: &std::path::Path, topic: &str, partition: i32) -> Vec
 }
 
 /// The replication factor goes 1 -> 3 (through the CLI, which waits for the move) -> 2
-/// while an idempotent acks=all producer writes: every partition ends with the new
+/// (then -> 1 once writes are done) while an idempotent acks=all producer writes: every partition ends with the new
 /// replicas, all in sync; a broker that left a partition deletes its copy; every
 /// acknowledged record is read exactly once at its offset, and every replica holds the same
 /// bytes. A factor the cluster cannot hold is refused with what to do instead, changing
@@ -707,6 +707,26 @@ async fn replication_factor_changes_under_load() {
         .await;
         assert!(!copies[0].is_empty());
     }
+
+    // And back to 1: each partition keeps one replica, with every record.
+    admin
+        .alter_topic("refactor", factor(1), false)
+        .await
+        .unwrap();
+    eventually(
+        "every partition on one replica",
+        Duration::from_secs(60),
+        || async {
+            let d = admin.describe_topic("refactor").await.ok()?;
+            d.partitions
+                .iter()
+                .all(|p| p.replicas.len() == 1 && p.removing_replicas.is_empty())
+                .then_some(())
+        },
+    )
+    .await;
+    let read = sluice_tests::read_all(cluster.client(), "refactor").await;
+    assert_eq!(read.len(), want.len(), "every record after 2 -> 1");
 }
 
 /// Writes `n` keyed records of 2 KB through a new acks=all producer; returns where each went.
