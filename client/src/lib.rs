@@ -16,7 +16,8 @@
 //! - [`producer`]: [`Producer`], batching by `linger.ms`/`batch.size`, bounded retries; its
 //!   children: `worker` (one partition's queue, in-flight window, retries, sequences),
 //!   `delivery` (futures and callbacks, answered once), `metrics`.
-//! - [`consumer`]: [`Consumer`], assign, seek, poll with prefetch.
+//! - [`consumer`]: [`Consumer`], assign, seek, poll with prefetch; its child `fetch` makes the
+//!   requests (offset lookups, fetches per leader) and applies their answers.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
 //! - [`error`]: [`Error`], carrying the broker's error code.
 
