@@ -28,6 +28,7 @@ use crate::config::{Config, FlushPolicy};
 use crate::controller::{
     BrokerRecord, ClusterState, Controller, ControllerTiming, MetaCommand, MetaResponse,
 };
+use crate::coordinator::{Coordinator, CoordinatorConfig};
 use crate::error::{Error, Result};
 use crate::live_config::LiveConfig;
 use crate::metadata::{MetadataStore, TopicRecord};
@@ -37,6 +38,7 @@ use crate::replica::group::{Replica, ReplicaStores, ReplicaTiming};
 use crate::storage::{LogOptions, SegmentLog};
 
 mod alter;
+mod groups;
 mod leadership;
 mod liveness;
 mod partition_ref;
@@ -144,12 +146,18 @@ pub(crate) struct Broker {
     refilling_producer_ids: std::sync::atomic::AtomicBool,
     /// Memory for the newest entries of the partition Raft logs here.
     raft_tails: crate::replica::tail::TailBudget,
+    /// Consumer groups of the `__consumer_offsets` partitions led here.
+    pub coordinator: Coordinator,
     pub shutdown: CancellationToken,
     /// Every background task of this broker (loops, takeovers, moves, group stops): the
     /// server waits for them, bounded, when it stops. Each loop ends on `shutdown`; the
     /// others are bounded by their own timeouts or end with their Raft group.
     pub tasks: tokio_util::task::TaskTracker,
 }
+
+/// How long a new leader of a `__consumer_offsets` partition waits for its log to be
+/// committed before answering COORDINATOR_LOAD_IN_PROGRESS (clients retry).
+const COORDINATOR_LOAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Producer ids a broker reserves at the controller at a time (Kafka reserves 1,000 too).
 const PRODUCER_ID_BLOCK: u32 = 1000;
@@ -242,7 +250,13 @@ impl Broker {
         let raft_tails = crate::replica::tail::TailBudget::new(
             usize::try_from(config.raft_tail_cache_bytes).unwrap_or(usize::MAX),
         );
+        let coordinator = Coordinator::new(CoordinatorConfig {
+            offset_metadata_max_bytes: config.offset_metadata_max_bytes,
+            load_timeout: COORDINATOR_LOAD_TIMEOUT,
+            max_batch_bytes: config.max_request_bytes,
+        });
         let broker = Arc::new(Broker {
+            coordinator,
             config,
             addresses,
             local_cluster_id,

@@ -19,6 +19,9 @@ pub const DEFAULT_RETENTION_CHECK_INTERVAL: &str = "5m";
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024 * 1024;
 pub const DEFAULT_MAX_FETCH_WAIT: &str = "30s";
 pub const DEFAULT_MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
+pub const DEFAULT_OFFSETS_TOPIC_PARTITIONS: i32 = 50;
+pub const DEFAULT_OFFSETS_TOPIC_REPLICATION_FACTOR: i32 = 3;
+pub const DEFAULT_OFFSET_METADATA_MAX_BYTES: usize = 4096;
 pub const DEFAULT_METADATA_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_RAFT_TAIL_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
@@ -119,6 +122,15 @@ pub struct Config {
     /// the batches before it (the producer keeps up to 5 in flight) before it is refused
     /// with `OUT_OF_ORDER_SEQUENCE_NUMBER`.
     pub producer_sequence_wait: Duration,
+    /// Partitions of `__consumer_offsets`, made when a group is first used (Kafka's
+    /// `offsets.topic.num.partitions`). Fixed from then on: a group's partition is
+    /// hash(group) modulo this.
+    pub offsets_topic_partitions: i32,
+    /// Its replication factor, or the live broker count when fewer (Kafka's
+    /// `offsets.topic.replication.factor`); `min.insync.replicas` is 2 where it has 2 or more.
+    pub offsets_topic_replication_factor: i32,
+    /// Longest metadata string a committed offset may carry (`offset.metadata.max.bytes`).
+    pub offset_metadata_max_bytes: usize,
 }
 
 impl Config {
@@ -165,6 +177,9 @@ impl Default for Config {
             max_producers_per_partition: DEFAULT_MAX_PRODUCERS_PER_PARTITION,
             producer_id_expiration: dur(DEFAULT_PRODUCER_ID_EXPIRATION),
             producer_sequence_wait: dur(DEFAULT_PRODUCER_SEQUENCE_WAIT),
+            offsets_topic_partitions: DEFAULT_OFFSETS_TOPIC_PARTITIONS,
+            offsets_topic_replication_factor: DEFAULT_OFFSETS_TOPIC_REPLICATION_FACTOR,
+            offset_metadata_max_bytes: DEFAULT_OFFSET_METADATA_MAX_BYTES,
         }
     }
 }
@@ -238,6 +253,12 @@ impl Config {
         if self.max_partitions_per_topic < 1 {
             return Err("max_partitions_per_topic must be at least 1".into());
         }
+        if self.offsets_topic_partitions < 1 {
+            return Err("offsets_topic_partitions must be at least 1".into());
+        }
+        if self.offsets_topic_replication_factor < 1 {
+            return Err("offsets_topic_replication_factor must be at least 1".into());
+        }
         Ok(())
     }
 }
@@ -269,6 +290,9 @@ struct ConfigFile {
     max_producers_per_partition: Option<usize>,
     producer_id_expiration: Option<String>,
     producer_sequence_wait: Option<String>,
+    offsets_topic_partitions: Option<i32>,
+    offsets_topic_replication_factor: Option<i32>,
+    offset_metadata_max_bytes: Option<usize>,
 }
 
 /// `sluice-broker` flags. Each also reads `SLUICE_<NAME>` and the `--config` YAML file
@@ -364,6 +388,17 @@ pub struct Args {
     /// the batches before it, then OUT_OF_ORDER_SEQUENCE_NUMBER [default: 250ms]
     #[arg(long, env = "SLUICE_PRODUCER_SEQUENCE_WAIT")]
     pub producer_sequence_wait: Option<String>,
+    /// Partitions of the __consumer_offsets topic, made when a consumer group is first used;
+    /// fixed from then on [default: 50]
+    #[arg(long, env = "SLUICE_OFFSETS_TOPIC_PARTITIONS")]
+    pub offsets_topic_partitions: Option<i32>,
+    /// Replication factor of __consumer_offsets, or the live broker count when fewer
+    /// [default: 3]
+    #[arg(long, env = "SLUICE_OFFSETS_TOPIC_REPLICATION_FACTOR")]
+    pub offsets_topic_replication_factor: Option<i32>,
+    /// Longest metadata string a committed offset may carry, in bytes [default: 4096]
+    #[arg(long, env = "SLUICE_OFFSET_METADATA_MAX_BYTES")]
+    pub offset_metadata_max_bytes: Option<usize>,
 }
 
 fn parse_dur(key: &str, s: &str) -> Result<Duration, String> {
@@ -486,6 +521,18 @@ impl Args {
                 file.producer_sequence_wait,
                 d.producer_sequence_wait,
             )?,
+            offsets_topic_partitions: self
+                .offsets_topic_partitions
+                .or(file.offsets_topic_partitions)
+                .unwrap_or(d.offsets_topic_partitions),
+            offsets_topic_replication_factor: self
+                .offsets_topic_replication_factor
+                .or(file.offsets_topic_replication_factor)
+                .unwrap_or(d.offsets_topic_replication_factor),
+            offset_metadata_max_bytes: self
+                .offset_metadata_max_bytes
+                .or(file.offset_metadata_max_bytes)
+                .unwrap_or(d.offset_metadata_max_bytes),
         };
         config.validate()?;
         Ok(config)
@@ -511,6 +558,9 @@ mod tests {
             format!("[default: {}]", d.max_request_bytes),
             format!("[default: {DEFAULT_MAX_FETCH_WAIT}]"),
             format!("[default: {}]", d.max_partitions_per_topic),
+            format!("[default: {}]", d.offsets_topic_partitions),
+            format!("[default: {}]", d.offsets_topic_replication_factor),
+            format!("[default: {}]", d.offset_metadata_max_bytes),
             format!("[default: {}]", d.metadata_cache_bytes),
             format!("[default: {}]", d.raft_tail_cache_bytes),
             format!("[default: {DEFAULT_SHUTDOWN_TIMEOUT}]"),

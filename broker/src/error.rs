@@ -112,6 +112,26 @@ pub enum Error {
         holding: usize,
         required: usize,
     },
+    /// The group's offsets partition is led elsewhere (or by nobody right now).
+    #[error("broker {node} is not the coordinator of group '{group}' ({}); find the coordinator again", leader.map(|l| format!("__consumer_offsets-{partition} is led by broker {l}")).unwrap_or_else(|| format!("__consumer_offsets-{partition} has no leader right now")))]
+    NotCoordinator {
+        group: String,
+        partition: i32,
+        node: i32,
+        leader: Option<i32>,
+    },
+    #[error("{0}")]
+    CoordinatorNotAvailable(String),
+    #[error(
+        "group '{group}': its coordinator is loading __consumer_offsets-{partition}; retry shortly"
+    )]
+    CoordinatorLoading { group: String, partition: i32 },
+    #[error("{0}")]
+    InvalidGroupId(String),
+    #[error("group '{0}' has no committed offsets and no members")]
+    GroupNotFound(String),
+    #[error("{0}")]
+    OffsetMetadataTooLarge(String),
     #[error("{topic}-{partition}: {source}")]
     Sequence {
         topic: String,
@@ -156,6 +176,12 @@ impl Error {
             Error::ShuttingDown => ErrorCode::BrokerNotAvailable,
             Error::NotController { .. } => ErrorCode::NotController,
             Error::NotLeader { .. } => ErrorCode::NotLeader,
+            Error::NotCoordinator { .. } => ErrorCode::NotCoordinator,
+            Error::CoordinatorNotAvailable(_) => ErrorCode::CoordinatorNotAvailable,
+            Error::CoordinatorLoading { .. } => ErrorCode::CoordinatorLoadInProgress,
+            Error::InvalidGroupId(_) => ErrorCode::InvalidGroupId,
+            Error::GroupNotFound(_) => ErrorCode::GroupIdNotFound,
+            Error::OffsetMetadataTooLarge(_) => ErrorCode::OffsetMetadataTooLarge,
             Error::LeaderNotAvailable { .. } | Error::MetadataBehind { .. } => {
                 ErrorCode::LeaderNotAvailable
             }

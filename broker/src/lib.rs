@@ -8,9 +8,13 @@
 //! - [`controller`]: the metadata Raft group (KRaft-like).
 //! - [`raft`]: Raft over gRPC for every group: peer connections and health, the transport,
 //!   the registry of partition groups.
-//! - [`partition`]: an unreplicated partition: validate, append, read, high watermark, flush.
+//! - [`partition`]: an unreplicated partition (factor 1 as earlier versions made it): validate,
+//!   append, read, high watermark, flush.
 //! - [`producer_state`]: idempotent producers: what each partition remembers to drop retries.
-//! - [`replica`]: replicated partitions: a Raft group per partition on segment files.
+//! - [`replica`]: Raft-replicated partitions (factor 1 included): a Raft group per
+//!   partition on segment files.
+//! - [`coordinator`]: consumer groups' committed offsets in `__consumer_offsets`, kept by
+//!   the leader of the group's partition there.
 //! - [`storage`]: the [`storage::LogStorage`] trait and its segment-file implementation.
 //! - [`metadata`]: topics and node identity, durable in sled.
 //! - [`service`]: the gRPC handlers, one file per RPC group.
@@ -21,6 +25,7 @@ pub(crate) mod broker;
 pub(crate) mod clock;
 pub mod config;
 pub(crate) mod controller;
+pub(crate) mod coordinator;
 pub(crate) mod error;
 pub(crate) mod live_config;
 pub(crate) mod metadata;

@@ -1,7 +1,9 @@
 //! Serving: [`run`] takes a bound listener and a shutdown future, so tests bind port 0 and
 //! stop brokers cleanly, and `sluice dev` runs several in one process.
 
-use sluice_proto::pb::{admin_server::AdminServer, log_server::LogServer};
+use sluice_proto::pb::{
+    admin_server::AdminServer, groups_server::GroupsServer, log_server::LogServer,
+};
 use std::future::Future;
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
@@ -12,7 +14,7 @@ use crate::broker::{Addresses, Broker};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::service::raft::RaftService;
-use crate::service::{AdminService, LogService};
+use crate::service::{AdminService, GroupsService, LogService};
 
 use crate::raft::{CONNECTION_WINDOW_BYTES, STREAM_WINDOW_BYTES};
 
@@ -123,6 +125,11 @@ pub async fn run(
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .add_service(AdminServer::new(AdminService::new(broker.clone())))
+        .add_service(
+            GroupsServer::new(GroupsService::new(broker.clone()))
+                .max_decoding_message_size(max)
+                .max_encoding_message_size(max),
+        )
         .add_service(
             LogServer::new(LogService::new(broker.clone()))
                 .max_decoding_message_size(max)

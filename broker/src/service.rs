@@ -4,6 +4,7 @@
 
 mod admin;
 mod fetch;
+mod groups;
 mod list_offsets;
 mod produce;
 pub(crate) mod raft;
@@ -13,6 +14,7 @@ use std::sync::Arc;
 use crate::broker::Broker;
 
 pub(crate) use admin::AdminService;
+pub(crate) use groups::GroupsService;
 
 /// The `Log` service: produce, fetch, list offsets.
 #[derive(Debug, Clone)]

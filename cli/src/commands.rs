@@ -4,6 +4,7 @@ pub(crate) mod bench;
 pub(crate) mod cluster;
 pub(crate) mod consume;
 pub(crate) mod dev;
+pub(crate) mod groups;
 pub(crate) mod produce;
 pub(crate) mod topics;
 

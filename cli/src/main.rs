@@ -59,6 +59,9 @@ enum Command {
     Produce(commands::produce::ProduceArgs),
     /// Read records and print them.
     Consume(commands::consume::ConsumeArgs),
+    /// Consumer groups: committed offsets and lag.
+    #[command(subcommand)]
+    Groups(commands::groups::GroupsCommand),
     /// Cluster health: brokers, controller leader, partitions.
     #[command(subcommand)]
     Cluster(commands::cluster::ClusterCommand),
@@ -113,6 +116,7 @@ fn main() {
             Command::Produce(args) => commands::produce::run(&ctx, args).await,
             Command::Consume(args) => commands::consume::run(&ctx, args).await,
             Command::Cluster(cmd) => commands::cluster::run(&ctx, cmd).await,
+            Command::Groups(cmd) => commands::groups::run(&ctx, cmd).await,
             Command::Dev(args) => commands::dev::run(&ctx, args).await,
             Command::Bench(cmd) => commands::bench::run(&ctx, cmd).await,
         }

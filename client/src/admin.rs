@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use sluice_proto::pb;
 
 use crate::cluster::{ClientConfig, Cluster};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::groups::GroupCalls;
 
 /// A change to a topic: config overrides to set and to remove, and the partition count to
 /// grow to (partitions are only ever added).
@@ -168,5 +169,72 @@ impl Admin {
 
     pub async fn metadata(&self) -> Result<pb::MetadataResponse> {
         self.cluster.refresh(&[]).await
+    }
+
+    /// Every consumer group of the cluster (each broker lists those it coordinates), by
+    /// name. Fails naming the brokers that did not answer, since their groups would be
+    /// missing.
+    pub async fn list_groups(&self) -> Result<Vec<pb::GroupSummary>> {
+        let meta = self.cluster.refresh(&[]).await?;
+        let timeout = self.cluster.config.request_timeout;
+        let calls = meta.brokers.iter().map(|b| {
+            let cluster = self.cluster.clone();
+            let address = b.address.clone();
+            async move {
+                let mut client = cluster.groups_client(&address)?;
+                match tokio::time::timeout(timeout, client.list_groups(pb::ListGroupsRequest {}))
+                    .await
+                {
+                    Ok(Ok(r)) => Ok(r.into_inner().groups),
+                    Ok(Err(s)) => Err(Error::from_status(&address, s)),
+                    Err(_) => Err(Error::Timeout {
+                        what: format!("listing the groups of the broker at {address}"),
+                        after: timeout,
+                        last: "no answer".into(),
+                    }),
+                }
+            }
+        });
+        let mut groups: BTreeMap<String, pb::GroupSummary> = BTreeMap::new();
+        for answer in futures::future::join_all(calls).await {
+            for g in answer? {
+                groups.entry(g.group.clone()).or_insert(g);
+            }
+        }
+        Ok(groups.into_values().collect())
+    }
+
+    /// A group's committed offsets with each partition's log end offset and lag, from its
+    /// coordinator. GROUP_ID_NOT_FOUND for a group with nothing committed.
+    pub async fn describe_group(&self, group: &str) -> Result<pb::DescribeGroupResponse> {
+        let calls = GroupCalls::new(self.cluster.clone(), group);
+        let req = pb::DescribeGroupRequest {
+            group: group.to_string(),
+        };
+        calls
+            .call("describing the group", |mut c| {
+                let req = req.clone();
+                async move { c.describe_group(req).await }
+            })
+            .await
+    }
+
+    /// The offsets `group` has committed, every partition.
+    pub async fn committed_offsets(&self, group: &str) -> Result<Vec<pb::CommittedOffset>> {
+        GroupCalls::new(self.cluster.clone(), group)
+            .committed(&[])
+            .await
+    }
+
+    /// Sets `group`'s committed offsets (the next offset to read of each partition), as a
+    /// consumer's commit does.
+    pub async fn commit_offsets(
+        &self,
+        group: &str,
+        offsets: &[(crate::TopicPartition, i64)],
+    ) -> Result<()> {
+        GroupCalls::new(self.cluster.clone(), group)
+            .commit(offsets)
+            .await
     }
 }

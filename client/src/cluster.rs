@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
-use sluice_proto::pb::{self, admin_client::AdminClient, log_client::LogClient};
+use sluice_proto::pb::{
+    self, admin_client::AdminClient, groups_client::GroupsClient, log_client::LogClient,
+};
 use sluice_proto::{ErrorCode, ErrorDetailExt};
 use tonic::transport::{Channel, Endpoint};
 
@@ -149,6 +151,31 @@ impl Cluster {
         Ok(AdminClient::new(self.channel(address)?)
             .max_decoding_message_size(max)
             .max_encoding_message_size(max))
+    }
+
+    pub fn groups_client(&self, address: &str) -> Result<GroupsClient<Channel>> {
+        let max = self.config.max_message_bytes;
+        Ok(GroupsClient::new(self.channel(address)?)
+            .max_decoding_message_size(max)
+            .max_encoding_message_size(max))
+    }
+
+    /// Every broker address this client knows, the one that answered last first: the
+    /// brokers the latest metadata named, then the bootstrap list.
+    pub fn known_brokers(&self) -> Vec<String> {
+        let cache = self.cache.read();
+        let mut out: Vec<String> = Vec::new();
+        for b in cache
+            .answered
+            .iter()
+            .chain(&cache.brokers)
+            .chain(&self.config.bootstrap)
+        {
+            if !out.contains(b) {
+                out.push(b.clone());
+            }
+        }
+        out
     }
 
     /// Runs an admin call against the first broker that answers: the one that answered

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use crate::TopicPartition;
 use crate::cluster::{ClientConfig, Cluster};
 use crate::error::{Error, Result};
+use crate::groups::GroupCalls;
 
 mod fetch;
 
@@ -66,6 +67,10 @@ pub struct ConsumerConfig {
     /// on fresh metadata. A `NOT_LEADER` answer naming the new leader is followed at once.
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
+    /// `group.id`: the consumer group whose committed offsets [`Consumer::commit_sync`]
+    /// writes and [`Consumer::assign_committed`] starts from. (Group membership and
+    /// assignment are not built yet: partitions are assigned by the application.)
+    pub group_id: Option<String>,
 }
 
 impl Default for ConsumerConfig {
@@ -78,6 +83,7 @@ impl Default for ConsumerConfig {
             auto_offset_reset: AutoOffsetReset::Latest,
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
+            group_id: None,
         }
     }
 }
@@ -195,12 +201,25 @@ pub struct Consumer {
     /// An error for the application, returned once the records before it are handed out.
     error: Option<Error>,
     events: VecDeque<PartitionEvent>,
+    /// The group's coordinator, with `group.id`.
+    group: Option<GroupCalls>,
 }
 
 impl Consumer {
     pub fn new(client: ClientConfig, config: ConsumerConfig) -> Result<Self> {
+        let cluster = Cluster::new(client)?;
+        let group = match config.group_id.as_deref() {
+            Some("") => {
+                return Err(Error::InvalidArgument(
+                    "group.id is empty: name the group, or leave it unset".into(),
+                ));
+            }
+            Some(g) => Some(GroupCalls::new(cluster.clone(), g)),
+            None => None,
+        };
         Ok(Consumer {
-            cluster: Cluster::new(client)?,
+            group,
+            cluster,
             config,
             assigned: BTreeMap::new(),
             buffered: VecDeque::new(),
@@ -257,6 +276,92 @@ impl Consumer {
             .map(|tp| (tp, Assigned::new(start.into(), self.config.retry_backoff)))
             .collect();
         self.resolve_positions().await
+    }
+
+    /// Like [`Consumer::assign`], each partition starting where its own `start` says.
+    pub async fn assign_each(&mut self, partitions: Vec<(TopicPartition, Offset)>) -> Result<()> {
+        self.inflight = JoinSet::new();
+        self.lookups = 0;
+        self.buffered.clear();
+        self.error = None;
+        self.assigned = partitions
+            .into_iter()
+            .map(|(tp, start)| (tp, Assigned::new(start.into(), self.config.retry_backoff)))
+            .collect();
+        self.resolve_positions().await
+    }
+
+    /// Assigns `partitions`, each starting at the group's committed offset; a partition
+    /// with none starts as `auto.offset.reset` says (`None`: an error naming every such
+    /// partition, assigning nothing). Needs `group.id`.
+    pub async fn assign_committed(&mut self, partitions: Vec<TopicPartition>) -> Result<()> {
+        let committed = self.committed(&partitions).await?;
+        let mut starts = Vec::new();
+        let mut missing = Vec::new();
+        for (tp, offset) in committed {
+            match (offset, self.config.auto_offset_reset) {
+                (Some(o), _) => starts.push((tp, Offset::At(o))),
+                (None, AutoOffsetReset::Earliest) => starts.push((tp, Offset::Earliest)),
+                (None, AutoOffsetReset::Latest) => starts.push((tp, Offset::Latest)),
+                (None, AutoOffsetReset::None) => missing.push(tp.to_string()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "group '{}' has no committed offset for {} and auto.offset.reset is none: commit offsets for them, or start from earliest or latest",
+                self.config.group_id.as_deref().unwrap_or_default(),
+                missing.join(", ")
+            )));
+        }
+        self.assign_each(starts).await
+    }
+
+    fn group_calls(&self) -> Result<&GroupCalls> {
+        self.group.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "this consumer has no group.id: set ConsumerConfig::group_id to commit offsets"
+                    .into(),
+            )
+        })
+    }
+
+    /// Commits `offsets` (the next offset to read of each partition) for the group.
+    /// Acknowledged once replicated like an acks=all write.
+    pub async fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        self.group_calls()?.commit(offsets).await
+    }
+
+    /// Commits the position of every assigned partition that has one: past every record
+    /// `poll` has returned (Kafka's `commitSync()`). Returns what it committed.
+    pub async fn commit_sync(&self) -> Result<Vec<(TopicPartition, i64)>> {
+        let offsets: Vec<(TopicPartition, i64)> = self
+            .assigned
+            .keys()
+            .filter_map(|tp| self.position(tp).map(|p| (tp.clone(), p)))
+            .collect();
+        if !offsets.is_empty() {
+            self.commit(&offsets).await?;
+        }
+        Ok(offsets)
+    }
+
+    /// The group's committed offset of each of `partitions` (`None`: nothing committed).
+    pub async fn committed(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, Option<i64>)>> {
+        let found = self.group_calls()?.committed(partitions).await?;
+        Ok(partitions
+            .iter()
+            .map(|tp| {
+                let offset = found
+                    .iter()
+                    .find(|c| c.topic == tp.topic && c.partition == tp.partition)
+                    .map(|c| c.offset)
+                    .filter(|o| *o >= 0);
+                (tp.clone(), offset)
+            })
+            .collect())
     }
 
     pub fn assignment(&self) -> Vec<TopicPartition> {

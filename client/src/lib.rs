@@ -18,6 +18,8 @@
 //!   `delivery` (futures and callbacks, answered once), `metrics`.
 //! - [`consumer`]: [`Consumer`], assign, seek, poll with prefetch; its child `fetch` makes the
 //!   requests (offset lookups, fetches per leader) and applies their answers.
+//! - `groups`: a consumer group's coordinator found and called, followed when it moves
+//!   (used by [`Admin`] and [`Consumer`]).
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
 //! - [`error`]: [`Error`], carrying the broker's error code.
 
@@ -25,6 +27,7 @@ pub mod admin;
 pub mod cluster;
 pub mod consumer;
 pub mod error;
+mod groups;
 pub mod partitioner;
 pub mod producer;
 

@@ -75,6 +75,12 @@ error_codes! {
     OutOfOrderSequenceNumber = "OUT_OF_ORDER_SEQUENCE_NUMBER", retriable = false, FailedPrecondition;
     InvalidProducerEpoch = "INVALID_PRODUCER_EPOCH", retriable = false, FailedPrecondition;
     ReassignmentInProgress = "REASSIGNMENT_IN_PROGRESS", retriable = false, FailedPrecondition;
+    CoordinatorNotAvailable = "COORDINATOR_NOT_AVAILABLE", retriable = true, Unavailable;
+    NotCoordinator = "NOT_COORDINATOR", retriable = true, FailedPrecondition;
+    CoordinatorLoadInProgress = "COORDINATOR_LOAD_IN_PROGRESS", retriable = true, Unavailable;
+    InvalidGroupId = "INVALID_GROUP_ID", retriable = false, InvalidArgument;
+    GroupIdNotFound = "GROUP_ID_NOT_FOUND", retriable = false, NotFound;
+    OffsetMetadataTooLarge = "OFFSET_METADATA_TOO_LARGE", retriable = false, InvalidArgument;
 }
 
 impl fmt::Display for ErrorCode {

@@ -367,6 +367,19 @@ impl Replica {
             .map(|l| l as i32)
     }
 
+    /// The term this replica leads in, if it leads.
+    pub(crate) fn leader_term(&self) -> Option<u64> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        (m.state == ServerState::Leader && m.current_leader == Some(self.node_id as u64))
+            .then_some(m.current_term)
+    }
+
+    /// The broker this replica is on.
+    pub(crate) fn node_id(&self) -> i32 {
+        self.node_id
+    }
+
     /// The preferred leader.
     pub(crate) fn preferred(&self) -> i32 {
         self.preferred.load(std::sync::atomic::Ordering::Relaxed)

@@ -11,6 +11,7 @@ use sluice_proto::pb::{self, admin_client::AdminClient, admin_server::Admin};
 use tonic::{Request, Response, Status};
 
 use crate::broker::Broker;
+use crate::coordinator::OFFSETS_TOPIC;
 use crate::error::Error;
 use crate::metadata::TopicRecord;
 
@@ -93,7 +94,7 @@ impl AdminService {
         out
     }
 
-    async fn describe(
+    pub(super) async fn describe(
         &self,
         record: &TopicRecord,
         local_only: bool,
@@ -172,6 +173,12 @@ impl Admin for AdminService {
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::CreateTopicResponse>, Status> {
         let req = request.into_inner();
+        if req.name == OFFSETS_TOPIC {
+            return Err(Error::InvalidTopic(format!(
+                "'{OFFSETS_TOPIC}' is Sluice's internal topic of consumer group offsets; it is created when a group is first used (size it with the brokers' --offsets-topic-partitions)"
+            ))
+            .into());
+        }
         let record = self
             .broker
             .create_topic(
@@ -194,6 +201,12 @@ impl Admin for AdminService {
         request: Request<pb::AlterTopicRequest>,
     ) -> Result<Response<pb::AlterTopicResponse>, Status> {
         let req = request.into_inner();
+        if req.name == OFFSETS_TOPIC && req.partitions > 0 {
+            return Err(Error::InvalidPartitions(format!(
+                "'{OFFSETS_TOPIC}' keeps its partition count: each group lives in partition hash(group) % count, so a new count would lose every group's offsets"
+            ))
+            .into());
+        }
         let change = crate::broker::TopicChange {
             set: req.set_config.into_iter().collect(),
             delete: req.delete_config,
@@ -239,7 +252,14 @@ impl Admin for AdminService {
         &self,
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
-        self.broker.delete_topic(&request.into_inner().name).await?;
+        let name = request.into_inner().name;
+        if name == OFFSETS_TOPIC {
+            return Err(Error::InvalidTopic(format!(
+                "'{OFFSETS_TOPIC}' holds every consumer group's committed offsets and cannot be deleted; delete groups instead"
+            ))
+            .into());
+        }
+        self.broker.delete_topic(&name).await?;
         Ok(Response::new(pb::DeleteTopicResponse {}))
     }
 

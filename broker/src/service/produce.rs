@@ -7,6 +7,7 @@ use std::time::Duration;
 use sluice_proto::{acks, pb};
 
 use crate::broker::Broker;
+use crate::coordinator::OFFSETS_TOPIC;
 use crate::error::{Error, Result};
 
 /// Used when the request names no timeout.
@@ -19,6 +20,11 @@ pub(super) async fn handle(
 ) -> Result<pb::ProduceResponse> {
     if ![acks::NONE, acks::LEADER, acks::ALL].contains(&req.acks) {
         return Err(Error::InvalidAcks(req.acks));
+    }
+    if req.topic == OFFSETS_TOPIC {
+        return Err(Error::InvalidTopic(format!(
+            "'{OFFSETS_TOPIC}' is written by group coordinators only: commit offsets through a consumer group (sluice_client::Consumer::commit)"
+        )));
     }
     if broker.shutdown.is_cancelled() {
         return Err(Error::ShuttingDown);

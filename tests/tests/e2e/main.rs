@@ -7,6 +7,7 @@ mod cluster;
 mod consumer;
 mod durability;
 mod errors;
+mod groups;
 mod idempotence;
 mod produce_consume;
 mod replication;

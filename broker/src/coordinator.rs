@@ -1,0 +1,302 @@
+//! The group coordinator: committed offsets of consumer groups, kept as records in the
+//! internal topic `__consumer_offsets` (Kafka's design). A group belongs to partition
+//! `hash(group) % N` of that topic (Java's `String.hashCode`, as Kafka computes it), and the
+//! leader of that partition is the group's coordinator: it materialises the partition's
+//! records in memory ([`state::ShardState`]), loading them when it becomes leader, and writes
+//! every commit as one batch through the partition's Raft group with `acks=all`, so an
+//! acknowledged commit survives the loss of any single broker and the next leader of the
+//! partition takes the groups over with their offsets.
+//!
+//! The core knows nothing of gRPC: it takes the partition's [`Replica`] and plain values,
+//! so Kafka's own group APIs can sit on it too. Membership and assignment come next (see
+//! docs/DESIGN.md, consumer groups).
+//!
+//! - `state`: the materialised offsets, applied by log offset.
+//! - `records`: their form in the log.
+
+mod records;
+mod state;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use sluice_proto::acks;
+
+use crate::error::{Error, Result};
+use crate::replica::group::Replica;
+use state::ShardState;
+pub(crate) use state::{Committed, TopicPartition};
+
+/// The internal topic of committed offsets.
+pub(crate) const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// How much of the offsets partition one read during a load brings.
+const LOAD_READ_BYTES: usize = 4 << 20;
+
+/// The `__consumer_offsets` partition of `group` among `partitions`: Kafka's
+/// `Utils.abs(groupId.hashCode()) % partitions`, so a group lands where Kafka puts it.
+pub(crate) fn partition_for(group: &str, partitions: i32) -> i32 {
+    let hash = group
+        .encode_utf16()
+        .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32));
+    (hash & 0x7fff_ffff) % partitions.max(1)
+}
+
+/// Limits of the coordinator.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CoordinatorConfig {
+    pub offset_metadata_max_bytes: usize,
+    /// How long a new leader of an offsets partition waits for its log to be committed
+    /// before it answers COORDINATOR_LOAD_IN_PROGRESS.
+    pub load_timeout: Duration,
+    /// Largest decompressed batch read back while loading.
+    pub max_batch_bytes: usize,
+}
+
+/// One offsets partition as this broker leads it in one term.
+#[derive(Debug)]
+struct Shard {
+    term: u64,
+    loaded: tokio::sync::OnceCell<()>,
+    state: Mutex<ShardState>,
+}
+
+/// The groups of the offsets partitions this broker leads.
+#[derive(Debug)]
+pub(crate) struct Coordinator {
+    config: CoordinatorConfig,
+    shards: Mutex<HashMap<i32, Arc<Shard>>>,
+}
+
+/// A group name's checks (Kafka: non-empty).
+pub(crate) fn validate_group(group: &str) -> Result<()> {
+    if group.is_empty() {
+        return Err(Error::InvalidGroupId(
+            "the group name is empty: name the group (e.g. --group billing)".into(),
+        ));
+    }
+    if group.len() > 255 || group.chars().any(char::is_control) {
+        return Err(Error::InvalidGroupId(format!(
+            "group '{}' is not a valid name: at most 255 bytes, no control characters",
+            group.escape_debug()
+        )));
+    }
+    Ok(())
+}
+
+impl Coordinator {
+    pub(crate) fn new(config: CoordinatorConfig) -> Self {
+        Coordinator {
+            config,
+            shards: Mutex::default(),
+        }
+    }
+
+    /// The loaded state of the offsets partition `replica` leads, for `group`'s errors.
+    async fn shard(&self, group: &str, replica: &Arc<Replica>) -> Result<Arc<Shard>> {
+        let not_coordinator = || Error::NotCoordinator {
+            group: group.to_string(),
+            partition: replica.id,
+            node: replica.node_id(),
+            leader: replica.leader().filter(|l| *l != replica.node_id()),
+        };
+        let term = replica.leader_term().ok_or_else(not_coordinator)?;
+        let shard = {
+            let mut shards = self.shards.lock();
+            match shards.get(&replica.id) {
+                Some(s) if s.term == term => s.clone(),
+                _ => {
+                    let s = Arc::new(Shard {
+                        term,
+                        loaded: tokio::sync::OnceCell::new(),
+                        state: Mutex::default(),
+                    });
+                    shards.insert(replica.id, s.clone());
+                    s
+                }
+            }
+        };
+        shard
+            .loaded
+            .get_or_try_init(|| self.load(group, replica, &shard))
+            .await?;
+        if replica.leader_term() != Some(term) {
+            return Err(not_coordinator());
+        }
+        Ok(shard)
+    }
+
+    /// Reads the whole offsets partition into `shard`, once everything in the leader's log
+    /// is committed (a new leader commits its predecessors' entries with its first one).
+    async fn load(&self, group: &str, replica: &Arc<Replica>, shard: &Shard) -> Result<()> {
+        let started = std::time::Instant::now();
+        let end = replica.offsets().log_end;
+        let mut hw = replica.subscribe_high_watermark();
+        let committed = tokio::time::timeout(self.config.load_timeout, async {
+            while *hw.borrow_and_update() < end {
+                if hw.changed().await.is_err() {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        if committed != Ok(true) {
+            return Err(Error::CoordinatorLoading {
+                group: group.to_string(),
+                partition: replica.id,
+            });
+        }
+        let mut at = replica.offsets().log_start;
+        let mut state = ShardState::default();
+        let mut skipped = 0;
+        while at < end {
+            let r = replica.clone();
+            let bytes = tokio::task::spawn_blocking(move || r.read(at, LOAD_READ_BYTES))
+                .await
+                .map_err(|e| Error::Internal(format!("loading offsets: {e}")))??;
+            if bytes.is_empty() {
+                break;
+            }
+            let (next, s) = records::apply_batches(&mut state, bytes, self.config.max_batch_bytes)
+                .map_err(|e| {
+                    Error::Internal(format!(
+                        "{OFFSETS_TOPIC}-{}: a batch at or after offset {at} cannot be read: {e}",
+                        replica.id
+                    ))
+                })?;
+            skipped += s;
+            match next {
+                Some(n) if n > at => at = n,
+                _ => break,
+            }
+        }
+        let groups = state.groups().count();
+        *shard.state.lock() = state;
+        tracing::info!(
+            partition = replica.id,
+            groups,
+            records_skipped = skipped,
+            up_to = at,
+            took_ms = started.elapsed().as_millis() as u64,
+            "loaded group offsets"
+        );
+        Ok(())
+    }
+
+    /// Commits `offsets` for `group`: one batch through the offsets partition with
+    /// acks=all; the group's state changes only once it is acknowledged.
+    pub(crate) async fn commit(
+        &self,
+        replica: &Arc<Replica>,
+        cluster: &crate::controller::ClusterState,
+        group: &str,
+        offsets: Vec<(TopicPartition, Committed)>,
+        timeout: Duration,
+    ) -> Result<()> {
+        validate_group(group)?;
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        for ((topic, partition), c) in &offsets {
+            if c.metadata.len() > self.config.offset_metadata_max_bytes {
+                return Err(Error::OffsetMetadataTooLarge(format!(
+                    "group '{group}', {topic}-{partition}: the offset's metadata is {} bytes, more than offset.metadata.max.bytes ({}); nothing was committed",
+                    c.metadata.len(),
+                    self.config.offset_metadata_max_bytes
+                )));
+            }
+            if c.offset < 0 {
+                return Err(Error::InvalidRequest(format!(
+                    "group '{group}', {topic}-{partition}: offset {} is negative; commit the next offset to read (0 or more); nothing was committed",
+                    c.offset
+                )));
+            }
+        }
+        let shard = self.shard(group, replica).await?;
+        let batch = records::commit_batch(group, &offsets);
+        let (base, _) = replica
+            .produce(cluster, batch, acks::ALL, timeout)
+            .await
+            .map_err(|e| match e {
+                Error::NotLeader { leader, .. } => Error::NotCoordinator {
+                    group: group.to_string(),
+                    partition: replica.id,
+                    node: replica.node_id(),
+                    leader: Some(leader),
+                },
+                Error::LeaderNotAvailable { .. } => Error::NotCoordinator {
+                    group: group.to_string(),
+                    partition: replica.id,
+                    node: replica.node_id(),
+                    leader: None,
+                },
+                other => other,
+            })?;
+        let mut state = shard.state.lock();
+        for (i, (tp, c)) in offsets.into_iter().enumerate() {
+            state.apply(group, tp, Some(c), base + i as i64);
+        }
+        Ok(())
+    }
+
+    /// The offsets `group` has committed: of `wanted`, or all of them.
+    pub(crate) async fn fetch(
+        &self,
+        replica: &Arc<Replica>,
+        group: &str,
+        wanted: Option<&[TopicPartition]>,
+    ) -> Result<Vec<(TopicPartition, Committed)>> {
+        validate_group(group)?;
+        let shard = self.shard(group, replica).await?;
+        let offsets = shard.state.lock().offsets(group, wanted);
+        Ok(offsets)
+    }
+
+    /// Every group of the offsets partition `replica` leads, with its offsets.
+    pub(crate) async fn groups(
+        &self,
+        replica: &Arc<Replica>,
+    ) -> Result<Vec<(String, Vec<(TopicPartition, Committed)>)>> {
+        let shard = self.shard("", replica).await?;
+        let state = shard.state.lock();
+        Ok(state
+            .groups()
+            .map(|g| (g.to_string(), state.offsets(g, None)))
+            .collect())
+    }
+
+    /// Whether `group` has anything here (after loading).
+    pub(crate) async fn knows(&self, replica: &Arc<Replica>, group: &str) -> Result<bool> {
+        let shard = self.shard(group, replica).await?;
+        let known = shard.state.lock().has_group(group);
+        Ok(known)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_land_where_kafka_puts_them() {
+        // Java: Math.abs("my-group".hashCode()) % 50, with Kafka's Utils.abs.
+        assert_eq!("my-group".encode_utf16().count(), 8);
+        let java_hash = |s: &str| {
+            s.encode_utf16()
+                .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(c as i32))
+        };
+        assert_eq!(java_hash("a"), 97);
+        assert_eq!(java_hash("ab"), 97 * 31 + 98);
+        // "polygenelubricants".hashCode() is Integer.MIN_VALUE in Java.
+        assert_eq!(java_hash("polygenelubricants"), i32::MIN);
+        assert_eq!(partition_for("polygenelubricants", 50), 0);
+        for g in ["a", "billing", "my-group", "x"] {
+            let p = partition_for(g, 50);
+            assert!((0..50).contains(&p));
+            assert_eq!(p, (java_hash(g) & 0x7fff_ffff) % 50);
+        }
+    }
+}
