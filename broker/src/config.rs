@@ -22,6 +22,7 @@ pub const DEFAULT_MAX_PARTITIONS_PER_TOPIC: i32 = 10_000;
 pub const DEFAULT_OFFSETS_TOPIC_PARTITIONS: i32 = 50;
 pub const DEFAULT_OFFSETS_TOPIC_REPLICATION_FACTOR: i32 = 3;
 pub const DEFAULT_OFFSET_METADATA_MAX_BYTES: usize = 4096;
+pub const DEFAULT_OFFSETS_TOPIC_SEGMENT_BYTES: i64 = 100 * 1024 * 1024;
 pub const DEFAULT_METADATA_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_RAFT_TAIL_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
@@ -131,6 +132,9 @@ pub struct Config {
     pub offsets_topic_replication_factor: i32,
     /// Longest metadata string a committed offset may carry (`offset.metadata.max.bytes`).
     pub offset_metadata_max_bytes: usize,
+    /// `segment.bytes` of `__consumer_offsets` (`offsets.topic.segment.bytes`): old commits
+    /// are deleted a whole segment at a time, so smaller segments free space sooner.
+    pub offsets_topic_segment_bytes: i64,
 }
 
 impl Config {
@@ -180,6 +184,7 @@ impl Default for Config {
             offsets_topic_partitions: DEFAULT_OFFSETS_TOPIC_PARTITIONS,
             offsets_topic_replication_factor: DEFAULT_OFFSETS_TOPIC_REPLICATION_FACTOR,
             offset_metadata_max_bytes: DEFAULT_OFFSET_METADATA_MAX_BYTES,
+            offsets_topic_segment_bytes: DEFAULT_OFFSETS_TOPIC_SEGMENT_BYTES,
         }
     }
 }
@@ -293,6 +298,7 @@ struct ConfigFile {
     offsets_topic_partitions: Option<i32>,
     offsets_topic_replication_factor: Option<i32>,
     offset_metadata_max_bytes: Option<usize>,
+    offsets_topic_segment_bytes: Option<i64>,
 }
 
 /// `sluice-broker` flags. Each also reads `SLUICE_<NAME>` and the `--config` YAML file
@@ -399,6 +405,10 @@ pub struct Args {
     /// Longest metadata string a committed offset may carry, in bytes [default: 4096]
     #[arg(long, env = "SLUICE_OFFSET_METADATA_MAX_BYTES")]
     pub offset_metadata_max_bytes: Option<usize>,
+    /// segment.bytes of __consumer_offsets, when it is created: old commits are deleted a
+    /// segment at a time [default: 104857600]
+    #[arg(long, env = "SLUICE_OFFSETS_TOPIC_SEGMENT_BYTES")]
+    pub offsets_topic_segment_bytes: Option<i64>,
 }
 
 fn parse_dur(key: &str, s: &str) -> Result<Duration, String> {
@@ -533,6 +543,10 @@ impl Args {
                 .offset_metadata_max_bytes
                 .or(file.offset_metadata_max_bytes)
                 .unwrap_or(d.offset_metadata_max_bytes),
+            offsets_topic_segment_bytes: self
+                .offsets_topic_segment_bytes
+                .or(file.offsets_topic_segment_bytes)
+                .unwrap_or(d.offsets_topic_segment_bytes),
         };
         config.validate()?;
         Ok(config)
@@ -561,6 +575,7 @@ mod tests {
             format!("[default: {}]", d.offsets_topic_partitions),
             format!("[default: {}]", d.offsets_topic_replication_factor),
             format!("[default: {}]", d.offset_metadata_max_bytes),
+            format!("[default: {}]", d.offsets_topic_segment_bytes),
             format!("[default: {}]", d.metadata_cache_bytes),
             format!("[default: {}]", d.raft_tail_cache_bytes),
             format!("[default: {DEFAULT_SHUTDOWN_TIMEOUT}]"),

@@ -35,6 +35,13 @@ pub(crate) const OFFSETS_TOPIC: &str = "__consumer_offsets";
 /// How much of the offsets partition one read during a load brings.
 const LOAD_READ_BYTES: usize = 4 << 20;
 
+/// A partition's offsets are rewritten (and the records before deleted) once this many
+/// records were written since the last rewrite, or twice the offsets held if more.
+const REWRITE_MIN_RECORDS: usize = 10_000;
+
+/// Largest batch of a rewrite (below the topic's default max.message.bytes).
+const REWRITE_BATCH_BYTES: usize = 512 * 1024;
+
 /// The `__consumer_offsets` partition of `group` among `partitions`: Kafka's
 /// `Utils.abs(groupId.hashCode()) % partitions`, so a group lands where Kafka puts it.
 pub(crate) fn partition_for(group: &str, partitions: i32) -> i32 {
@@ -61,6 +68,12 @@ struct Shard {
     term: u64,
     loaded: tokio::sync::OnceCell<()>,
     state: Mutex<ShardState>,
+    /// Commits hold it shared from their write until their state is applied; a rewrite
+    /// holds it alone, so it copies a state no commit is changing.
+    writes: tokio::sync::RwLock<()>,
+    /// Records in the log since the last rewrite (since the log start after a load).
+    since_rewrite: std::sync::atomic::AtomicUsize,
+    rewriting: std::sync::atomic::AtomicBool,
 }
 
 /// The groups of the offsets partitions this broker leads.
@@ -112,6 +125,9 @@ impl Coordinator {
                         term,
                         loaded: tokio::sync::OnceCell::new(),
                         state: Mutex::default(),
+                        writes: tokio::sync::RwLock::new(()),
+                        since_rewrite: Default::default(),
+                        rewriting: Default::default(),
                     });
                     shards.insert(replica.id, s.clone());
                     s
@@ -151,7 +167,7 @@ impl Coordinator {
         }
         let mut at = replica.offsets().log_start;
         let mut state = ShardState::default();
-        let mut skipped = 0;
+        let (mut skipped, mut records) = (0, 0);
         while at < end {
             let r = replica.clone();
             let bytes = tokio::task::spawn_blocking(move || r.read(at, LOAD_READ_BYTES))
@@ -160,24 +176,29 @@ impl Coordinator {
             if bytes.is_empty() {
                 break;
             }
-            let (next, s) = records::apply_batches(&mut state, bytes, self.config.max_batch_bytes)
+            let applied = records::apply_batches(&mut state, bytes, self.config.max_batch_bytes)
                 .map_err(|e| {
                     Error::Internal(format!(
                         "{OFFSETS_TOPIC}-{}: a batch at or after offset {at} cannot be read: {e}",
                         replica.id
                     ))
                 })?;
-            skipped += s;
-            match next {
+            skipped += applied.skipped;
+            records += applied.records;
+            match applied.next {
                 Some(n) if n > at => at = n,
                 _ => break,
             }
         }
         let groups = state.groups().count();
         *shard.state.lock() = state;
+        shard
+            .since_rewrite
+            .store(records, std::sync::atomic::Ordering::Relaxed);
         tracing::info!(
             partition = replica.id,
             groups,
+            records,
             records_skipped = skipped,
             up_to = at,
             took_ms = started.elapsed().as_millis() as u64,
@@ -217,6 +238,7 @@ impl Coordinator {
         }
         let shard = self.shard(group, replica).await?;
         let batch = records::commit_batch(group, &offsets);
+        let writing = shard.writes.read().await;
         let (base, _) = replica
             .produce(cluster, batch, acks::ALL, timeout)
             .await
@@ -235,11 +257,99 @@ impl Coordinator {
                 },
                 other => other,
             })?;
-        let mut state = shard.state.lock();
-        for (i, (tp, c)) in offsets.into_iter().enumerate() {
-            state.apply(group, tp, Some(c), base + i as i64);
+        let written = offsets.len();
+        {
+            let mut state = shard.state.lock();
+            for (i, (tp, c)) in offsets.into_iter().enumerate() {
+                state.apply(group, tp, Some(c), base + i as i64);
+            }
         }
+        drop(writing);
+        shard
+            .since_rewrite
+            .fetch_add(written, std::sync::atomic::Ordering::Relaxed);
+        self.rewrite_if_due(replica, cluster, &shard, timeout).await;
         Ok(())
+    }
+
+    /// Bounds the offsets partition: once enough was written since the last rewrite, every
+    /// offset held is written again (the same values, later in the log) and every replica
+    /// is told it may delete the records before the first of them (whole segments, at
+    /// their next retention pass): nothing before holds a latest value. A rewrite that
+    /// fails part way deletes nothing and is tried again after the next commit.
+    async fn rewrite_if_due(
+        &self,
+        replica: &Arc<Replica>,
+        cluster: &crate::controller::ClusterState,
+        shard: &Shard,
+        timeout: Duration,
+    ) {
+        use std::sync::atomic::Ordering;
+        let due = |shard: &Shard| {
+            let held = shard.state.lock().len();
+            shard.since_rewrite.load(Ordering::Relaxed) >= REWRITE_MIN_RECORDS.max(2 * held)
+        };
+        if !due(shard) || shard.rewriting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let alone = shard.writes.write().await;
+        if due(shard) {
+            let started = std::time::Instant::now();
+            match self.rewrite(replica, cluster, shard, timeout).await {
+                Ok((held, floor)) => {
+                    shard.since_rewrite.store(0, Ordering::Relaxed);
+                    tracing::debug!(
+                        partition = replica.id,
+                        offsets = held,
+                        delete_before = floor,
+                        took_ms = started.elapsed().as_millis() as u64,
+                        "rewrote group offsets"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(partition = replica.id, cause = %e, "rewriting group offsets to bound {OFFSETS_TOPIC} failed; trying again after the next commit");
+                }
+            }
+        }
+        drop(alone);
+        shard.rewriting.store(false, Ordering::Release);
+    }
+
+    /// Writes every offset `shard` holds again, then deletes what precedes them. Returns
+    /// how many offsets and the offset records were deleted before.
+    async fn rewrite(
+        &self,
+        replica: &Arc<Replica>,
+        cluster: &crate::controller::ClusterState,
+        shard: &Shard,
+        timeout: Duration,
+    ) -> Result<(usize, i64)> {
+        let entries = shard.state.lock().entries();
+        let mut floor = None;
+        let mut chunk: Vec<&(String, TopicPartition, Committed)> = Vec::new();
+        let mut bytes = 0;
+        for (i, e) in entries.iter().enumerate() {
+            chunk.push(e);
+            bytes += e.0.len() + e.1.0.len() + e.2.metadata.len() + 96;
+            if bytes < REWRITE_BATCH_BYTES && i + 1 < entries.len() {
+                continue;
+            }
+            let batch = records::offsets_batch(chunk.iter().map(|(g, tp, c)| (g.as_str(), tp, c)));
+            let (base, _) = replica.produce(cluster, batch, acks::ALL, timeout).await?;
+            {
+                let mut state = shard.state.lock();
+                for (j, (g, tp, c)) in chunk.drain(..).enumerate() {
+                    state.apply(g, tp.clone(), Some(c.clone()), base + j as i64);
+                }
+            }
+            floor.get_or_insert(base);
+            bytes = 0;
+        }
+        let floor = floor.unwrap_or_else(|| replica.offsets().log_end);
+        replica
+            .delete_records_before(cluster, floor, timeout)
+            .await?;
+        Ok((entries.len(), floor))
     }
 
     /// The offsets `group` has committed: of `wanted`, or all of them.

@@ -439,6 +439,11 @@ pub(crate) fn validate_batch(
         | BatchError::BadLength(_) => wrap_corrupt(e),
         other => wrap_invalid(other),
     })?;
+    if header.is_control() {
+        return Err(wrap_invalid(BatchError::Malformed(
+            "a control batch (attributes bit 5) is written by brokers only; clear the bit".into(),
+        )));
+    }
     batch::validate_records(&batch).map_err(wrap_invalid)?;
     if let CompressionType::Codec(codec) = config.compression_type
         && header.compression().map_err(wrap_invalid)? != codec

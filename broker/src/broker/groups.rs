@@ -23,8 +23,9 @@ pub(crate) struct LocalGroup {
 impl Broker {
     /// The `__consumer_offsets` topic, created if it does not exist yet: its configured
     /// partitions, its replication factor or the live broker count if fewer,
-    /// `min.insync.replicas` 2 where it has two replicas or more, kept forever (commits are
-    /// the latest state, not a stream that ages).
+    /// `min.insync.replicas` 2 where it has two replicas or more, no time or size retention
+    /// (the coordinator deletes what its rewrites make obsolete, see [`Coordinator`]), its
+    /// configured segment size.
     pub(crate) async fn offsets_topic(self: &Arc<Self>) -> Result<TopicRecord> {
         if let Ok(r) = self.topic_record(OFFSETS_TOPIC) {
             return Ok(r);
@@ -47,6 +48,10 @@ impl Broker {
                 if rf >= 2 { "2" } else { "1" }.to_string(),
             ),
             ("retention.ms".to_string(), "-1".to_string()),
+            (
+                "segment.bytes".to_string(),
+                self.config.offsets_topic_segment_bytes.to_string(),
+            ),
         ]);
         let partitions = self.config.offsets_topic_partitions;
         match self

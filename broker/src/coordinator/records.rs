@@ -35,8 +35,15 @@ struct OffsetValue {
 /// One batch holding a commit of `offsets` for `group` (a commit is all or nothing: one
 /// batch is one Raft entry).
 pub(crate) fn commit_batch(group: &str, offsets: &[(TopicPartition, Committed)]) -> Bytes {
+    offsets_batch(offsets.iter().map(|(tp, c)| (group, tp, c)))
+}
+
+/// One batch of committed offsets of any groups.
+pub(crate) fn offsets_batch<'a>(
+    offsets: impl IntoIterator<Item = (&'a str, &'a TopicPartition, &'a Committed)>,
+) -> Bytes {
     let mut b = RecordBatchBuilder::new(Compression::None);
-    for ((topic, partition), c) in offsets {
+    for (group, (topic, partition), c) in offsets {
         let key = Key::Offset {
             group: group.to_string(),
             topic: topic.clone(),
@@ -57,16 +64,25 @@ pub(crate) fn commit_batch(group: &str, offsets: &[(TopicPartition, Committed)])
     b.build()
 }
 
+/// What [`apply_batches`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Applied {
+    /// The offset after the last batch.
+    pub next: Option<i64>,
+    pub records: usize,
+    /// Records of a type or a form this version does not know.
+    pub skipped: usize,
+}
+
 /// Applies every record of `batches` (whole batches, as read from the log) to `state`.
-/// Returns the offset after the last batch, and how many records were skipped (a type or
-/// a form this version does not know).
 pub(crate) fn apply_batches(
     state: &mut ShardState,
     batches: Bytes,
     max_decompressed: usize,
-) -> Result<(Option<i64>, usize), String> {
+) -> Result<Applied, String> {
     let mut next = None;
     let mut skipped = 0;
+    let mut applied = 0;
     for whole in batch::split_batches(batches) {
         let whole = whole.map_err(|e| e.to_string())?;
         let (header, records) =
@@ -76,6 +92,7 @@ pub(crate) fn apply_batches(
             continue;
         }
         for r in records {
+            applied += 1;
             let Some(key) = r.key.as_deref() else {
                 skipped += 1;
                 continue;
@@ -104,7 +121,11 @@ pub(crate) fn apply_batches(
             }
         }
     }
-    Ok((next, skipped))
+    Ok(Applied {
+        next,
+        records: applied,
+        skipped,
+    })
 }
 
 #[cfg(test)]
@@ -134,8 +155,15 @@ mod tests {
         let mut bytes = bytes::BytesMut::from(&commit_batch("billing", &offsets)[..]);
         batch::set_base_offset_and_epoch(&mut bytes, 100, 1);
         let mut state = ShardState::default();
-        let (next, skipped) = apply_batches(&mut state, bytes.freeze(), 1 << 20).unwrap();
-        assert_eq!((next, skipped), (Some(102), 0));
+        let applied = apply_batches(&mut state, bytes.freeze(), 1 << 20).unwrap();
+        assert_eq!(
+            applied,
+            Applied {
+                next: Some(102),
+                records: 2,
+                skipped: 0
+            }
+        );
         assert_eq!(state.offsets("billing", None), offsets);
     }
 }

@@ -81,6 +81,23 @@ impl ShardState {
     pub(crate) fn has_group(&self, group: &str) -> bool {
         self.groups.contains_key(group)
     }
+
+    /// How many committed offsets are held, all groups together.
+    pub(crate) fn len(&self) -> usize {
+        self.groups.values().map(BTreeMap::len).sum()
+    }
+
+    /// Every committed offset, by group.
+    pub(crate) fn entries(&self) -> Vec<(String, TopicPartition, Committed)> {
+        self.groups
+            .iter()
+            .flat_map(|(g, offsets)| {
+                offsets
+                    .iter()
+                    .map(move |(tp, (c, _))| (g.clone(), tp.clone(), c.clone()))
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]

@@ -652,8 +652,17 @@ impl Replica {
         let hw = self.high_watermark();
         let config = self.config.get();
         let (ms, bytes) = (config.retention_ms, config.retention_bytes);
+        let floor = self.state.delete_before();
         let upto = tokio::task::spawn_blocking(move || {
-            let cut = crate::storage::retention_cut(&log.segments(), ms, bytes, now_ms)?;
+            let segments = log.segments();
+            // Whole segments only, the active one never: below the retention cut, or wholly
+            // below the offset records were deleted before.
+            let deleted = segments
+                .iter()
+                .filter(|s| !s.active && s.next_offset <= floor)
+                .map(|s| s.next_offset)
+                .max();
+            let cut = crate::storage::retention_cut(&segments, ms, bytes, now_ms).max(deleted)?;
             log.last_index_below(cut.min(hw))
         })
         .await

@@ -45,6 +45,10 @@ struct Applied {
     membership: StoredMembership<NodeId, BasicNode>,
     /// The offset after the last applied record batch: the high watermark.
     high_watermark: i64,
+    /// Records below this offset may be deleted on every replica (Kafka's DeleteRecords,
+    /// written as a control batch; see [`super::types::DELETE_BEFORE_KEY`]).
+    #[serde(default)]
+    delete_before: i64,
 }
 
 /// What `raft-applied.json` and snapshots hold beside [`Applied`].
@@ -147,6 +151,11 @@ impl ReplicaState {
         self.snapshot_upto.clone()
     }
 
+    /// Records below this offset may be deleted (see [`Applied::delete_before`]).
+    pub(crate) fn delete_before(&self) -> i64 {
+        self.applied.lock().delete_before
+    }
+
     /// The producers of the applied batches.
     pub(crate) fn producers(&self) -> Arc<parking_lot::Mutex<ProducerStates>> {
         self.producers.clone()
@@ -175,6 +184,16 @@ impl ReplicaState {
             .await
             .map_err(sm_err)?
     }
+}
+
+/// The offset a delete-before control batch names, if `batch` is one.
+fn delete_before(batch: &bytes::Bytes) -> Option<i64> {
+    let (_, records) = sluice_proto::batch::decode(batch, 1 << 16).ok()?;
+    let r = records.first()?;
+    if r.key.as_deref() != Some(super::types::DELETE_BEFORE_KEY) {
+        return None;
+    }
+    std::str::from_utf8(&r.value).ok()?.parse().ok()
 }
 
 impl RaftSnapshotBuilder<PartitionRaft> for ReplicaState {
@@ -245,6 +264,11 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
                     EntryPayload::Normal(batch) => {
                         let h = BatchHeader::parse(&batch.0).map_err(sm_err)?;
                         applied.high_watermark = applied.high_watermark.max(h.next_offset());
+                        if h.is_control()
+                            && let Some(offset) = delete_before(&batch.0)
+                        {
+                            applied.delete_before = applied.delete_before.max(offset);
+                        }
                         self.producers
                             .lock()
                             .record_header(&h, crate::clock::now_ms());
@@ -297,6 +321,7 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
             last: meta.last_log_id,
             membership: meta.last_membership.clone(),
             high_watermark: hw,
+            delete_before: loaded.applied.delete_before,
         };
         self.producers.lock().replace_producers(loaded.producers);
         if let (Some(log), Some(last), Some(next_offset)) =

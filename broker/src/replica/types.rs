@@ -10,6 +10,10 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+/// Key of the control batch that lets every replica delete its records below an offset
+/// (Kafka's DeleteRecords), its value the offset in decimal. Written by brokers only.
+pub(crate) const DELETE_BEFORE_KEY: &[u8] = b"sluice:delete-before";
+
 openraft::declare_raft_types!(
     /// One Raft group per partition; one entry is one record batch.
     pub(crate) PartitionRaft:

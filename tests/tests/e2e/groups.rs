@@ -264,3 +264,75 @@ async fn group_calls_refuse_what_cannot_be_done() {
     assert_eq!(consumer.position(&TopicPartition::new("t", 0)), Some(0));
     let _ = Offset::Earliest;
 }
+
+/// The offsets topic does not grow with the number of commits: a coordinator writes the
+/// offsets it holds again every so often and every replica deletes the records before; after
+/// 12,000 commits (48,000 offset records) the partition holds far less than was written, and
+/// a restarted broker loads the latest offsets from what is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_offsets_topic_stays_bounded_under_many_commits() {
+    let (_tmp, dir) = sluice_tests::data_dir();
+    let mut broker = sluice_tests::Broker::start(
+        &dir,
+        &[
+            "--offsets-topic-partitions",
+            "1",
+            "--offsets-topic-segment-bytes",
+            "65536",
+            "--retention-check-interval",
+            "200ms",
+        ],
+    );
+    broker.create_topic(NewTopic::new("t", 4, 1)).await;
+    let (groups, commits) = (8, 1500);
+    let tasks: Vec<_> = (0..groups)
+        .map(|g| {
+            let admin = broker.admin();
+            tokio::spawn(async move {
+                for i in 0..commits {
+                    let offsets: Vec<_> =
+                        (0..4).map(|p| (TopicPartition::new("t", p), i)).collect();
+                    admin
+                        .commit_offsets(&format!("g{g}"), &offsets)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let admin = broker.admin();
+    let written_at_least = 48_000 * 100;
+    let p = eventually(
+        "old commits deleted from __consumer_offsets",
+        Duration::from_secs(30),
+        || async {
+            let d = admin.describe_topic("__consumer_offsets").await.ok()?;
+            let p = d.partitions.into_iter().next()?;
+            (p.log_start_offset > 0 && p.size_bytes < written_at_least / 2).then_some(p)
+        },
+    )
+    .await;
+    assert!(p.log_end_offset >= 48_000, "{p:?}");
+
+    assert!(broker.terminate().success());
+    broker.restart();
+    let admin = broker.admin();
+    for g in 0..groups {
+        let d = eventually(
+            "the group after a restart",
+            Duration::from_secs(20),
+            || async { admin.describe_group(&format!("g{g}")).await.ok() },
+        )
+        .await;
+        assert_eq!(d.partitions.len(), 4);
+        assert!(
+            d.partitions
+                .iter()
+                .all(|p| p.committed_offset == commits - 1),
+            "{d:?}"
+        );
+    }
+}

@@ -105,6 +105,27 @@ impl Replica {
         Ok((at.base_offset, at.last_offset))
     }
 
+    /// Kafka's DeleteRecords: commits a control batch saying that every replica may delete
+    /// its records below `offset` (each does, whole segments at a time, at its next
+    /// retention pass). Returns once committed. The batch itself takes one offset.
+    pub(crate) async fn delete_records_before(
+        &self,
+        state: &crate::controller::ClusterState,
+        offset: i64,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.check_leader(state)?;
+        let batch = sluice_proto::batch::control_batch(
+            super::super::types::DELETE_BEFORE_KEY,
+            offset.to_string().as_bytes(),
+        )
+        .freeze();
+        let (_, progress) = self.propose(batch).await?;
+        self.await_progress(state, progress, true, deadline).await?;
+        Ok(())
+    }
+
     /// Waits until `f` has an answer from the group's metrics, up to `deadline`; `None` on
     /// timeout or when the group stops.
     pub(super) async fn watch_metrics<T>(

@@ -69,6 +69,10 @@ impl Inner {
                 // writes it as such, at the same offset (a no-op to Raft either way;
                 // consumers skip control batches).
                 Some(BLANK_KEY) => EntryPayload::Normal(Payload::batch(whole)),
+                // Ours, not Raft's: data that every replica applies.
+                Some(super::super::types::DELETE_BEFORE_KEY) => {
+                    EntryPayload::Normal(Payload::batch(whole))
+                }
                 Some(MEMBERSHIP_KEY) => EntryPayload::Membership(
                     serde_json::from_slice::<Membership<NodeId, openraft::BasicNode>>(&r.value)
                         .map_err(|e| io_err(StorageIOError::read_logs, e))?,
