@@ -23,6 +23,8 @@ pub const DEFAULT_OFFSETS_TOPIC_PARTITIONS: i32 = 50;
 pub const DEFAULT_OFFSETS_TOPIC_REPLICATION_FACTOR: i32 = 3;
 pub const DEFAULT_OFFSET_METADATA_MAX_BYTES: usize = 4096;
 pub const DEFAULT_OFFSETS_TOPIC_SEGMENT_BYTES: i64 = 100 * 1024 * 1024;
+pub const DEFAULT_GROUP_SESSION_TIMEOUT: &str = "45s";
+pub const DEFAULT_GROUP_HEARTBEAT_INTERVAL: &str = "2s";
 pub const DEFAULT_METADATA_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_RAFT_TAIL_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
@@ -135,6 +137,12 @@ pub struct Config {
     /// `segment.bytes` of `__consumer_offsets` (`offsets.topic.segment.bytes`): old commits
     /// are deleted a whole segment at a time, so smaller segments free space sooner.
     pub offsets_topic_segment_bytes: i64,
+    /// A group member not heard from for this long is removed and its partitions go to the
+    /// others (`group.consumer.session.timeout.ms`).
+    pub group_session_timeout: Duration,
+    /// How often members heartbeat (`group.consumer.heartbeat.interval.ms`): how soon a
+    /// member learns of a partition to give up or take.
+    pub group_heartbeat_interval: Duration,
 }
 
 impl Config {
@@ -185,6 +193,8 @@ impl Default for Config {
             offsets_topic_replication_factor: DEFAULT_OFFSETS_TOPIC_REPLICATION_FACTOR,
             offset_metadata_max_bytes: DEFAULT_OFFSET_METADATA_MAX_BYTES,
             offsets_topic_segment_bytes: DEFAULT_OFFSETS_TOPIC_SEGMENT_BYTES,
+            group_session_timeout: dur(DEFAULT_GROUP_SESSION_TIMEOUT),
+            group_heartbeat_interval: dur(DEFAULT_GROUP_HEARTBEAT_INTERVAL),
         }
     }
 }
@@ -261,6 +271,14 @@ impl Config {
         if self.offsets_topic_partitions < 1 {
             return Err("offsets_topic_partitions must be at least 1".into());
         }
+        if self.group_heartbeat_interval.is_zero()
+            || self.group_heartbeat_interval >= self.group_session_timeout
+        {
+            return Err(format!(
+                "group_heartbeat_interval ({:?}) must be above zero and below group_session_timeout ({:?})",
+                self.group_heartbeat_interval, self.group_session_timeout
+            ));
+        }
         if self.offsets_topic_replication_factor < 1 {
             return Err("offsets_topic_replication_factor must be at least 1".into());
         }
@@ -299,6 +317,8 @@ struct ConfigFile {
     offsets_topic_replication_factor: Option<i32>,
     offset_metadata_max_bytes: Option<usize>,
     offsets_topic_segment_bytes: Option<i64>,
+    group_session_timeout: Option<String>,
+    group_heartbeat_interval: Option<String>,
 }
 
 /// `sluice-broker` flags. Each also reads `SLUICE_<NAME>` and the `--config` YAML file
@@ -409,6 +429,13 @@ pub struct Args {
     /// segment at a time [default: 104857600]
     #[arg(long, env = "SLUICE_OFFSETS_TOPIC_SEGMENT_BYTES")]
     pub offsets_topic_segment_bytes: Option<i64>,
+    /// A consumer group member not heard from for this long is removed and its partitions
+    /// go to the others [default: 45s]
+    #[arg(long, env = "SLUICE_GROUP_SESSION_TIMEOUT")]
+    pub group_session_timeout: Option<String>,
+    /// How often consumer group members heartbeat [default: 2s]
+    #[arg(long, env = "SLUICE_GROUP_HEARTBEAT_INTERVAL")]
+    pub group_heartbeat_interval: Option<String>,
 }
 
 fn parse_dur(key: &str, s: &str) -> Result<Duration, String> {
@@ -547,6 +574,18 @@ impl Args {
                 .offsets_topic_segment_bytes
                 .or(file.offsets_topic_segment_bytes)
                 .unwrap_or(d.offsets_topic_segment_bytes),
+            group_session_timeout: pick_dur(
+                "group_session_timeout",
+                self.group_session_timeout,
+                file.group_session_timeout,
+                d.group_session_timeout,
+            )?,
+            group_heartbeat_interval: pick_dur(
+                "group_heartbeat_interval",
+                self.group_heartbeat_interval,
+                file.group_heartbeat_interval,
+                d.group_heartbeat_interval,
+            )?,
         };
         config.validate()?;
         Ok(config)
@@ -576,6 +615,8 @@ mod tests {
             format!("[default: {}]", d.offsets_topic_replication_factor),
             format!("[default: {}]", d.offset_metadata_max_bytes),
             format!("[default: {}]", d.offsets_topic_segment_bytes),
+            format!("[default: {DEFAULT_GROUP_SESSION_TIMEOUT}]"),
+            format!("[default: {DEFAULT_GROUP_HEARTBEAT_INTERVAL}]"),
             format!("[default: {}]", d.metadata_cache_bytes),
             format!("[default: {}]", d.raft_tail_cache_bytes),
             format!("[default: {DEFAULT_SHUTDOWN_TIMEOUT}]"),

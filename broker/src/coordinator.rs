@@ -14,6 +14,7 @@
 //! - `state`: the materialised offsets, applied by log offset.
 //! - `records`: their form in the log.
 
+mod membership;
 mod records;
 mod state;
 
@@ -26,6 +27,8 @@ use sluice_proto::acks;
 
 use crate::error::{Error, Result};
 use crate::replica::group::Replica;
+pub(crate) use membership::{Answer, Heartbeat};
+use membership::{Membership, Refused};
 use state::ShardState;
 pub(crate) use state::{Committed, TopicPartition};
 
@@ -74,6 +77,8 @@ struct Shard {
     /// Records in the log since the last rewrite (since the log start after a load).
     since_rewrite: std::sync::atomic::AtomicUsize,
     rewriting: std::sync::atomic::AtomicBool,
+    /// The members of its groups (in memory only: after a failover they rejoin).
+    members: Mutex<HashMap<String, Membership>>,
 }
 
 /// The groups of the offsets partitions this broker leads.
@@ -128,6 +133,7 @@ impl Coordinator {
                         writes: tokio::sync::RwLock::new(()),
                         since_rewrite: Default::default(),
                         rewriting: Default::default(),
+                        members: Mutex::default(),
                     });
                     shards.insert(replica.id, s.clone());
                     s
@@ -365,24 +371,129 @@ impl Coordinator {
         Ok(offsets)
     }
 
-    /// Every group of the offsets partition `replica` leads, with its offsets.
-    pub(crate) async fn groups(
-        &self,
-        replica: &Arc<Replica>,
-    ) -> Result<Vec<(String, Vec<(TopicPartition, Committed)>)>> {
+    /// Every group of the offsets partition `replica` leads: with offsets, members, or both.
+    pub(crate) async fn groups(&self, replica: &Arc<Replica>) -> Result<Vec<GroupView>> {
         let shard = self.shard("", replica).await?;
-        let state = shard.state.lock();
-        Ok(state
-            .groups()
-            .map(|g| (g.to_string(), state.offsets(g, None)))
-            .collect())
+        let names: std::collections::BTreeSet<String> = {
+            let state = shard.state.lock();
+            let members = shard.members.lock();
+            state
+                .groups()
+                .map(str::to_string)
+                .chain(
+                    members
+                        .iter()
+                        .filter(|(_, m)| !m.members.is_empty())
+                        .map(|(g, _)| g.clone()),
+                )
+                .collect()
+        };
+        Ok(names.into_iter().map(|g| view(&shard, &g)).collect())
     }
 
-    /// Whether `group` has anything here (after loading).
-    pub(crate) async fn knows(&self, replica: &Arc<Replica>, group: &str) -> Result<bool> {
+    /// `group` as its coordinator sees it; `None` when it has neither offsets nor members.
+    pub(crate) async fn describe(
+        &self,
+        replica: &Arc<Replica>,
+        group: &str,
+    ) -> Result<Option<GroupView>> {
+        validate_group(group)?;
         let shard = self.shard(group, replica).await?;
-        let known = shard.state.lock().has_group(group);
-        Ok(known)
+        let v = view(&shard, group);
+        Ok((!v.offsets.is_empty() || !v.members.is_empty()).then_some(v))
+    }
+
+    /// A member's heartbeat (see [`membership`]); `partitions` says how many partitions a
+    /// topic has now.
+    pub(crate) async fn heartbeat(
+        &self,
+        replica: &Arc<Replica>,
+        group: &str,
+        hb: Heartbeat,
+        session_timeout: Duration,
+        partitions: &(dyn Fn(&str) -> Option<i32> + Sync),
+    ) -> Result<Answer> {
+        validate_group(group)?;
+        let shard = self.shard(group, replica).await?;
+        let mut members = shard.members.lock();
+        let m = members.entry(group.to_string()).or_default();
+        let answer = m
+            .heartbeat(hb, std::time::Instant::now(), session_timeout, partitions)
+            .map_err(|r| match r {
+                Refused::UnknownMember(member) => Error::UnknownMember {
+                    group: group.to_string(),
+                    member,
+                },
+                Refused::FencedEpoch {
+                    member,
+                    sent,
+                    current,
+                } => Error::FencedMemberEpoch {
+                    group: group.to_string(),
+                    member,
+                    sent,
+                    current,
+                },
+            });
+        if m.members.is_empty() {
+            members.remove(group);
+        }
+        answer
+    }
+}
+
+/// A group as `describe` and `list` show it.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupView {
+    pub group: String,
+    pub epoch: i32,
+    pub offsets: Vec<(TopicPartition, Committed)>,
+    pub members: Vec<MemberView>,
+    /// Empty, Stable or Reconciling.
+    pub state: &'static str,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct MemberView {
+    pub member_id: String,
+    pub client_id: String,
+    pub epoch: i32,
+    pub owned: Vec<TopicPartition>,
+    pub target: Vec<TopicPartition>,
+}
+
+fn view(shard: &Shard, group: &str) -> GroupView {
+    let offsets = shard.state.lock().offsets(group, None);
+    let members = shard.members.lock();
+    let (epoch, members): (i32, Vec<MemberView>) = match members.get(group) {
+        None => (0, Vec::new()),
+        Some(m) => (
+            m.epoch,
+            m.members
+                .values()
+                .map(|m| MemberView {
+                    member_id: m.id.clone(),
+                    client_id: m.client_id.clone(),
+                    epoch: m.epoch,
+                    owned: m.owned.iter().cloned().collect(),
+                    target: m.target.iter().cloned().collect(),
+                })
+                .collect(),
+        ),
+    };
+    let state = if members.is_empty() {
+        "Empty"
+    } else if members.iter().all(|m| m.owned == m.target) {
+        "Stable"
+    } else {
+        "Reconciling"
+    };
+    GroupView {
+        group: group.to_string(),
+        epoch,
+        offsets,
+        members,
+        state,
     }
 }
 

@@ -132,6 +132,17 @@ pub enum Error {
     GroupNotFound(String),
     #[error("{0}")]
     OffsetMetadataTooLarge(String),
+    #[error("group '{group}' has no member '{member}' (it left, or its session timed out); rejoin")]
+    UnknownMember { group: String, member: String },
+    #[error(
+        "group '{group}': member '{member}' sent epoch {sent}, the group gave it {current}; it is out of the group and must rejoin"
+    )]
+    FencedMemberEpoch {
+        group: String,
+        member: String,
+        sent: i32,
+        current: i32,
+    },
     #[error("{topic}-{partition}: {source}")]
     Sequence {
         topic: String,
@@ -182,6 +193,8 @@ impl Error {
             Error::InvalidGroupId(_) => ErrorCode::InvalidGroupId,
             Error::GroupNotFound(_) => ErrorCode::GroupIdNotFound,
             Error::OffsetMetadataTooLarge(_) => ErrorCode::OffsetMetadataTooLarge,
+            Error::UnknownMember { .. } => ErrorCode::UnknownMemberId,
+            Error::FencedMemberEpoch { .. } => ErrorCode::FencedMemberEpoch,
             Error::LeaderNotAvailable { .. } | Error::MetadataBehind { .. } => {
                 ErrorCode::LeaderNotAvailable
             }

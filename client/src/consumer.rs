@@ -26,8 +26,12 @@ use crate::error::{Error, Result};
 use crate::groups::GroupCalls;
 
 mod fetch;
+mod group;
 
 use fetch::list_offset_at;
+
+/// How often a waiting `poll` of a group member looks at the group's latest answer.
+const GROUP_CHECK: Duration = Duration::from_millis(50);
 
 /// Where to start reading a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,10 +71,17 @@ pub struct ConsumerConfig {
     /// on fresh metadata. A `NOT_LEADER` answer naming the new leader is followed at once.
     pub retry_backoff: Duration,
     pub retry_backoff_max: Duration,
-    /// `group.id`: the consumer group whose committed offsets [`Consumer::commit_sync`]
-    /// writes and [`Consumer::assign_committed`] starts from. (Group membership and
-    /// assignment are not built yet: partitions are assigned by the application.)
+    /// `group.id`: the consumer group this consumer joins with [`Consumer::subscribe`],
+    /// whose committed offsets [`Consumer::commit_sync`] writes and
+    /// [`Consumer::assign_committed`] starts from.
     pub group_id: Option<String>,
+    /// `enable.auto.commit`: with a group, commit the positions past what `poll` returned
+    /// every `auto_commit_interval`, before a partition is released, and on `close`.
+    pub enable_auto_commit: bool,
+    /// `auto.commit.interval.ms`.
+    pub auto_commit_interval: Duration,
+    /// `client.id`: shown in `sluice groups describe`, and the prefix of the member id.
+    pub client_id: String,
 }
 
 impl Default for ConsumerConfig {
@@ -84,6 +95,9 @@ impl Default for ConsumerConfig {
             retry_backoff: Duration::from_millis(100),
             retry_backoff_max: Duration::from_secs(1),
             group_id: None,
+            enable_auto_commit: true,
+            auto_commit_interval: Duration::from_secs(5),
+            client_id: "sluice-consumer".into(),
         }
     }
 }
@@ -100,8 +114,10 @@ pub struct ConsumerRecord {
     pub headers: Vec<Header>,
 }
 
-/// A change in whether a partition can be read, reported once per outage.
+/// A change in whether a partition can be read, reported once per outage, or in what
+/// the group assigns this consumer.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum PartitionEvent {
     /// It cannot be read now (why, naming the leader asked); the consumer reads the other
     /// partitions and keeps retrying this one.
@@ -115,6 +131,16 @@ pub enum PartitionEvent {
         partition: TopicPartition,
         after: Duration,
     },
+    /// The group gave this consumer these partitions (after `subscribe`); each starts at
+    /// the group's committed offset.
+    Assigned { partitions: Vec<TopicPartition> },
+    /// The group is moving these partitions to another member: they are no longer read.
+    /// Without auto-commit they are released at the next `poll`, so commit what was
+    /// processed of them before it (`commit_sync` still covers them).
+    Revoked { partitions: Vec<TopicPartition> },
+    /// The group fenced or forgot this consumer (its session timed out): these partitions
+    /// were dropped without a commit (another member may own them now) and it joins again.
+    Lost { partitions: Vec<TopicPartition> },
 }
 
 /// Events kept for [`Consumer::take_events`] when nobody takes them; the oldest go first.
@@ -203,6 +229,14 @@ pub struct Consumer {
     events: VecDeque<PartitionEvent>,
     /// The group's coordinator, with `group.id`.
     group: Option<GroupCalls>,
+    /// Membership, after `subscribe`.
+    member: Option<group::Member>,
+    /// Revoked partitions not released yet (without auto-commit), with their positions.
+    releasing: BTreeMap<TopicPartition, Option<i64>>,
+    last_auto_commit: Instant,
+    /// Epochs for partitions assigned by the group: answers to requests for an earlier
+    /// assignment of the same partition are dropped.
+    next_epoch: u64,
 }
 
 impl Consumer {
@@ -219,6 +253,10 @@ impl Consumer {
         };
         Ok(Consumer {
             group,
+            member: None,
+            releasing: BTreeMap::new(),
+            last_auto_commit: Instant::now(),
+            next_epoch: 1 << 40,
             cluster,
             config,
             assigned: BTreeMap::new(),
@@ -295,7 +333,17 @@ impl Consumer {
     /// with none starts as `auto.offset.reset` says (`None`: an error naming every such
     /// partition, assigning nothing). Needs `group.id`.
     pub async fn assign_committed(&mut self, partitions: Vec<TopicPartition>) -> Result<()> {
-        let committed = self.committed(&partitions).await?;
+        let starts = self.committed_starts(&partitions).await?;
+        self.assign_each(starts).await
+    }
+
+    /// Where each of `partitions` starts for the group: its committed offset, else as
+    /// `auto.offset.reset` says (`None`: an error naming every such partition).
+    async fn committed_starts(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, Offset)>> {
+        let committed = self.committed(partitions).await?;
         let mut starts = Vec::new();
         let mut missing = Vec::new();
         for (tp, offset) in committed {
@@ -313,7 +361,156 @@ impl Consumer {
                 missing.join(", ")
             )));
         }
-        self.assign_each(starts).await
+        Ok(starts)
+    }
+
+    /// Joins the consumer group (`group.id`) reading `topics`: the group's coordinator
+    /// assigns this consumer its share of their partitions, and moves them as members come
+    /// and go (see [`PartitionEvent::Assigned`] and [`PartitionEvent::Revoked`]). Replaces
+    /// any manual assignment. Every topic must exist.
+    pub async fn subscribe(&mut self, topics: Vec<String>) -> Result<()> {
+        let Some(group) = self.config.group_id.clone() else {
+            return Err(Error::InvalidArgument(
+                "subscribe needs a group: set ConsumerConfig::group_id (or use assign)".into(),
+            ));
+        };
+        if topics.is_empty() {
+            return Err(Error::InvalidArgument(
+                "subscribe to at least one topic".into(),
+            ));
+        }
+        for t in &topics {
+            self.cluster.topic(t).await?;
+        }
+        self.inflight = JoinSet::new();
+        self.lookups = 0;
+        self.buffered.clear();
+        self.error = None;
+        self.assigned.clear();
+        self.releasing.clear();
+        self.member = Some(group::Member::start(
+            GroupCalls::new(self.cluster.clone(), group),
+            topics,
+            self.config.client_id.clone(),
+        ));
+        Ok(())
+    }
+
+    /// Stops reading `partitions` and drops what was fetched of them.
+    fn drop_partitions(&mut self, partitions: &[TopicPartition]) {
+        for tp in partitions {
+            self.assigned.remove(tp);
+        }
+        self.buffered.retain(|r| {
+            !partitions
+                .iter()
+                .any(|tp| tp.partition == r.partition && *tp.topic == *r.topic)
+        });
+    }
+
+    /// Brings the partitions read in line with the group's latest answer (see
+    /// [`group`]), and auto-commits when due.
+    async fn reconcile_group(&mut self) -> Result<()> {
+        let Some(state) = self.member.as_ref().map(|m| m.state.clone()) else {
+            return Ok(());
+        };
+        let mut changed = false;
+        if !self.releasing.is_empty() {
+            self.releasing.clear();
+            changed = true;
+        }
+        let (assignment, lost, error) = {
+            let mut s = state.lock();
+            (
+                s.assignment.take(),
+                std::mem::take(&mut s.lost),
+                s.error.take(),
+            )
+        };
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if lost {
+            let all: Vec<TopicPartition> = self.assigned.keys().cloned().collect();
+            self.drop_partitions(&all);
+            if !all.is_empty() {
+                self.event(PartitionEvent::Lost { partitions: all });
+            }
+            changed = true;
+        }
+        if let Some(target) = assignment {
+            let current: std::collections::BTreeSet<TopicPartition> =
+                self.assigned.keys().cloned().collect();
+            let revoked: Vec<TopicPartition> = current.difference(&target).cloned().collect();
+            let added: Vec<TopicPartition> = target.difference(&current).cloned().collect();
+            if !revoked.is_empty() {
+                let positions: Vec<(TopicPartition, Option<i64>)> = revoked
+                    .iter()
+                    .map(|tp| (tp.clone(), self.position(tp)))
+                    .collect();
+                self.drop_partitions(&revoked);
+                self.event(PartitionEvent::Revoked {
+                    partitions: revoked,
+                });
+                if self.config.enable_auto_commit {
+                    let commit: Vec<(TopicPartition, i64)> = positions
+                        .into_iter()
+                        .filter_map(|(tp, p)| p.map(|p| (tp, p)))
+                        .collect();
+                    if !commit.is_empty()
+                        && let Err(e) = self.commit(&commit).await
+                    {
+                        tracing::warn!(cause = %e, "committing revoked partitions before releasing them");
+                    }
+                } else {
+                    self.releasing.extend(positions);
+                }
+                changed = true;
+            }
+            if !added.is_empty() {
+                let starts = self.committed_starts(&added).await?;
+                let backoff = self.config.retry_backoff;
+                for (tp, start) in starts {
+                    let mut a = Assigned::new(start.into(), backoff);
+                    self.next_epoch += 1 << 20;
+                    a.epoch = self.next_epoch;
+                    self.assigned.insert(tp, a);
+                }
+                self.event(PartitionEvent::Assigned { partitions: added });
+                changed = true;
+            }
+        }
+        if changed && let Some(m) = &self.member {
+            m.set_owned(
+                self.assigned
+                    .keys()
+                    .chain(self.releasing.keys())
+                    .cloned()
+                    .collect(),
+            );
+        }
+        if self.config.enable_auto_commit
+            && self.last_auto_commit.elapsed() >= self.config.auto_commit_interval
+        {
+            self.last_auto_commit = Instant::now();
+            if let Err(e) = self.commit_sync().await {
+                tracing::warn!(cause = %e, "auto-commit failed; trying again at the next interval");
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits (with auto-commit) and leaves the group at once, so its partitions move to
+    /// the other members without waiting for the session timeout. Without a group, does
+    /// nothing.
+    pub async fn close(mut self) -> Result<()> {
+        let Some(member) = self.member.take() else {
+            return Ok(());
+        };
+        if self.config.enable_auto_commit {
+            self.commit_sync().await?;
+        }
+        member.leave().await
     }
 
     fn group_calls(&self) -> Result<&GroupCalls> {
@@ -338,6 +535,11 @@ impl Consumer {
             .assigned
             .keys()
             .filter_map(|tp| self.position(tp).map(|p| (tp.clone(), p)))
+            .chain(
+                self.releasing
+                    .iter()
+                    .filter_map(|(tp, p)| p.map(|p| (tp.clone(), p))),
+            )
             .collect();
         if !offsets.is_empty() {
             self.commit(&offsets).await?;
@@ -469,15 +671,20 @@ impl Consumer {
         if let Some(e) = self.error.take() {
             return Err(e);
         }
-        if self.assigned.is_empty() {
+        if self.assigned.is_empty() && self.member.is_none() {
             return Err(Error::InvalidArgument(
-                "poll() before assign(): no partitions to read".into(),
+                "poll() before assign() or subscribe(): no partitions to read".into(),
             ));
         }
         let deadline = Instant::now() + timeout;
         loop {
+            self.reconcile_group().await?;
             self.start_work(true).await?;
-            let wake = self.next_retry().map_or(deadline, |t| t.min(deadline));
+            let mut wake = self.next_retry().map_or(deadline, |t| t.min(deadline));
+            if self.member.is_some() {
+                // The group's answers arrive in the background: look at them this often.
+                wake = wake.min(Instant::now() + GROUP_CHECK);
+            }
             if self.inflight.is_empty() {
                 tokio::time::sleep_until(wake).await;
             } else if let Ok(Some(done)) =

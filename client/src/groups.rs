@@ -30,6 +30,10 @@ pub(crate) struct GroupCalls {
 }
 
 impl GroupCalls {
+    pub(crate) fn group(&self) -> &str {
+        &self.group
+    }
+
     pub(crate) fn new(cluster: Cluster, group: impl Into<String>) -> Self {
         GroupCalls {
             cluster,

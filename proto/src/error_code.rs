@@ -81,6 +81,8 @@ error_codes! {
     InvalidGroupId = "INVALID_GROUP_ID", retriable = false, InvalidArgument;
     GroupIdNotFound = "GROUP_ID_NOT_FOUND", retriable = false, NotFound;
     OffsetMetadataTooLarge = "OFFSET_METADATA_TOO_LARGE", retriable = false, InvalidArgument;
+    UnknownMemberId = "UNKNOWN_MEMBER_ID", retriable = false, FailedPrecondition;
+    FencedMemberEpoch = "FENCED_MEMBER_EPOCH", retriable = false, FailedPrecondition;
 }
 
 impl fmt::Display for ErrorCode {

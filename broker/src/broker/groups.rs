@@ -3,7 +3,9 @@
 //! local leader of a group's offsets partition to the [`Coordinator`].
 
 use super::*;
-use crate::coordinator::{self, Committed, OFFSETS_TOPIC, TopicPartition};
+use crate::coordinator::{
+    self, Answer, Committed, GroupView, Heartbeat, OFFSETS_TOPIC, TopicPartition,
+};
 
 /// Where a group's coordinator is.
 #[derive(Debug, Clone)]
@@ -11,13 +13,6 @@ pub(crate) struct CoordinatorAddress {
     pub node_id: i32,
     pub address: String,
     pub partition: i32,
-}
-
-/// A group whose offsets partition is led here.
-#[derive(Debug, Clone)]
-pub(crate) struct LocalGroup {
-    pub group: String,
-    pub offsets: Vec<(TopicPartition, Committed)>,
 }
 
 impl Broker {
@@ -173,15 +168,38 @@ impl Broker {
         self.coordinator.fetch(&replica, group, wanted).await
     }
 
-    /// Whether `group` has anything at its coordinator (here).
-    pub(crate) async fn group_exists(self: &Arc<Self>, group: &str) -> Result<bool> {
+    /// `group` at its coordinator (here), or GROUP_ID_NOT_FOUND.
+    pub(crate) async fn describe_group(self: &Arc<Self>, group: &str) -> Result<GroupView> {
         let replica = self.group_replica(group).await?;
-        self.coordinator.knows(&replica, group).await
+        self.coordinator
+            .describe(&replica, group)
+            .await?
+            .ok_or_else(|| Error::GroupNotFound(group.to_string()))
+    }
+
+    /// A member's heartbeat, at its group's coordinator (here).
+    pub(crate) async fn group_heartbeat(
+        self: &Arc<Self>,
+        group: &str,
+        hb: Heartbeat,
+    ) -> Result<Answer> {
+        let replica = self.group_replica(group).await?;
+        let state = self.controller.state();
+        let partitions = |topic: &str| state.topics.get(topic).map(|t| t.partitions);
+        self.coordinator
+            .heartbeat(
+                &replica,
+                group,
+                hb,
+                self.config.group_session_timeout,
+                &partitions,
+            )
+            .await
     }
 
     /// The groups of the offsets partitions led here. A partition still loading is left
     /// out (its groups show once it has loaded).
-    pub(crate) async fn local_groups(&self) -> Vec<LocalGroup> {
+    pub(crate) async fn local_groups(&self) -> Vec<GroupView> {
         let Some(topic) = self.local_topic(OFFSETS_TOPIC) else {
             return Vec::new();
         };
@@ -195,11 +213,7 @@ impl Broker {
         let mut out = Vec::new();
         for r in replicas {
             match self.coordinator.groups(&r).await {
-                Ok(groups) => out.extend(
-                    groups
-                        .into_iter()
-                        .map(|(group, offsets)| LocalGroup { group, offsets }),
-                ),
+                Ok(groups) => out.extend(groups),
                 Err(e) => {
                     tracing::debug!(partition = r.id, cause = %e, "listing the groups of an offsets partition");
                 }

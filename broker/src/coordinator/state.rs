@@ -78,6 +78,7 @@ impl ShardState {
         self.groups.keys().map(String::as_str)
     }
 
+    #[cfg(test)]
     pub(crate) fn has_group(&self, group: &str) -> bool {
         self.groups.contains_key(group)
     }

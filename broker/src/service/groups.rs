@@ -9,7 +9,22 @@ use sluice_proto::pb;
 
 use super::AdminService;
 use crate::broker::Broker;
-use crate::error::Error;
+use crate::coordinator::{Heartbeat, TopicPartition};
+
+/// Partitions grouped by topic, for the wire.
+fn by_topic<'a>(tps: impl IntoIterator<Item = &'a TopicPartition>) -> Vec<pb::TopicPartitions> {
+    let mut topics: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (t, p) in tps {
+        topics.entry(t.as_str()).or_default().push(*p);
+    }
+    topics
+        .into_iter()
+        .map(|(topic, partitions)| pb::TopicPartitions {
+            topic: topic.to_string(),
+            partitions,
+        })
+        .collect()
+}
 
 /// How long a commit waits for its acks=all write.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -134,13 +149,23 @@ impl pb::groups_server::Groups for GroupsService {
             .await
             .into_iter()
             .map(|g| {
-                let topics: BTreeSet<&str> =
-                    g.offsets.iter().map(|((t, _), _)| t.as_str()).collect();
+                let topics: BTreeSet<&str> = g
+                    .offsets
+                    .iter()
+                    .map(|((t, _), _)| t.as_str())
+                    .chain(
+                        g.members
+                            .iter()
+                            .flat_map(|m| m.target.iter().map(|(t, _)| t.as_str())),
+                    )
+                    .collect();
                 pb::GroupSummary {
                     group: g.group.clone(),
                     coordinator: node,
                     topics: topics.into_iter().map(str::to_string).collect(),
                     partitions: g.offsets.len() as i32,
+                    members: g.members.len() as i32,
+                    state: g.state.to_string(),
                 }
             })
             .collect();
@@ -152,31 +177,89 @@ impl pb::groups_server::Groups for GroupsService {
         request: tonic::Request<pb::DescribeGroupRequest>,
     ) -> Result<tonic::Response<pb::DescribeGroupResponse>, tonic::Status> {
         let group = request.into_inner().group;
-        if !self.broker.group_exists(&group).await? {
-            return Err(Error::GroupNotFound(group).into());
+        let view = self.broker.describe_group(&group).await?;
+        let owners: BTreeMap<&TopicPartition, &str> = view
+            .members
+            .iter()
+            .flat_map(|m| m.owned.iter().map(move |tp| (tp, m.member_id.as_str())))
+            .collect();
+        // Every partition the group has committed or owns.
+        let mut rows: BTreeMap<TopicPartition, Option<&crate::coordinator::Committed>> = view
+            .offsets
+            .iter()
+            .map(|(tp, c)| (tp.clone(), Some(c)))
+            .collect();
+        for tp in owners.keys() {
+            rows.entry((*tp).clone()).or_insert(None);
         }
-        let committed = self.broker.committed_offsets(&group, None).await?;
-        let topics: BTreeSet<String> = committed.iter().map(|((t, _), _)| t.clone()).collect();
+        let topics: BTreeSet<String> = rows.keys().map(|(t, _)| t.clone()).collect();
         let ends = self.log_ends(&topics).await;
-        let partitions = committed
-            .into_iter()
-            .map(|((topic, partition), c)| {
-                let end = ends.get(&(topic.clone(), partition)).copied();
+        let partitions = rows
+            .iter()
+            .map(|(tp, c)| {
+                let end = ends.get(tp).copied();
+                let committed = c.map_or(-1, |c| c.offset);
                 pb::GroupPartition {
-                    committed_offset: c.offset,
-                    metadata: c.metadata,
-                    commit_timestamp_ms: c.commit_ms,
+                    topic: tp.0.clone(),
+                    partition: tp.1,
+                    committed_offset: committed,
+                    metadata: c.map(|c| c.metadata.clone()).unwrap_or_default(),
+                    commit_timestamp_ms: c.map_or(-1, |c| c.commit_ms),
                     log_end_offset: end.unwrap_or(-1),
-                    lag: end.map_or(-1, |e| (e - c.offset).max(0)),
-                    topic,
-                    partition,
+                    lag: match (end, c) {
+                        (Some(e), Some(c)) => (e - c.offset).max(0),
+                        _ => -1,
+                    },
+                    owner: owners.get(tp).map(|m| m.to_string()).unwrap_or_default(),
                 }
+            })
+            .collect();
+        let members = view
+            .members
+            .iter()
+            .map(|m| pb::GroupMember {
+                member_id: m.member_id.clone(),
+                client_id: m.client_id.clone(),
+                member_epoch: m.epoch,
+                owned: by_topic(&m.owned),
+                target: by_topic(&m.target),
             })
             .collect();
         Ok(tonic::Response::new(pb::DescribeGroupResponse {
             group,
             coordinator: self.broker.node_id(),
             partitions,
+            members,
+            state: view.state.to_string(),
+            epoch: view.epoch,
+        }))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: tonic::Request<pb::GroupHeartbeatRequest>,
+    ) -> Result<tonic::Response<pb::GroupHeartbeatResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let hb = Heartbeat {
+            member_id: req.member_id,
+            member_epoch: req.member_epoch,
+            topics: req.topics.into_iter().collect(),
+            owned: req
+                .owned
+                .into_iter()
+                .flat_map(|t| {
+                    let topic = t.topic;
+                    t.partitions.into_iter().map(move |p| (topic.clone(), p))
+                })
+                .collect(),
+            client_id: req.client_id,
+        };
+        let answer = self.broker.group_heartbeat(&req.group, hb).await?;
+        Ok(tonic::Response::new(pb::GroupHeartbeatResponse {
+            member_id: answer.member_id,
+            member_epoch: answer.member_epoch,
+            heartbeat_interval_ms: self.broker.config.group_heartbeat_interval.as_millis() as i32,
+            assignment: by_topic(&answer.assignment),
         }))
     }
 }

@@ -49,6 +49,15 @@ pub(crate) struct ConsumeArgs {
     /// {headers}; \t for a tab.
     #[arg(long, default_value = "{value}")]
     format: String,
+    /// Read as a member of this consumer group: the group's coordinator gives this consumer
+    /// its share of the partitions (other members get the rest), each from the group's
+    /// committed offset (else from where --reset or --from-beginning says), and what is
+    /// printed is committed.
+    #[arg(long, conflicts_with_all = ["offset", "from_time", "partition"])]
+    group: Option<String>,
+    /// With --group: read without committing (peek).
+    #[arg(long, requires = "group")]
+    no_commit: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -174,13 +183,38 @@ fn report(ctx: &Context, topic: &str, events: Vec<PartitionEvent>) {
                 "available",
                 format!("after {}", humantime::format_duration(round_ms(*after))),
             ),
+            PartitionEvent::Assigned { partitions }
+            | PartitionEvent::Revoked { partitions }
+            | PartitionEvent::Lost { partitions } => {
+                let (state, what) = match &e {
+                    PartitionEvent::Assigned { .. } => ("assigned", "Reading"),
+                    PartitionEvent::Revoked { .. } => ("revoked", "The group moved away"),
+                    _ => ("lost", "Out of the group (rejoining); dropped"),
+                };
+                let list = partitions
+                    .iter()
+                    .map(|tp| tp.partition.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                match ctx.output {
+                    Format::Table => {
+                        eprintln!("{what} partition(s) {list} of '{topic}'.")
+                    }
+                    _ => eprintln!(
+                        "{}",
+                        serde_json::json!({"event": {"topic": topic, "partitions": partitions.iter().map(|tp| tp.partition).collect::<Vec<_>>(), "state": state}})
+                    ),
+                }
+                continue;
+            }
+            _ => continue,
         };
         match ctx.output {
             Format::Table => match e {
                 PartitionEvent::Unavailable { .. } => eprintln!(
                     "warning: partition {partition} of '{topic}' cannot be read: {detail}; reading the others and retrying"
                 ),
-                PartitionEvent::Available { .. } => {
+                _ => {
                     eprintln!("partition {partition} of '{topic}' is readable again ({detail})")
                 }
             },
@@ -207,6 +241,9 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
         (Some(Reset::None), _) | (None, Some(_)) => AutoOffsetReset::None,
         (None, None) => AutoOffsetReset::Latest,
     };
+    if let Some(group) = &args.group {
+        return consume_in_group(ctx, &args, group).await;
+    }
     let config = ConsumerConfig {
         auto_offset_reset: reset,
         ..ConsumerConfig::default()
@@ -346,4 +383,121 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
         );
     }
     Ok(())
+}
+
+/// Writes one record as `--format` or `-o` says.
+fn write_record(
+    ctx: &Context,
+    args: &ConsumeArgs,
+    out: &mut impl Write,
+    r: &ConsumerRecord,
+) -> anyhow::Result<()> {
+    match ctx.output {
+        Format::Table => writeln!(out, "{}", render(&args.format, r))?,
+        Format::Json => {
+            serde_json::to_writer(&mut *out, &JsonRecord::from(r))?;
+            writeln!(out)?;
+        }
+        Format::Yaml => write!(out, "---\n{}", serde_yaml::to_string(&JsonRecord::from(r))?)?,
+    }
+    Ok(())
+}
+
+/// `consume --group`: a member of the group, committing what it printed (after printing
+/// it: a crash between the two prints a record again, never skips one).
+async fn consume_in_group(ctx: &Context, args: &ConsumeArgs, group: &str) -> anyhow::Result<()> {
+    let reset = match (args.reset, args.from_beginning) {
+        (Some(Reset::Earliest), _) | (None, true) => AutoOffsetReset::Earliest,
+        (Some(Reset::None), _) => AutoOffsetReset::None,
+        _ => AutoOffsetReset::Latest,
+    };
+    let config = ConsumerConfig {
+        auto_offset_reset: reset,
+        group_id: Some(group.to_string()),
+        enable_auto_commit: false,
+        client_id: format!("sluice-cli-{}", std::process::id()),
+        ..ConsumerConfig::default()
+    };
+    let mut consumer = Consumer::new(ctx.client(), config)?;
+    consumer
+        .subscribe(vec![args.topic.clone()])
+        .await
+        .with_context(|| format!("joining group '{group}' on '{}'", args.topic))?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut count = 0u64;
+    let mut last_record = Instant::now();
+    let idle_limit: Option<Duration> = args.timeout.map(Into::into);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut assigned_once = false;
+    let mut printed: std::collections::BTreeMap<TopicPartition, i64> = Default::default();
+    let outcome: anyhow::Result<()> = async {
+        'outer: loop {
+            if args.max_messages.is_some_and(|m| count >= m) {
+                break;
+            }
+            if args.until_end && assigned_once && consumer.at_end() {
+                break;
+            }
+            let wait = idle_limit.map_or(Duration::from_secs(1), |l| {
+                l.saturating_sub(last_record.elapsed())
+                    .min(Duration::from_secs(1))
+            });
+            let polled = tokio::select! {
+                r = consumer.poll(wait) => r,
+                _ = &mut ctrl_c => break,
+            };
+            let events = consumer.take_events();
+            assigned_once |= events
+                .iter()
+                .any(|e| matches!(e, PartitionEvent::Assigned { .. }));
+            report(ctx, &args.topic, events);
+            let records = polled.with_context(|| format!("consuming '{}'", args.topic))?;
+            if records.is_empty() {
+                out.flush()?;
+                if idle_limit.is_some_and(|l| last_record.elapsed() >= l) {
+                    break;
+                }
+                continue;
+            }
+            last_record = Instant::now();
+            for r in &records {
+                write_record(ctx, args, &mut out, r)?;
+                printed.insert(TopicPartition::new(&*r.topic, r.partition), r.offset + 1);
+                count += 1;
+                if args.max_messages.is_some_and(|m| count >= m) {
+                    out.flush()?;
+                    break 'outer;
+                }
+            }
+            out.flush()?;
+            if !args.no_commit && !printed.is_empty() {
+                let offsets: Vec<_> = std::mem::take(&mut printed).into_iter().collect();
+                consumer
+                    .commit(&offsets)
+                    .await
+                    .with_context(|| format!("committing group '{group}'"))?;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    out.flush()?;
+    if !args.no_commit && !printed.is_empty() {
+        let offsets: Vec<_> = printed.into_iter().collect();
+        consumer
+            .commit(&offsets)
+            .await
+            .with_context(|| format!("committing group '{group}'"))?;
+    }
+    // Leave at once: the partitions go to the other members without waiting for the
+    // session timeout.
+    if let Err(e) = consumer.close().await {
+        eprintln!("warning: leaving group '{group}': {e}");
+    }
+    if ctx.output == Format::Table {
+        eprintln!("Processed {count} records.");
+    }
+    outcome
 }

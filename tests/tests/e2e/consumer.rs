@@ -213,7 +213,7 @@ async fn a_consumer_reads_the_partitions_it_can_and_picks_up_the_others() {
         .into_iter()
         .filter_map(|e| match e {
             PartitionEvent::Unavailable { partition, .. } => Some(partition),
-            PartitionEvent::Available { .. } => None,
+            _ => None,
         })
         .collect();
     assert_eq!(

@@ -336,3 +336,305 @@ async fn the_offsets_topic_stays_bounded_under_many_commits() {
         );
     }
 }
+
+/// A group member running in its own task: polls, records what it read and what it owns.
+struct Member {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<(i32, i64)>>>,
+    owned: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<i32>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Member {
+    async fn join(client: sluice_client::ClientConfig, group: &str, topic: &str) -> Member {
+        let mut consumer = Consumer::new(
+            client,
+            ConsumerConfig {
+                group_id: Some(group.to_string()),
+                auto_offset_reset: AutoOffsetReset::Earliest,
+                auto_commit_interval: Duration::from_millis(200),
+                ..ConsumerConfig::default()
+            },
+        )
+        .unwrap();
+        consumer.subscribe(vec![topic.to_string()]).await.unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let owned = std::sync::Arc::new(std::sync::Mutex::new(Default::default()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (seen, owned, stop) = (seen.clone(), owned.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let records = consumer.poll(Duration::from_millis(100)).await.unwrap();
+                    *owned.lock().unwrap() = consumer
+                        .assignment()
+                        .iter()
+                        .map(|tp| tp.partition)
+                        .collect();
+                    seen.lock()
+                        .unwrap()
+                        .extend(records.iter().map(|r| (r.partition, r.offset)));
+                }
+                consumer.close().await.unwrap();
+            })
+        };
+        Member {
+            seen,
+            owned,
+            stop,
+            task,
+        }
+    }
+
+    fn owned(&self) -> std::collections::BTreeSet<i32> {
+        self.owned.lock().unwrap().clone()
+    }
+
+    async fn close(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap();
+    }
+}
+
+/// Owners of each of `partitions` partitions among `members`, if every partition has
+/// exactly one.
+fn owners(members: &[&Member], partitions: i32) -> Option<Vec<usize>> {
+    let mut owner = vec![None; partitions as usize];
+    for (i, m) in members.iter().enumerate() {
+        for p in m.owned() {
+            if owner[p as usize].replace(i).is_some() {
+                return None;
+            }
+        }
+    }
+    owner.into_iter().collect()
+}
+
+/// Three members on six partitions get two each, disjoint and covering; a fourth joins and
+/// only what it needs moves (the others keep theirs); a member that closes hands its
+/// partitions over at once (well within the session timeout); every record is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_share_partitions_and_only_what_must_move_moves() {
+    let cluster = Cluster::start_with(
+        3,
+        &[
+            "--offsets-topic-partitions",
+            "6",
+            "--group-heartbeat-interval",
+            "200ms",
+            "--group-session-timeout",
+            "30s",
+        ],
+    );
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(NewTopic::new("orders", 6, 3), false)
+        .await
+        .unwrap();
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        members.push(Member::join(cluster.client(), "shipping", "orders").await);
+    }
+    let spread = eventually(
+        "three members with two partitions each",
+        Duration::from_secs(20),
+        || {
+            let refs: Vec<&Member> = members.iter().collect();
+            let o = owners(&refs, 6)
+                .filter(|o| (0..3).all(|i| o.iter().filter(|x| **x == i).count() == 2));
+            async move { o }
+        },
+    )
+    .await;
+    produce(cluster.client(), "orders", 0, 60).await;
+    eventually("every record read", Duration::from_secs(20), || {
+        let n: usize = members.iter().map(|m| m.seen.lock().unwrap().len()).sum();
+        async move { (n >= 60).then_some(()) }
+    })
+    .await;
+    for (i, m) in members.iter().enumerate() {
+        let mine: std::collections::BTreeSet<i32> =
+            m.seen.lock().unwrap().iter().map(|(p, _)| *p).collect();
+        let given: std::collections::BTreeSet<i32> =
+            (0..6).filter(|p| spread[*p as usize] == i).collect();
+        assert!(
+            mine.is_subset(&given),
+            "member {i} read only its partitions"
+        );
+    }
+
+    // A fourth joins: two members give one partition each; nothing else moves.
+    let before: Vec<_> = members.iter().map(Member::owned).collect();
+    members.push(Member::join(cluster.client(), "shipping", "orders").await);
+    eventually(
+        "four members sharing six partitions",
+        Duration::from_secs(20),
+        || {
+            let refs: Vec<&Member> = members.iter().collect();
+            let o = owners(&refs, 6).filter(|o| (0..4).all(|i| o.contains(&i)));
+            async move { o }
+        },
+    )
+    .await;
+    for i in 0..3 {
+        assert!(
+            members[i].owned().is_subset(&before[i]),
+            "member {i} kept what it had"
+        );
+    }
+    let d = admin.describe_group("shipping").await.unwrap();
+    assert_eq!(d.members.len(), 4);
+    assert_eq!(d.state, "Stable", "{d:?}");
+
+    // One closes: its partitions move at once.
+    let closing = members.remove(0);
+    let had = closing.owned();
+    closing.close().await;
+    eventually(
+        "the closed member's partitions taken over",
+        Duration::from_secs(10),
+        || {
+            let refs: Vec<&Member> = members.iter().collect();
+            let o = owners(&refs, 6);
+            async move { o }
+        },
+    )
+    .await;
+    assert!(!had.is_empty());
+    produce(cluster.client(), "orders", 60, 60).await;
+    let d = eventually(
+        "every record committed",
+        Duration::from_secs(20),
+        || async {
+            let d = admin.describe_group("shipping").await.ok()?;
+            (d.partitions.len() == 6 && d.partitions.iter().all(|p| p.lag == 0)).then_some(d)
+        },
+    )
+    .await;
+    assert_eq!(
+        d.partitions.iter().map(|p| p.committed_offset).sum::<i64>(),
+        120
+    );
+    for m in members {
+        m.close().await;
+    }
+}
+
+/// The (partition, offset) pairs a `sluice consume --format {partition}:{offset}` printed.
+fn printed(out: &str) -> std::collections::BTreeSet<(i32, i64)> {
+    out.lines()
+        .filter_map(|l| {
+            let (p, o) = l.split_once(':')?;
+            Some((p.parse().ok()?, o.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Two `sluice consume --group` processes share a topic; one is SIGKILLed: after the
+/// session timeout the other takes its partitions over from the group's committed offsets,
+/// and together they printed every record (a record printed but not yet committed by the
+/// killed one may be printed again, never skipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_members_partitions_go_to_the_others_and_nothing_is_lost() {
+    let cluster = Cluster::start_with(
+        1,
+        &[
+            "--offsets-topic-partitions",
+            "2",
+            "--group-heartbeat-interval",
+            "200ms",
+            "--group-session-timeout",
+            "2s",
+        ],
+    );
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(NewTopic::new("jobs", 4, 1), false)
+        .await
+        .unwrap();
+    produce(cluster.client(), "jobs", 0, 40).await;
+    let address = cluster.brokers[0].address.clone();
+    let args = [
+        "consume",
+        "jobs",
+        "--group",
+        "workers",
+        "--from-beginning",
+        "--format",
+        "{partition}:{offset}",
+    ];
+    let a = sluice_tests::CliProcess::spawn(&address, &args);
+    a.wait_for_output(
+        "the first member reading everything",
+        Duration::from_secs(20),
+        |out, _| printed(out).len() >= 40,
+    );
+    let b = sluice_tests::CliProcess::spawn(&address, &args);
+    eventually(
+        "two members sharing the partitions",
+        Duration::from_secs(20),
+        || async {
+            let d = admin.describe_group("workers").await.ok()?;
+            (d.members.len() == 2
+                && d.state == "Stable"
+                && d.members.iter().all(|m| !m.owned.is_empty()))
+            .then_some(())
+        },
+    )
+    .await;
+    produce(cluster.client(), "jobs", 40, 40).await;
+    eventually("both members reading", Duration::from_secs(20), || {
+        let all: std::collections::BTreeSet<_> = printed(&a.output().0)
+            .union(&printed(&b.output().0))
+            .cloned()
+            .collect();
+        async move { (all.len() >= 80).then_some(()) }
+    })
+    .await;
+
+    a.signal(Signal::SIGKILL);
+    produce(cluster.client(), "jobs", 80, 40).await;
+    eventually(
+        "the survivor owning every partition after the session timeout",
+        Duration::from_secs(20),
+        || async {
+            let d = admin.describe_group("workers").await.ok()?;
+            (d.members.len() == 1
+                && d.members[0]
+                    .owned
+                    .iter()
+                    .map(|t| t.partitions.len())
+                    .sum::<usize>()
+                    == 4)
+                .then_some(())
+        },
+    )
+    .await;
+    let lag_zero = eventually("everything committed", Duration::from_secs(20), || async {
+        let d = admin.describe_group("workers").await.ok()?;
+        d.partitions.iter().all(|p| p.lag == 0).then_some(d)
+    })
+    .await;
+    assert_eq!(
+        lag_zero
+            .partitions
+            .iter()
+            .map(|p| p.committed_offset)
+            .sum::<i64>(),
+        120
+    );
+    let all: std::collections::BTreeSet<(i32, i64)> = printed(&a.output().0)
+        .union(&printed(&b.output().0))
+        .cloned()
+        .collect();
+    let d = admin.describe_topic("jobs").await.unwrap();
+    let expected: std::collections::BTreeSet<(i32, i64)> = d
+        .partitions
+        .iter()
+        .flat_map(|p| (0..p.high_watermark).map(move |o| (p.partition, o)))
+        .collect();
+    assert_eq!(expected.len(), 120);
+    assert_eq!(all, expected, "every record printed by a member");
+}

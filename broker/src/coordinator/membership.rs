@@ -1,0 +1,499 @@
+//! A consumer group's members and their partitions, on the server (Kafka 4's KIP-848
+//! model): members heartbeat with their subscription and the partitions they own, and get
+//! their assignment back. The coordinator computes a sticky, balanced target and moves it
+//! incrementally: a partition is given to its new owner only once its old owner has
+//! reported it released, and members whose partitions do not move are not disturbed.
+//!
+//! Pure logic: time comes in as an argument, topics' partition counts as a function, so
+//! it is tested without brokers. Membership is held in memory by the coordinator; a new
+//! coordinator (after a failover) does not know the members, which rejoin
+//! (UNKNOWN_MEMBER_ID) and get their partitions again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use super::state::TopicPartition;
+
+/// Why a heartbeat was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The member is not in the group (never joined, left, or was removed after its
+    /// session timed out): rejoin with epoch 0.
+    UnknownMember(String),
+    /// The member's epoch is not one the group gave it: rejoin with epoch 0.
+    FencedEpoch {
+        member: String,
+        sent: i32,
+        current: i32,
+    },
+}
+
+/// One heartbeat, as the coordinator reads it.
+#[derive(Debug, Clone)]
+pub(crate) struct Heartbeat {
+    /// Empty to join.
+    pub member_id: String,
+    /// 0 to join, -1 to leave, else the epoch the group last gave the member.
+    pub member_epoch: i32,
+    pub topics: BTreeSet<String>,
+    /// The partitions the member owns now (has not released).
+    pub owned: BTreeSet<TopicPartition>,
+    pub client_id: String,
+}
+
+/// What a member is told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Answer {
+    pub member_id: String,
+    pub member_epoch: i32,
+    /// The partitions it may own now: its target, less those another member still owns.
+    pub assignment: BTreeSet<TopicPartition>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Member {
+    pub id: String,
+    pub epoch: i32,
+    pub client_id: String,
+    pub topics: BTreeSet<String>,
+    pub owned: BTreeSet<TopicPartition>,
+    pub target: BTreeSet<TopicPartition>,
+    last_seen: Instant,
+}
+
+/// A group's members.
+#[derive(Debug, Default)]
+pub(crate) struct Membership {
+    /// Bumped whenever the target assignment changes.
+    pub epoch: i32,
+    pub members: BTreeMap<String, Member>,
+    /// Partition counts the target was computed with.
+    counts: BTreeMap<String, i32>,
+    next_member: u64,
+}
+
+impl Membership {
+    /// Handles one heartbeat at `now`. `partitions` says how many partitions a topic has
+    /// (`None`: no such topic).
+    pub(crate) fn heartbeat(
+        &mut self,
+        hb: Heartbeat,
+        now: Instant,
+        session_timeout: Duration,
+        partitions: &dyn Fn(&str) -> Option<i32>,
+    ) -> Result<Answer, Refused> {
+        let mut changed = self.expire(now, session_timeout);
+        let id = if hb.member_epoch == 0 {
+            // Join (or rejoin): a fresh id unless it names itself and is known.
+            let id = if hb.member_id.is_empty() || !self.members.contains_key(&hb.member_id) {
+                self.next_member += 1;
+                format!("{}-{}", sanitize(&hb.client_id), self.next_member)
+            } else {
+                hb.member_id.clone()
+            };
+            let m = self.members.entry(id.clone()).or_insert_with(|| Member {
+                id: id.clone(),
+                epoch: 0,
+                client_id: hb.client_id.clone(),
+                topics: BTreeSet::new(),
+                owned: BTreeSet::new(),
+                target: BTreeSet::new(),
+                last_seen: now,
+            });
+            m.epoch = 0;
+            changed = true;
+            id
+        } else {
+            let Some(m) = self.members.get(&hb.member_id) else {
+                return Err(Refused::UnknownMember(hb.member_id));
+            };
+            if hb.member_epoch == -1 {
+                self.members.remove(&hb.member_id);
+                self.reassign(partitions);
+                return Ok(Answer {
+                    member_id: hb.member_id,
+                    member_epoch: -1,
+                    assignment: BTreeSet::new(),
+                });
+            }
+            // The member may be one epoch behind (the answer that gave it the new one was
+            // lost), never ahead.
+            if hb.member_epoch > m.epoch || hb.member_epoch < m.epoch - 1 {
+                let refused = Refused::FencedEpoch {
+                    member: hb.member_id.clone(),
+                    sent: hb.member_epoch,
+                    current: m.epoch,
+                };
+                // It is out: what it owned is free for the others.
+                self.members.remove(&hb.member_id);
+                self.reassign(partitions);
+                return Err(refused);
+            }
+            hb.member_id.clone()
+        };
+        {
+            let m = self.members.get_mut(&id).expect("just found or added");
+            m.last_seen = now;
+            // A member (re)joining owns nothing: whatever it held may be another's by now.
+            m.owned = if hb.member_epoch == 0 {
+                BTreeSet::new()
+            } else {
+                hb.owned
+            };
+            if m.topics != hb.topics {
+                m.topics = hb.topics;
+                changed = true;
+            }
+            m.client_id = hb.client_id;
+        }
+        // Partitions added to a subscribed topic count as a change too.
+        let subscribed: BTreeSet<&String> = self
+            .members
+            .values()
+            .flat_map(|m| m.topics.iter())
+            .collect();
+        let counts: BTreeMap<String, i32> = subscribed
+            .into_iter()
+            .filter_map(|t| partitions(t).map(|n| (t.clone(), n)))
+            .collect();
+        if counts != self.counts {
+            changed = true;
+        }
+        if changed {
+            self.reassign(partitions);
+        }
+        let epoch = self.epoch;
+        let m = self.members.get_mut(&id).expect("present");
+        m.epoch = epoch;
+        let taken: BTreeSet<&TopicPartition> = self
+            .members
+            .values()
+            .filter(|o| o.id != id)
+            .flat_map(|o| o.owned.iter())
+            .collect();
+        let m = &self.members[&id];
+        let assignment = m
+            .target
+            .iter()
+            .filter(|tp| !taken.contains(tp))
+            .cloned()
+            .collect();
+        Ok(Answer {
+            member_id: id,
+            member_epoch: epoch,
+            assignment,
+        })
+    }
+
+    /// Removes members not heard from within `session_timeout`; whether any was.
+    pub(crate) fn expire(&mut self, now: Instant, session_timeout: Duration) -> bool {
+        let before = self.members.len();
+        self.members
+            .retain(|_, m| now.saturating_duration_since(m.last_seen) < session_timeout);
+        before != self.members.len()
+    }
+
+    /// Computes the target assignment again: sticky (a partition stays with its member
+    /// while that is balanced) and balanced (counts differ by at most one among members
+    /// subscribed to the same topics).
+    fn reassign(&mut self, partitions: &dyn Fn(&str) -> Option<i32>) {
+        let subscribed: BTreeSet<String> = self
+            .members
+            .values()
+            .flat_map(|m| m.topics.iter().cloned())
+            .collect();
+        self.counts = subscribed
+            .iter()
+            .filter_map(|t| partitions(t).map(|n| (t.clone(), n)))
+            .collect();
+        let all: Vec<TopicPartition> = self
+            .counts
+            .iter()
+            .flat_map(|(t, n)| (0..*n).map(move |p| (t.clone(), p)))
+            .collect();
+        let eligible = |m: &Member, tp: &TopicPartition| m.topics.contains(&tp.0);
+        // Keep what is still valid.
+        let mut kept: BTreeMap<String, Vec<TopicPartition>> = BTreeMap::new();
+        let mut placed: BTreeSet<TopicPartition> = BTreeSet::new();
+        for m in self.members.values() {
+            let mut mine: Vec<TopicPartition> = m
+                .target
+                .iter()
+                .filter(|tp| {
+                    eligible(m, tp)
+                        && self.counts.get(&tp.0).is_some_and(|n| tp.1 < *n)
+                        && !placed.contains(*tp)
+                })
+                .cloned()
+                .collect();
+            mine.sort();
+            placed.extend(mine.iter().cloned());
+            kept.insert(m.id.clone(), mine);
+        }
+        // Quotas: an even share of the partitions each member can take, the remainder to
+        // those holding the most already (fewer moves).
+        let members: Vec<&Member> = self
+            .members
+            .values()
+            .filter(|m| !m.topics.is_empty())
+            .collect();
+        let n = members.len().max(1);
+        let total = all
+            .iter()
+            .filter(|tp| members.iter().any(|m| eligible(m, tp)))
+            .count();
+        let mut order: Vec<&str> = members.iter().map(|m| m.id.as_str()).collect();
+        order.sort_by_key(|id| std::cmp::Reverse(kept[*id].len()));
+        let quota: BTreeMap<&str, usize> = order
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (*id, total / n + usize::from(i < total % n)))
+            .collect();
+        let mut free: Vec<TopicPartition> = all
+            .iter()
+            .filter(|tp| !placed.contains(*tp))
+            .cloned()
+            .collect();
+        for (id, q) in &quota {
+            let mine = kept.get_mut(*id).expect("every member kept");
+            while mine.len() > *q {
+                free.push(mine.pop().expect("over quota"));
+            }
+        }
+        free.sort();
+        for tp in free {
+            let least = members.iter().filter(|m| eligible(m, &tp)).min_by_key(|m| {
+                let have = kept[m.id.as_str()].len();
+                (have >= quota[m.id.as_str()], have, m.id.clone())
+            });
+            if let Some(m) = least {
+                kept.get_mut(m.id.as_str()).expect("kept").push(tp);
+            }
+        }
+        let mut moved = false;
+        for (id, mine) in kept {
+            let m = self.members.get_mut(&id).expect("member");
+            let target: BTreeSet<TopicPartition> = mine.into_iter().collect();
+            if m.target != target {
+                m.target = target;
+                moved = true;
+            }
+        }
+        if moved {
+            self.epoch += 1;
+        }
+    }
+}
+
+/// A member id prefix from a client id: printable, short.
+fn sanitize(client_id: &str) -> String {
+    let s: String = client_id
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c))
+        .take(64)
+        .collect();
+    if s.is_empty() { "member".into() } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SESSION: Duration = Duration::from_secs(45);
+
+    fn topics(t: &[&str]) -> BTreeSet<String> {
+        t.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn six(t: &str) -> Option<i32> {
+        (t == "orders").then_some(6)
+    }
+
+    fn join(g: &mut Membership, now: Instant) -> Answer {
+        g.heartbeat(
+            Heartbeat {
+                member_id: String::new(),
+                member_epoch: 0,
+                topics: topics(&["orders"]),
+                owned: BTreeSet::new(),
+                client_id: "c".into(),
+            },
+            now,
+            SESSION,
+            &six,
+        )
+        .unwrap()
+    }
+
+    fn beat(
+        g: &mut Membership,
+        a: &Answer,
+        owned: &BTreeSet<TopicPartition>,
+        now: Instant,
+    ) -> Answer {
+        g.heartbeat(
+            Heartbeat {
+                member_id: a.member_id.clone(),
+                member_epoch: a.member_epoch,
+                topics: topics(&["orders"]),
+                owned: owned.clone(),
+                client_id: "c".into(),
+            },
+            now,
+            SESSION,
+            &six,
+        )
+        .unwrap()
+    }
+
+    /// Members heartbeat until nothing changes; returns each member's final assignment.
+    fn settle(g: &mut Membership, answers: &mut [Answer], now: Instant) {
+        for _ in 0..10 {
+            for answer in answers.iter_mut() {
+                let owned = answer.assignment.clone();
+                *answer = beat(g, answer, &owned, now);
+            }
+        }
+    }
+
+    #[test]
+    fn three_members_on_six_partitions_get_two_each_disjoint_and_covering() {
+        let now = Instant::now();
+        let mut g = Membership::default();
+        let mut a: Vec<Answer> = (0..3).map(|_| join(&mut g, now)).collect();
+        settle(&mut g, &mut a, now);
+        let mut all = BTreeSet::new();
+        for x in &a {
+            assert_eq!(x.assignment.len(), 2, "{a:?}");
+            for tp in &x.assignment {
+                assert!(all.insert(tp.clone()), "{tp:?} twice");
+            }
+        }
+        assert_eq!(all.len(), 6);
+    }
+
+    #[test]
+    fn a_partition_moves_only_once_its_old_owner_released_it_and_others_keep_theirs() {
+        let now = Instant::now();
+        let mut g = Membership::default();
+        let mut a: Vec<Answer> = (0..3).map(|_| join(&mut g, now)).collect();
+        settle(&mut g, &mut a, now);
+        let before: Vec<_> = a.iter().map(|x| x.assignment.clone()).collect();
+        // A fourth joins: it gets nothing while the owners still hold everything.
+        let d = join(&mut g, now);
+        assert!(d.assignment.is_empty(), "{d:?}");
+        a.push(d);
+        settle(&mut g, &mut a, now);
+        let moved: usize = (0..3)
+            .map(|i| before[i].difference(&a[i].assignment).count())
+            .sum();
+        assert_eq!(moved, 1, "only what the newcomer needs moves: {a:?}");
+        let counts: Vec<usize> = a.iter().map(|x| x.assignment.len()).collect();
+        assert_eq!(counts.iter().sum::<usize>(), 6);
+        assert!(counts.iter().all(|c| (1..=2).contains(c)), "{counts:?}");
+        for i in 0..3 {
+            assert!(a[i].assignment.is_subset(&before[i]), "kept, not shuffled");
+        }
+    }
+
+    #[test]
+    fn a_silent_member_is_removed_after_the_session_timeout_and_a_leaving_one_at_once() {
+        let now = Instant::now();
+        let mut g = Membership::default();
+        let mut a: Vec<Answer> = (0..3).map(|_| join(&mut g, now)).collect();
+        settle(&mut g, &mut a, now);
+        // Member 2 leaves cleanly.
+        let leave = g
+            .heartbeat(
+                Heartbeat {
+                    member_id: a[2].member_id.clone(),
+                    member_epoch: -1,
+                    topics: topics(&["orders"]),
+                    owned: BTreeSet::new(),
+                    client_id: "c".into(),
+                },
+                now,
+                SESSION,
+                &six,
+            )
+            .unwrap();
+        assert_eq!(leave.member_epoch, -1);
+        a.truncate(2);
+        settle(&mut g, &mut a, now);
+        assert_eq!(a[0].assignment.len() + a[1].assignment.len(), 6);
+        // Member 1 goes silent while member 0 heartbeats; after the timeout member 0 holds
+        // all.
+        let mid = now + SESSION / 2;
+        let owned = a[0].assignment.clone();
+        let x = beat(&mut g, &a[0], &owned, mid);
+        let later = now + SESSION + Duration::from_secs(1);
+        let x = beat(&mut g, &x, &owned, later);
+        let x = beat(&mut g, &x, &x.assignment.clone(), later);
+        assert_eq!(x.assignment.len(), 6);
+        let gone = g.heartbeat(
+            Heartbeat {
+                member_id: a[1].member_id.clone(),
+                member_epoch: a[1].member_epoch,
+                topics: topics(&["orders"]),
+                owned: a[1].assignment.clone(),
+                client_id: "c".into(),
+            },
+            later,
+            SESSION,
+            &six,
+        );
+        assert!(matches!(gone, Err(Refused::UnknownMember(_))), "{gone:?}");
+    }
+
+    #[test]
+    fn an_epoch_from_the_future_is_fenced() {
+        let now = Instant::now();
+        let mut g = Membership::default();
+        let a = join(&mut g, now);
+        let refused = g.heartbeat(
+            Heartbeat {
+                member_id: a.member_id.clone(),
+                member_epoch: a.member_epoch + 5,
+                topics: topics(&["orders"]),
+                owned: BTreeSet::new(),
+                client_id: "c".into(),
+            },
+            now,
+            SESSION,
+            &six,
+        );
+        assert!(
+            matches!(refused, Err(Refused::FencedEpoch { .. })),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
+    fn partitions_added_to_a_subscribed_topic_are_assigned() {
+        let now = Instant::now();
+        let mut g = Membership::default();
+        let mut a: Vec<Answer> = (0..2).map(|_| join(&mut g, now)).collect();
+        settle(&mut g, &mut a, now);
+        let eight = |t: &str| (t == "orders").then_some(8);
+        for _ in 0..3 {
+            for x in a.iter_mut() {
+                *x = g
+                    .heartbeat(
+                        Heartbeat {
+                            member_id: x.member_id.clone(),
+                            member_epoch: x.member_epoch,
+                            topics: topics(&["orders"]),
+                            owned: x.assignment.clone(),
+                            client_id: "c".into(),
+                        },
+                        now,
+                        SESSION,
+                        &eight,
+                    )
+                    .unwrap();
+            }
+        }
+        assert_eq!(a[0].assignment.len() + a[1].assignment.len(), 8);
+        assert_eq!(a[0].assignment.len(), 4);
+    }
+}
