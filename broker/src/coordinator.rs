@@ -215,11 +215,14 @@ impl Coordinator {
 
     /// Commits `offsets` for `group`: one batch through the offsets partition with
     /// acks=all; the group's state changes only once it is acknowledged.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn commit(
         &self,
         replica: &Arc<Replica>,
         cluster: &crate::controller::ClusterState,
         group: &str,
+        member: Option<(&str, i32)>,
+        session_timeout: Duration,
         offsets: Vec<(TopicPartition, Committed)>,
         timeout: Duration,
     ) -> Result<()> {
@@ -243,6 +246,31 @@ impl Coordinator {
             }
         }
         let shard = self.shard(group, replica).await?;
+        {
+            let mut groups = shard.members.lock();
+            let now = std::time::Instant::now();
+            match (member, groups.get_mut(group)) {
+                (Some((id, epoch)), Some(m)) => m
+                    .check_commit(id, epoch, now, session_timeout)
+                    .map_err(|r| refused(group, r))?,
+                (Some((id, _)), None) => {
+                    return Err(Error::UnknownMember {
+                        group: group.to_string(),
+                        member: id.to_string(),
+                    });
+                }
+                (None, Some(m)) => {
+                    m.expire(now, session_timeout);
+                    if !m.members.is_empty() {
+                        return Err(Error::InvalidRequest(format!(
+                            "group '{group}' has {} active member(s); offsets are committed by its members while it has any. Stop them first (or commit as a member); nothing was committed",
+                            m.members.len()
+                        )));
+                    }
+                }
+                (None, None) => {}
+            }
+        }
         let batch = records::commit_batch(group, &offsets);
         let writing = shard.writes.read().await;
         let (base, _) = replica
@@ -419,26 +447,30 @@ impl Coordinator {
         let m = members.entry(group.to_string()).or_default();
         let answer = m
             .heartbeat(hb, std::time::Instant::now(), session_timeout, partitions)
-            .map_err(|r| match r {
-                Refused::UnknownMember(member) => Error::UnknownMember {
-                    group: group.to_string(),
-                    member,
-                },
-                Refused::FencedEpoch {
-                    member,
-                    sent,
-                    current,
-                } => Error::FencedMemberEpoch {
-                    group: group.to_string(),
-                    member,
-                    sent,
-                    current,
-                },
-            });
+            .map_err(|r| refused(group, r));
         if m.members.is_empty() {
             members.remove(group);
         }
         answer
+    }
+}
+
+fn refused(group: &str, r: Refused) -> Error {
+    match r {
+        Refused::UnknownMember(member) => Error::UnknownMember {
+            group: group.to_string(),
+            member,
+        },
+        Refused::FencedEpoch {
+            member,
+            sent,
+            current,
+        } => Error::FencedMemberEpoch {
+            group: group.to_string(),
+            member,
+            sent,
+            current,
+        },
     }
 }
 

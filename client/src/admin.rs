@@ -227,14 +227,14 @@ impl Admin {
     }
 
     /// Sets `group`'s committed offsets (the next offset to read of each partition), as a
-    /// consumer's commit does.
+    /// consumer's commit does. Refused while the group has members (they commit their own).
     pub async fn commit_offsets(
         &self,
         group: &str,
         offsets: &[(crate::TopicPartition, i64)],
     ) -> Result<()> {
         GroupCalls::new(self.cluster.clone(), group)
-            .commit(offsets)
+            .commit(offsets, None)
             .await
     }
 }

@@ -504,13 +504,20 @@ impl Consumer {
     /// the other members without waiting for the session timeout. Without a group, does
     /// nothing.
     pub async fn close(mut self) -> Result<()> {
-        let Some(member) = self.member.take() else {
+        if self.member.is_none() {
             return Ok(());
-        };
-        if self.config.enable_auto_commit {
-            self.commit_sync().await?;
         }
-        member.leave().await
+        // As a member, before leaving: the group refuses commits from outside.
+        let committed = if self.config.enable_auto_commit {
+            self.commit_sync().await.map(|_| ())
+        } else {
+            Ok(())
+        };
+        let left = match self.member.take() {
+            Some(member) => member.leave().await,
+            None => Ok(()),
+        };
+        committed.and(left)
     }
 
     fn group_calls(&self) -> Result<&GroupCalls> {
@@ -525,7 +532,17 @@ impl Consumer {
     /// Commits `offsets` (the next offset to read of each partition) for the group.
     /// Acknowledged once replicated like an acks=all write.
     pub async fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
-        self.group_calls()?.commit(offsets).await
+        let member = self.member.as_ref().and_then(|m| {
+            let s = m.state.lock();
+            (s.epoch > 0).then(|| (s.member_id.clone(), s.epoch))
+        });
+        if self.member.is_some() && member.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "this consumer has not joined group '{}' yet (or is rejoining): nothing it owns to commit",
+                self.config.group_id.as_deref().unwrap_or_default()
+            )));
+        }
+        self.group_calls()?.commit(offsets, member).await
     }
 
     /// Commits the position of every assigned partition that has one: past every record

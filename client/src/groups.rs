@@ -128,9 +128,17 @@ impl GroupCalls {
         }
     }
 
-    /// Commits `offsets` (the next offset to read of each partition).
-    pub(crate) async fn commit(&self, offsets: &[(crate::TopicPartition, i64)]) -> Result<()> {
+    /// Commits `offsets` (the next offset to read of each partition), as `member` (id and
+    /// epoch) when given.
+    pub(crate) async fn commit(
+        &self,
+        offsets: &[(crate::TopicPartition, i64)],
+        member: Option<(String, i32)>,
+    ) -> Result<()> {
+        let (member_id, member_epoch) = member.unwrap_or_default();
         let req = pb::OffsetCommitRequest {
+            member_id,
+            member_epoch,
             group: self.group.clone(),
             partitions: offsets
                 .iter()

@@ -121,6 +121,7 @@ impl Broker {
     pub(crate) async fn commit_offsets(
         self: &Arc<Self>,
         group: &str,
+        member: Option<(&str, i32)>,
         offsets: Vec<(TopicPartition, i64, String)>,
         timeout: Duration,
     ) -> Result<()> {
@@ -154,7 +155,15 @@ impl Broker {
             })
             .collect();
         self.coordinator
-            .commit(&replica, &state, group, offsets, timeout)
+            .commit(
+                &replica,
+                &state,
+                group,
+                member,
+                self.config.group_session_timeout,
+                offsets,
+                timeout,
+            )
             .await
     }
 

@@ -54,6 +54,8 @@ pub(crate) struct Answer {
 pub(crate) struct Member {
     pub id: String,
     pub epoch: i32,
+    /// The epoch it had before the last answer (which may have been lost on its way).
+    prev_epoch: i32,
     pub client_id: String,
     pub topics: BTreeSet<String>,
     pub owned: BTreeSet<TopicPartition>,
@@ -94,6 +96,7 @@ impl Membership {
             let m = self.members.entry(id.clone()).or_insert_with(|| Member {
                 id: id.clone(),
                 epoch: 0,
+                prev_epoch: 0,
                 client_id: hb.client_id.clone(),
                 topics: BTreeSet::new(),
                 owned: BTreeSet::new(),
@@ -116,9 +119,9 @@ impl Membership {
                     assignment: BTreeSet::new(),
                 });
             }
-            // The member may be one epoch behind (the answer that gave it the new one was
+            // The member may be one answer behind (the answer that gave it the new epoch was
             // lost), never ahead.
-            if hb.member_epoch > m.epoch || hb.member_epoch < m.epoch - 1 {
+            if !m.accepts(hb.member_epoch) {
                 let refused = Refused::FencedEpoch {
                     member: hb.member_id.clone(),
                     sent: hb.member_epoch,
@@ -164,7 +167,10 @@ impl Membership {
         }
         let epoch = self.epoch;
         let m = self.members.get_mut(&id).expect("present");
-        m.epoch = epoch;
+        if m.epoch != epoch {
+            m.prev_epoch = m.epoch;
+            m.epoch = epoch;
+        }
         let taken: BTreeSet<&TopicPartition> = self
             .members
             .values()
@@ -183,6 +189,30 @@ impl Membership {
             member_epoch: epoch,
             assignment,
         })
+    }
+
+    /// Whether a commit from `member_id` at `epoch` is one the group accepts: from a member
+    /// it has, at the epoch it gave (or the one before, whose answer may have been lost).
+    /// `now` expires silent members first.
+    pub(crate) fn check_commit(
+        &mut self,
+        member_id: &str,
+        epoch: i32,
+        now: Instant,
+        session_timeout: Duration,
+    ) -> Result<(), Refused> {
+        self.expire(now, session_timeout);
+        let Some(m) = self.members.get(member_id) else {
+            return Err(Refused::UnknownMember(member_id.to_string()));
+        };
+        if !m.accepts(epoch) {
+            return Err(Refused::FencedEpoch {
+                member: member_id.to_string(),
+                sent: epoch,
+                current: m.epoch,
+            });
+        }
+        Ok(())
     }
 
     /// Removes members not heard from within `session_timeout`; whether any was.
@@ -282,6 +312,13 @@ impl Membership {
         if moved {
             self.epoch += 1;
         }
+    }
+}
+
+impl Member {
+    /// Whether `epoch` is the member's, or the one its last answer replaced.
+    fn accepts(&self, epoch: i32) -> bool {
+        epoch == self.epoch || epoch == self.prev_epoch
     }
 }
 

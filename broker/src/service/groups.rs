@@ -90,8 +90,10 @@ impl pb::groups_server::Groups for GroupsService {
             .into_iter()
             .map(|p| ((p.topic, p.partition), p.offset, p.metadata))
             .collect();
+        let member =
+            (!req.member_id.is_empty()).then_some((req.member_id.as_str(), req.member_epoch));
         self.broker
-            .commit_offsets(&req.group, offsets, COMMIT_TIMEOUT)
+            .commit_offsets(&req.group, member, offsets, COMMIT_TIMEOUT)
             .await?;
         Ok(tonic::Response::new(pb::OffsetCommitResponse {}))
     }

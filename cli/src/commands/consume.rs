@@ -474,10 +474,7 @@ async fn consume_in_group(ctx: &Context, args: &ConsumeArgs, group: &str) -> any
             out.flush()?;
             if !args.no_commit && !printed.is_empty() {
                 let offsets: Vec<_> = std::mem::take(&mut printed).into_iter().collect();
-                consumer
-                    .commit(&offsets)
-                    .await
-                    .with_context(|| format!("committing group '{group}'"))?;
+                commit_printed(&consumer, group, &offsets).await?;
             }
         }
         Ok(())
@@ -486,10 +483,7 @@ async fn consume_in_group(ctx: &Context, args: &ConsumeArgs, group: &str) -> any
     out.flush()?;
     if !args.no_commit && !printed.is_empty() {
         let offsets: Vec<_> = printed.into_iter().collect();
-        consumer
-            .commit(&offsets)
-            .await
-            .with_context(|| format!("committing group '{group}'"))?;
+        commit_printed(&consumer, group, &offsets).await?;
     }
     // Leave at once: the partitions go to the other members without waiting for the
     // session timeout.
@@ -500,4 +494,32 @@ async fn consume_in_group(ctx: &Context, args: &ConsumeArgs, group: &str) -> any
         eprintln!("Processed {count} records.");
     }
     outcome
+}
+
+/// Commits what was printed. A commit the group refuses because this consumer is no longer
+/// a member (its session timed out while it was stalled; it rejoins) is a warning: the
+/// partitions' new owners read those records again.
+async fn commit_printed(
+    consumer: &Consumer,
+    group: &str,
+    offsets: &[(TopicPartition, i64)],
+) -> anyhow::Result<()> {
+    match consumer.commit(offsets).await {
+        Ok(()) => Ok(()),
+        Err(e)
+            if matches!(
+                e.code(),
+                Some(
+                    sluice_client::ErrorCode::UnknownMemberId
+                        | sluice_client::ErrorCode::FencedMemberEpoch
+                )
+            ) || matches!(e, sluice_client::Error::InvalidArgument(_)) =>
+        {
+            eprintln!(
+                "warning: group '{group}' did not take this consumer's commit ({e}); the records since its last commit will be read again"
+            );
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context(format!("committing group '{group}'"))),
+    }
 }

@@ -483,9 +483,53 @@ async fn members_share_partitions_and_only_what_must_move_moves() {
             "member {i} kept what it had"
         );
     }
-    let d = admin.describe_group("shipping").await.unwrap();
+    let d = eventually("the group stable", Duration::from_secs(10), || async {
+        let d = admin.describe_group("shipping").await.ok()?;
+        (d.state == "Stable").then_some(d)
+    })
+    .await;
     assert_eq!(d.members.len(), 4);
-    assert_eq!(d.state, "Stable", "{d:?}");
+
+    // While it has members, only they commit: an outsider is refused, and so is a commit
+    // naming a member the group does not have or an epoch it did not give.
+    let err = admin
+        .commit_offsets("shipping", &[(TopicPartition::new("orders", 0), 0)])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest), "{err}");
+    assert!(err.to_string().contains("active member"), "{err}");
+    let coordinator = cluster.brokers[(d.coordinator - 1) as usize]
+        .address
+        .clone();
+    let mut raw =
+        sluice_client::pb::groups_client::GroupsClient::connect(format!("http://{coordinator}"))
+            .await
+            .unwrap();
+    let member = &d.members[0];
+    for (id, epoch, code) in [
+        ("ghost", 1, "UNKNOWN_MEMBER_ID"),
+        (
+            member.member_id.as_str(),
+            member.member_epoch + 7,
+            "FENCED_MEMBER_EPOCH",
+        ),
+    ] {
+        let status = raw
+            .offset_commit(sluice_client::pb::OffsetCommitRequest {
+                group: "shipping".into(),
+                member_id: id.into(),
+                member_epoch: epoch,
+                partitions: vec![sluice_client::pb::OffsetCommitPartition {
+                    topic: "orders".into(),
+                    partition: 0,
+                    offset: 0,
+                    metadata: String::new(),
+                }],
+            })
+            .await
+            .unwrap_err();
+        assert!(status.message().starts_with(code), "{status:?}");
+    }
 
     // One closes: its partitions move at once.
     let closing = members.remove(0);
