@@ -22,6 +22,8 @@ pub(crate) enum GroupsCommand {
 #[derive(Debug, Serialize)]
 struct GroupRow {
     group: String,
+    state: String,
+    members: i32,
     coordinator: i32,
     topics: Vec<String>,
     partitions: i32,
@@ -34,18 +36,33 @@ struct GroupRow {
 struct PartitionRow {
     topic: String,
     partition: i32,
+    /// -1: nothing committed yet.
     current_offset: i64,
     log_end_offset: Option<i64>,
     lag: Option<i64>,
     committed_at: String,
     metadata: String,
+    /// The member reading it now.
+    consumer_id: String,
+}
+
+#[derive(Debug, Serialize)]
+struct MemberRow {
+    member_id: String,
+    client_id: String,
+    epoch: i32,
+    /// `topic-partition` of each partition it owns.
+    partitions: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
 struct GroupDescription {
     group: String,
+    state: String,
+    epoch: i32,
     coordinator: i32,
     partitions: Vec<PartitionRow>,
+    members: Vec<MemberRow>,
 }
 
 fn known(v: i64) -> Option<i64> {
@@ -82,6 +99,8 @@ pub(crate) async fn run(ctx: &Context, cmd: GroupsCommand) -> anyhow::Result<()>
                 });
                 rows.push(GroupRow {
                     group: g.group,
+                    state: g.state,
+                    members: g.members,
                     coordinator: g.coordinator,
                     topics: g.topics,
                     partitions: g.partitions,
@@ -96,9 +115,19 @@ pub(crate) async fn run(ctx: &Context, cmd: GroupsCommand) -> anyhow::Result<()>
                 outln!(
                     "{}",
                     table(
-                        &["group", "topics", "partitions", "lag", "coordinator"],
+                        &[
+                            "group",
+                            "state",
+                            "members",
+                            "topics",
+                            "partitions",
+                            "lag",
+                            "coordinator"
+                        ],
                         rows.iter().map(|r| vec![
                             r.group.clone(),
+                            r.state.clone(),
+                            r.members.to_string(),
                             r.topics.join(","),
                             r.partitions.to_string(),
                             or_dash(r.lag),
@@ -115,7 +144,25 @@ pub(crate) async fn run(ctx: &Context, cmd: GroupsCommand) -> anyhow::Result<()>
                 .with_context(|| format!("describing group '{group}'"))?;
             let description = GroupDescription {
                 group: d.group,
+                state: d.state,
+                epoch: d.epoch,
                 coordinator: d.coordinator,
+                members: d
+                    .members
+                    .into_iter()
+                    .map(|m| MemberRow {
+                        member_id: m.member_id,
+                        client_id: m.client_id,
+                        epoch: m.member_epoch,
+                        partitions: m
+                            .owned
+                            .iter()
+                            .flat_map(|t| {
+                                t.partitions.iter().map(move |p| format!("{}-{p}", t.topic))
+                            })
+                            .collect(),
+                    })
+                    .collect(),
                 partitions: d
                     .partitions
                     .into_iter()
@@ -127,11 +174,18 @@ pub(crate) async fn run(ctx: &Context, cmd: GroupsCommand) -> anyhow::Result<()>
                         lag: known(p.lag),
                         committed_at: timestamp(p.commit_timestamp_ms),
                         metadata: p.metadata,
+                        consumer_id: p.owner,
                     })
                     .collect(),
             };
             output::print(ctx.output, &description, |d| {
-                outln!("Group {}  coordinator: broker {}", d.group, d.coordinator);
+                outln!(
+                    "Group {}  state: {}  members: {}  coordinator: broker {}",
+                    d.group,
+                    d.state,
+                    d.members.len(),
+                    d.coordinator
+                );
                 outln!(
                     "{}",
                     table(
@@ -141,14 +195,20 @@ pub(crate) async fn run(ctx: &Context, cmd: GroupsCommand) -> anyhow::Result<()>
                             "current-offset",
                             "log-end-offset",
                             "lag",
+                            "consumer-id",
                             "committed-at",
                         ],
                         d.partitions.iter().map(|p| vec![
                             p.topic.clone(),
                             p.partition.to_string(),
-                            p.current_offset.to_string(),
+                            or_dash(known(p.current_offset)),
                             or_dash(p.log_end_offset),
                             or_dash(p.lag),
+                            if p.consumer_id.is_empty() {
+                                "-".into()
+                            } else {
+                                p.consumer_id.clone()
+                            },
                             p.committed_at.clone(),
                         ])
                     )
