@@ -16,8 +16,9 @@
 //! - [`producer`]: [`Producer`], batching by `linger.ms`/`batch.size`, bounded retries; its
 //!   children: `worker` (one partition's queue, in-flight window, retries, sequences),
 //!   `delivery` (futures and callbacks, answered once), `metrics`.
-//! - [`consumer`]: [`Consumer`], assign, seek, poll with prefetch; its child `fetch` makes the
-//!   requests (offset lookups, fetches per leader) and applies their answers.
+//! - [`consumer`]: [`Consumer`], assign or subscribe, seek, poll with prefetch, commit. Its
+//!   children: `group` (its side of a consumer group: heartbeats, reconciling, commits) and
+//!   `fetch` (offset lookups and fetches per leader, and their answers).
 //! - `groups`: a consumer group's coordinator found and called, followed when it moves
 //!   (used by [`Admin`] and [`Consumer`]).
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.

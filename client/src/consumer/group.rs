@@ -10,11 +10,14 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use parking_lot::Mutex;
 use sluice_proto::{ErrorCode, pb};
 
+use super::{Assigned, AutoOffsetReset, Consumer, Offset, PartitionEvent};
 use crate::TopicPartition;
-use crate::error::Error;
+use crate::error::{Error, Result};
 use crate::groups::GroupCalls;
 
 /// Until the first answer says otherwise.
@@ -203,5 +206,262 @@ async fn heartbeat_loop(
             _ = tokio::time::sleep(pause) => {}
             _ = wake.notified() => {}
         }
+    }
+}
+
+/// The consumer's side of its group: joining, reconciling, committing.
+impl Consumer {
+    /// Assigns `partitions`, each starting at the group's committed offset; a partition
+    /// with none starts as `auto.offset.reset` says (`None`: an error naming every such
+    /// partition, assigning nothing). Needs `group.id`.
+    pub async fn assign_committed(&mut self, partitions: Vec<TopicPartition>) -> Result<()> {
+        let starts = self.committed_starts(&partitions).await?;
+        self.assign_each(starts).await
+    }
+
+    /// Where each of `partitions` starts for the group: its committed offset, else as
+    /// `auto.offset.reset` says (`None`: an error naming every such partition).
+    async fn committed_starts(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, Offset)>> {
+        let committed = self.committed(partitions).await?;
+        let mut starts = Vec::new();
+        let mut missing = Vec::new();
+        for (tp, offset) in committed {
+            match (offset, self.config.auto_offset_reset) {
+                (Some(o), _) => starts.push((tp, Offset::At(o))),
+                (None, AutoOffsetReset::Earliest) => starts.push((tp, Offset::Earliest)),
+                (None, AutoOffsetReset::Latest) => starts.push((tp, Offset::Latest)),
+                (None, AutoOffsetReset::None) => missing.push(tp.to_string()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "group '{}' has no committed offset for {} and auto.offset.reset is none: commit offsets for them, or start from earliest or latest",
+                self.config.group_id.as_deref().unwrap_or_default(),
+                missing.join(", ")
+            )));
+        }
+        Ok(starts)
+    }
+
+    /// Joins the consumer group (`group.id`) reading `topics`: the group's coordinator
+    /// assigns this consumer its share of their partitions, and moves them as members come
+    /// and go (see [`PartitionEvent::Assigned`] and [`PartitionEvent::Revoked`]). Replaces
+    /// any manual assignment. Every topic must exist.
+    pub async fn subscribe(&mut self, topics: Vec<String>) -> Result<()> {
+        let Some(group) = self.config.group_id.clone() else {
+            return Err(Error::InvalidArgument(
+                "subscribe needs a group: set ConsumerConfig::group_id (or use assign)".into(),
+            ));
+        };
+        if topics.is_empty() {
+            return Err(Error::InvalidArgument(
+                "subscribe to at least one topic".into(),
+            ));
+        }
+        for t in &topics {
+            self.cluster.topic(t).await?;
+        }
+        self.inflight = tokio::task::JoinSet::new();
+        self.lookups = 0;
+        self.buffered.clear();
+        self.error = None;
+        self.assigned.clear();
+        self.releasing.clear();
+        self.member = Some(Member::start(
+            GroupCalls::new(self.cluster.clone(), group),
+            topics,
+            self.config.client_id.clone(),
+        ));
+        Ok(())
+    }
+
+    /// Stops reading `partitions` and drops what was fetched of them.
+    fn drop_partitions(&mut self, partitions: &[TopicPartition]) {
+        for tp in partitions {
+            self.assigned.remove(tp);
+        }
+        self.buffered.retain(|r| {
+            !partitions
+                .iter()
+                .any(|tp| tp.partition == r.partition && *tp.topic == *r.topic)
+        });
+    }
+
+    /// Brings the partitions read in line with the group's latest answer (see
+    /// [`group`]), and auto-commits when due.
+    pub(super) async fn reconcile_group(&mut self) -> Result<()> {
+        let Some(state) = self.member.as_ref().map(|m| m.state.clone()) else {
+            return Ok(());
+        };
+        let mut changed = false;
+        if !self.releasing.is_empty() {
+            self.releasing.clear();
+            changed = true;
+        }
+        let (assignment, lost, error) = {
+            let mut s = state.lock();
+            (
+                s.assignment.take(),
+                std::mem::take(&mut s.lost),
+                s.error.take(),
+            )
+        };
+        if let Some(e) = error {
+            return Err(e);
+        }
+        if lost {
+            let all: Vec<TopicPartition> = self.assigned.keys().cloned().collect();
+            self.drop_partitions(&all);
+            if !all.is_empty() {
+                self.event(PartitionEvent::Lost { partitions: all });
+            }
+            changed = true;
+        }
+        if let Some(target) = assignment {
+            let current: std::collections::BTreeSet<TopicPartition> =
+                self.assigned.keys().cloned().collect();
+            let revoked: Vec<TopicPartition> = current.difference(&target).cloned().collect();
+            let added: Vec<TopicPartition> = target.difference(&current).cloned().collect();
+            if !revoked.is_empty() {
+                let positions: Vec<(TopicPartition, Option<i64>)> = revoked
+                    .iter()
+                    .map(|tp| (tp.clone(), self.position(tp)))
+                    .collect();
+                self.drop_partitions(&revoked);
+                self.event(PartitionEvent::Revoked {
+                    partitions: revoked,
+                });
+                if self.config.enable_auto_commit {
+                    let commit: Vec<(TopicPartition, i64)> = positions
+                        .into_iter()
+                        .filter_map(|(tp, p)| p.map(|p| (tp, p)))
+                        .collect();
+                    if !commit.is_empty()
+                        && let Err(e) = self.commit(&commit).await
+                    {
+                        tracing::warn!(cause = %e, "committing revoked partitions before releasing them");
+                    }
+                } else {
+                    self.releasing.extend(positions);
+                }
+                changed = true;
+            }
+            if !added.is_empty() {
+                let starts = self.committed_starts(&added).await?;
+                let backoff = self.config.retry_backoff;
+                for (tp, start) in starts {
+                    let mut a = Assigned::new(start.into(), backoff);
+                    self.next_epoch += 1 << 20;
+                    a.epoch = self.next_epoch;
+                    self.assigned.insert(tp, a);
+                }
+                self.event(PartitionEvent::Assigned { partitions: added });
+                changed = true;
+            }
+        }
+        if changed && let Some(m) = &self.member {
+            m.set_owned(
+                self.assigned
+                    .keys()
+                    .chain(self.releasing.keys())
+                    .cloned()
+                    .collect(),
+            );
+        }
+        if self.config.enable_auto_commit
+            && self.last_auto_commit.elapsed() >= self.config.auto_commit_interval
+        {
+            self.last_auto_commit = Instant::now();
+            if let Err(e) = self.commit_sync().await {
+                tracing::warn!(cause = %e, "auto-commit failed; trying again at the next interval");
+            }
+        }
+        Ok(())
+    }
+
+    /// Commits (with auto-commit) and leaves the group at once, so its partitions move to
+    /// the other members without waiting for the session timeout. Without a group, does
+    /// nothing.
+    pub async fn close(mut self) -> Result<()> {
+        if self.member.is_none() {
+            return Ok(());
+        }
+        // As a member, before leaving: the group refuses commits from outside.
+        let committed = if self.config.enable_auto_commit {
+            self.commit_sync().await.map(|_| ())
+        } else {
+            Ok(())
+        };
+        let left = match self.member.take() {
+            Some(member) => member.leave().await,
+            None => Ok(()),
+        };
+        committed.and(left)
+    }
+
+    fn group_calls(&self) -> Result<&GroupCalls> {
+        self.group.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(
+                "this consumer has no group.id: set ConsumerConfig::group_id to commit offsets"
+                    .into(),
+            )
+        })
+    }
+
+    /// Commits `offsets` (the next offset to read of each partition) for the group.
+    /// Acknowledged once replicated like an acks=all write.
+    pub async fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        let member = self.member.as_ref().and_then(|m| {
+            let s = m.state.lock();
+            (s.epoch > 0).then(|| (s.member_id.clone(), s.epoch))
+        });
+        if self.member.is_some() && member.is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "this consumer has not joined group '{}' yet (or is rejoining): nothing it owns to commit",
+                self.config.group_id.as_deref().unwrap_or_default()
+            )));
+        }
+        self.group_calls()?.commit(offsets, member).await
+    }
+
+    /// Commits the position of every assigned partition that has one: past every record
+    /// `poll` has returned (Kafka's `commitSync()`). Returns what it committed.
+    pub async fn commit_sync(&self) -> Result<Vec<(TopicPartition, i64)>> {
+        let offsets: Vec<(TopicPartition, i64)> = self
+            .assigned
+            .keys()
+            .filter_map(|tp| self.position(tp).map(|p| (tp.clone(), p)))
+            .chain(
+                self.releasing
+                    .iter()
+                    .filter_map(|(tp, p)| p.map(|p| (tp.clone(), p))),
+            )
+            .collect();
+        if !offsets.is_empty() {
+            self.commit(&offsets).await?;
+        }
+        Ok(offsets)
+    }
+
+    /// The group's committed offset of each of `partitions` (`None`: nothing committed).
+    pub async fn committed(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, Option<i64>)>> {
+        let found = self.group_calls()?.committed(partitions).await?;
+        Ok(partitions
+            .iter()
+            .map(|tp| {
+                let offset = found
+                    .iter()
+                    .find(|c| c.topic == tp.topic && c.partition == tp.partition)
+                    .map(|c| c.offset)
+                    .filter(|o| *o >= 0);
+                (tp.clone(), offset)
+            })
+            .collect())
     }
 }
