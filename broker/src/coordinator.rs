@@ -246,13 +246,22 @@ impl Coordinator {
             }
         }
         let shard = self.shard(group, replica).await?;
+        // Held from the checks until the state is applied: a reset (which holds it alone)
+        // never falls between a member's check and its write.
+        let writing = shard.writes.read().await;
+        let mut offsets = offsets;
         {
             let mut groups = shard.members.lock();
             let now = std::time::Instant::now();
             match (member, groups.get_mut(group)) {
-                (Some((id, epoch)), Some(m)) => m
-                    .check_commit(id, epoch, now, session_timeout)
-                    .map_err(|r| refused(group, r))?,
+                (Some((id, epoch)), Some(m)) => {
+                    m.check_commit(id, epoch, now, session_timeout)
+                        .map_err(|r| refused(group, r))?;
+                    // Positions from before a reset the member has not applied yet would
+                    // undo it: dropped.
+                    let resetting = m.resetting(id);
+                    offsets.retain(|(tp, _)| !resetting.contains(tp));
+                }
                 (Some((id, _)), None) => {
                     return Err(Error::UnknownMember {
                         group: group.to_string(),
@@ -271,8 +280,10 @@ impl Coordinator {
                 (None, None) => {}
             }
         }
+        if offsets.is_empty() {
+            return Ok(());
+        }
         let batch = records::commit_batch(group, &offsets);
-        let writing = shard.writes.read().await;
         let (base, _) = replica
             .produce(cluster, batch, acks::ALL, timeout)
             .await
@@ -384,6 +395,58 @@ impl Coordinator {
             .delete_records_before(cluster, floor, timeout)
             .await?;
         Ok((entries.len(), floor))
+    }
+
+    /// Sets `group`'s committed offsets from outside it, also while it has members: the
+    /// members owning (or about to own) those partitions are told at their next heartbeat
+    /// and read them from the new offsets; their commits for them until then are dropped.
+    /// Returns how many members were told.
+    pub(crate) async fn reset(
+        &self,
+        replica: &Arc<Replica>,
+        cluster: &crate::controller::ClusterState,
+        group: &str,
+        offsets: Vec<(TopicPartition, Committed)>,
+        timeout: Duration,
+    ) -> Result<usize> {
+        validate_group(group)?;
+        if let Some(((topic, partition), c)) = offsets.iter().find(|(_, c)| c.offset < 0) {
+            return Err(Error::InvalidRequest(format!(
+                "group '{group}', {topic}-{partition}: offset {} is negative; nothing was reset",
+                c.offset
+            )));
+        }
+        if offsets.is_empty() {
+            return Ok(0);
+        }
+        let shard = self.shard(group, replica).await?;
+        let alone = shard.writes.write().await;
+        let batch = records::commit_batch(group, &offsets);
+        let (base, _) = replica.produce(cluster, batch, acks::ALL, timeout).await?;
+        let partitions: std::collections::BTreeSet<TopicPartition> =
+            offsets.iter().map(|(tp, _)| tp.clone()).collect();
+        {
+            let mut state = shard.state.lock();
+            for (i, (tp, c)) in offsets.into_iter().enumerate() {
+                state.apply(group, tp, Some(c), base + i as i64);
+            }
+        }
+        let told = shard
+            .members
+            .lock()
+            .get_mut(group)
+            .map_or(0, |m| m.reset(&partitions));
+        drop(alone);
+        shard
+            .since_rewrite
+            .fetch_add(partitions.len(), std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(
+            group,
+            partitions = partitions.len(),
+            members_told = told,
+            "reset committed offsets"
+        );
+        Ok(told)
     }
 
     /// The offsets `group` has committed: of `wanted`, or all of them.

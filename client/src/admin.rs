@@ -226,6 +226,36 @@ impl Admin {
             .await
     }
 
+    /// Resets `group`'s committed offsets (the next offset to read of each partition), also
+    /// while the group has members: those owning the partitions continue from the new
+    /// offsets at their next heartbeat, without a restart. Returns how many members were
+    /// told.
+    pub async fn reset_offsets(
+        &self,
+        group: &str,
+        offsets: &[(crate::TopicPartition, i64)],
+    ) -> Result<i32> {
+        let req = pb::ResetOffsetsRequest {
+            group: group.to_string(),
+            partitions: offsets
+                .iter()
+                .map(|(tp, offset)| pb::OffsetCommitPartition {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    offset: *offset,
+                    metadata: String::new(),
+                })
+                .collect(),
+        };
+        GroupCalls::new(self.cluster.clone(), group)
+            .call("resetting offsets", |mut c| {
+                let req = req.clone();
+                async move { c.reset_offsets(req).await }
+            })
+            .await
+            .map(|r| r.members_notified)
+    }
+
     /// Sets `group`'s committed offsets (the next offset to read of each partition), as a
     /// consumer's commit does. Refused while the group has members (they commit their own).
     pub async fn commit_offsets(

@@ -167,6 +167,48 @@ impl Broker {
             .await
     }
 
+    /// Resets `group`'s committed offsets, also while it has members (see
+    /// [`Coordinator::reset`]). Every partition must exist.
+    pub(crate) async fn reset_offsets(
+        self: &Arc<Self>,
+        group: &str,
+        offsets: Vec<(TopicPartition, i64)>,
+        timeout: Duration,
+    ) -> Result<usize> {
+        let state = self.controller.state();
+        for ((topic, partition), _) in &offsets {
+            let record = state
+                .topics
+                .get(topic)
+                .ok_or_else(|| Error::UnknownTopic(topic.clone()))?;
+            if *partition < 0 || *partition >= record.partitions {
+                return Err(Error::UnknownPartition {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    count: record.partitions,
+                });
+            }
+        }
+        let replica = self.group_replica(group).await?;
+        let now = now_ms();
+        let offsets = offsets
+            .into_iter()
+            .map(|(tp, offset)| {
+                (
+                    tp,
+                    Committed {
+                        offset,
+                        metadata: String::new(),
+                        commit_ms: now,
+                    },
+                )
+            })
+            .collect();
+        self.coordinator
+            .reset(&replica, &state, group, offsets, timeout)
+            .await
+    }
+
     /// What `group` has committed: of `wanted`, or everything.
     pub(crate) async fn committed_offsets(
         self: &Arc<Self>,

@@ -39,6 +39,8 @@ pub(crate) struct Heartbeat {
     /// The partitions the member owns now (has not released).
     pub owned: BTreeSet<TopicPartition>,
     pub client_id: String,
+    /// The highest offset reset it has applied.
+    pub resets_applied: u64,
 }
 
 /// What a member is told.
@@ -48,6 +50,8 @@ pub(crate) struct Answer {
     pub member_epoch: i32,
     /// The partitions it may own now: its target, less those another member still owns.
     pub assignment: BTreeSet<TopicPartition>,
+    /// Offset resets it has not applied yet.
+    pub resets: Vec<(u64, BTreeSet<TopicPartition>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +65,8 @@ pub(crate) struct Member {
     pub owned: BTreeSet<TopicPartition>,
     pub target: BTreeSet<TopicPartition>,
     last_seen: Instant,
+    /// Offset resets of its partitions it has not applied yet.
+    resets: Vec<(u64, BTreeSet<TopicPartition>)>,
 }
 
 /// A group's members.
@@ -72,6 +78,7 @@ pub(crate) struct Membership {
     /// Partition counts the target was computed with.
     counts: BTreeMap<String, i32>,
     next_member: u64,
+    next_reset: u64,
 }
 
 impl Membership {
@@ -102,6 +109,7 @@ impl Membership {
                 owned: BTreeSet::new(),
                 target: BTreeSet::new(),
                 last_seen: now,
+                resets: Vec::new(),
             });
             m.epoch = 0;
             changed = true;
@@ -117,6 +125,7 @@ impl Membership {
                     member_id: hb.member_id,
                     member_epoch: -1,
                     assignment: BTreeSet::new(),
+                    resets: Vec::new(),
                 });
             }
             // The member may be one answer behind (the answer that gave it the new epoch was
@@ -148,6 +157,7 @@ impl Membership {
                 changed = true;
             }
             m.client_id = hb.client_id;
+            m.resets.retain(|(id, _)| *id > hb.resets_applied);
         }
         // Partitions added to a subscribed topic count as a change too.
         let subscribed: BTreeSet<&String> = self
@@ -188,7 +198,42 @@ impl Membership {
             member_id: id,
             member_epoch: epoch,
             assignment,
+            resets: m.resets.clone(),
         })
+    }
+
+    /// Records that the committed offsets of `partitions` were reset: each member owning
+    /// or about to own some of them is told at its next heartbeat. Returns how many.
+    pub(crate) fn reset(&mut self, partitions: &BTreeSet<TopicPartition>) -> usize {
+        self.next_reset += 1;
+        let id = self.next_reset;
+        let mut told = 0;
+        for m in self.members.values_mut() {
+            let mine: BTreeSet<TopicPartition> = partitions
+                .iter()
+                .filter(|tp| m.owned.contains(*tp) || m.target.contains(*tp))
+                .cloned()
+                .collect();
+            if !mine.is_empty() {
+                m.resets.push((id, mine));
+                told += 1;
+            }
+        }
+        told
+    }
+
+    /// Of `partitions`, those `member` still has to re-read after a reset: its commits for
+    /// them are dropped until it has.
+    pub(crate) fn resetting(&self, member: &str) -> BTreeSet<TopicPartition> {
+        self.members
+            .get(member)
+            .map(|m| {
+                m.resets
+                    .iter()
+                    .flat_map(|(_, p)| p.iter().cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Whether a commit from `member_id` at `epoch` is one the group accepts: from a member
@@ -354,6 +399,7 @@ mod tests {
                 topics: topics(&["orders"]),
                 owned: BTreeSet::new(),
                 client_id: "c".into(),
+                resets_applied: 0,
             },
             now,
             SESSION,
@@ -375,6 +421,7 @@ mod tests {
                 topics: topics(&["orders"]),
                 owned: owned.clone(),
                 client_id: "c".into(),
+                resets_applied: 0,
             },
             now,
             SESSION,
@@ -448,6 +495,7 @@ mod tests {
                     topics: topics(&["orders"]),
                     owned: BTreeSet::new(),
                     client_id: "c".into(),
+                    resets_applied: 0,
                 },
                 now,
                 SESSION,
@@ -474,6 +522,7 @@ mod tests {
                 topics: topics(&["orders"]),
                 owned: a[1].assignment.clone(),
                 client_id: "c".into(),
+                resets_applied: 0,
             },
             later,
             SESSION,
@@ -494,6 +543,7 @@ mod tests {
                 topics: topics(&["orders"]),
                 owned: BTreeSet::new(),
                 client_id: "c".into(),
+                resets_applied: 0,
             },
             now,
             SESSION,
@@ -522,6 +572,7 @@ mod tests {
                             topics: topics(&["orders"]),
                             owned: x.assignment.clone(),
                             client_id: "c".into(),
+                            resets_applied: 0,
                         },
                         now,
                         SESSION,

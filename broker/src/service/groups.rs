@@ -255,6 +255,7 @@ impl pb::groups_server::Groups for GroupsService {
                 })
                 .collect(),
             client_id: req.client_id,
+            resets_applied: req.resets_applied,
         };
         let answer = self.broker.group_heartbeat(&req.group, hb).await?;
         Ok(tonic::Response::new(pb::GroupHeartbeatResponse {
@@ -262,6 +263,33 @@ impl pb::groups_server::Groups for GroupsService {
             member_epoch: answer.member_epoch,
             heartbeat_interval_ms: self.broker.config.group_heartbeat_interval.as_millis() as i32,
             assignment: by_topic(&answer.assignment),
+            resets: answer
+                .resets
+                .iter()
+                .map(|(id, partitions)| pb::OffsetReset {
+                    id: *id,
+                    partitions: by_topic(partitions),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn reset_offsets(
+        &self,
+        request: tonic::Request<pb::ResetOffsetsRequest>,
+    ) -> Result<tonic::Response<pb::ResetOffsetsResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let offsets = req
+            .partitions
+            .into_iter()
+            .map(|p| ((p.topic, p.partition), p.offset))
+            .collect();
+        let told = self
+            .broker
+            .reset_offsets(&req.group, offsets, COMMIT_TIMEOUT)
+            .await?;
+        Ok(tonic::Response::new(pb::ResetOffsetsResponse {
+            members_notified: told as i32,
         }))
     }
 }

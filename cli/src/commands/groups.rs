@@ -3,7 +3,7 @@
 use anyhow::Context as _;
 use clap::Subcommand;
 use serde::Serialize;
-use sluice_client::Admin;
+use sluice_client::{Admin, TopicPartition};
 
 use super::Context;
 use crate::output::{self, table};
@@ -17,6 +17,10 @@ pub(crate) enum GroupsCommand {
         /// The group.
         group: String,
     },
+    /// Move a group's committed offsets (Kafka's strategies), also while it has members:
+    /// they continue from the new offsets without a restart. Shows the plan; --execute
+    /// applies it.
+    ResetOffsets(ResetArgs),
 }
 
 #[derive(Debug, Serialize)]
@@ -87,6 +91,7 @@ fn timestamp(ms: i64) -> String {
 pub(crate) async fn run(ctx: &Context, cmd: GroupsCommand) -> anyhow::Result<()> {
     let admin = Admin::new(ctx.client())?;
     match cmd {
+        GroupsCommand::ResetOffsets(args) => reset_offsets(ctx, args).await,
         GroupsCommand::List => {
             let groups = admin.list_groups().await.context("listing groups")?;
             let mut rows = Vec::new();
@@ -216,4 +221,357 @@ pub(crate) async fn run(ctx: &Context, cmd: GroupsCommand) -> anyhow::Result<()>
             })
         }
     }
+}
+
+/// `groups reset-offsets`: which partitions, and where to.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("strategy").required(true).multiple(false)))]
+#[command(group(clap::ArgGroup::new("scope").multiple(false)))]
+pub(crate) struct ResetArgs {
+    /// The group.
+    group: String,
+    /// A topic (all its partitions) or TOPIC:0,1,3 (those partitions); repeatable.
+    #[arg(long = "topic", value_name = "TOPIC[:P,...]", group = "scope")]
+    topics: Vec<String>,
+    /// Every topic the group has committed offsets for or reads.
+    #[arg(long, group = "scope")]
+    all_topics: bool,
+    /// To each partition's log start offset.
+    #[arg(long, group = "strategy")]
+    to_earliest: bool,
+    /// To each partition's end (its high watermark): skip everything not read.
+    #[arg(long, group = "strategy")]
+    to_latest: bool,
+    /// To the committed offsets (a no-op that members re-read from).
+    #[arg(long, group = "strategy")]
+    to_current: bool,
+    /// To this offset in every partition (clamped to the log).
+    #[arg(long, value_name = "N", group = "strategy")]
+    to_offset: Option<i64>,
+    /// By N records from the committed offset (negative: back).
+    #[arg(
+        long,
+        value_name = "N",
+        group = "strategy",
+        allow_negative_numbers = true
+    )]
+    shift_by: Option<i64>,
+    /// To the first record at or after this time: 2026-11-21T10:00:00[.sss][Z|+hh:mm], or
+    /// epoch milliseconds.
+    #[arg(long, value_name = "TIME", group = "strategy")]
+    to_datetime: Option<String>,
+    /// To the first record at or after this long ago: PT1H, P1DT2H, or 1h, 90m.
+    #[arg(long, value_name = "DURATION", group = "strategy")]
+    by_duration: Option<String>,
+    /// To the offsets in a CSV file of topic,partition,offset lines (as --export writes).
+    #[arg(long, value_name = "FILE", group = "strategy")]
+    from_file: Option<std::path::PathBuf>,
+    /// Apply the plan (without it, the plan is only shown).
+    #[arg(long)]
+    execute: bool,
+    /// Print the plan as CSV (topic,partition,offset) on stdout, for --from-file.
+    #[arg(long)]
+    export: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct PlanRow {
+    topic: String,
+    partition: i32,
+    /// -1: nothing committed.
+    current_offset: i64,
+    new_offset: i64,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    note: String,
+}
+
+#[derive(Debug, Serialize)]
+struct Plan {
+    group: String,
+    executed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members_notified: Option<i32>,
+    partitions: Vec<PlanRow>,
+}
+
+/// `2026-11-21T10:00:00[.sss][Z|+hh:mm|-hh:mm]` or epoch ms, as epoch ms.
+fn parse_datetime(s: &str) -> anyhow::Result<i64> {
+    if let Ok(ms) = s.parse::<i64>() {
+        return Ok(ms);
+    }
+    let bad = || {
+        crate::output::invalid(format!(
+            "invalid --to-datetime '{s}': use 2026-11-21T10:00:00[.sss][Z|+hh:mm], or epoch milliseconds"
+        ))
+    };
+    let (local, offset_min) = match s.len().checked_sub(6).map(|i| s.split_at(i)) {
+        Some((head, tail))
+            if (tail.starts_with('+') || tail.starts_with('-')) && tail.as_bytes()[3] == b':' =>
+        {
+            let h: i64 = tail[1..3].parse().map_err(|_| bad())?;
+            let m: i64 = tail[4..6].parse().map_err(|_| bad())?;
+            let sign = if tail.starts_with('-') { -1 } else { 1 };
+            (head, sign * (h * 60 + m))
+        }
+        _ => (s, 0),
+    };
+    let t = humantime::parse_rfc3339_weak(local).map_err(|_| bad())?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    Ok(ms - offset_min * 60_000)
+}
+
+/// `PT1H`, `P1DT2H30M`, or a humantime duration (`1h`, `90m`), as a duration.
+fn parse_ago(s: &str) -> anyhow::Result<std::time::Duration> {
+    let text = match s.strip_prefix('P').or_else(|| s.strip_prefix('p')) {
+        Some(iso) => iso.replace(['T', 't'], "").to_lowercase(),
+        None => s.to_string(),
+    };
+    humantime::parse_duration(&text).map_err(|_| {
+        crate::output::invalid(format!(
+            "invalid --by-duration '{s}': use ISO 8601 (PT1H, P1DT2H) or 1h, 90m"
+        ))
+    })
+}
+
+/// The (topic, partition) pairs `--topic` names, checked against the cluster.
+async fn named_partitions(admin: &Admin, topics: &[String]) -> anyhow::Result<Vec<TopicPartition>> {
+    let mut out = Vec::new();
+    for t in topics {
+        let (name, list) = match t.split_once(':') {
+            Some((n, l)) => (n, Some(l)),
+            None => (t.as_str(), None),
+        };
+        let d = admin
+            .describe_topic(name)
+            .await
+            .with_context(|| format!("describing topic '{name}'"))?;
+        let count = d.partitions.len() as i32;
+        match list {
+            None => out.extend((0..count).map(|p| TopicPartition::new(name, p))),
+            Some(list) => {
+                for p in list.split(',') {
+                    let p: i32 = p.trim().parse().map_err(|_| {
+                        crate::output::invalid(format!(
+                            "--topic '{t}': '{p}' is not a partition number; use TOPIC:0,1,2"
+                        ))
+                    })?;
+                    if !(0..count).contains(&p) {
+                        return Err(crate::output::invalid(format!(
+                            "--topic '{t}': topic '{name}' has no partition {p} (it has 0-{})",
+                            count - 1
+                        )));
+                    }
+                    out.push(TopicPartition::new(name, p));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads a CSV of topic,partition,offset lines (blank lines and # comments skipped).
+fn read_plan_file(path: &std::path::Path) -> anyhow::Result<Vec<(TopicPartition, i64)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let parts: Vec<&str> = line.split(',').map(str::trim).collect();
+        let parsed = match parts[..] {
+            [t, p, o] => p
+                .parse::<i32>()
+                .ok()
+                .zip(o.parse::<i64>().ok())
+                .map(|(p, o)| (t, p, o)),
+            _ => None,
+        };
+        let Some((t, p, o)) = parsed else {
+            return Err(crate::output::invalid(format!(
+                "{}:{}: '{line}' is not topic,partition,offset",
+                path.display(),
+                i + 1
+            )));
+        };
+        out.push((TopicPartition::new(t, p), o));
+    }
+    Ok(out)
+}
+
+pub(crate) async fn reset_offsets(ctx: &Context, args: ResetArgs) -> anyhow::Result<()> {
+    let admin = Admin::new(ctx.client())?;
+    let group = args.group.clone();
+    let committed: std::collections::BTreeMap<TopicPartition, i64> = admin
+        .committed_offsets(&group)
+        .await
+        .with_context(|| format!("reading the offsets of group '{group}'"))?
+        .into_iter()
+        .map(|c| (TopicPartition::new(c.topic, c.partition), c.offset))
+        .collect();
+    let from_file = match &args.from_file {
+        Some(path) => Some(read_plan_file(path)?),
+        None => None,
+    };
+    let partitions: Vec<TopicPartition> = if let Some(rows) = &from_file {
+        rows.iter().map(|(tp, _)| tp.clone()).collect()
+    } else if args.all_topics {
+        let mut tps: std::collections::BTreeSet<TopicPartition> =
+            committed.keys().cloned().collect();
+        if let Ok(d) = admin.describe_group(&group).await {
+            tps.extend(
+                d.partitions
+                    .into_iter()
+                    .map(|p| TopicPartition::new(p.topic, p.partition)),
+            );
+        }
+        if tps.is_empty() {
+            anyhow::bail!(
+                "group '{group}' has no committed offsets and no members: name the partitions with --topic"
+            );
+        }
+        tps.into_iter().collect()
+    } else if !args.topics.is_empty() {
+        named_partitions(&admin, &args.topics).await?
+    } else {
+        return Err(crate::output::invalid(
+            "name the partitions to reset: --topic TOPIC[:P,...] (repeatable) or --all-topics",
+        ));
+    };
+    // Each topic's log range, once.
+    let mut ranges: std::collections::BTreeMap<(String, i32), (i64, i64)> = Default::default();
+    let topics: std::collections::BTreeSet<&str> =
+        partitions.iter().map(|tp| tp.topic.as_str()).collect();
+    for t in topics {
+        let d = admin
+            .describe_topic(t)
+            .await
+            .with_context(|| format!("describing topic '{t}'"))?;
+        for p in d.partitions {
+            ranges.insert(
+                (t.to_string(), p.partition),
+                (p.log_start_offset, p.high_watermark),
+            );
+        }
+    }
+    let at_time = match (&args.to_datetime, &args.by_duration) {
+        (Some(t), _) => Some(parse_datetime(t)?),
+        (_, Some(d)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            Some(now - parse_ago(d)?.as_millis() as i64)
+        }
+        _ => None,
+    };
+    let lookup = sluice_client::Consumer::new(ctx.client(), Default::default())?;
+    let mut rows = Vec::new();
+    for tp in &partitions {
+        let Some(&(start, end)) = ranges.get(&(tp.topic.clone(), tp.partition)) else {
+            anyhow::bail!("topic '{}' has no partition {}", tp.topic, tp.partition);
+        };
+        let current = committed.get(tp).copied();
+        let mut note = String::new();
+        let wanted = if args.to_earliest {
+            Some(start)
+        } else if args.to_latest {
+            Some(end)
+        } else if args.to_current {
+            current
+        } else if let Some(n) = args.to_offset {
+            Some(n)
+        } else if let Some(n) = args.shift_by {
+            current.map(|c| c.saturating_add(n))
+        } else if let Some(ts) = at_time {
+            let o = lookup
+                .list_offset(tp, ts)
+                .await
+                .with_context(|| format!("looking up the offset of {tp} at {ts} ms"))?;
+            Some(if o < 0 { end } else { o })
+        } else {
+            from_file
+                .as_ref()
+                .and_then(|rows| rows.iter().find(|(t, _)| t == tp).map(|(_, o)| *o))
+        };
+        let Some(wanted) = wanted else {
+            note = "nothing committed: left alone".into();
+            rows.push(PlanRow {
+                topic: tp.topic.clone(),
+                partition: tp.partition,
+                current_offset: -1,
+                new_offset: -1,
+                note,
+            });
+            continue;
+        };
+        let new = wanted.clamp(start, end.max(start));
+        if new != wanted {
+            note = format!(
+                "{wanted} is outside the log [{start}, {end}]: clamped to the {}",
+                if wanted < start { "log start" } else { "end" }
+            );
+        }
+        rows.push(PlanRow {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            current_offset: current.unwrap_or(-1),
+            new_offset: new,
+            note,
+        });
+    }
+    let apply: Vec<(TopicPartition, i64)> = rows
+        .iter()
+        .filter(|r| r.new_offset >= 0)
+        .map(|r| (TopicPartition::new(&r.topic, r.partition), r.new_offset))
+        .collect();
+    let members_notified = if args.execute {
+        Some(
+            admin
+                .reset_offsets(&group, &apply)
+                .await
+                .with_context(|| format!("resetting the offsets of group '{group}'"))?,
+        )
+    } else {
+        None
+    };
+    if args.export {
+        for (tp, o) in &apply {
+            outln!("{},{},{}", tp.topic, tp.partition, o);
+        }
+    } else {
+        let plan = Plan {
+            group: group.clone(),
+            executed: args.execute,
+            members_notified,
+            partitions: rows,
+        };
+        output::print(ctx.output, &plan, |p| {
+            outln!(
+                "{}",
+                table(
+                    &["topic", "partition", "current-offset", "new-offset", "note"],
+                    p.partitions.iter().map(|r| vec![
+                        r.topic.clone(),
+                        r.partition.to_string(),
+                        or_dash(known(r.current_offset)),
+                        or_dash(known(r.new_offset)),
+                        r.note.clone(),
+                    ])
+                )
+            );
+        })?;
+    }
+    if ctx.output == crate::output::Format::Table || args.export {
+        match members_notified {
+            Some(n) => eprintln!(
+                "Reset {} partition(s) of group '{group}'; {n} member(s) told, they continue from the new offsets.",
+                apply.len()
+            ),
+            None => eprintln!("Dry run: nothing changed. Add --execute to apply this plan."),
+        }
+    }
+    Ok(())
 }

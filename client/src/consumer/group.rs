@@ -37,6 +37,21 @@ pub(super) struct MemberState {
     pub lost: bool,
     /// A failure retrying cannot fix, for `poll` to return.
     pub error: Option<Error>,
+    /// Offset resets the coordinator announced and `poll` has not applied yet: their
+    /// partitions are read again from the committed offsets, and not committed meanwhile.
+    pub resets: Vec<(u64, BTreeSet<TopicPartition>)>,
+    /// The highest reset applied (reported in every heartbeat).
+    pub resets_applied: u64,
+}
+
+impl MemberState {
+    /// Partitions whose offsets were reset and are not re-read yet.
+    pub(super) fn resetting(&self) -> BTreeSet<TopicPartition> {
+        self.resets
+            .iter()
+            .flat_map(|(_, p)| p.iter().cloned())
+            .collect()
+    }
 }
 
 #[derive(Debug)]
@@ -116,6 +131,7 @@ impl Member {
             topics: self.topics.clone(),
             owned: Vec::new(),
             client_id: self.client_id.clone(),
+            resets_applied: 0,
         };
         self.calls
             .call("leaving the group", |mut c| {
@@ -150,6 +166,7 @@ async fn heartbeat_loop(
                     by_topic(&s.owned)
                 },
                 client_id: client_id.clone(),
+                resets_applied: s.resets_applied,
             }
         };
         let answer = calls
@@ -179,6 +196,21 @@ async fn heartbeat_loop(
                 s.member_id = resp.member_id;
                 s.epoch = resp.member_epoch;
                 s.assignment = Some(assignment);
+                for r in resp.resets {
+                    if r.id > s.resets_applied && !s.resets.iter().any(|(id, _)| *id == r.id) {
+                        let partitions = r
+                            .partitions
+                            .into_iter()
+                            .flat_map(|t| {
+                                let topic = t.topic;
+                                t.partitions
+                                    .into_iter()
+                                    .map(move |p| TopicPartition::new(topic.clone(), p))
+                            })
+                            .collect();
+                        s.resets.push((r.id, partitions));
+                    }
+                }
             }
             Err(e)
                 if matches!(
@@ -320,6 +352,32 @@ impl Consumer {
             }
             changed = true;
         }
+        // Offsets reset by an admin: the partitions held here are read again from the new
+        // committed offsets.
+        let resets = std::mem::take(&mut state.lock().resets);
+        if !resets.is_empty() {
+            let reset: BTreeSet<TopicPartition> = resets
+                .iter()
+                .flat_map(|(_, p)| p.iter().cloned())
+                .filter(|tp| self.assigned.contains_key(tp))
+                .collect();
+            let reset: Vec<TopicPartition> = reset.into_iter().collect();
+            if !reset.is_empty() {
+                let starts = self.committed_starts(&reset).await?;
+                self.drop_partitions(&reset);
+                let backoff = self.config.retry_backoff;
+                for (tp, start) in starts {
+                    let mut a = Assigned::new(start.into(), backoff);
+                    self.next_epoch += 1 << 20;
+                    a.epoch = self.next_epoch;
+                    self.assigned.insert(tp, a);
+                }
+            }
+            let applied = resets.iter().map(|(id, _)| *id).max().unwrap_or(0);
+            let mut s = state.lock();
+            s.resets_applied = s.resets_applied.max(applied);
+            changed = true;
+        }
         if let Some(target) = assignment {
             let current: std::collections::BTreeSet<TopicPartition> =
                 self.assigned.keys().cloned().collect();
@@ -414,17 +472,32 @@ impl Consumer {
     /// Commits `offsets` (the next offset to read of each partition) for the group.
     /// Acknowledged once replicated like an acks=all write.
     pub async fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
-        let member = self.member.as_ref().and_then(|m| {
-            let s = m.state.lock();
-            (s.epoch > 0).then(|| (s.member_id.clone(), s.epoch))
-        });
+        let (member, resetting) = match &self.member {
+            None => (None, Default::default()),
+            Some(m) => {
+                let s = m.state.lock();
+                (
+                    (s.epoch > 0).then(|| (s.member_id.clone(), s.epoch)),
+                    s.resetting(),
+                )
+            }
+        };
         if self.member.is_some() && member.is_none() {
             return Err(Error::InvalidArgument(format!(
                 "this consumer has not joined group '{}' yet (or is rejoining): nothing it owns to commit",
                 self.config.group_id.as_deref().unwrap_or_default()
             )));
         }
-        self.group_calls()?.commit(offsets, member).await
+        // Positions from before a reset of their committed offsets would undo it.
+        let offsets: Vec<(TopicPartition, i64)> = offsets
+            .iter()
+            .filter(|(tp, _)| !resetting.contains(tp))
+            .cloned()
+            .collect();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.group_calls()?.commit(&offsets, member).await
     }
 
     /// Commits the position of every assigned partition that has one: past every record

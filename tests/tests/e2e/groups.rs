@@ -682,3 +682,191 @@ async fn a_killed_members_partitions_go_to_the_others_and_nothing_is_lost() {
     assert_eq!(expected.len(), 120);
     assert_eq!(all, expected, "every record printed by a member");
 }
+
+/// Runs the CLI against `address`; returns (success, stdout, stderr).
+async fn cli(address: &str, args: &[&str]) -> (bool, String, String) {
+    let (address, args): (String, Vec<String>) = (
+        address.to_string(),
+        args.iter().map(|s| s.to_string()).collect(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = sluice_tests::run_cli(&address, &args, "");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+async fn committed_of(admin: &Admin, group: &str) -> Vec<(i32, i64)> {
+    let mut v: Vec<(i32, i64)> = admin
+        .committed_offsets(group)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.partition, c.offset))
+        .collect();
+    v.sort();
+    v
+}
+
+/// `sluice groups reset-offsets` with every strategy: the plan alone changes nothing;
+/// --execute applies it, clamped to the log; --export and --from-file round-trip. On a
+/// live group the member continues from the new offsets without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_reset_with_every_strategy_also_on_a_live_group() {
+    let cluster = Cluster::start_with(
+        1,
+        &[
+            "--offsets-topic-partitions",
+            "2",
+            "--group-heartbeat-interval",
+            "200ms",
+            "--group-session-timeout",
+            "10s",
+        ],
+    );
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(NewTopic::new("log", 2, 1), false)
+        .await
+        .unwrap();
+    produce(cluster.client(), "log", 0, 20).await;
+    let d = admin.describe_topic("log").await.unwrap();
+    let ends: Vec<i64> = d.partitions.iter().map(|p| p.high_watermark).collect();
+    assert!(ends.iter().all(|e| *e >= 3), "{ends:?}");
+    let (e0, e1) = (ends[0], ends[1]);
+    admin
+        .commit_offsets(
+            "g",
+            &[
+                (TopicPartition::new("log", 0), 2),
+                (TopicPartition::new("log", 1), 3),
+            ],
+        )
+        .await
+        .unwrap();
+    let address = cluster.brokers[0].address.clone();
+    let reset = |extra: &[&str]| {
+        let mut args = vec!["groups", "reset-offsets", "g"];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let run = |args: Vec<String>| {
+        let address = address.clone();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            let (ok, out, err) = cli(&address, &refs).await;
+            assert!(ok, "{args:?}: {out}{err}");
+            (out, err)
+        }
+    };
+
+    // A plan alone changes nothing.
+    let (out, err) = run(reset(&["--topic", "log", "--to-earliest", "-o", "json"])).await;
+    let plan: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(plan["executed"], false);
+    assert!(
+        plan["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["new_offset"] == 0)
+    );
+    assert!(err.is_empty() || !err.contains("Reset"), "{err}");
+    assert_eq!(committed_of(&admin, "g").await, vec![(0, 2), (1, 3)]);
+
+    // Strategy flags, and the committed offsets (partition, offset) expected after.
+    type Case<'a> = (Vec<&'a str>, Vec<(i32, i64)>);
+    let cases: Vec<Case> = vec![
+        (vec!["--to-earliest"], vec![(0, 0), (1, 0)]),
+        (vec!["--to-latest"], vec![(0, e0), (1, e1)]),
+        (vec!["--shift-by", "-2"], vec![(0, e0 - 2), (1, e1 - 2)]),
+        (vec!["--to-current"], vec![(0, e0 - 2), (1, e1 - 2)]),
+        (vec!["--to-offset", "1000"], vec![(0, e0), (1, e1)]),
+        (vec!["--by-duration", "PT1H"], vec![(0, 0), (1, 0)]),
+        (
+            vec!["--to-datetime", "2100-01-01T00:00:00Z"],
+            vec![(0, e0), (1, e1)],
+        ),
+        (
+            vec!["--to-datetime", "2000-01-01T00:00:00.000+01:00"],
+            vec![(0, 0), (1, 0)],
+        ),
+    ];
+    for (strategy, want) in cases {
+        let mut args = vec!["--topic", "log", "--execute"];
+        args.extend(strategy.iter().copied());
+        let (out, _) = run(reset(&args)).await;
+        assert_eq!(committed_of(&admin, "g").await, want, "{strategy:?}: {out}");
+        if strategy == ["--to-offset", "1000"] {
+            assert!(out.contains("clamped"), "{out}");
+        }
+    }
+    // One partition only.
+    run(reset(&[
+        "--topic",
+        "log:1",
+        "--to-offset",
+        "1",
+        "--execute",
+    ]))
+    .await;
+    assert_eq!(committed_of(&admin, "g").await, vec![(0, 0), (1, 1)]);
+    // --export, then --from-file.
+    let (csv, _) = run(reset(&["--all-topics", "--to-latest", "--export"])).await;
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &csv).unwrap();
+    let path = file.path().to_string_lossy().to_string();
+    run(reset(&["--from-file", &path, "--execute"])).await;
+    assert_eq!(committed_of(&admin, "g").await, vec![(0, e0), (1, e1)]);
+    // A mistake is named.
+    let (ok, _, err) = cli(
+        &address,
+        &reset(&["--topic", "log:7", "--to-earliest"])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert!(!ok && err.contains("no partition 7"), "{err}");
+
+    // A live group: its member read everything; reset to the start, it reads it all again,
+    // without a restart.
+    let member = Member::join(cluster.client(), "g", "log").await;
+    produce(cluster.client(), "log", 20, 4).await;
+    eventually(
+        "the member caught up and committed",
+        Duration::from_secs(20),
+        || async {
+            let d = admin.describe_group("g").await.ok()?;
+            (d.members.len() == 1 && d.partitions.iter().all(|p| p.lag == 0)).then_some(())
+        },
+    )
+    .await;
+    let before = member.seen.lock().unwrap().len();
+    assert_eq!(before, 4, "only the 4 records after the committed offsets");
+    let (out, err) = run(reset(&["--all-topics", "--to-earliest", "--execute"])).await;
+    assert!(err.contains("1 member(s) told"), "{out}{err}");
+    eventually(
+        "the member reading again from the start",
+        Duration::from_secs(20),
+        || {
+            let n = member.seen.lock().unwrap().len();
+            async move { (n >= before + 24).then_some(()) }
+        },
+    )
+    .await;
+    let seen = member.seen.lock().unwrap().clone();
+    assert!(
+        seen.contains(&(0, 0)) && seen.contains(&(1, 0)),
+        "read from offset 0 again"
+    );
+    member.close().await;
+}
