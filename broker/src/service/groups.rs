@@ -29,6 +29,27 @@ fn by_topic<'a>(tps: impl IntoIterator<Item = &'a TopicPartition>) -> Vec<pb::To
 /// How long a commit waits for its acks=all write.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long `describe` waits for the record at a committed offset (for lag in time).
+const LAG_TIME_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What one read for lag in time brings: enough for the batch holding the record.
+const LAG_TIME_READ_BYTES: u32 = 64 * 1024;
+
+/// The timestamp of the first record at or after `offset` in `batches`.
+fn first_timestamp(batches: bytes::Bytes, offset: i64) -> Option<i64> {
+    for whole in sluice_proto::batch::split_batches(batches) {
+        let whole = whole.ok()?;
+        let (header, records) = sluice_proto::batch::decode(&whole, 64 << 20).ok()?;
+        if header.is_control() {
+            continue;
+        }
+        if let Some(r) = records.iter().find(|r| r.offset >= offset) {
+            return Some(r.timestamp);
+        }
+    }
+    None
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct GroupsService {
     broker: Arc<Broker>,
@@ -41,6 +62,49 @@ impl GroupsService {
             admin: AdminService::new(broker.clone()),
             broker,
         }
+    }
+
+    /// The timestamp of the first record at or after `offset` of a partition, read from its
+    /// leader (here, or asked with a Fetch).
+    async fn timestamp_at(&self, topic: &str, partition: i32, offset: i64) -> Option<i64> {
+        if let Ok(local) = self.broker.partition(topic, partition) {
+            let bytes = tokio::task::spawn_blocking(move || {
+                local.read(offset, LAG_TIME_READ_BYTES as usize)
+            })
+            .await
+            .ok()?
+            .ok()?;
+            return first_timestamp(bytes, offset);
+        }
+        let record = self.broker.topic_record(topic).ok()?;
+        let leader = self.broker.current_leader(&record, partition)?;
+        let address = self
+            .broker
+            .controller
+            .state()
+            .brokers
+            .get(&leader)?
+            .address
+            .clone();
+        let channel = self.broker.peers.channel(&address).ok()?;
+        let mut client = pb::log_client::LogClient::new(channel);
+        let req = pb::FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 0,
+            max_bytes: LAG_TIME_READ_BYTES,
+            partitions: vec![pb::FetchPartition {
+                topic: topic.to_string(),
+                partition,
+                fetch_offset: offset,
+                partition_max_bytes: LAG_TIME_READ_BYTES,
+            }],
+        };
+        let resp = client.fetch(req).await.ok()?.into_inner();
+        let p = resp.partitions.into_iter().next()?;
+        if p.error.is_some() {
+            return None;
+        }
+        first_timestamp(p.records, offset)
     }
 
     /// Log end offsets (high watermarks: what a consumer can reach) of every partition of
@@ -196,10 +260,38 @@ impl pb::groups_server::Groups for GroupsService {
         }
         let topics: BTreeSet<String> = rows.keys().map(|(t, _)| t.clone()).collect();
         let ends = self.log_ends(&topics).await;
+        // Lag in time of the partitions behind: the age of the first record not consumed.
+        let now = crate::clock::now_ms();
+        let behind: Vec<(TopicPartition, i64)> = rows
+            .iter()
+            .filter_map(|(tp, c)| {
+                let c = (*c)?;
+                (ends.get(tp).is_some_and(|e| *e > c.offset)).then(|| (tp.clone(), c.offset))
+            })
+            .collect();
+        let stamps = futures::future::join_all(behind.iter().map(|(tp, offset)| async move {
+            let ts =
+                tokio::time::timeout(LAG_TIME_TIMEOUT, self.timestamp_at(&tp.0, tp.1, *offset))
+                    .await
+                    .ok()
+                    .flatten();
+            (tp.clone(), ts)
+        }))
+        .await;
+        let stamps: BTreeMap<TopicPartition, Option<i64>> = stamps.into_iter().collect();
         let partitions = rows
             .iter()
             .map(|(tp, c)| {
                 let end = ends.get(tp).copied();
+                let lag_ms = match (end, c) {
+                    (Some(e), Some(c)) if e <= c.offset => 0,
+                    (Some(_), Some(_)) => stamps
+                        .get(tp)
+                        .copied()
+                        .flatten()
+                        .map_or(-1, |ts| (now - ts).max(0)),
+                    _ => -1,
+                };
                 let committed = c.map_or(-1, |c| c.offset);
                 pb::GroupPartition {
                     topic: tp.0.clone(),
@@ -213,6 +305,7 @@ impl pb::groups_server::Groups for GroupsService {
                         _ => -1,
                     },
                     owner: owners.get(tp).map(|m| m.to_string()).unwrap_or_default(),
+                    lag_ms,
                 }
             })
             .collect();

@@ -44,6 +44,8 @@ struct PartitionRow {
     current_offset: i64,
     log_end_offset: Option<i64>,
     lag: Option<i64>,
+    /// Age of the first record not consumed, in milliseconds (0: caught up).
+    lag_ms: Option<i64>,
     committed_at: String,
     metadata: String,
     /// The member reading it now.
@@ -177,6 +179,7 @@ pub(crate) async fn run(ctx: &Context, cmd: GroupsCommand) -> anyhow::Result<()>
                         current_offset: p.committed_offset,
                         log_end_offset: known(p.log_end_offset),
                         lag: known(p.lag),
+                        lag_ms: known(p.lag_ms),
                         committed_at: timestamp(p.commit_timestamp_ms),
                         metadata: p.metadata,
                         consumer_id: p.owner,
@@ -200,6 +203,7 @@ pub(crate) async fn run(ctx: &Context, cmd: GroupsCommand) -> anyhow::Result<()>
                             "current-offset",
                             "log-end-offset",
                             "lag",
+                            "lag-time",
                             "consumer-id",
                             "committed-at",
                         ],
@@ -209,6 +213,12 @@ pub(crate) async fn run(ctx: &Context, cmd: GroupsCommand) -> anyhow::Result<()>
                             or_dash(known(p.current_offset)),
                             or_dash(p.log_end_offset),
                             or_dash(p.lag),
+                            p.lag_ms.map_or("-".into(), |ms| {
+                                humantime::format_duration(std::time::Duration::from_secs(
+                                    (ms as u64).div_ceil(1000),
+                                ))
+                                .to_string()
+                            }),
                             if p.consumer_id.is_empty() {
                                 "-".into()
                             } else {

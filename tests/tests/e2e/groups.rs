@@ -103,6 +103,39 @@ async fn committed_offsets_survive_the_coordinators_broker_dying() {
         assert_eq!(p.lag, p.log_end_offset - p.committed_offset, "{p:?}");
         assert!(p.commit_timestamp_ms > 0);
     }
+    // Lag in time: the age of the first record not consumed, 0 where caught up.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let t0 = now();
+    let d = admin.describe_group("billing").await.unwrap();
+    let t1 = now();
+    let mut peek = Consumer::new(cluster.client(), ConsumerConfig::default()).unwrap();
+    for p in &d.partitions {
+        if p.lag == 0 {
+            assert_eq!(p.lag_ms, 0, "{p:?}");
+            continue;
+        }
+        let tp = TopicPartition::new("orders", p.partition);
+        peek.assign(vec![tp.clone()], Offset::At(p.committed_offset))
+            .await
+            .unwrap();
+        let first = loop {
+            let rs = peek.poll(Duration::from_secs(5)).await.unwrap();
+            if let Some(r) = rs.into_iter().find(|r| r.offset == p.committed_offset) {
+                break r;
+            }
+        };
+        assert!(
+            (t0 - first.timestamp..=t1 - first.timestamp).contains(&p.lag_ms),
+            "lag_ms {} for a record stamped {} between {t0} and {t1}",
+            p.lag_ms,
+            first.timestamp
+        );
+    }
     let listed = admin.list_groups().await.unwrap();
     assert!(
         listed
@@ -127,7 +160,7 @@ async fn committed_offsets_survive_the_coordinators_broker_dying() {
     .unwrap();
     let table = String::from_utf8_lossy(&out.0.stdout).to_string();
     assert!(out.0.status.success(), "{table}");
-    for column in ["CURRENT-OFFSET", "LOG-END-OFFSET", "LAG"] {
+    for column in ["CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "LAG-TIME"] {
         assert!(table.contains(column), "{table}");
     }
     let json: serde_json::Value = serde_json::from_slice(&out.1.stdout).unwrap();
