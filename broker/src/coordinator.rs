@@ -449,6 +449,77 @@ impl Coordinator {
         Ok(told)
     }
 
+    /// Deletes `group`: its committed offsets (written as deletions, so a new leader of the
+    /// partition does not bring them back) and, with `force`, its members. Returns (offsets
+    /// deleted, members removed); GROUP_ID_NOT_FOUND when it has neither.
+    pub(crate) async fn delete_group(
+        &self,
+        replica: &Arc<Replica>,
+        cluster: &crate::controller::ClusterState,
+        group: &str,
+        force: bool,
+        session_timeout: Duration,
+        timeout: Duration,
+    ) -> Result<(usize, usize)> {
+        validate_group(group)?;
+        let shard = self.shard(group, replica).await?;
+        let alone = shard.writes.write().await;
+        let members = {
+            let mut groups = shard.members.lock();
+            match groups.get_mut(group) {
+                Some(m) => {
+                    m.expire(std::time::Instant::now(), session_timeout);
+                    if !m.members.is_empty() && !force {
+                        return Err(Error::NonEmptyGroup {
+                            group: group.to_string(),
+                            members: m.members.len(),
+                        });
+                    }
+                    let n = m.remove_all();
+                    groups.remove(group);
+                    n
+                }
+                None => 0,
+            }
+        };
+        let partitions: Vec<TopicPartition> = shard
+            .state
+            .lock()
+            .offsets(group, None)
+            .into_iter()
+            .map(|(tp, _)| tp)
+            .collect();
+        if partitions.is_empty() {
+            return if members > 0 {
+                Ok((0, members))
+            } else {
+                Err(Error::GroupNotFound(group.to_string()))
+            };
+        }
+        let (base, _) = replica
+            .produce(
+                cluster,
+                records::deletion_batch(group, &partitions),
+                acks::ALL,
+                timeout,
+            )
+            .await?;
+        {
+            let mut state = shard.state.lock();
+            for (i, tp) in partitions.iter().enumerate() {
+                state.apply(group, tp.clone(), None, base + i as i64);
+            }
+        }
+        drop(alone);
+        tracing::info!(
+            group,
+            offsets = partitions.len(),
+            members_removed = members,
+            "deleted group"
+        );
+        Ok((partitions.len(), members))
+    }
+
     /// The offsets `group` has committed: of `wanted`, or all of them.
     pub(crate) async fn fetch(
         &self,

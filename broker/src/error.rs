@@ -132,6 +132,10 @@ pub enum Error {
     GroupNotFound(String),
     #[error("{0}")]
     OffsetMetadataTooLarge(String),
+    #[error(
+        "group '{group}' has {members} active member(s); stop them first, or force it (they are removed, and rejoin as a new group if still running); nothing was deleted"
+    )]
+    NonEmptyGroup { group: String, members: usize },
     #[error("group '{group}' has no member '{member}' (it left, or its session timed out); rejoin")]
     UnknownMember { group: String, member: String },
     #[error(
@@ -194,6 +198,7 @@ impl Error {
             Error::GroupNotFound(_) => ErrorCode::GroupIdNotFound,
             Error::OffsetMetadataTooLarge(_) => ErrorCode::OffsetMetadataTooLarge,
             Error::UnknownMember { .. } => ErrorCode::UnknownMemberId,
+            Error::NonEmptyGroup { .. } => ErrorCode::NonEmptyGroup,
             Error::FencedMemberEpoch { .. } => ErrorCode::FencedMemberEpoch,
             Error::LeaderNotAvailable { .. } | Error::MetadataBehind { .. } => {
                 ErrorCode::LeaderNotAvailable

@@ -256,6 +256,22 @@ impl Admin {
             .map(|r| r.members_notified)
     }
 
+    /// Deletes `group`'s committed offsets; NON_EMPTY_GROUP while it has members unless
+    /// `force` (which removes them). Returns (offsets deleted, members removed).
+    pub async fn delete_group(&self, group: &str, force: bool) -> Result<(i32, i32)> {
+        let req = pb::DeleteGroupRequest {
+            group: group.to_string(),
+            force,
+        };
+        GroupCalls::new(self.cluster.clone(), group)
+            .call("deleting the group", |mut c| {
+                let req = req.clone();
+                async move { c.delete_group(req).await }
+            })
+            .await
+            .map(|r| (r.offsets_deleted, r.members_removed))
+    }
+
     /// Sets `group`'s committed offsets (the next offset to read of each partition), as a
     /// consumer's commit does. Refused while the group has members (they commit their own).
     pub async fn commit_offsets(

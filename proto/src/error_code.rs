@@ -83,6 +83,7 @@ error_codes! {
     OffsetMetadataTooLarge = "OFFSET_METADATA_TOO_LARGE", retriable = false, InvalidArgument;
     UnknownMemberId = "UNKNOWN_MEMBER_ID", retriable = false, FailedPrecondition;
     FencedMemberEpoch = "FENCED_MEMBER_EPOCH", retriable = false, FailedPrecondition;
+    NonEmptyGroup = "NON_EMPTY_GROUP", retriable = false, FailedPrecondition;
 }
 
 impl fmt::Display for ErrorCode {

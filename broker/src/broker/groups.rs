@@ -209,6 +209,27 @@ impl Broker {
             .await
     }
 
+    /// Deletes `group` at its coordinator (here); see [`Coordinator::delete_group`].
+    pub(crate) async fn delete_group(
+        self: &Arc<Self>,
+        group: &str,
+        force: bool,
+        timeout: Duration,
+    ) -> Result<(usize, usize)> {
+        let replica = self.group_replica(group).await?;
+        let state = self.controller.state();
+        self.coordinator
+            .delete_group(
+                &replica,
+                &state,
+                group,
+                force,
+                self.config.group_session_timeout,
+                timeout,
+            )
+            .await
+    }
+
     /// What `group` has committed: of `wanted`, or everything.
     pub(crate) async fn committed_offsets(
         self: &Arc<Self>,

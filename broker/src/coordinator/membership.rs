@@ -260,6 +260,14 @@ impl Membership {
         Ok(())
     }
 
+    /// Removes every member (a forced group deletion); how many.
+    pub(crate) fn remove_all(&mut self) -> usize {
+        let n = self.members.len();
+        self.members.clear();
+        self.epoch += 1;
+        n
+    }
+
     /// Removes members not heard from within `session_timeout`; whether any was.
     pub(crate) fn expire(&mut self, now: Instant, session_timeout: Duration) -> bool {
         let before = self.members.len();

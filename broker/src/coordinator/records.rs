@@ -64,6 +64,26 @@ pub(crate) fn offsets_batch<'a>(
     b.build()
 }
 
+/// One batch deleting `group`'s offsets of `partitions` (`null` values).
+pub(crate) fn deletion_batch(group: &str, partitions: &[TopicPartition]) -> Bytes {
+    let mut b = RecordBatchBuilder::new(Compression::None);
+    let now = crate::clock::now_ms();
+    for (topic, partition) in partitions {
+        let key = Key::Offset {
+            group: group.to_string(),
+            topic: topic.clone(),
+            partition: *partition,
+        };
+        b.append(
+            now,
+            Some(&serde_json::to_vec(&key).expect("a key serializes")),
+            b"null",
+            &[],
+        );
+    }
+    b.build()
+}
+
 /// What [`apply_batches`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Applied {

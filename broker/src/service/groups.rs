@@ -367,6 +367,21 @@ impl pb::groups_server::Groups for GroupsService {
         }))
     }
 
+    async fn delete_group(
+        &self,
+        request: tonic::Request<pb::DeleteGroupRequest>,
+    ) -> Result<tonic::Response<pb::DeleteGroupResponse>, tonic::Status> {
+        let req = request.into_inner();
+        let (offsets, members) = self
+            .broker
+            .delete_group(&req.group, req.force, COMMIT_TIMEOUT)
+            .await?;
+        Ok(tonic::Response::new(pb::DeleteGroupResponse {
+            offsets_deleted: offsets as i32,
+            members_removed: members as i32,
+        }))
+    }
+
     async fn reset_offsets(
         &self,
         request: tonic::Request<pb::ResetOffsetsRequest>,

@@ -21,6 +21,15 @@ pub(crate) enum GroupsCommand {
     /// they continue from the new offsets without a restart. Shows the plan; --execute
     /// applies it.
     ResetOffsets(ResetArgs),
+    /// Delete a group's committed offsets. Refused while it has members.
+    Delete {
+        /// The group.
+        group: String,
+        /// Delete it even with members: they are removed (and rejoin as a new group if
+        /// still running).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Serialize)]
@@ -94,6 +103,35 @@ pub(crate) async fn run(ctx: &Context, cmd: GroupsCommand) -> anyhow::Result<()>
     let admin = Admin::new(ctx.client())?;
     match cmd {
         GroupsCommand::ResetOffsets(args) => reset_offsets(ctx, args).await,
+        GroupsCommand::Delete { group, force } => {
+            let (offsets, members) = admin
+                .delete_group(&group, force)
+                .await
+                .with_context(|| format!("deleting group '{group}'"))?;
+            #[derive(Serialize)]
+            struct Deleted {
+                group: String,
+                offsets_deleted: i32,
+                members_removed: i32,
+            }
+            let d = Deleted {
+                group,
+                offsets_deleted: offsets,
+                members_removed: members,
+            };
+            output::print(ctx.output, &d, |d| {
+                outln!(
+                    "Deleted group '{}': {} committed offset(s){}.",
+                    d.group,
+                    d.offsets_deleted,
+                    if d.members_removed > 0 {
+                        format!(", {} member(s) removed", d.members_removed)
+                    } else {
+                        String::new()
+                    }
+                );
+            })
+        }
         GroupsCommand::List => {
             let groups = admin.list_groups().await.context("listing groups")?;
             let mut rows = Vec::new();

@@ -457,7 +457,21 @@ impl Consumer {
             Some(member) => member.leave().await,
             None => Ok(()),
         };
-        committed.and(left)
+        // A member the group already dropped (its session timed out, or the group was
+        // deleted) has nothing to commit or leave: closing it succeeds.
+        let out = |r: Result<()>| match r {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(ErrorCode::UnknownMemberId | ErrorCode::FencedMemberEpoch)
+                ) =>
+            {
+                tracing::debug!(cause = %e, "closing a consumer its group no longer has");
+                Ok(())
+            }
+            other => other,
+        };
+        out(committed).and(out(left))
     }
 
     fn group_calls(&self) -> Result<&GroupCalls> {
@@ -503,6 +517,14 @@ impl Consumer {
     /// Commits the position of every assigned partition that has one: past every record
     /// `poll` has returned (Kafka's `commitSync()`). Returns what it committed.
     pub async fn commit_sync(&self) -> Result<Vec<(TopicPartition, i64)>> {
+        // Between groups (rejoining after the group dropped it) it owns nothing to commit.
+        if self
+            .member
+            .as_ref()
+            .is_some_and(|m| m.state.lock().epoch <= 0)
+        {
+            return Ok(Vec::new());
+        }
         let offsets: Vec<(TopicPartition, i64)> = self
             .assigned
             .keys()

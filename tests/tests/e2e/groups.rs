@@ -295,7 +295,13 @@ async fn group_calls_refuse_what_cannot_be_done() {
         .await
         .unwrap();
     assert_eq!(consumer.position(&TopicPartition::new("t", 0)), Some(0));
-    let _ = Offset::Earliest;
+
+    // Deleting a group removes its offsets; a group that is not there is named.
+    assert_eq!(admin.delete_group("g", false).await.unwrap(), (1, 0));
+    let err = admin.describe_group("g").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::GroupIdNotFound), "{err}");
+    let err = admin.delete_group("g", false).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::GroupIdNotFound), "{err}");
 }
 
 /// The offsets topic does not grow with the number of commits: a coordinator writes the
@@ -901,5 +907,18 @@ async fn offsets_reset_with_every_strategy_also_on_a_live_group() {
         seen.contains(&(0, 0)) && seen.contains(&(1, 0)),
         "read from offset 0 again"
     );
+
+    // A group with members is not deleted unless forced.
+    let err = admin.delete_group("g", false).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::NonEmptyGroup), "{err}");
+    assert!(err.to_string().contains("1 active member"), "{err}");
+    let (out, _) = run(vec![
+        "groups".into(),
+        "delete".into(),
+        "g".into(),
+        "--force".into(),
+    ])
+    .await;
+    assert!(out.contains("1 member(s) removed"), "{out}");
     member.close().await;
 }
