@@ -21,6 +21,18 @@ pub(crate) enum GroupsCommand {
     /// they continue from the new offsets without a restart. Shows the plan; --execute
     /// applies it.
     ResetOffsets(ResetArgs),
+    /// Lag per group and topic (records and time behind); --watch refreshes it in place.
+    Lag {
+        /// Only these groups (repeatable); default: every group.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Refresh every --interval until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// How often --watch refreshes.
+        #[arg(long, default_value = "5s")]
+        interval: humantime::Duration,
+    },
     /// Delete a group's committed offsets. Refused while it has members.
     Delete {
         /// The group.
@@ -103,6 +115,11 @@ pub(crate) async fn run(ctx: &Context, cmd: GroupsCommand) -> anyhow::Result<()>
     let admin = Admin::new(ctx.client())?;
     match cmd {
         GroupsCommand::ResetOffsets(args) => reset_offsets(ctx, args).await,
+        GroupsCommand::Lag {
+            groups,
+            watch,
+            interval,
+        } => lag(ctx, &admin, &groups, watch, interval.into()).await,
         GroupsCommand::Delete { group, force } => {
             let (offsets, members) = admin
                 .delete_group(&group, force)
@@ -622,4 +639,143 @@ pub(crate) async fn reset_offsets(ctx: &Context, args: ResetArgs) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct LagRow {
+    group: String,
+    topic: String,
+    partitions: usize,
+    /// Records behind, all its partitions; absent when a leader could not be asked.
+    lag: Option<i64>,
+    /// The oldest record not consumed, in milliseconds behind (0: caught up).
+    lag_ms: Option<i64>,
+    members: usize,
+    state: String,
+}
+
+/// Every group's lag by topic, now.
+async fn lag_rows(admin: &Admin, only: &[String]) -> anyhow::Result<Vec<LagRow>> {
+    let names: Vec<String> = if only.is_empty() {
+        admin
+            .list_groups()
+            .await
+            .context("listing groups")?
+            .into_iter()
+            .map(|g| g.group)
+            .collect()
+    } else {
+        only.to_vec()
+    };
+    let mut rows = Vec::new();
+    for g in names {
+        let d = match admin.describe_group(&g).await {
+            Ok(d) => d,
+            Err(e) if !only.is_empty() => {
+                return Err(anyhow::Error::new(e).context(format!("describing group '{g}'")));
+            }
+            // Deleted between the list and now.
+            Err(_) => continue,
+        };
+        let mut by_topic: std::collections::BTreeMap<
+            &str,
+            Vec<&sluice_client::pb::GroupPartition>,
+        > = Default::default();
+        for p in &d.partitions {
+            by_topic.entry(p.topic.as_str()).or_default().push(p);
+        }
+        for (topic, parts) in by_topic {
+            rows.push(LagRow {
+                group: g.clone(),
+                topic: topic.to_string(),
+                partitions: parts.len(),
+                lag: parts.iter().map(|p| known(p.lag)).sum(),
+                lag_ms: parts
+                    .iter()
+                    .map(|p| known(p.lag_ms))
+                    .try_fold(0, |m, v| v.map(|v| m.max(v))),
+                members: d.members.len(),
+                state: d.state.clone(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+fn lag_table(rows: &[LagRow]) -> String {
+    if rows.is_empty() {
+        return "No consumer groups.".into();
+    }
+    table(
+        &[
+            "group",
+            "topic",
+            "partitions",
+            "lag",
+            "lag-time",
+            "members",
+            "state",
+        ],
+        rows.iter().map(|r| {
+            vec![
+                r.group.clone(),
+                r.topic.clone(),
+                r.partitions.to_string(),
+                or_dash(r.lag),
+                r.lag_ms.map_or("-".into(), |ms| {
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        (ms as u64).div_ceil(1000),
+                    ))
+                    .to_string()
+                }),
+                r.members.to_string(),
+                r.state.clone(),
+            ]
+        }),
+    )
+}
+
+/// `groups lag`: once, or with `--watch` every `interval` until Ctrl-C; on a terminal the
+/// table is redrawn in place, otherwise each refresh is printed after the last (JSON lines
+/// with `-o json`).
+async fn lag(
+    ctx: &Context,
+    admin: &Admin,
+    only: &[String],
+    watch: bool,
+    interval: std::time::Duration,
+) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let in_place =
+        watch && ctx.output == crate::output::Format::Table && std::io::stdout().is_terminal();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let rows = lag_rows(admin, only).await?;
+        match ctx.output {
+            crate::output::Format::Table => {
+                if in_place {
+                    // Home and clear, then the table: it updates where it stands.
+                    out!("\x1b[H\x1b[2J");
+                }
+                if watch {
+                    outln!(
+                        "{}  (every {}; Ctrl-C stops)",
+                        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+                        humantime::format_duration(interval)
+                    );
+                }
+                outln!("{}", lag_table(&rows));
+            }
+            crate::output::Format::Json if watch => outln!("{}", serde_json::to_string(&rows)?),
+            format => output::print(format, &rows, |_| {})?,
+        }
+        if !watch {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = &mut ctrl_c => return Ok(()),
+        }
+    }
 }

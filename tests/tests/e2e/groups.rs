@@ -176,6 +176,16 @@ async fn committed_offsets_survive_the_coordinators_broker_dying() {
         list.contains("billing") && list.contains("orders"),
         "{list}"
     );
+    let (ok, lag, err) = cli(
+        &cluster.brokers[0].address,
+        &["groups", "lag", "-o", "json"],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let lag: serde_json::Value = serde_json::from_str(&lag).unwrap();
+    assert_eq!(lag[0]["group"], "billing", "{lag}");
+    assert_eq!(lag[0]["lag"], 10, "{lag}");
+    assert!(lag[0]["lag_ms"].as_i64().unwrap() >= 0, "{lag}");
 
     // SIGKILL the coordinator's broker.
     let coordinator = d.coordinator;
