@@ -24,6 +24,27 @@ pub(crate) enum BenchCommand {
     Produce(ProduceBench),
     /// Read a topic from the start as fast as possible (catch-up read).
     Consume(ConsumeBench),
+    /// Commit consumer group offsets as fast as the coordinators take them.
+    Commit(CommitBench),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CommitBench {
+    /// Topic whose offsets are committed; created with --partitions if missing.
+    #[arg(long, default_value = "bench-commits")]
+    topic: String,
+    #[arg(long, default_value_t = 12)]
+    partitions: i32,
+    /// Groups committing (bench-group-0, bench-group-1, ...); each spreads over the
+    /// coordinators like real groups.
+    #[arg(long, default_value_t = 1)]
+    groups: usize,
+    /// Concurrent committers per group, each committing one partition's offset at a time.
+    #[arg(long, default_value_t = 8)]
+    committers: usize,
+    /// How long to commit.
+    #[arg(long, default_value = "10s")]
+    duration: humantime::Duration,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +218,7 @@ pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> 
     let report = match cmd {
         BenchCommand::Produce(args) => produce(ctx, args).await?,
         BenchCommand::Consume(args) => consume(ctx, args).await?,
+        BenchCommand::Commit(args) => commit(ctx, args).await?,
     };
     output::print(ctx.output, &report, |r| {
         outln!("{}", r.workload);
@@ -571,6 +593,96 @@ async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
         mb_per_second: bytes as f64 / seconds / 1e6,
         failed: 0,
         latency_ms: None,
+        producer: None,
+        steady_state: None,
+    })
+}
+
+/// `bench commit`: committers loop on `Admin::commit_offsets` (each commit one acks=all
+/// write to the group's `__consumer_offsets` partition) for `--duration`.
+async fn commit(ctx: &Context, args: CommitBench) -> anyhow::Result<Report> {
+    let admin = Admin::new(ctx.client())?;
+    match admin
+        .create_topic(NewTopic::new(&args.topic, args.partitions, -1), false)
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
+        Err(e) => return Err(e).with_context(|| format!("creating bench topic '{}'", args.topic)),
+    }
+    // Coordinators found and offsets topic made before the clock starts.
+    for g in 0..args.groups {
+        admin
+            .commit_offsets(
+                &format!("bench-group-{g}"),
+                &[(TopicPartition::new(&args.topic, 0), 0)],
+            )
+            .await
+            .context("first commit")?;
+    }
+    let duration: Duration = args.duration.into();
+    let bar = progress(ctx, Some(duration.as_secs()), "committing", false);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for g in 0..args.groups {
+        for c in 0..args.committers {
+            let admin = Admin::new(ctx.client())?;
+            let (group, topic) = (format!("bench-group-{g}"), args.topic.clone());
+            let partitions = args.partitions;
+            tasks.spawn(async move {
+                let mut h = latency_histogram();
+                let (mut done, mut failed) = (0u64, 0u64);
+                let mut i = 0i64;
+                while started.elapsed() < duration {
+                    i += 1;
+                    let tp = TopicPartition::new(&topic, (c as i32 + g as i32) % partitions);
+                    let t = Instant::now();
+                    match admin.commit_offsets(&group, &[(tp, i)]).await {
+                        Ok(()) => {
+                            let _ = h.record(t.elapsed().as_micros().max(1) as u64);
+                            done += 1;
+                        }
+                        Err(_) => failed += 1,
+                    }
+                }
+                (h, done, failed)
+            });
+        }
+    }
+    let ticker = {
+        let bar = bar.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                bar.set_position(started.elapsed().as_secs());
+            }
+        })
+    };
+    let mut latency = latency_histogram();
+    let (mut commits, mut failed) = (0u64, 0u64);
+    while let Some(r) = tasks.join_next().await {
+        let (h, d, f) = r.context("a committer failed")?;
+        latency.add(&h).ok();
+        commits += d;
+        failed += f;
+    }
+    ticker.abort();
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(Report {
+        workload: format!(
+            "commit: {} group(s) x {} committer(s), one partition's offset per commit, {}",
+            args.groups,
+            args.committers,
+            humantime::format_duration(duration)
+        ),
+        records: commits,
+        bytes: 0,
+        seconds,
+        records_per_second: commits as f64 / seconds,
+        mb_per_second: 0.0,
+        failed,
+        latency_ms: Some(Latency::of(&latency)),
         producer: None,
         steady_state: None,
     })
