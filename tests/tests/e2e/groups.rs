@@ -932,3 +932,49 @@ async fn offsets_reset_with_every_strategy_also_on_a_live_group() {
     assert!(out.contains("1 member(s) removed"), "{out}");
     member.close().await;
 }
+
+/// Two groups on one topic each read every record: a group shares the partitions among its
+/// members, not the records with other groups.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_each_read_every_record() {
+    let cluster = Cluster::start_with(
+        1,
+        &[
+            "--offsets-topic-partitions",
+            "2",
+            "--group-heartbeat-interval",
+            "200ms",
+        ],
+    );
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(NewTopic::new("feed", 3, 1), false)
+        .await
+        .unwrap();
+    produce(cluster.client(), "feed", 0, 30).await;
+    let group_a = [
+        Member::join(cluster.client(), "ga", "feed").await,
+        Member::join(cluster.client(), "ga", "feed").await,
+    ];
+    let group_b = Member::join(cluster.client(), "gb", "feed").await;
+    let read = |members: &[&Member]| -> std::collections::BTreeSet<(i32, i64)> {
+        members
+            .iter()
+            .flat_map(|m| m.seen.lock().unwrap().clone())
+            .collect()
+    };
+    eventually("both groups read all 30", Duration::from_secs(20), || {
+        let a = read(&[&group_a[0], &group_a[1]]).len();
+        let b = read(&[&group_b]).len();
+        async move { (a == 30 && b == 30).then_some(()) }
+    })
+    .await;
+    assert_eq!(read(&[&group_a[0], &group_a[1]]), read(&[&group_b]));
+    let [a0, a1] = group_a;
+    // Within the group each partition has one owner.
+    assert!(a0.owned().is_disjoint(&a1.owned()));
+    for m in [a0, a1, group_b] {
+        m.close().await;
+    }
+}
