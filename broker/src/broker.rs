@@ -254,6 +254,7 @@ impl Broker {
             offset_metadata_max_bytes: config.offset_metadata_max_bytes,
             load_timeout: COORDINATOR_LOAD_TIMEOUT,
             max_batch_bytes: config.max_request_bytes,
+            session_timeout: config.group_session_timeout,
         });
         let broker = Arc::new(Broker {
             coordinator,

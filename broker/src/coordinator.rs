@@ -63,6 +63,8 @@ pub(crate) struct CoordinatorConfig {
     pub load_timeout: Duration,
     /// Largest decompressed batch read back while loading.
     pub max_batch_bytes: usize,
+    /// Members not heard from for this long are gone (also for what describe shows).
+    pub session_timeout: Duration,
 }
 
 /// One offsets partition as this broker leads it in one term.
@@ -533,9 +535,22 @@ impl Coordinator {
         Ok(offsets)
     }
 
+    /// Forgets members not heard from within the session timeout, in every group of
+    /// `shard` (heartbeats do it for their own group; this is for groups nobody heartbeats
+    /// to any more).
+    fn expire_members(&self, shard: &Shard) {
+        let now = std::time::Instant::now();
+        let mut groups = shard.members.lock();
+        for m in groups.values_mut() {
+            m.expire(now, self.config.session_timeout);
+        }
+        groups.retain(|_, m| !m.members.is_empty());
+    }
+
     /// Every group of the offsets partition `replica` leads: with offsets, members, or both.
     pub(crate) async fn groups(&self, replica: &Arc<Replica>) -> Result<Vec<GroupView>> {
         let shard = self.shard("", replica).await?;
+        self.expire_members(&shard);
         let names: std::collections::BTreeSet<String> = {
             let state = shard.state.lock();
             let members = shard.members.lock();
@@ -561,6 +576,7 @@ impl Coordinator {
     ) -> Result<Option<GroupView>> {
         validate_group(group)?;
         let shard = self.shard(group, replica).await?;
+        self.expire_members(&shard);
         let v = view(&shard, group);
         Ok((!v.offsets.is_empty() || !v.members.is_empty()).then_some(v))
     }

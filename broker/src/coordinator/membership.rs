@@ -79,6 +79,9 @@ pub(crate) struct Membership {
     counts: BTreeMap<String, i32>,
     next_member: u64,
     next_reset: u64,
+    /// Members were removed since the target was last computed (by an expiry outside a
+    /// heartbeat): the next heartbeat computes it again.
+    stale: bool,
 }
 
 impl Membership {
@@ -91,7 +94,8 @@ impl Membership {
         session_timeout: Duration,
         partitions: &dyn Fn(&str) -> Option<i32>,
     ) -> Result<Answer, Refused> {
-        let mut changed = self.expire(now, session_timeout);
+        self.expire(now, session_timeout);
+        let mut changed = std::mem::take(&mut self.stale);
         let id = if hb.member_epoch == 0 {
             // Join (or rejoin): a fresh id unless it names itself and is known.
             let id = if hb.member_id.is_empty() || !self.members.contains_key(&hb.member_id) {
@@ -273,7 +277,9 @@ impl Membership {
         let before = self.members.len();
         self.members
             .retain(|_, m| now.saturating_duration_since(m.last_seen) < session_timeout);
-        before != self.members.len()
+        let removed = before != self.members.len();
+        self.stale |= removed;
+        removed
     }
 
     /// Computes the target assignment again: sticky (a partition stays with its member
@@ -537,6 +543,22 @@ mod tests {
             &six,
         );
         assert!(matches!(gone, Err(Refused::UnknownMember(_))), "{gone:?}");
+    }
+
+    #[test]
+    fn a_member_expired_outside_a_heartbeat_still_hands_its_partitions_over() {
+        let now = Instant::now();
+        let mut g = Membership::default();
+        let mut a: Vec<Answer> = (0..2).map(|_| join(&mut g, now)).collect();
+        settle(&mut g, &mut a, now);
+        // Member 1 is silent; member 0 heartbeats; a describe expires member 1 first.
+        let mid = now + SESSION / 2;
+        let owned = a[0].assignment.clone();
+        let x = beat(&mut g, &a[0], &owned, mid);
+        let later = now + SESSION + Duration::from_secs(1);
+        assert!(g.expire(later, SESSION));
+        let x = beat(&mut g, &x, &owned, later);
+        assert_eq!(x.assignment.len(), 6, "{x:?}");
     }
 
     #[test]

@@ -316,13 +316,13 @@ async fn group_calls_refuse_what_cannot_be_done() {
 
 /// The offsets topic does not grow with the number of commits: a coordinator writes the
 /// offsets it holds again every so often and every replica deletes the records before; after
-/// 12,000 commits (48,000 offset records) the partition holds far less than was written, and
-/// a restarted broker loads the latest offsets from what is left.
+/// 12,000 commits (48,000 offset records) every replica holds far less than was written, and
+/// the next coordinator, after the first one's broker dies, loads the latest offsets from
+/// what is left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_offsets_topic_stays_bounded_under_many_commits() {
-    let (_tmp, dir) = sluice_tests::data_dir();
-    let mut broker = sluice_tests::Broker::start(
-        &dir,
+    let mut cluster = Cluster::start_with(
+        3,
         &[
             "--offsets-topic-partitions",
             "1",
@@ -332,11 +332,16 @@ async fn the_offsets_topic_stays_bounded_under_many_commits() {
             "200ms",
         ],
     );
-    broker.create_topic(NewTopic::new("t", 4, 1)).await;
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(NewTopic::new("t", 4, 1), false)
+        .await
+        .unwrap();
     let (groups, commits) = (8, 1500);
     let tasks: Vec<_> = (0..groups)
         .map(|g| {
-            let admin = broker.admin();
+            let admin = Admin::new(cluster.client()).unwrap();
             tokio::spawn(async move {
                 for i in 0..commits {
                     let offsets: Vec<_> =
@@ -352,8 +357,7 @@ async fn the_offsets_topic_stays_bounded_under_many_commits() {
     for t in tasks {
         t.await.unwrap();
     }
-    let admin = broker.admin();
-    let written_at_least = 48_000 * 100;
+    let written_at_least: u64 = 48_000 * 100;
     let p = eventually(
         "old commits deleted from __consumer_offsets",
         Duration::from_secs(30),
@@ -365,17 +369,42 @@ async fn the_offsets_topic_stays_bounded_under_many_commits() {
     )
     .await;
     assert!(p.log_end_offset >= 48_000, "{p:?}");
+    // Every replica deleted its old segments, followers too (each learns the offset from
+    // the replicated delete-before batch).
+    for b in &cluster.brokers {
+        let bytes = |b: &sluice_tests::Broker| -> u64 {
+            sluice_tests::segment_files(&b.data_dir, "__consumer_offsets", 0)
+                .iter()
+                .map(|f| std::fs::metadata(f).map_or(0, |m| m.len()))
+                .sum()
+        };
+        eventually(
+            "a replica's old segments deleted",
+            Duration::from_secs(30),
+            || {
+                let n = bytes(b);
+                async move { (n > 0 && n < written_at_least / 2).then_some(()) }
+            },
+        )
+        .await;
+    }
 
-    assert!(broker.terminate().success());
-    broker.restart();
-    let admin = broker.admin();
+    // The coordinator's broker dies: the next leader loads the latest offsets from what
+    // its own (trimmed) replica holds.
+    let coordinator = admin.describe_group("g0").await.unwrap().coordinator;
+    cluster.node(coordinator).signal(Signal::SIGKILL);
+    cluster.node(coordinator).kill();
+    let mut survivors = sluice_client::ClientConfig::new(&cluster.bootstrap());
+    survivors.request_timeout = Duration::from_secs(10);
+    let admin = Admin::new(survivors).unwrap();
     for g in 0..groups {
         let d = eventually(
-            "the group after a restart",
-            Duration::from_secs(20),
+            "the group at the next coordinator",
+            Duration::from_secs(30),
             || async { admin.describe_group(&format!("g{g}")).await.ok() },
         )
         .await;
+        assert_ne!(d.coordinator, coordinator);
         assert_eq!(d.partitions.len(), 4);
         assert!(
             d.partitions
