@@ -631,6 +631,10 @@ pub(crate) async fn reset_offsets(ctx: &Context, args: ResetArgs) -> anyhow::Res
     }
     if ctx.output == crate::output::Format::Table || args.export {
         match members_notified {
+            Some(0) => eprintln!(
+                "Reset {} partition(s) of group '{group}'; no member is reading them now: the group starts there.",
+                apply.len()
+            ),
             Some(n) => eprintln!(
                 "Reset {} partition(s) of group '{group}'; {n} member(s) told, they continue from the new offsets.",
                 apply.len()
