@@ -81,6 +81,9 @@ struct Shard {
     rewriting: std::sync::atomic::AtomicBool,
     /// The members of its groups (in memory only: after a failover they rejoin).
     members: Mutex<HashMap<String, Membership>>,
+    /// Commits waiting for the writer, and whether one is writing.
+    queue: Mutex<std::collections::VecDeque<Queued>>,
+    flushing: std::sync::atomic::AtomicBool,
 }
 
 /// The groups of the offsets partitions this broker leads.
@@ -136,6 +139,8 @@ impl Coordinator {
                         since_rewrite: Default::default(),
                         rewriting: Default::default(),
                         members: Mutex::default(),
+                        queue: Mutex::default(),
+                        flushing: Default::default(),
                     });
                     shards.insert(replica.id, s.clone());
                     s
@@ -215,13 +220,15 @@ impl Coordinator {
         Ok(())
     }
 
-    /// Commits `offsets` for `group`: one batch through the offsets partition with
-    /// acks=all; the group's state changes only once it is acknowledged.
+    /// Commits `offsets` for `group`, acknowledged once written through the offsets
+    /// partition with acks=all; the group's state changes only then. Commits arriving
+    /// while one is being written are written together in the next batch (group commit:
+    /// one Raft entry for many commits).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn commit(
         &self,
         replica: &Arc<Replica>,
-        cluster: &crate::controller::ClusterState,
+        cluster: &Arc<crate::controller::ClusterState>,
         group: &str,
         member: Option<(&str, i32)>,
         session_timeout: Duration,
@@ -248,155 +255,40 @@ impl Coordinator {
             }
         }
         let shard = self.shard(group, replica).await?;
-        // Held from the checks until the state is applied: a reset (which holds it alone)
-        // never falls between a member's check and its write.
-        let writing = shard.writes.read().await;
-        let mut offsets = offsets;
+        let (reply, answer) = tokio::sync::oneshot::channel();
         {
-            let mut groups = shard.members.lock();
-            let now = std::time::Instant::now();
-            match (member, groups.get_mut(group)) {
-                (Some((id, epoch)), Some(m)) => {
-                    m.check_commit(id, epoch, now, session_timeout)
-                        .map_err(|r| refused(group, r))?;
-                    // Positions from before a reset the member has not applied yet would
-                    // undo it: dropped.
-                    let resetting = m.resetting(id);
-                    offsets.retain(|(tp, _)| !resetting.contains(tp));
-                }
-                (Some((id, _)), None) => {
-                    return Err(Error::UnknownMember {
-                        group: group.to_string(),
-                        member: id.to_string(),
-                    });
-                }
-                (None, Some(m)) => {
-                    m.expire(now, session_timeout);
-                    if !m.members.is_empty() {
-                        return Err(Error::InvalidRequest(format!(
-                            "group '{group}' has {} active member(s); offsets are committed by its members while it has any. Stop them first (or commit as a member); nothing was committed",
-                            m.members.len()
-                        )));
-                    }
-                }
-                (None, None) => {}
+            let mut queue = shard.queue.lock();
+            if queue.len() >= MAX_QUEUED_COMMITS {
+                return Err(Error::CoordinatorNotAvailable(format!(
+                    "group '{group}': its coordinator has {MAX_QUEUED_COMMITS} commits waiting to be written; retry shortly"
+                )));
             }
+            queue.push_back(Queued {
+                group: group.to_string(),
+                member: member.map(|(id, epoch)| (id.to_string(), epoch)),
+                offsets,
+                reply,
+            });
         }
-        if offsets.is_empty() {
-            return Ok(());
-        }
-        let batch = records::commit_batch(group, &offsets);
-        let (base, _) = replica
-            .produce(cluster, batch, acks::ALL, timeout)
-            .await
-            .map_err(|e| match e {
-                Error::NotLeader { leader, .. } => Error::NotCoordinator {
-                    group: group.to_string(),
-                    partition: replica.id,
-                    node: replica.node_id(),
-                    leader: Some(leader),
-                },
-                Error::LeaderNotAvailable { .. } => Error::NotCoordinator {
-                    group: group.to_string(),
-                    partition: replica.id,
-                    node: replica.node_id(),
-                    leader: None,
-                },
-                other => other,
-            })?;
-        let written = offsets.len();
+        // The first to find no writer becomes it, in a task of its own (a request that is
+        // cancelled must not stop the writes of the others).
+        if !shard
+            .flushing
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
-            let mut state = shard.state.lock();
-            for (i, (tp, c)) in offsets.into_iter().enumerate() {
-                state.apply(group, tp, Some(c), base + i as i64);
-            }
+            tokio::spawn(write_queued(
+                shard.clone(),
+                replica.clone(),
+                cluster.clone(),
+                session_timeout,
+                timeout,
+            ));
         }
-        drop(writing);
-        shard
-            .since_rewrite
-            .fetch_add(written, std::sync::atomic::Ordering::Relaxed);
-        self.rewrite_if_due(replica, cluster, &shard, timeout).await;
-        Ok(())
-    }
-
-    /// Bounds the offsets partition: once enough was written since the last rewrite, every
-    /// offset held is written again (the same values, later in the log) and every replica
-    /// is told it may delete the records before the first of them (whole segments, at
-    /// their next retention pass): nothing before holds a latest value. A rewrite that
-    /// fails part way deletes nothing and is tried again after the next commit.
-    async fn rewrite_if_due(
-        &self,
-        replica: &Arc<Replica>,
-        cluster: &crate::controller::ClusterState,
-        shard: &Shard,
-        timeout: Duration,
-    ) {
-        use std::sync::atomic::Ordering;
-        let due = |shard: &Shard| {
-            let held = shard.state.lock().len();
-            shard.since_rewrite.load(Ordering::Relaxed) >= REWRITE_MIN_RECORDS.max(2 * held)
-        };
-        if !due(shard) || shard.rewriting.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        let alone = shard.writes.write().await;
-        if due(shard) {
-            let started = std::time::Instant::now();
-            match self.rewrite(replica, cluster, shard, timeout).await {
-                Ok((held, floor)) => {
-                    shard.since_rewrite.store(0, Ordering::Relaxed);
-                    tracing::debug!(
-                        partition = replica.id,
-                        offsets = held,
-                        delete_before = floor,
-                        took_ms = started.elapsed().as_millis() as u64,
-                        "rewrote group offsets"
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(partition = replica.id, cause = %e, "rewriting group offsets to bound {OFFSETS_TOPIC} failed; trying again after the next commit");
-                }
-            }
-        }
-        drop(alone);
-        shard.rewriting.store(false, Ordering::Release);
-    }
-
-    /// Writes every offset `shard` holds again, then deletes what precedes them. Returns
-    /// how many offsets and the offset records were deleted before.
-    async fn rewrite(
-        &self,
-        replica: &Arc<Replica>,
-        cluster: &crate::controller::ClusterState,
-        shard: &Shard,
-        timeout: Duration,
-    ) -> Result<(usize, i64)> {
-        let entries = shard.state.lock().entries();
-        let mut floor = None;
-        let mut chunk: Vec<&(String, TopicPartition, Committed)> = Vec::new();
-        let mut bytes = 0;
-        for (i, e) in entries.iter().enumerate() {
-            chunk.push(e);
-            bytes += e.0.len() + e.1.0.len() + e.2.metadata.len() + 96;
-            if bytes < REWRITE_BATCH_BYTES && i + 1 < entries.len() {
-                continue;
-            }
-            let batch = records::offsets_batch(chunk.iter().map(|(g, tp, c)| (g.as_str(), tp, c)));
-            let (base, _) = replica.produce(cluster, batch, acks::ALL, timeout).await?;
-            {
-                let mut state = shard.state.lock();
-                for (j, (g, tp, c)) in chunk.drain(..).enumerate() {
-                    state.apply(g, tp.clone(), Some(c.clone()), base + j as i64);
-                }
-            }
-            floor.get_or_insert(base);
-            bytes = 0;
-        }
-        let floor = floor.unwrap_or_else(|| replica.offsets().log_end);
-        replica
-            .delete_records_before(cluster, floor, timeout)
-            .await?;
-        Ok((entries.len(), floor))
+        answer.await.unwrap_or_else(|_| {
+            Err(Error::Internal(format!(
+                "group '{group}': the writer of its commits stopped before answering; retry"
+            )))
+        })
     }
 
     /// Sets `group`'s committed offsets from outside it, also while it has members: the
@@ -602,6 +494,310 @@ impl Coordinator {
             members.remove(group);
         }
         answer
+    }
+}
+
+/// Bounds the offsets partition: once enough was written since the last rewrite, every
+/// offset held is written again (the same values, later in the log) and every replica
+/// is told it may delete the records before the first of them (whole segments, at
+/// their next retention pass): nothing before holds a latest value. A rewrite that
+/// fails part way deletes nothing and is tried again after the next commit.
+async fn rewrite_if_due(
+    replica: &Arc<Replica>,
+    cluster: &crate::controller::ClusterState,
+    shard: &Shard,
+    timeout: Duration,
+) {
+    use std::sync::atomic::Ordering;
+    let due = |shard: &Shard| {
+        let held = shard.state.lock().len();
+        shard.since_rewrite.load(Ordering::Relaxed) >= REWRITE_MIN_RECORDS.max(2 * held)
+    };
+    if !due(shard) || shard.rewriting.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let alone = shard.writes.write().await;
+    if due(shard) {
+        let started = std::time::Instant::now();
+        match rewrite(replica, cluster, shard, timeout).await {
+            Ok((held, floor)) => {
+                shard.since_rewrite.store(0, Ordering::Relaxed);
+                tracing::debug!(
+                    partition = replica.id,
+                    offsets = held,
+                    delete_before = floor,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "rewrote group offsets"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(partition = replica.id, cause = %e, "rewriting group offsets to bound {OFFSETS_TOPIC} failed; trying again after the next commit");
+            }
+        }
+    }
+    drop(alone);
+    shard.rewriting.store(false, Ordering::Release);
+}
+
+/// Writes every offset `shard` holds again, then deletes what precedes them. Returns
+/// how many offsets and the offset records were deleted before.
+async fn rewrite(
+    replica: &Arc<Replica>,
+    cluster: &crate::controller::ClusterState,
+    shard: &Shard,
+    timeout: Duration,
+) -> Result<(usize, i64)> {
+    let entries = shard.state.lock().entries();
+    let mut floor = None;
+    let mut chunk: Vec<&(String, TopicPartition, Committed)> = Vec::new();
+    let mut bytes = 0;
+    for (i, e) in entries.iter().enumerate() {
+        chunk.push(e);
+        bytes += e.0.len() + e.1.0.len() + e.2.metadata.len() + 96;
+        if bytes < REWRITE_BATCH_BYTES && i + 1 < entries.len() {
+            continue;
+        }
+        let batch = records::offsets_batch(chunk.iter().map(|(g, tp, c)| (g.as_str(), tp, c)));
+        let (base, _) = replica.produce(cluster, batch, acks::ALL, timeout).await?;
+        {
+            let mut state = shard.state.lock();
+            for (j, (g, tp, c)) in chunk.drain(..).enumerate() {
+                state.apply(g, tp.clone(), Some(c.clone()), base + j as i64);
+            }
+        }
+        floor.get_or_insert(base);
+        bytes = 0;
+    }
+    let floor = floor.unwrap_or_else(|| replica.offsets().log_end);
+    replica
+        .delete_records_before(cluster, floor, timeout)
+        .await?;
+    Ok((entries.len(), floor))
+}
+
+/// Most commits a coordinator's partition holds waiting for its writer.
+const MAX_QUEUED_COMMITS: usize = 10_000;
+
+/// Most bytes of commits written in one batch (below the topic's default
+/// max.message.bytes).
+const COMMIT_BATCH_BYTES: usize = 512 * 1024;
+
+/// A commit waiting for its partition's writer.
+#[derive(Debug)]
+struct Queued {
+    group: String,
+    member: Option<(String, i32)>,
+    offsets: Vec<(TopicPartition, Committed)>,
+    reply: tokio::sync::oneshot::Sender<Result<()>>,
+}
+
+impl Queued {
+    fn bytes(&self) -> usize {
+        self.offsets
+            .iter()
+            .map(|((t, _), c)| self.group.len() + t.len() + c.metadata.len() + 96)
+            .sum()
+    }
+}
+
+/// Writes the commits queued on `shard`, a batch at a time, until none is left.
+async fn write_queued(
+    shard: Arc<Shard>,
+    replica: Arc<Replica>,
+    cluster: Arc<crate::controller::ClusterState>,
+    session_timeout: Duration,
+    timeout: Duration,
+) {
+    use std::sync::atomic::Ordering;
+    /// Clears the writer flag if the writer stops without saying so (a panic), so later
+    /// commits start a new one instead of waiting forever.
+    struct Writing<'a>(&'a std::sync::atomic::AtomicBool, bool);
+    impl Drop for Writing<'_> {
+        fn drop(&mut self) {
+            if self.1 {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+    }
+    let mut writing = Writing(&shard.flushing, true);
+    loop {
+        let batch: Vec<Queued> = {
+            let mut queue = shard.queue.lock();
+            let mut bytes = 0;
+            let mut batch = Vec::new();
+            while let Some(q) = queue.front() {
+                if !batch.is_empty() && bytes + q.bytes() > COMMIT_BATCH_BYTES {
+                    break;
+                }
+                bytes += q.bytes();
+                batch.extend(queue.pop_front());
+            }
+            batch
+        };
+        if batch.is_empty() {
+            shard.flushing.store(false, Ordering::Release);
+            writing.1 = false;
+            // A commit queued after the queue was found empty found a writer and did not
+            // start one: take it on, unless another writer already has.
+            if shard.queue.lock().is_empty() || shard.flushing.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            writing.1 = true;
+            continue;
+        }
+        write_commits(&shard, &replica, &cluster, session_timeout, timeout, batch).await;
+        rewrite_if_due(&replica, &cluster, &shard, timeout).await;
+    }
+}
+
+/// Whether a commit for `group` from `member` (or from outside, `None`) is admitted; the
+/// partitions it must leave out (reset and not re-read yet by the member).
+fn admit(
+    groups: &mut HashMap<String, Membership>,
+    group: &str,
+    member: Option<(&str, i32)>,
+    now: std::time::Instant,
+    session_timeout: Duration,
+) -> Result<std::collections::BTreeSet<TopicPartition>> {
+    match (member, groups.get_mut(group)) {
+        (Some((id, epoch)), Some(m)) => {
+            m.check_commit(id, epoch, now, session_timeout)
+                .map_err(|r| refused(group, r))?;
+            // Positions from before a reset the member has not applied yet would undo it.
+            Ok(m.resetting(id))
+        }
+        (Some((id, _)), None) => Err(Error::UnknownMember {
+            group: group.to_string(),
+            member: id.to_string(),
+        }),
+        (None, Some(m)) => {
+            m.expire(now, session_timeout);
+            if m.members.is_empty() {
+                Ok(Default::default())
+            } else {
+                Err(Error::InvalidRequest(format!(
+                    "group '{group}' has {} active member(s); offsets are committed by its members while it has any. Stop them first (or commit as a member); nothing was committed",
+                    m.members.len()
+                )))
+            }
+        }
+        (None, None) => Ok(Default::default()),
+    }
+}
+
+/// Writes `batch` (commits of any groups of `shard`) as one Raft entry and answers each.
+/// Each commit's checks and its write happen under the shard's shared lock, so a reset
+/// (which holds it alone) never falls between them.
+async fn write_commits(
+    shard: &Shard,
+    replica: &Arc<Replica>,
+    cluster: &crate::controller::ClusterState,
+    session_timeout: Duration,
+    timeout: Duration,
+    batch: Vec<Queued>,
+) {
+    let _writing = shard.writes.read().await;
+    let mut admitted: Vec<(Queued, Vec<(TopicPartition, Committed)>)> = Vec::new();
+    {
+        let mut groups = shard.members.lock();
+        let now = std::time::Instant::now();
+        for q in batch {
+            let member = q.member.as_ref().map(|(id, e)| (id.as_str(), *e));
+            match admit(&mut groups, &q.group, member, now, session_timeout) {
+                Ok(resetting) => {
+                    let offsets = q
+                        .offsets
+                        .iter()
+                        .filter(|(tp, _)| !resetting.contains(tp))
+                        .cloned()
+                        .collect();
+                    admitted.push((q, offsets));
+                }
+                Err(e) => {
+                    let _ = q.reply.send(Err(e));
+                }
+            }
+        }
+    }
+    let records: Vec<(&str, &TopicPartition, &Committed)> = admitted
+        .iter()
+        .flat_map(|(q, offsets)| offsets.iter().map(move |(tp, c)| (q.group.as_str(), tp, c)))
+        .collect();
+    if records.is_empty() {
+        for (q, _) in admitted {
+            let _ = q.reply.send(Ok(()));
+        }
+        return;
+    }
+    let written = records.len();
+    let bytes = records::offsets_batch(records);
+    match replica.produce(cluster, bytes, acks::ALL, timeout).await {
+        Ok((base, _)) => {
+            {
+                let mut state = shard.state.lock();
+                let mut at = base;
+                for (q, offsets) in &admitted {
+                    for (tp, c) in offsets {
+                        state.apply(&q.group, tp.clone(), Some(c.clone()), at);
+                        at += 1;
+                    }
+                }
+            }
+            shard
+                .since_rewrite
+                .fetch_add(written, std::sync::atomic::Ordering::Relaxed);
+            for (q, _) in admitted {
+                let _ = q.reply.send(Ok(()));
+            }
+        }
+        Err(e) => {
+            for (q, _) in admitted {
+                let _ = q.reply.send(Err(commit_failed(&e, &q.group, replica)));
+            }
+        }
+    }
+}
+
+/// A failed write, as each commit of the batch reports it.
+fn commit_failed(e: &Error, group: &str, replica: &Replica) -> Error {
+    match e {
+        Error::NotLeader { leader, .. } => Error::NotCoordinator {
+            group: group.to_string(),
+            partition: replica.id,
+            node: replica.node_id(),
+            leader: Some(*leader),
+        },
+        Error::LeaderNotAvailable { .. } => Error::NotCoordinator {
+            group: group.to_string(),
+            partition: replica.id,
+            node: replica.node_id(),
+            leader: None,
+        },
+        Error::NotEnoughReplicas {
+            topic,
+            partition,
+            in_sync,
+            required,
+        } => Error::NotEnoughReplicas {
+            topic: topic.clone(),
+            partition: *partition,
+            in_sync: in_sync.clone(),
+            required: *required,
+        },
+        Error::NotEnoughReplicasAfterAppend {
+            topic,
+            partition,
+            holding,
+            required,
+        } => Error::NotEnoughReplicasAfterAppend {
+            topic: topic.clone(),
+            partition: *partition,
+            holding: *holding,
+            required: *required,
+        },
+        Error::Timeout(m) => Error::Timeout(format!("group '{group}': {m}")),
+        Error::ShuttingDown => Error::ShuttingDown,
+        other => Error::Internal(format!("group '{group}': writing the commit: {other}")),
     }
 }
 
