@@ -270,19 +270,35 @@ impl Coordinator {
                 reply,
             });
         }
-        // The first to find no writer becomes it, in a task of its own (a request that is
-        // cancelled must not stop the writes of the others).
+        // The first to find no writer becomes it: it writes one batch (its commit and
+        // those queued with it) itself, and hands what queued meanwhile to a writer task.
         if !shard
             .flushing
             .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
-            tokio::spawn(write_queued(
-                shard.clone(),
-                replica.clone(),
-                cluster.clone(),
+            let writer = Writer {
+                shard: shard.clone(),
+                replica: replica.clone(),
+                cluster: cluster.clone(),
                 session_timeout,
                 timeout,
-            ));
+            };
+            let handoff = HandOff(Some(writer));
+            let w = handoff.0.as_ref().expect("just set");
+            let batch = take_batch(&w.shard);
+            write_commits(
+                &w.shard,
+                &w.replica,
+                &w.cluster,
+                session_timeout,
+                timeout,
+                batch,
+            )
+            .await;
+            rewrite_if_due(&w.replica, &w.cluster, &w.shard, timeout).await;
+            // Dropped here, or earlier if this request is cancelled: either way what queued
+            // meanwhile gets a writer.
+            drop(handoff);
         }
         answer.await.unwrap_or_else(|_| {
             Err(Error::Internal(format!(
@@ -600,53 +616,73 @@ impl Queued {
     }
 }
 
-/// Writes the commits queued on `shard`, a batch at a time, until none is left.
-async fn write_queued(
+/// What a partition's commit writer needs.
+struct Writer {
     shard: Arc<Shard>,
     replica: Arc<Replica>,
     cluster: Arc<crate::controller::ClusterState>,
     session_timeout: Duration,
     timeout: Duration,
-) {
-    use std::sync::atomic::Ordering;
-    /// Clears the writer flag if the writer stops without saying so (a panic), so later
-    /// commits start a new one instead of waiting forever.
-    struct Writing<'a>(&'a std::sync::atomic::AtomicBool, bool);
-    impl Drop for Writing<'_> {
-        fn drop(&mut self) {
-            if self.1 {
-                self.0.store(false, Ordering::Release);
-            }
-        }
-    }
-    let mut writing = Writing(&shard.flushing, true);
-    loop {
-        let batch: Vec<Queued> = {
-            let mut queue = shard.queue.lock();
-            let mut bytes = 0;
-            let mut batch = Vec::new();
-            while let Some(q) = queue.front() {
-                if !batch.is_empty() && bytes + q.bytes() > COMMIT_BATCH_BYTES {
-                    break;
-                }
-                bytes += q.bytes();
-                batch.extend(queue.pop_front());
-            }
-            batch
+}
+
+/// Held by the writer of the moment: when it is done (or dropped early: the request
+/// writing was cancelled, or panicked), the commits queued meanwhile go to a writer task,
+/// or the writer flag is cleared when there are none.
+struct HandOff(Option<Writer>);
+
+impl Drop for HandOff {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering;
+        let Some(w) = self.0.take() else {
+            return;
         };
-        if batch.is_empty() {
-            shard.flushing.store(false, Ordering::Release);
-            writing.1 = false;
-            // A commit queued after the queue was found empty found a writer and did not
-            // start one: take it on, unless another writer already has.
-            if shard.queue.lock().is_empty() || shard.flushing.swap(true, Ordering::AcqRel) {
+        if w.shard.queue.lock().is_empty() {
+            w.shard.flushing.store(false, Ordering::Release);
+            // A commit queued after the check found the flag set and did not start a
+            // writer: take it on, unless another writer already has.
+            if w.shard.queue.lock().is_empty() || w.shard.flushing.swap(true, Ordering::AcqRel) {
                 return;
             }
-            writing.1 = true;
-            continue;
         }
-        write_commits(&shard, &replica, &cluster, session_timeout, timeout, batch).await;
-        rewrite_if_due(&replica, &cluster, &shard, timeout).await;
+        tokio::spawn(write_queued(w));
+    }
+}
+
+/// The next batch of queued commits: at least one, at most [`COMMIT_BATCH_BYTES`].
+fn take_batch(shard: &Shard) -> Vec<Queued> {
+    let mut queue = shard.queue.lock();
+    let mut bytes = 0;
+    let mut batch = Vec::new();
+    while let Some(q) = queue.front() {
+        if !batch.is_empty() && bytes + q.bytes() > COMMIT_BATCH_BYTES {
+            break;
+        }
+        bytes += q.bytes();
+        batch.extend(queue.pop_front());
+    }
+    batch
+}
+
+/// Writes the commits queued on a partition, a batch at a time, until none is left.
+async fn write_queued(w: Writer) {
+    let handoff = HandOff(Some(w));
+    loop {
+        let w = handoff.0.as_ref().expect("held until the end");
+        let batch = take_batch(&w.shard);
+        if batch.is_empty() {
+            // The hand-off clears the flag (or starts a writer for a late commit).
+            return;
+        }
+        write_commits(
+            &w.shard,
+            &w.replica,
+            &w.cluster,
+            w.session_timeout,
+            w.timeout,
+            batch,
+        )
+        .await;
+        rewrite_if_due(&w.replica, &w.cluster, &w.shard, w.timeout).await;
     }
 }
 
