@@ -84,6 +84,8 @@ struct Shard {
     /// Commits waiting for the writer, and whether one is writing.
     queue: Mutex<std::collections::VecDeque<Queued>>,
     flushing: std::sync::atomic::AtomicBool,
+    /// Writes of commit batches in flight (see [`MAX_WRITES_IN_FLIGHT`]).
+    write_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// The groups of the offsets partitions this broker leads.
@@ -141,6 +143,7 @@ impl Coordinator {
                         members: Mutex::default(),
                         queue: Mutex::default(),
                         flushing: Default::default(),
+                        write_slots: Arc::new(tokio::sync::Semaphore::new(MAX_WRITES_IN_FLIGHT)),
                     });
                     shards.insert(replica.id, s.clone());
                     s
@@ -270,39 +273,23 @@ impl Coordinator {
                 reply,
             });
         }
-        // The first to find no writer becomes it: it writes one batch (its commit and
-        // those queued with it) itself, and hands what queued meanwhile to a writer task.
+        // The first to find no writer starts one, in a task of its own (a request that is
+        // cancelled must not stop the writes of the others).
         if !shard
             .flushing
             .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
-            let writer = Writer {
+            tokio::spawn(write_queued(Writer {
                 shard: shard.clone(),
                 replica: replica.clone(),
                 cluster: cluster.clone(),
                 session_timeout,
                 timeout,
-            };
-            let handoff = HandOff(Some(writer));
-            let w = handoff.0.as_ref().expect("just set");
-            let batch = take_batch(&w.shard);
-            write_commits(
-                &w.shard,
-                &w.replica,
-                &w.cluster,
-                session_timeout,
-                timeout,
-                batch,
-            )
-            .await;
-            rewrite_if_due(&w.replica, &w.cluster, &w.shard, timeout).await;
-            // Dropped here, or earlier if this request is cancelled: either way what queued
-            // meanwhile gets a writer.
-            drop(handoff);
+            }));
         }
         answer.await.unwrap_or_else(|_| {
-            Err(Error::Internal(format!(
-                "group '{group}': the writer of its commits stopped before answering; retry"
+            Err(Error::Timeout(format!(
+                "group '{group}': the write of this commit stopped before it was answered; it may or may not have been written; retry"
             )))
         })
     }
@@ -591,6 +578,9 @@ async fn rewrite(
     Ok((entries.len(), floor))
 }
 
+/// Writes of commit batches in flight at once per partition.
+const MAX_WRITES_IN_FLIGHT: usize = 4;
+
 /// Most commits a coordinator's partition holds waiting for its writer.
 const MAX_QUEUED_COMMITS: usize = 10_000;
 
@@ -625,9 +615,8 @@ struct Writer {
     timeout: Duration,
 }
 
-/// Held by the writer of the moment: when it is done (or dropped early: the request
-/// writing was cancelled, or panicked), the commits queued meanwhile go to a writer task,
-/// or the writer flag is cleared when there are none.
+/// Held by the writer task: when it ends (or panics), commits queued meanwhile get a new
+/// writer task, or the writer flag is cleared when there are none.
 struct HandOff(Option<Writer>);
 
 impl Drop for HandOff {
@@ -663,26 +652,28 @@ fn take_batch(shard: &Shard) -> Vec<Queued> {
     batch
 }
 
-/// Writes the commits queued on a partition, a batch at a time, until none is left.
+/// Writes the commits queued on a partition until none is left: a batch per write, up to
+/// [`MAX_WRITES_IN_FLIGHT`] writes at once (Raft pipelines them); while they are all busy,
+/// commits gather into the next batch.
 async fn write_queued(w: Writer) {
     let handoff = HandOff(Some(w));
     loop {
         let w = handoff.0.as_ref().expect("held until the end");
+        let Ok(slot) = w.shard.write_slots.clone().acquire_owned().await else {
+            return;
+        };
         let batch = take_batch(&w.shard);
         if batch.is_empty() {
             // The hand-off clears the flag (or starts a writer for a late commit).
             return;
         }
-        write_commits(
-            &w.shard,
-            &w.replica,
-            &w.cluster,
-            w.session_timeout,
-            w.timeout,
-            batch,
-        )
-        .await;
-        rewrite_if_due(&w.replica, &w.cluster, &w.shard, w.timeout).await;
+        let (shard, replica, cluster) = (w.shard.clone(), w.replica.clone(), w.cluster.clone());
+        let (session_timeout, timeout) = (w.session_timeout, w.timeout);
+        tokio::spawn(async move {
+            write_commits(&shard, &replica, &cluster, session_timeout, timeout, batch).await;
+            drop(slot);
+            rewrite_if_due(&replica, &cluster, &shard, timeout).await;
+        });
     }
 }
 
