@@ -179,6 +179,8 @@ struct Assigned {
     /// The current request went to a leader named by a NOT_LEADER answer; a second such
     /// answer in a row backs off (two brokers with stale views must not ping-pong).
     hinted: bool,
+    /// `pause`d: not fetched until `resume`.
+    paused: bool,
 }
 
 impl Assigned {
@@ -192,6 +194,7 @@ impl Assigned {
             outage: None,
             high_watermark: None,
             hinted: false,
+            paused: false,
         }
     }
 }
@@ -327,6 +330,39 @@ impl Consumer {
             .map(|(tp, start)| (tp, Assigned::new(start.into(), self.config.retry_backoff)))
             .collect();
         self.resolve_positions().await
+    }
+
+    /// Stops fetching `partitions` (Kafka's `pause`): `poll` returns nothing of them until
+    /// [`Consumer::resume`], which reads on from their position; they stay assigned (and,
+    /// in a group, owned). For back-pressure without leaving the group. Partitions not
+    /// assigned are ignored.
+    pub fn pause(&mut self, partitions: &[TopicPartition]) {
+        for tp in partitions {
+            if let Some(a) = self.assigned.get_mut(tp) {
+                a.paused = true;
+                // A fetch already on its way for it is dropped when it answers.
+                a.epoch += 1;
+                a.busy = false;
+            }
+        }
+    }
+
+    /// Fetches `partitions` again, from their positions.
+    pub fn resume(&mut self, partitions: &[TopicPartition]) {
+        for tp in partitions {
+            if let Some(a) = self.assigned.get_mut(tp) {
+                a.paused = false;
+            }
+        }
+    }
+
+    /// The partitions `pause`d now.
+    pub fn paused(&self) -> Vec<TopicPartition> {
+        self.assigned
+            .iter()
+            .filter(|(_, a)| a.paused)
+            .map(|(tp, _)| tp.clone())
+            .collect()
     }
 
     pub fn assignment(&self) -> Vec<TopicPartition> {

@@ -14,6 +14,8 @@ impl Consumer {
             .iter()
             .filter(|(_, a)| !a.busy && a.retry_at.is_none_or(|t| t <= now))
             .filter(|(_, a)| fetch || matches!(a.position, Position::Pending(_)))
+            // Paused: positioned, but not fetched.
+            .filter(|(_, a)| !a.paused || matches!(a.position, Position::Pending(_)))
             .map(|(tp, _)| tp.clone())
             .collect();
         let mut fetches: HashMap<String, Vec<(TopicPartition, i64, u64)>> = HashMap::new();

@@ -1007,3 +1007,58 @@ async fn two_groups_each_read_every_record() {
         m.close().await;
     }
 }
+
+/// A paused partition is not read (it stays assigned) until resumed, then read on from
+/// where it stopped; the others are read meanwhile.
+#[tokio::test]
+async fn a_paused_partition_waits_and_resumes_where_it_stopped() {
+    let cluster = Cluster::start_with(1, &[]);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(NewTopic::new("pp", 2, 1), false)
+        .await
+        .unwrap();
+    let mut consumer = Consumer::new(cluster.client(), ConsumerConfig::default()).unwrap();
+    let (p0, p1) = (TopicPartition::new("pp", 0), TopicPartition::new("pp", 1));
+    consumer
+        .assign(vec![p0.clone(), p1.clone()], Offset::Earliest)
+        .await
+        .unwrap();
+    consumer.pause(std::slice::from_ref(&p0));
+    assert_eq!(consumer.paused(), vec![p0.clone()]);
+    let producer = sluice_client::Producer::connect(cluster.client(), ProducerConfig::default())
+        .await
+        .unwrap();
+    for (p, n) in [(0, 5), (1, 5)] {
+        for i in 0..n {
+            producer
+                .send(ProducerRecord::new("pp", format!("{p}-{i}")).partition(p))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    }
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while got.len() < 5 && tokio::time::Instant::now() < deadline {
+        got.extend(consumer.poll(Duration::from_millis(200)).await.unwrap());
+    }
+    // A little longer: nothing of the paused partition comes.
+    got.extend(consumer.poll(Duration::from_millis(500)).await.unwrap());
+    assert_eq!(got.len(), 5);
+    assert!(got.iter().all(|r| r.partition == 1), "{got:?}");
+    consumer.resume(std::slice::from_ref(&p0));
+    let mut rest = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while rest.len() < 5 && tokio::time::Instant::now() < deadline {
+        rest.extend(consumer.poll(Duration::from_millis(200)).await.unwrap());
+    }
+    assert_eq!(
+        rest.iter()
+            .map(|r| (r.partition, r.offset))
+            .collect::<Vec<_>>(),
+        (0..5).map(|o| (0, o)).collect::<Vec<_>>()
+    );
+}
