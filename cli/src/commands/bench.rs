@@ -26,7 +26,12 @@ pub(crate) enum BenchCommand {
     Consume(ConsumeBench),
     /// Commit consumer group offsets as fast as the coordinators take them.
     Commit(CommitBench),
+    /// A member joins a group consuming under load: time until stable, and whether the
+    /// members whose partitions did not move paused.
+    Join(join::JoinBench),
 }
+
+mod join;
 
 #[derive(Debug, Args)]
 pub(crate) struct CommitBench {
@@ -219,6 +224,7 @@ pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> 
         BenchCommand::Produce(args) => produce(ctx, args).await?,
         BenchCommand::Consume(args) => consume(ctx, args).await?,
         BenchCommand::Commit(args) => commit(ctx, args).await?,
+        BenchCommand::Join(args) => return join::run(ctx, args).await,
     };
     output::print(ctx.output, &report, |r| {
         outln!("{}", r.workload);
