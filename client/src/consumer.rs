@@ -82,6 +82,11 @@ pub struct ConsumerConfig {
     pub auto_commit_interval: Duration,
     /// `client.id`: shown in `sluice groups describe`, and the prefix of the member id.
     pub client_id: String,
+    /// `group.instance.id` (static membership): unique per consumer instance. Closing it
+    /// keeps its partitions assigned to it for the session timeout, and an instance that
+    /// comes back with the same id within it gets them back without moving anything (a
+    /// rolling restart of consumers causes no reassignment).
+    pub group_instance_id: Option<String>,
 }
 
 impl Default for ConsumerConfig {
@@ -98,6 +103,7 @@ impl Default for ConsumerConfig {
             enable_auto_commit: true,
             auto_commit_interval: Duration::from_secs(5),
             client_id: "sluice-consumer".into(),
+            group_instance_id: None,
         }
     }
 }

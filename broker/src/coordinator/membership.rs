@@ -41,6 +41,10 @@ pub(crate) struct Heartbeat {
     pub client_id: String,
     /// The highest offset reset it has applied.
     pub resets_applied: u64,
+    /// `group.instance.id` (static membership): a member that rejoins with the instance id
+    /// of one the group still has takes its place and its partitions, without a
+    /// reassignment; one that leaves with epoch -2 keeps them until its session times out.
+    pub instance_id: Option<String>,
 }
 
 /// What a member is told.
@@ -67,6 +71,7 @@ pub(crate) struct Member {
     last_seen: Instant,
     /// Offset resets of its partitions it has not applied yet.
     resets: Vec<(u64, BTreeSet<TopicPartition>)>,
+    pub instance_id: Option<String>,
 }
 
 /// A group's members.
@@ -97,6 +102,15 @@ impl Membership {
         self.expire(now, session_timeout);
         let mut changed = std::mem::take(&mut self.stale);
         let id = if hb.member_epoch == 0 {
+            // A static member back (a restart): it takes the place of the member with its
+            // instance id, partitions included, and nothing is reassigned.
+            let previous = hb.instance_id.as_ref().and_then(|instance| {
+                self.members
+                    .values()
+                    .find(|m| m.instance_id.as_ref() == Some(instance))
+                    .map(|m| m.id.clone())
+            });
+            let inherited = previous.and_then(|old| self.members.remove(&old));
             // Join (or rejoin): a fresh id unless it names itself and is known.
             let id = if hb.member_id.is_empty() || !self.members.contains_key(&hb.member_id) {
                 self.next_member += 1;
@@ -104,6 +118,23 @@ impl Membership {
             } else {
                 hb.member_id.clone()
             };
+            if let Some(old) = inherited {
+                self.members.insert(
+                    id.clone(),
+                    Member {
+                        id: id.clone(),
+                        epoch: 0,
+                        prev_epoch: 0,
+                        client_id: hb.client_id.clone(),
+                        topics: old.topics,
+                        owned: BTreeSet::new(),
+                        target: old.target,
+                        last_seen: now,
+                        resets: old.resets,
+                        instance_id: old.instance_id,
+                    },
+                );
+            }
             let m = self.members.entry(id.clone()).or_insert_with(|| Member {
                 id: id.clone(),
                 epoch: 0,
@@ -114,15 +145,30 @@ impl Membership {
                 target: BTreeSet::new(),
                 last_seen: now,
                 resets: Vec::new(),
+                instance_id: hb.instance_id.clone(),
             });
             m.epoch = 0;
-            changed = true;
+            // A static member taking its own place changes nothing for the others.
+            changed |= m.target.is_empty();
             id
         } else {
             let Some(m) = self.members.get(&hb.member_id) else {
                 return Err(Refused::UnknownMember(hb.member_id));
             };
-            if hb.member_epoch == -1 {
+            if hb.member_epoch == -2 && m.instance_id.is_some() {
+                // A static member leaving for a moment (a restart): it keeps its partitions
+                // (owning none now) until it is back or its session times out.
+                let m = self.members.get_mut(&hb.member_id).expect("found above");
+                m.owned.clear();
+                m.last_seen = now;
+                return Ok(Answer {
+                    member_id: hb.member_id,
+                    member_epoch: -2,
+                    assignment: BTreeSet::new(),
+                    resets: Vec::new(),
+                });
+            }
+            if hb.member_epoch == -1 || hb.member_epoch == -2 {
                 self.members.remove(&hb.member_id);
                 self.reassign(partitions);
                 return Ok(Answer {
@@ -414,6 +460,7 @@ mod tests {
                 owned: BTreeSet::new(),
                 client_id: "c".into(),
                 resets_applied: 0,
+                instance_id: None,
             },
             now,
             SESSION,
@@ -436,6 +483,7 @@ mod tests {
                 owned: owned.clone(),
                 client_id: "c".into(),
                 resets_applied: 0,
+                instance_id: None,
             },
             now,
             SESSION,
@@ -510,6 +558,7 @@ mod tests {
                     owned: BTreeSet::new(),
                     client_id: "c".into(),
                     resets_applied: 0,
+                    instance_id: None,
                 },
                 now,
                 SESSION,
@@ -537,6 +586,7 @@ mod tests {
                 owned: a[1].assignment.clone(),
                 client_id: "c".into(),
                 resets_applied: 0,
+                instance_id: None,
             },
             later,
             SESSION,
@@ -562,6 +612,74 @@ mod tests {
     }
 
     #[test]
+    fn a_static_member_that_restarts_gets_its_partitions_back_and_nothing_moves() {
+        let now = Instant::now();
+        let mut g = Membership::default();
+        let hb =
+            |id: &str, epoch: i32, owned: &BTreeSet<TopicPartition>, instance: &str| Heartbeat {
+                member_id: id.to_string(),
+                member_epoch: epoch,
+                topics: topics(&["orders"]),
+                owned: owned.clone(),
+                client_id: "c".into(),
+                resets_applied: 0,
+                instance_id: Some(instance.to_string()),
+            };
+        let none = BTreeSet::new();
+        let mut a = [
+            g.heartbeat(hb("", 0, &none, "s1"), now, SESSION, &six)
+                .unwrap(),
+            g.heartbeat(hb("", 0, &none, "s2"), now, SESSION, &six)
+                .unwrap(),
+        ];
+        for _ in 0..5 {
+            for (x, inst) in a.iter_mut().zip(["s1", "s2"]) {
+                let owned = x.assignment.clone();
+                *x = g
+                    .heartbeat(
+                        hb(&x.member_id, x.member_epoch, &owned, inst),
+                        now,
+                        SESSION,
+                        &six,
+                    )
+                    .unwrap();
+            }
+        }
+        let (mine, epoch) = (a[0].assignment.clone(), g.epoch);
+        assert_eq!(mine.len(), 3);
+        // s1 leaves for a restart (-2): its partitions stay its own; s2 gets nothing more.
+        let gone = g
+            .heartbeat(hb(&a[0].member_id, -2, &none, "s1"), now, SESSION, &six)
+            .unwrap();
+        assert_eq!(gone.member_epoch, -2);
+        let owned = a[1].assignment.clone();
+        let other = g
+            .heartbeat(
+                hb(&a[1].member_id, a[1].member_epoch, &owned, "s2"),
+                now,
+                SESSION,
+                &six,
+            )
+            .unwrap();
+        assert_eq!(other.assignment, owned);
+        // s1 is back under a new member id: the same partitions, no new epoch.
+        let back = g
+            .heartbeat(hb("", 0, &none, "s1"), now, SESSION, &six)
+            .unwrap();
+        assert_ne!(back.member_id, a[0].member_id);
+        assert_eq!(back.assignment, mine);
+        assert_eq!(g.epoch, epoch, "nothing was reassigned");
+        // The old member id is gone.
+        let stale = g.heartbeat(
+            hb(&a[0].member_id, a[0].member_epoch, &mine, "s1"),
+            now,
+            SESSION,
+            &six,
+        );
+        assert!(matches!(stale, Err(Refused::UnknownMember(_))), "{stale:?}");
+    }
+
+    #[test]
     fn an_epoch_from_the_future_is_fenced() {
         let now = Instant::now();
         let mut g = Membership::default();
@@ -574,6 +692,7 @@ mod tests {
                 owned: BTreeSet::new(),
                 client_id: "c".into(),
                 resets_applied: 0,
+                instance_id: None,
             },
             now,
             SESSION,
@@ -603,6 +722,7 @@ mod tests {
                             owned: x.assignment.clone(),
                             client_id: "c".into(),
                             resets_applied: 0,
+                            instance_id: None,
                         },
                         now,
                         SESSION,

@@ -349,6 +349,7 @@ impl pb::groups_server::Groups for GroupsService {
                 .collect(),
             client_id: req.client_id,
             resets_applied: req.resets_applied,
+            instance_id: (!req.instance_id.is_empty()).then_some(req.instance_id),
         };
         let answer = self.broker.group_heartbeat(&req.group, hb).await?;
         Ok(tonic::Response::new(pb::GroupHeartbeatResponse {

@@ -62,6 +62,7 @@ pub(super) struct Member {
     calls: Arc<GroupCalls>,
     topics: Vec<String>,
     client_id: String,
+    instance_id: Option<String>,
 }
 
 impl Drop for Member {
@@ -87,7 +88,12 @@ fn by_topic(tps: &BTreeSet<TopicPartition>) -> Vec<pb::TopicPartitions> {
 
 impl Member {
     /// Joins the group and keeps heartbeating until dropped or left.
-    pub(super) fn start(calls: GroupCalls, topics: Vec<String>, client_id: String) -> Member {
+    pub(super) fn start(
+        calls: GroupCalls,
+        topics: Vec<String>,
+        client_id: String,
+        instance_id: Option<String>,
+    ) -> Member {
         let state = Arc::new(Mutex::new(MemberState::default()));
         let wake = Arc::new(tokio::sync::Notify::new());
         let calls = Arc::new(calls);
@@ -97,6 +103,7 @@ impl Member {
             wake.clone(),
             topics.clone(),
             client_id.clone(),
+            instance_id.clone(),
         ));
         Member {
             state,
@@ -105,6 +112,7 @@ impl Member {
             calls,
             topics,
             client_id,
+            instance_id,
         }
     }
 
@@ -114,7 +122,8 @@ impl Member {
         self.wake.notify_one();
     }
 
-    /// Leaves the group: its partitions go to the others at once.
+    /// Leaves the group: its partitions go to the others at once, or, for a static member
+    /// (`group.instance.id`), stay its own until it is back or its session times out.
     pub(super) async fn leave(&self) -> crate::Result<()> {
         self.task.abort();
         let (member_id, epoch) = {
@@ -127,11 +136,12 @@ impl Member {
         let req = pb::GroupHeartbeatRequest {
             group: String::new(),
             member_id,
-            member_epoch: -1,
+            member_epoch: if self.instance_id.is_some() { -2 } else { -1 },
             topics: self.topics.clone(),
             owned: Vec::new(),
             client_id: self.client_id.clone(),
             resets_applied: 0,
+            instance_id: self.instance_id.clone().unwrap_or_default(),
         };
         self.calls
             .call("leaving the group", |mut c| {
@@ -150,6 +160,7 @@ async fn heartbeat_loop(
     wake: Arc<tokio::sync::Notify>,
     topics: Vec<String>,
     client_id: String,
+    instance_id: Option<String>,
 ) {
     let mut interval = DEFAULT_HEARTBEAT_INTERVAL;
     loop {
@@ -167,6 +178,7 @@ async fn heartbeat_loop(
                 },
                 client_id: client_id.clone(),
                 resets_applied: s.resets_applied,
+                instance_id: instance_id.clone().unwrap_or_default(),
             }
         };
         let answer = calls
@@ -306,6 +318,7 @@ impl Consumer {
             GroupCalls::new(self.cluster.clone(), group),
             topics,
             self.config.client_id.clone(),
+            self.config.group_instance_id.clone(),
         ));
         Ok(())
     }

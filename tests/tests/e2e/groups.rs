@@ -425,12 +425,23 @@ struct Member {
 
 impl Member {
     async fn join(client: sluice_client::ClientConfig, group: &str, topic: &str) -> Member {
+        Member::join_as(client, group, topic, None).await
+    }
+
+    /// A member with `group.instance.id` `instance` when given (static membership).
+    async fn join_as(
+        client: sluice_client::ClientConfig,
+        group: &str,
+        topic: &str,
+        instance: Option<&str>,
+    ) -> Member {
         let mut consumer = Consumer::new(
             client,
             ConsumerConfig {
                 group_id: Some(group.to_string()),
                 auto_offset_reset: AutoOffsetReset::Earliest,
                 auto_commit_interval: Duration::from_millis(200),
+                group_instance_id: instance.map(str::to_string),
                 ..ConsumerConfig::default()
             },
         )
@@ -1061,4 +1072,62 @@ async fn a_paused_partition_waits_and_resumes_where_it_stopped() {
             .collect::<Vec<_>>(),
         (0..5).map(|o| (0, o)).collect::<Vec<_>>()
     );
+}
+
+/// Static membership: a consumer with `group.instance.id` that closes keeps its partitions
+/// (the others do not take them) and, back with the same id within the session timeout, gets
+/// the same partitions without anything moving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_restarting_gets_its_partitions_back() {
+    let cluster = Cluster::start_with(
+        1,
+        &[
+            "--offsets-topic-partitions",
+            "2",
+            "--group-heartbeat-interval",
+            "200ms",
+            "--group-session-timeout",
+            "30s",
+        ],
+    );
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(NewTopic::new("st", 4, 1), false)
+        .await
+        .unwrap();
+    let a = Member::join_as(cluster.client(), "sg", "st", Some("worker-a")).await;
+    let b = Member::join(cluster.client(), "sg", "st").await;
+    let (mine, theirs) = eventually(
+        "two members with two partitions each",
+        Duration::from_secs(20),
+        || {
+            let (x, y) = (a.owned(), b.owned());
+            async move { (x.len() == 2 && y.len() == 2 && x.is_disjoint(&y)).then_some((x, y)) }
+        },
+    )
+    .await;
+    let epoch = admin.describe_group("sg").await.unwrap().epoch;
+    a.close().await;
+    // Well past several heartbeats: the other member did not take them.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(b.owned(), theirs);
+    let d = admin.describe_group("sg").await.unwrap();
+    assert_eq!(d.members.len(), 2, "the static member is kept: {d:?}");
+    let back = Member::join_as(cluster.client(), "sg", "st", Some("worker-a")).await;
+    eventually(
+        "the restarted member owning its partitions again",
+        Duration::from_secs(20),
+        || {
+            let got = back.owned();
+            let want = mine.clone();
+            async move { (got == want).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(b.owned(), theirs);
+    let d = admin.describe_group("sg").await.unwrap();
+    assert_eq!(d.epoch, epoch, "nothing was reassigned: {d:?}");
+    back.close().await;
+    b.close().await;
 }
