@@ -249,14 +249,31 @@ impl Broker {
             .ok_or_else(|| Error::GroupNotFound(group.to_string()))
     }
 
-    /// A member's heartbeat, at its group's coordinator (here).
+    /// A member's heartbeat, at its group's coordinator (here). A subscription by
+    /// `topic_regex` is resolved here, against the topics as of now (internal ones left
+    /// out), so topics created later that match are assigned at the next heartbeat.
     pub(crate) async fn group_heartbeat(
         self: &Arc<Self>,
         group: &str,
-        hb: Heartbeat,
+        mut hb: Heartbeat,
+        topic_regex: Option<&str>,
     ) -> Result<Answer> {
         let replica = self.group_replica(group).await?;
         let state = self.controller.state();
+        if let Some(pattern) = topic_regex {
+            let re = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+                Error::InvalidRequest(format!(
+                    "group '{group}': the subscription pattern '{pattern}' is not a valid regular expression: {e}"
+                ))
+            })?;
+            hb.topics.extend(
+                state
+                    .topics
+                    .keys()
+                    .filter(|t| *t != OFFSETS_TOPIC && re.is_match(t))
+                    .cloned(),
+            );
+        }
         let partitions = |topic: &str| state.topics.get(topic).map(|t| t.partitions);
         self.coordinator
             .heartbeat(

@@ -351,7 +351,8 @@ impl pb::groups_server::Groups for GroupsService {
             resets_applied: req.resets_applied,
             instance_id: (!req.instance_id.is_empty()).then_some(req.instance_id),
         };
-        let answer = self.broker.group_heartbeat(&req.group, hb).await?;
+        let regex = (!req.topic_regex.is_empty()).then_some(req.topic_regex.as_str());
+        let answer = self.broker.group_heartbeat(&req.group, hb, regex).await?;
         Ok(tonic::Response::new(pb::GroupHeartbeatResponse {
             member_id: answer.member_id,
             member_epoch: answer.member_epoch,

@@ -63,6 +63,7 @@ pub(super) struct Member {
     topics: Vec<String>,
     client_id: String,
     instance_id: Option<String>,
+    pattern: Option<String>,
 }
 
 impl Drop for Member {
@@ -93,6 +94,7 @@ impl Member {
         topics: Vec<String>,
         client_id: String,
         instance_id: Option<String>,
+        pattern: Option<String>,
     ) -> Member {
         let state = Arc::new(Mutex::new(MemberState::default()));
         let wake = Arc::new(tokio::sync::Notify::new());
@@ -104,6 +106,7 @@ impl Member {
             topics.clone(),
             client_id.clone(),
             instance_id.clone(),
+            pattern.clone(),
         ));
         Member {
             state,
@@ -113,6 +116,7 @@ impl Member {
             topics,
             client_id,
             instance_id,
+            pattern,
         }
     }
 
@@ -142,6 +146,7 @@ impl Member {
             client_id: self.client_id.clone(),
             resets_applied: 0,
             instance_id: self.instance_id.clone().unwrap_or_default(),
+            topic_regex: self.pattern.clone().unwrap_or_default(),
         };
         self.calls
             .call("leaving the group", |mut c| {
@@ -161,6 +166,7 @@ async fn heartbeat_loop(
     topics: Vec<String>,
     client_id: String,
     instance_id: Option<String>,
+    pattern: Option<String>,
 ) {
     let mut interval = DEFAULT_HEARTBEAT_INTERVAL;
     loop {
@@ -179,6 +185,7 @@ async fn heartbeat_loop(
                 client_id: client_id.clone(),
                 resets_applied: s.resets_applied,
                 instance_id: instance_id.clone().unwrap_or_default(),
+                topic_regex: pattern.clone().unwrap_or_default(),
             }
         };
         let answer = calls
@@ -308,6 +315,28 @@ impl Consumer {
         for t in &topics {
             self.cluster.topic(t).await?;
         }
+        self.join_group(group, topics, None);
+        Ok(())
+    }
+
+    /// Like [`Consumer::subscribe`], for every topic whose whole name matches `pattern` (a
+    /// regular expression, e.g. `logs-.*`), now and created later: the coordinator resolves
+    /// it at every heartbeat. An invalid pattern is an error from the next `poll`.
+    pub async fn subscribe_pattern(&mut self, pattern: &str) -> Result<()> {
+        let Some(group) = self.config.group_id.clone() else {
+            return Err(Error::InvalidArgument(
+                "subscribe_pattern needs a group: set ConsumerConfig::group_id".into(),
+            ));
+        };
+        if pattern.is_empty() {
+            return Err(Error::InvalidArgument("the topic pattern is empty".into()));
+        }
+        self.join_group(group, Vec::new(), Some(pattern.to_string()));
+        Ok(())
+    }
+
+    /// Drops any assignment and starts membership of `group`.
+    fn join_group(&mut self, group: String, topics: Vec<String>, pattern: Option<String>) {
         self.inflight = tokio::task::JoinSet::new();
         self.lookups = 0;
         self.buffered.clear();
@@ -319,8 +348,8 @@ impl Consumer {
             topics,
             self.config.client_id.clone(),
             self.config.group_instance_id.clone(),
+            pattern,
         ));
-        Ok(())
     }
 
     /// Stops reading `partitions` and drops what was fetched of them.

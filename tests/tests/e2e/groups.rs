@@ -1131,3 +1131,90 @@ async fn a_static_member_restarting_gets_its_partitions_back() {
     back.close().await;
     b.close().await;
 }
+
+/// A subscription by pattern reads every topic whose name matches, including one created
+/// later, and no other; an invalid pattern is an error naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_subscription_picks_up_matching_topics_created_later() {
+    let cluster = Cluster::start_with(
+        1,
+        &[
+            "--offsets-topic-partitions",
+            "2",
+            "--group-heartbeat-interval",
+            "200ms",
+        ],
+    );
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    for t in ["logs-a", "other"] {
+        admin
+            .create_topic(NewTopic::new(t, 2, 1), false)
+            .await
+            .unwrap();
+    }
+    let mut consumer = Consumer::new(
+        cluster.client(),
+        ConsumerConfig {
+            group_id: Some("pattern".into()),
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            ..ConsumerConfig::default()
+        },
+    )
+    .unwrap();
+    consumer.subscribe_pattern("logs-.*").await.unwrap();
+    let assigned = |c: &Consumer| {
+        let mut v: Vec<(String, i32)> = c
+            .assignment()
+            .into_iter()
+            .map(|tp| (tp.topic, tp.partition))
+            .collect();
+        v.sort();
+        v
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while assigned(&consumer).len() < 2 && tokio::time::Instant::now() < deadline {
+        consumer.poll(Duration::from_millis(100)).await.unwrap();
+    }
+    assert_eq!(
+        assigned(&consumer),
+        vec![("logs-a".to_string(), 0), ("logs-a".to_string(), 1)]
+    );
+    admin
+        .create_topic(NewTopic::new("logs-b", 2, 1), false)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while assigned(&consumer).len() < 4 && tokio::time::Instant::now() < deadline {
+        consumer.poll(Duration::from_millis(100)).await.unwrap();
+    }
+    assert_eq!(
+        assigned(&consumer),
+        vec![
+            ("logs-a".to_string(), 0),
+            ("logs-a".to_string(), 1),
+            ("logs-b".to_string(), 0),
+            ("logs-b".to_string(), 1)
+        ]
+    );
+    consumer.close().await.unwrap();
+
+    let mut bad = Consumer::new(
+        cluster.client(),
+        ConsumerConfig {
+            group_id: Some("bad-pattern".into()),
+            ..ConsumerConfig::default()
+        },
+    )
+    .unwrap();
+    bad.subscribe_pattern("logs-(").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let err = loop {
+        match bad.poll(Duration::from_millis(100)).await {
+            Err(e) => break e,
+            Ok(_) => assert!(tokio::time::Instant::now() < deadline, "no error"),
+        }
+    };
+    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest), "{err}");
+    assert!(err.to_string().contains("logs-("), "{err}");
+}
