@@ -237,7 +237,7 @@ pub struct Consumer {
     error: Option<Error>,
     events: VecDeque<PartitionEvent>,
     /// The group's coordinator, with `group.id`.
-    group: Option<GroupCalls>,
+    group: Option<Arc<GroupCalls>>,
     /// Membership, after `subscribe`.
     member: Option<group::Member>,
     /// Revoked partitions not released yet (without auto-commit), with their positions.
@@ -257,7 +257,7 @@ impl Consumer {
                     "group.id is empty: name the group, or leave it unset".into(),
                 ));
             }
-            Some(g) => Some(GroupCalls::new(cluster.clone(), g)),
+            Some(g) => Some(Arc::new(GroupCalls::new(cluster.clone(), g))),
             None => None,
         };
         Ok(Consumer {

@@ -516,7 +516,7 @@ impl Consumer {
         out(committed).and(out(left))
     }
 
-    fn group_calls(&self) -> Result<&GroupCalls> {
+    fn group_calls(&self) -> Result<&Arc<GroupCalls>> {
         self.group.as_ref().ok_or_else(|| {
             Error::InvalidArgument(
                 "this consumer has no group.id: set ConsumerConfig::group_id to commit offsets"
@@ -528,6 +528,65 @@ impl Consumer {
     /// Commits `offsets` (the next offset to read of each partition) for the group.
     /// Acknowledged once replicated like an acks=all write.
     pub async fn commit(&self, offsets: &[(TopicPartition, i64)]) -> Result<()> {
+        match self.prepare_commit(offsets)? {
+            Some((calls, offsets, member)) => calls.commit(&offsets, member).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Starts committing the position of every assigned partition that has one, without
+    /// waiting (Kafka's `commitAsync()`): the handle answers with what was committed, or why
+    /// not. Commits started one after the other are sent in that order, but a later one may
+    /// be answered first.
+    pub fn commit_async(&self) -> tokio::task::JoinHandle<Result<Vec<(TopicPartition, i64)>>> {
+        let offsets = self.positions();
+        let prepared = if self
+            .member
+            .as_ref()
+            .is_some_and(|m| m.state.lock().epoch <= 0)
+        {
+            Ok(None)
+        } else {
+            self.prepare_commit(&offsets)
+        };
+        tokio::spawn(async move {
+            match prepared? {
+                Some((calls, offsets, member)) => {
+                    calls.commit(&offsets, member).await?;
+                    Ok(offsets)
+                }
+                None => Ok(Vec::new()),
+            }
+        })
+    }
+
+    /// The next offset to read of every assigned partition that has a position (and of
+    /// revoked ones not released yet).
+    fn positions(&self) -> Vec<(TopicPartition, i64)> {
+        self.assigned
+            .keys()
+            .filter_map(|tp| self.position(tp).map(|p| (tp.clone(), p)))
+            .chain(
+                self.releasing
+                    .iter()
+                    .filter_map(|(tp, p)| p.map(|p| (tp.clone(), p))),
+            )
+            .collect()
+    }
+
+    /// What a commit of `offsets` sends, and as which member; `None` when nothing is left
+    /// to send.
+    #[allow(clippy::type_complexity)]
+    fn prepare_commit(
+        &self,
+        offsets: &[(TopicPartition, i64)],
+    ) -> Result<
+        Option<(
+            Arc<GroupCalls>,
+            Vec<(TopicPartition, i64)>,
+            Option<(String, i32)>,
+        )>,
+    > {
         let (member, resetting) = match &self.member {
             None => (None, Default::default()),
             Some(m) => {
@@ -551,9 +610,9 @@ impl Consumer {
             .cloned()
             .collect();
         if offsets.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        self.group_calls()?.commit(&offsets, member).await
+        Ok(Some((self.group_calls()?.clone(), offsets, member)))
     }
 
     /// Commits the position of every assigned partition that has one: past every record
@@ -567,16 +626,7 @@ impl Consumer {
         {
             return Ok(Vec::new());
         }
-        let offsets: Vec<(TopicPartition, i64)> = self
-            .assigned
-            .keys()
-            .filter_map(|tp| self.position(tp).map(|p| (tp.clone(), p)))
-            .chain(
-                self.releasing
-                    .iter()
-                    .filter_map(|(tp, p)| p.map(|p| (tp.clone(), p))),
-            )
-            .collect();
+        let offsets = self.positions();
         if !offsets.is_empty() {
             self.commit(&offsets).await?;
         }

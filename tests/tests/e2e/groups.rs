@@ -227,7 +227,10 @@ async fn committed_offsets_survive_the_coordinators_broker_dying() {
     let mut rest = read(&mut next, 10).await;
     rest.sort_by_key(|v| v.parse::<u32>().unwrap());
     assert_eq!(rest, (30..40).map(|i| i.to_string()).collect::<Vec<_>>());
-    next.commit_sync().await.unwrap();
+    // Without waiting (commitAsync): the handle says what was committed.
+    let handle = next.commit_async();
+    let committed = handle.await.unwrap().unwrap();
+    assert_eq!(committed.iter().map(|(_, o)| o).sum::<i64>(), 40);
     let d = admin.describe_group("billing").await.unwrap();
     assert_eq!(d.partitions.iter().map(|p| p.lag).sum::<i64>(), 0);
 }
