@@ -56,6 +56,9 @@ pub(crate) struct Answer {
     pub assignment: BTreeSet<TopicPartition>,
     /// Offset resets it has not applied yet.
     pub resets: Vec<(u64, BTreeSet<TopicPartition>)>,
+    /// Partitions of its target still owned by another member: it gets them once they are
+    /// released, so it should ask again soon.
+    pub waiting: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -166,6 +169,7 @@ impl Membership {
                     member_epoch: -2,
                     assignment: BTreeSet::new(),
                     resets: Vec::new(),
+                    waiting: false,
                 });
             }
             if hb.member_epoch == -1 || hb.member_epoch == -2 {
@@ -176,6 +180,7 @@ impl Membership {
                     member_epoch: -1,
                     assignment: BTreeSet::new(),
                     resets: Vec::new(),
+                    waiting: false,
                 });
             }
             // The member may be one answer behind (the answer that gave it the new epoch was
@@ -238,13 +243,14 @@ impl Membership {
             .flat_map(|o| o.owned.iter())
             .collect();
         let m = &self.members[&id];
-        let assignment = m
+        let assignment: BTreeSet<TopicPartition> = m
             .target
             .iter()
             .filter(|tp| !taken.contains(tp))
             .cloned()
             .collect();
         Ok(Answer {
+            waiting: assignment.len() < m.target.len(),
             member_id: id,
             member_epoch: epoch,
             assignment,

@@ -29,6 +29,9 @@ fn by_topic<'a>(tps: impl IntoIterator<Item = &'a TopicPartition>) -> Vec<pb::To
 /// How long a commit waits for its acks=all write.
 const COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How often a member waiting for partitions to be released heartbeats.
+const WAITING_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(200);
+
 /// How long `describe` waits for the record at a committed offset (for lag in time).
 const LAG_TIME_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -356,7 +359,17 @@ impl pb::groups_server::Groups for GroupsService {
         Ok(tonic::Response::new(pb::GroupHeartbeatResponse {
             member_id: answer.member_id,
             member_epoch: answer.member_epoch,
-            heartbeat_interval_ms: self.broker.config.group_heartbeat_interval.as_millis() as i32,
+            // A member waiting for partitions another still owns asks again soon: it gets
+            // them as soon as they are released, not a whole interval later.
+            heartbeat_interval_ms: if answer.waiting {
+                self.broker
+                    .config
+                    .group_heartbeat_interval
+                    .min(WAITING_HEARTBEAT_INTERVAL)
+            } else {
+                self.broker.config.group_heartbeat_interval
+            }
+            .as_millis() as i32,
             assignment: by_topic(&answer.assignment),
             resets: answer
                 .resets
