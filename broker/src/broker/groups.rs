@@ -126,19 +126,7 @@ impl Broker {
         timeout: Duration,
     ) -> Result<()> {
         let state = self.controller.state();
-        for ((topic, partition), _, _) in &offsets {
-            let record = state
-                .topics
-                .get(topic)
-                .ok_or_else(|| Error::UnknownTopic(topic.clone()))?;
-            if *partition < 0 || *partition >= record.partitions {
-                return Err(Error::UnknownPartition {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    count: record.partitions,
-                });
-            }
-        }
+        existing(&state, offsets.iter().map(|(tp, _, _)| tp))?;
         let replica = self.group_replica(group).await?;
         let now = now_ms();
         let offsets = offsets
@@ -176,19 +164,7 @@ impl Broker {
         timeout: Duration,
     ) -> Result<usize> {
         let state = self.controller.state();
-        for ((topic, partition), _) in &offsets {
-            let record = state
-                .topics
-                .get(topic)
-                .ok_or_else(|| Error::UnknownTopic(topic.clone()))?;
-            if *partition < 0 || *partition >= record.partitions {
-                return Err(Error::UnknownPartition {
-                    topic: topic.clone(),
-                    partition: *partition,
-                    count: record.partitions,
-                });
-            }
-        }
+        existing(&state, offsets.iter().map(|(tp, _)| tp))?;
         let replica = self.group_replica(group).await?;
         let now = now_ms();
         let offsets = offsets
@@ -310,4 +286,25 @@ impl Broker {
         }
         out
     }
+}
+
+/// UNKNOWN_TOPIC_OR_PARTITION for the first of `partitions` the cluster does not have.
+fn existing<'a>(
+    state: &crate::controller::ClusterState,
+    partitions: impl IntoIterator<Item = &'a TopicPartition>,
+) -> Result<()> {
+    for (topic, partition) in partitions {
+        let record = state
+            .topics
+            .get(topic)
+            .ok_or_else(|| Error::UnknownTopic(topic.clone()))?;
+        if *partition < 0 || *partition >= record.partitions {
+            return Err(Error::UnknownPartition {
+                topic: topic.clone(),
+                partition: *partition,
+                count: record.partitions,
+            });
+        }
+    }
+    Ok(())
 }

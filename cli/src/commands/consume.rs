@@ -348,16 +348,7 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
         }
         last_record = Instant::now();
         for r in &records {
-            match ctx.output {
-                Format::Table => writeln!(out, "{}", render(&args.format, r))?,
-                Format::Json => {
-                    serde_json::to_writer(&mut out, &JsonRecord::from(r))?;
-                    writeln!(out)?;
-                }
-                Format::Yaml => {
-                    write!(out, "---\n{}", serde_yaml::to_string(&JsonRecord::from(r))?)?
-                }
-            }
+            write_record(ctx, &args, &mut out, r)?;
             count += 1;
             if args.max_messages.is_some_and(|m| count >= m) {
                 break 'outer;
