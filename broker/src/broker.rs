@@ -254,7 +254,10 @@ impl Broker {
             offset_metadata_max_bytes: config.offset_metadata_max_bytes,
             load_timeout: COORDINATOR_LOAD_TIMEOUT,
             max_batch_bytes: config.max_request_bytes,
-            session_timeout: config.group_session_timeout,
+            timeouts: crate::coordinator::Timeouts {
+                session: config.group_session_timeout,
+                rebalance: config.group_rebalance_timeout,
+            },
         });
         let broker = Arc::new(Broker {
             coordinator,

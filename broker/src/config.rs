@@ -25,6 +25,7 @@ pub const DEFAULT_OFFSET_METADATA_MAX_BYTES: usize = 4096;
 pub const DEFAULT_OFFSETS_TOPIC_SEGMENT_BYTES: i64 = 100 * 1024 * 1024;
 pub const DEFAULT_GROUP_SESSION_TIMEOUT: &str = "45s";
 pub const DEFAULT_GROUP_HEARTBEAT_INTERVAL: &str = "2s";
+pub const DEFAULT_GROUP_REBALANCE_TIMEOUT: &str = "5m";
 pub const DEFAULT_METADATA_CACHE_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_RAFT_TAIL_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
@@ -143,6 +144,11 @@ pub struct Config {
     /// How often members heartbeat (`group.consumer.heartbeat.interval.ms`): how soon a
     /// member learns of a partition to give up or take.
     pub group_heartbeat_interval: Duration,
+    /// A member told to give up partitions that still owns them this long after is removed
+    /// from the group and they go to their new owners (Kafka's `rebalance.timeout.ms`, there
+    /// the consumer's `max.poll.interval.ms`): one stuck consumer cannot hold a partition
+    /// back from the group for ever.
+    pub group_rebalance_timeout: Duration,
 }
 
 impl Config {
@@ -195,6 +201,7 @@ impl Default for Config {
             offsets_topic_segment_bytes: DEFAULT_OFFSETS_TOPIC_SEGMENT_BYTES,
             group_session_timeout: dur(DEFAULT_GROUP_SESSION_TIMEOUT),
             group_heartbeat_interval: dur(DEFAULT_GROUP_HEARTBEAT_INTERVAL),
+            group_rebalance_timeout: dur(DEFAULT_GROUP_REBALANCE_TIMEOUT),
         }
     }
 }
@@ -279,6 +286,12 @@ impl Config {
                 self.group_heartbeat_interval, self.group_session_timeout
             ));
         }
+        if self.group_rebalance_timeout <= self.group_heartbeat_interval {
+            return Err(format!(
+                "group_rebalance_timeout ({:?}) must be above group_heartbeat_interval ({:?}): a member learns it must give up a partition only at its next heartbeat",
+                self.group_rebalance_timeout, self.group_heartbeat_interval
+            ));
+        }
         if self.offsets_topic_replication_factor < 1 {
             return Err("offsets_topic_replication_factor must be at least 1".into());
         }
@@ -319,6 +332,7 @@ struct ConfigFile {
     offsets_topic_segment_bytes: Option<i64>,
     group_session_timeout: Option<String>,
     group_heartbeat_interval: Option<String>,
+    group_rebalance_timeout: Option<String>,
 }
 
 /// `sluice-broker` flags. Each also reads `SLUICE_<NAME>` and the `--config` YAML file
@@ -436,6 +450,11 @@ pub struct Args {
     /// How often consumer group members heartbeat [default: 2s]
     #[arg(long, env = "SLUICE_GROUP_HEARTBEAT_INTERVAL")]
     pub group_heartbeat_interval: Option<String>,
+    /// A consumer group member that still owns a partition this long after it was told to
+    /// give it up is removed from the group, and the partition goes to its new owner
+    /// [default: 5m]
+    #[arg(long, env = "SLUICE_GROUP_REBALANCE_TIMEOUT")]
+    pub group_rebalance_timeout: Option<String>,
 }
 
 fn parse_dur(key: &str, s: &str) -> Result<Duration, String> {
@@ -586,6 +605,12 @@ impl Args {
                 file.group_heartbeat_interval,
                 d.group_heartbeat_interval,
             )?,
+            group_rebalance_timeout: pick_dur(
+                "group_rebalance_timeout",
+                self.group_rebalance_timeout,
+                file.group_rebalance_timeout,
+                d.group_rebalance_timeout,
+            )?,
         };
         config.validate()?;
         Ok(config)
@@ -617,6 +642,7 @@ mod tests {
             format!("[default: {}]", d.offsets_topic_segment_bytes),
             format!("[default: {DEFAULT_GROUP_SESSION_TIMEOUT}]"),
             format!("[default: {DEFAULT_GROUP_HEARTBEAT_INTERVAL}]"),
+            format!("[default: {DEFAULT_GROUP_REBALANCE_TIMEOUT}]"),
             format!("[default: {}]", d.metadata_cache_bytes),
             format!("[default: {}]", d.raft_tail_cache_bytes),
             format!("[default: {DEFAULT_SHUTDOWN_TIMEOUT}]"),

@@ -8,11 +8,11 @@
 //! partition takes the groups over with their offsets.
 //!
 //! The core knows nothing of gRPC: it takes the partition's [`Replica`] and plain values,
-//! so Kafka's own group APIs can sit on it too. Membership and assignment come next (see
-//! docs/DESIGN.md, consumer groups).
+//! so Kafka's own group APIs can sit on it too (see docs/DESIGN.md, consumer groups).
 //!
 //! - `state`: the materialised offsets, applied by log offset.
 //! - `records`: their form in the log.
+//! - `membership`: members, their heartbeats and the incremental assignment (in memory).
 
 mod membership;
 mod records;
@@ -27,7 +27,7 @@ use sluice_proto::acks;
 
 use crate::error::{Error, Result};
 use crate::replica::group::Replica;
-pub(crate) use membership::{Answer, Heartbeat};
+pub(crate) use membership::{Answer, Heartbeat, Timeouts};
 use membership::{Membership, Refused};
 use state::ShardState;
 pub(crate) use state::{Committed, TopicPartition};
@@ -63,8 +63,9 @@ pub(crate) struct CoordinatorConfig {
     pub load_timeout: Duration,
     /// Largest decompressed batch read back while loading.
     pub max_batch_bytes: usize,
-    /// Members not heard from for this long are gone (also for what describe shows).
-    pub session_timeout: Duration,
+    /// Members not heard from for this long are gone (also for what describe shows), and
+    /// how long one may take to give up a partition.
+    pub timeouts: membership::Timeouts,
 }
 
 /// One offsets partition as this broker leads it in one term.
@@ -234,7 +235,6 @@ impl Coordinator {
         cluster: &Arc<crate::controller::ClusterState>,
         group: &str,
         member: Option<(&str, i32)>,
-        session_timeout: Duration,
         offsets: Vec<(TopicPartition, Committed)>,
         timeout: Duration,
     ) -> Result<()> {
@@ -283,7 +283,7 @@ impl Coordinator {
                 shard: shard.clone(),
                 replica: replica.clone(),
                 cluster: cluster.clone(),
-                session_timeout,
+                timeouts: self.config.timeouts,
                 timeout,
             }));
         }
@@ -355,7 +355,6 @@ impl Coordinator {
         cluster: &crate::controller::ClusterState,
         group: &str,
         force: bool,
-        session_timeout: Duration,
         timeout: Duration,
     ) -> Result<(usize, usize)> {
         validate_group(group)?;
@@ -365,7 +364,7 @@ impl Coordinator {
             let mut groups = shard.members.lock();
             match groups.get_mut(group) {
                 Some(m) => {
-                    m.expire(std::time::Instant::now(), session_timeout);
+                    m.expire(std::time::Instant::now(), self.config.timeouts);
                     if !m.members.is_empty() && !force {
                         return Err(Error::NonEmptyGroup {
                             group: group.to_string(),
@@ -437,7 +436,7 @@ impl Coordinator {
         let now = std::time::Instant::now();
         let mut groups = shard.members.lock();
         for m in groups.values_mut() {
-            m.expire(now, self.config.session_timeout);
+            m.expire(now, self.config.timeouts);
         }
         groups.retain(|_, m| !m.members.is_empty());
     }
@@ -483,15 +482,21 @@ impl Coordinator {
         replica: &Arc<Replica>,
         group: &str,
         hb: Heartbeat,
-        session_timeout: Duration,
         partitions: &(dyn Fn(&str) -> Option<i32> + Sync),
     ) -> Result<Answer> {
         validate_group(group)?;
         let shard = self.shard(group, replica).await?;
         let mut members = shard.members.lock();
-        let m = members.entry(group.to_string()).or_default();
+        let m = members
+            .entry(group.to_string())
+            .or_insert_with(|| Membership::new(group));
         let answer = m
-            .heartbeat(hb, std::time::Instant::now(), session_timeout, partitions)
+            .heartbeat(
+                hb,
+                std::time::Instant::now(),
+                self.config.timeouts,
+                partitions,
+            )
             .map_err(|r| refused(group, r));
         if m.members.is_empty() {
             members.remove(group);
@@ -611,7 +616,7 @@ struct Writer {
     shard: Arc<Shard>,
     replica: Arc<Replica>,
     cluster: Arc<crate::controller::ClusterState>,
-    session_timeout: Duration,
+    timeouts: membership::Timeouts,
     timeout: Duration,
 }
 
@@ -668,9 +673,9 @@ async fn write_queued(w: Writer) {
             return;
         }
         let (shard, replica, cluster) = (w.shard.clone(), w.replica.clone(), w.cluster.clone());
-        let (session_timeout, timeout) = (w.session_timeout, w.timeout);
+        let (timeouts, timeout) = (w.timeouts, w.timeout);
         tokio::spawn(async move {
-            write_commits(&shard, &replica, &cluster, session_timeout, timeout, batch).await;
+            write_commits(&shard, &replica, &cluster, timeouts, timeout, batch).await;
             drop(slot);
             rewrite_if_due(&replica, &cluster, &shard, timeout).await;
         });
@@ -684,11 +689,11 @@ fn admit(
     group: &str,
     member: Option<(&str, i32)>,
     now: std::time::Instant,
-    session_timeout: Duration,
+    timeouts: membership::Timeouts,
 ) -> Result<std::collections::BTreeSet<TopicPartition>> {
     match (member, groups.get_mut(group)) {
         (Some((id, epoch)), Some(m)) => {
-            m.check_commit(id, epoch, now, session_timeout)
+            m.check_commit(id, epoch, now, timeouts)
                 .map_err(|r| refused(group, r))?;
             // Positions from before a reset the member has not applied yet would undo it.
             Ok(m.resetting(id))
@@ -698,7 +703,7 @@ fn admit(
             member: id.to_string(),
         }),
         (None, Some(m)) => {
-            m.expire(now, session_timeout);
+            m.expire(now, timeouts);
             if m.members.is_empty() {
                 Ok(Default::default())
             } else {
@@ -719,7 +724,7 @@ async fn write_commits(
     shard: &Shard,
     replica: &Arc<Replica>,
     cluster: &crate::controller::ClusterState,
-    session_timeout: Duration,
+    timeouts: membership::Timeouts,
     timeout: Duration,
     batch: Vec<Queued>,
 ) {
@@ -730,7 +735,7 @@ async fn write_commits(
         let now = std::time::Instant::now();
         for q in batch {
             let member = q.member.as_ref().map(|(id, e)| (id.as_str(), *e));
-            match admit(&mut groups, &q.group, member, now, session_timeout) {
+            match admit(&mut groups, &q.group, member, now, timeouts) {
                 Ok(resetting) => {
                     let offsets = q
                         .offsets

@@ -148,7 +148,6 @@ impl Broker {
                 &state,
                 group,
                 member,
-                self.config.group_session_timeout,
                 offsets,
                 timeout,
             )
@@ -200,7 +199,6 @@ impl Broker {
                 &state,
                 group,
                 force,
-                self.config.group_session_timeout,
                 timeout,
             )
             .await
@@ -256,7 +254,6 @@ impl Broker {
                 &replica,
                 group,
                 hb,
-                self.config.group_session_timeout,
                 &partitions,
             )
             .await

@@ -14,6 +14,16 @@ use std::time::{Duration, Instant};
 
 use super::state::TopicPartition;
 
+/// How long members may be silent, and how long one may take to give up partitions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// A member not heard from for this long is removed.
+    pub session: Duration,
+    /// A member still owning a partition this long after it was first told to give it up
+    /// is removed (it is stuck: its partitions must not wait on it for ever).
+    pub rebalance: Duration,
+}
+
 /// Why a heartbeat was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Refused {
@@ -75,11 +85,15 @@ pub(crate) struct Member {
     /// Offset resets of its partitions it has not applied yet.
     resets: Vec<(u64, BTreeSet<TopicPartition>)>,
     pub instance_id: Option<String>,
+    /// Since when it has owned partitions no longer in its target (told to give them up).
+    revoking_since: Option<Instant>,
 }
 
 /// A group's members.
 #[derive(Debug, Default)]
 pub(crate) struct Membership {
+    /// The group's name (for what is logged).
+    pub group: String,
     /// Bumped whenever the target assignment changes.
     pub epoch: i32,
     pub members: BTreeMap<String, Member>,
@@ -93,16 +107,23 @@ pub(crate) struct Membership {
 }
 
 impl Membership {
+    pub(crate) fn new(group: &str) -> Self {
+        Self {
+            group: group.to_string(),
+            ..Self::default()
+        }
+    }
+
     /// Handles one heartbeat at `now`. `partitions` says how many partitions a topic has
     /// (`None`: no such topic).
     pub(crate) fn heartbeat(
         &mut self,
         hb: Heartbeat,
         now: Instant,
-        session_timeout: Duration,
+        timeouts: Timeouts,
         partitions: &dyn Fn(&str) -> Option<i32>,
     ) -> Result<Answer, Refused> {
-        self.expire(now, session_timeout);
+        self.expire(now, timeouts);
         let mut changed = std::mem::take(&mut self.stale);
         let id = if hb.member_epoch == 0 {
             // A static member back (a restart): it takes the place of the member with its
@@ -135,6 +156,7 @@ impl Membership {
                         last_seen: now,
                         resets: old.resets,
                         instance_id: old.instance_id,
+                        revoking_since: None,
                     },
                 );
             }
@@ -149,6 +171,7 @@ impl Membership {
                 last_seen: now,
                 resets: Vec::new(),
                 instance_id: hb.instance_id.clone(),
+                revoking_since: None,
             });
             m.epoch = 0;
             // A static member taking its own place changes nothing for the others.
@@ -236,6 +259,12 @@ impl Membership {
             m.prev_epoch = m.epoch;
             m.epoch = epoch;
         }
+        // The rebalance timeout runs from the answer that first tells it to give some up.
+        if m.owned.is_subset(&m.target) {
+            m.revoking_since = None;
+        } else {
+            m.revoking_since.get_or_insert(now);
+        }
         let taken: BTreeSet<&TopicPartition> = self
             .members
             .values()
@@ -300,9 +329,9 @@ impl Membership {
         member_id: &str,
         epoch: i32,
         now: Instant,
-        session_timeout: Duration,
+        timeouts: Timeouts,
     ) -> Result<(), Refused> {
-        self.expire(now, session_timeout);
+        self.expire(now, timeouts);
         let Some(m) = self.members.get(member_id) else {
             return Err(Refused::UnknownMember(member_id.to_string()));
         };
@@ -324,11 +353,25 @@ impl Membership {
         n
     }
 
-    /// Removes members not heard from within `session_timeout`; whether any was.
-    pub(crate) fn expire(&mut self, now: Instant, session_timeout: Duration) -> bool {
+    /// Removes members not heard from within the session timeout, and those still owning
+    /// partitions they were told to give up a rebalance timeout ago; whether any was.
+    pub(crate) fn expire(&mut self, now: Instant, timeouts: Timeouts) -> bool {
         let before = self.members.len();
-        self.members
-            .retain(|_, m| now.saturating_duration_since(m.last_seen) < session_timeout);
+        self.members.retain(|_, m| {
+            let stuck = m
+                .revoking_since
+                .is_some_and(|t| now.saturating_duration_since(t) >= timeouts.rebalance);
+            if stuck {
+                tracing::warn!(
+                    group = %self.group,
+                    member = %m.id,
+                    client_id = %m.client_id,
+                    partitions = m.owned.difference(&m.target).count(),
+                    "a consumer group member did not give up its revoked partitions within the rebalance timeout; it is removed from the group and they go to their new owners"
+                );
+            }
+            now.saturating_duration_since(m.last_seen) < timeouts.session && !stuck
+        });
         let removed = before != self.members.len();
         self.stale |= removed;
         removed
@@ -448,6 +491,11 @@ mod tests {
     use super::*;
 
     const SESSION: Duration = Duration::from_secs(45);
+    const REBALANCE: Duration = Duration::from_secs(30);
+    const TIMEOUTS: Timeouts = Timeouts {
+        session: SESSION,
+        rebalance: REBALANCE,
+    };
 
     fn topics(t: &[&str]) -> BTreeSet<String> {
         t.iter().map(|s| s.to_string()).collect()
@@ -469,7 +517,7 @@ mod tests {
                 instance_id: None,
             },
             now,
-            SESSION,
+            TIMEOUTS,
             &six,
         )
         .unwrap()
@@ -492,7 +540,7 @@ mod tests {
                 instance_id: None,
             },
             now,
-            SESSION,
+            TIMEOUTS,
             &six,
         )
         .unwrap()
@@ -549,6 +597,77 @@ mod tests {
     }
 
     #[test]
+    fn a_member_that_never_gives_up_a_revoked_partition_is_removed_after_the_rebalance_timeout()
+    {
+        let now = Instant::now();
+        let mut g = Membership::default();
+        let mut a: Vec<Answer> = (0..2).map(|_| join(&mut g, now)).collect();
+        settle(&mut g, &mut a, now);
+        let stuck_owned = a[0].assignment.clone();
+        let d = join(&mut g, now);
+        // Everyone keeps heartbeating; member 0 is told to give one partition up but keeps
+        // reporting all three as owned.
+        let mut t = now;
+        let step = Duration::from_secs(2);
+        let mut newcomer = d;
+        while t < now + REBALANCE - step {
+            t += step;
+            a[0] = beat(&mut g, &a[0], &stuck_owned, t);
+            let owned = a[1].assignment.clone();
+            a[1] = beat(&mut g, &a[1], &owned, t);
+            let owned = newcomer.assignment.clone();
+            newcomer = beat(&mut g, &newcomer, &owned, t);
+        }
+        assert!(a[0].assignment.len() < stuck_owned.len(), "told to give some up");
+        assert!(newcomer.waiting, "still waiting on member 0: {newcomer:?}");
+        assert_eq!(newcomer.assignment.len() + a[1].assignment.len(), 3);
+        // Past the rebalance timeout member 0 is out: its next heartbeat is refused and the
+        // others take all six.
+        t += step * 2;
+        let owned = a[1].assignment.clone();
+        a[1] = beat(&mut g, &a[1], &owned, t);
+        let refused = g.heartbeat(
+            Heartbeat {
+                member_id: a[0].member_id.clone(),
+                member_epoch: a[0].member_epoch,
+                topics: topics(&["orders"]),
+                owned: stuck_owned.clone(),
+                client_id: "c".into(),
+                resets_applied: 0,
+                instance_id: None,
+            },
+            t,
+            TIMEOUTS,
+            &six,
+        );
+        assert!(matches!(refused, Err(Refused::UnknownMember(_))), "{refused:?}");
+        let mut rest = vec![a[1].clone(), newcomer];
+        settle(&mut g, &mut rest, t);
+        let all: BTreeSet<_> = rest.iter().flat_map(|x| x.assignment.clone()).collect();
+        assert_eq!(all.len(), 6, "{rest:?}");
+        assert!(rest.iter().all(|x| x.assignment.len() == 3), "{rest:?}");
+    }
+
+    #[test]
+    fn a_member_that_gives_up_its_revoked_partitions_in_time_stays() {
+        let now = Instant::now();
+        let mut g = Membership::default();
+        let mut a: Vec<Answer> = (0..2).map(|_| join(&mut g, now)).collect();
+        settle(&mut g, &mut a, now);
+        let newcomer = join(&mut g, now);
+        // Told at `now` to give one up each, they hold on until just under the timeout.
+        for x in a.iter_mut() {
+            let owned = x.assignment.clone();
+            *x = beat(&mut g, x, &owned, now);
+            assert_eq!(owned.len(), 3);
+        }
+        a.push(newcomer);
+        settle(&mut g, &mut a, now + REBALANCE - Duration::from_secs(1));
+        assert_eq!(g.members.len(), 3);
+        assert!(a.iter().all(|x| x.assignment.len() == 2), "{a:?}");
+    }
+
+    #[test]
     fn a_silent_member_is_removed_after_the_session_timeout_and_a_leaving_one_at_once() {
         let now = Instant::now();
         let mut g = Membership::default();
@@ -567,7 +686,7 @@ mod tests {
                     instance_id: None,
                 },
                 now,
-                SESSION,
+                TIMEOUTS,
                 &six,
             )
             .unwrap();
@@ -595,7 +714,7 @@ mod tests {
                 instance_id: None,
             },
             later,
-            SESSION,
+            TIMEOUTS,
             &six,
         );
         assert!(matches!(gone, Err(Refused::UnknownMember(_))), "{gone:?}");
@@ -612,7 +731,7 @@ mod tests {
         let owned = a[0].assignment.clone();
         let x = beat(&mut g, &a[0], &owned, mid);
         let later = now + SESSION + Duration::from_secs(1);
-        assert!(g.expire(later, SESSION));
+        assert!(g.expire(later, TIMEOUTS));
         let x = beat(&mut g, &x, &owned, later);
         assert_eq!(x.assignment.len(), 6, "{x:?}");
     }
@@ -633,9 +752,9 @@ mod tests {
             };
         let none = BTreeSet::new();
         let mut a = [
-            g.heartbeat(hb("", 0, &none, "s1"), now, SESSION, &six)
+            g.heartbeat(hb("", 0, &none, "s1"), now, TIMEOUTS, &six)
                 .unwrap(),
-            g.heartbeat(hb("", 0, &none, "s2"), now, SESSION, &six)
+            g.heartbeat(hb("", 0, &none, "s2"), now, TIMEOUTS, &six)
                 .unwrap(),
         ];
         for _ in 0..5 {
@@ -645,7 +764,7 @@ mod tests {
                     .heartbeat(
                         hb(&x.member_id, x.member_epoch, &owned, inst),
                         now,
-                        SESSION,
+                        TIMEOUTS,
                         &six,
                     )
                     .unwrap();
@@ -655,7 +774,7 @@ mod tests {
         assert_eq!(mine.len(), 3);
         // s1 leaves for a restart (-2): its partitions stay its own; s2 gets nothing more.
         let gone = g
-            .heartbeat(hb(&a[0].member_id, -2, &none, "s1"), now, SESSION, &six)
+            .heartbeat(hb(&a[0].member_id, -2, &none, "s1"), now, TIMEOUTS, &six)
             .unwrap();
         assert_eq!(gone.member_epoch, -2);
         let owned = a[1].assignment.clone();
@@ -663,14 +782,14 @@ mod tests {
             .heartbeat(
                 hb(&a[1].member_id, a[1].member_epoch, &owned, "s2"),
                 now,
-                SESSION,
+                TIMEOUTS,
                 &six,
             )
             .unwrap();
         assert_eq!(other.assignment, owned);
         // s1 is back under a new member id: the same partitions, no new epoch.
         let back = g
-            .heartbeat(hb("", 0, &none, "s1"), now, SESSION, &six)
+            .heartbeat(hb("", 0, &none, "s1"), now, TIMEOUTS, &six)
             .unwrap();
         assert_ne!(back.member_id, a[0].member_id);
         assert_eq!(back.assignment, mine);
@@ -679,7 +798,7 @@ mod tests {
         let stale = g.heartbeat(
             hb(&a[0].member_id, a[0].member_epoch, &mine, "s1"),
             now,
-            SESSION,
+            TIMEOUTS,
             &six,
         );
         assert!(matches!(stale, Err(Refused::UnknownMember(_))), "{stale:?}");
@@ -701,7 +820,7 @@ mod tests {
                 instance_id: None,
             },
             now,
-            SESSION,
+            TIMEOUTS,
             &six,
         );
         assert!(
@@ -731,7 +850,7 @@ mod tests {
                             instance_id: None,
                         },
                         now,
-                        SESSION,
+                        TIMEOUTS,
                         &eight,
                     )
                     .unwrap();
