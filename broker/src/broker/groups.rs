@@ -143,14 +143,7 @@ impl Broker {
             })
             .collect();
         self.coordinator
-            .commit(
-                &replica,
-                &state,
-                group,
-                member,
-                offsets,
-                timeout,
-            )
+            .commit(&replica, &state, group, member, offsets, timeout)
             .await
     }
 
@@ -194,13 +187,7 @@ impl Broker {
         let replica = self.group_replica(group).await?;
         let state = self.controller.state();
         self.coordinator
-            .delete_group(
-                &replica,
-                &state,
-                group,
-                force,
-                timeout,
-            )
+            .delete_group(&replica, &state, group, force, timeout)
             .await
     }
 
@@ -250,12 +237,7 @@ impl Broker {
         }
         let partitions = |topic: &str| state.topics.get(topic).map(|t| t.partitions);
         self.coordinator
-            .heartbeat(
-                &replica,
-                group,
-                hb,
-                &partitions,
-            )
+            .heartbeat(&replica, group, hb, &partitions)
             .await
     }
 

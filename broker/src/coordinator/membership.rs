@@ -597,8 +597,7 @@ mod tests {
     }
 
     #[test]
-    fn a_member_that_never_gives_up_a_revoked_partition_is_removed_after_the_rebalance_timeout()
-    {
+    fn a_member_that_never_gives_up_a_revoked_partition_is_removed_after_the_rebalance_timeout() {
         let now = Instant::now();
         let mut g = Membership::default();
         let mut a: Vec<Answer> = (0..2).map(|_| join(&mut g, now)).collect();
@@ -618,7 +617,10 @@ mod tests {
             let owned = newcomer.assignment.clone();
             newcomer = beat(&mut g, &newcomer, &owned, t);
         }
-        assert!(a[0].assignment.len() < stuck_owned.len(), "told to give some up");
+        assert!(
+            a[0].assignment.len() < stuck_owned.len(),
+            "told to give some up"
+        );
         assert!(newcomer.waiting, "still waiting on member 0: {newcomer:?}");
         assert_eq!(newcomer.assignment.len() + a[1].assignment.len(), 3);
         // Past the rebalance timeout member 0 is out: its next heartbeat is refused and the
@@ -640,7 +642,10 @@ mod tests {
             TIMEOUTS,
             &six,
         );
-        assert!(matches!(refused, Err(Refused::UnknownMember(_))), "{refused:?}");
+        assert!(
+            matches!(refused, Err(Refused::UnknownMember(_))),
+            "{refused:?}"
+        );
         let mut rest = vec![a[1].clone(), newcomer];
         settle(&mut g, &mut rest, t);
         let all: BTreeSet<_> = rest.iter().flat_map(|x| x.assignment.clone()).collect();

@@ -31,6 +31,7 @@ pub(crate) enum BenchCommand {
     Join(join::JoinBench),
 }
 
+mod group_consume;
 mod join;
 
 #[derive(Debug, Args)]
@@ -118,6 +119,14 @@ pub(crate) struct ConsumeBench {
     /// fetch.max.bytes.
     #[arg(long, default_value_t = ConsumerConfig::default().fetch_max_bytes)]
     fetch_max_bytes: u32,
+    /// Read as members of this consumer group (subscribe, auto-commit) instead of one
+    /// consumer assigned every partition; the group must have no committed offsets for the
+    /// topic (a fresh name per run), so it starts at the earliest.
+    #[arg(long, conflicts_with = "records")]
+    group: Option<String>,
+    /// Group members reading together (with --group), each with its own connections.
+    #[arg(long, default_value_t = 1, requires = "group")]
+    members: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -512,6 +521,9 @@ impl Tally {
 }
 
 async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
+    if args.group.is_some() {
+        return group_consume::run(ctx, args).await;
+    }
     let config = ConsumerConfig {
         max_partition_fetch_bytes: args.max_partition_fetch_bytes,
         fetch_max_bytes: args.fetch_max_bytes,
