@@ -46,6 +46,34 @@ pub(crate) struct TopicRecord {
     /// voters replaced) and reported it.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub reassigning: BTreeMap<i32, Vec<i32>>,
+    /// Kubernetes-style labels and annotations (`sluice apply` marks the topics it manages).
+    #[serde(default, skip_serializing_if = "TopicMeta::is_empty")]
+    pub meta: TopicMeta,
+}
+
+/// A topic's labels and annotations.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct TopicMeta {
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+impl TopicMeta {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.annotations.is_empty()
+    }
+
+    /// Checks the labels and annotations of topic `topic`.
+    pub(crate) fn validate(&self, topic: &str) -> crate::error::Result<()> {
+        match sluice_proto::labels::metadata_problem(&self.labels, &self.annotations) {
+            Some(p) => Err(crate::error::Error::InvalidRequest(format!(
+                "topic '{topic}': {p}; nothing changed"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A partition leader as reported by its Raft group.

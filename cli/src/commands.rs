@@ -1,11 +1,13 @@
 //! One module per command.
 
+pub(crate) mod apply;
 pub(crate) mod bench;
 pub(crate) mod cluster;
 pub(crate) mod consume;
 pub(crate) mod dev;
 pub(crate) mod groups;
 pub(crate) mod produce;
+pub(crate) mod schema;
 pub(crate) mod topics;
 
 use indicatif::{ProgressBar, ProgressStyle};

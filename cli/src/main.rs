@@ -65,6 +65,12 @@ enum Command {
     /// Cluster health: brokers, controller leader, partitions.
     #[command(subcommand)]
     Cluster(commands::cluster::ClusterCommand),
+    /// Create and change topics to match manifests (SluiceTopic YAML, as for kubectl).
+    Apply(commands::apply::ApplyArgs),
+    /// Show what `apply` would change. Exit status 0: nothing, 1: changes, 2: an error.
+    Diff(commands::apply::DiffArgs),
+    /// Print the JSON Schema of a manifest kind, for editors and CI checks.
+    Schema(commands::schema::SchemaArgs),
     /// Run a local cluster in this process, with an example topic.
     Dev(commands::dev::DevArgs),
     /// Measure produce and consume throughput and latency.
@@ -110,6 +116,12 @@ fn main() {
         bootstrap: cli.bootstrap,
         output: cli.output,
     };
+    // `diff` says "changes" with 1, so its errors are 2 (as `kubectl diff`'s).
+    let error_status = if matches!(cli.command, Command::Diff(_)) {
+        2
+    } else {
+        1
+    };
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Topics(cmd) => commands::topics::run(&ctx, cmd).await,
@@ -117,6 +129,9 @@ fn main() {
             Command::Consume(args) => commands::consume::run(&ctx, args).await,
             Command::Cluster(cmd) => commands::cluster::run(&ctx, cmd).await,
             Command::Groups(cmd) => commands::groups::run(&ctx, cmd).await,
+            Command::Apply(args) => commands::apply::apply(&ctx, args).await,
+            Command::Diff(args) => commands::apply::diff(&ctx, args).await,
+            Command::Schema(args) => commands::schema::run(&ctx, args),
             Command::Dev(args) => commands::dev::run(&ctx, args).await,
             Command::Bench(cmd) => commands::bench::run(&ctx, cmd).await,
         }
@@ -132,7 +147,14 @@ fn main() {
         if closed_pipe {
             std::process::exit(0);
         }
-        output::print_error(format, output::error_code(&e), &format!("{e:#}"));
-        std::process::exit(1);
+        if let Some(output::Exit(status)) = e.downcast_ref::<output::Exit>() {
+            std::process::exit(*status);
+        }
+        let problems = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<sluice_manifest::Problems>())
+            .map_or(&[][..], |p| &p.0[..]);
+        output::print_error_with(format, output::error_code(&e), &format!("{e:#}"), problems);
+        std::process::exit(error_status);
     }
 }

@@ -52,6 +52,19 @@ pub(crate) fn invalid(message: impl Into<String>) -> anyhow::Error {
     anyhow::Error::new(InvalidInput(message.into()))
 }
 
+/// Ends the program with this exit status and no message (`sluice diff`: 1 when there
+/// are changes).
+#[derive(Debug)]
+pub(crate) struct Exit(pub(crate) i32);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit status {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}
+
 /// The code of an error that is neither a broker's nor one of the kinds below.
 pub(crate) const GENERIC_ERROR: &str = "ERROR";
 
@@ -63,6 +76,9 @@ pub(crate) fn error_code(e: &anyhow::Error) -> &'static str {
     for cause in e.chain() {
         if cause.is::<InvalidInput>() {
             return "INVALID_ARGUMENT";
+        }
+        if cause.is::<sluice_manifest::Problems>() {
+            return "INVALID_MANIFEST";
         }
         if let Some(e) = cause.downcast_ref::<sluice_client::Error>() {
             if let Some(code) = e.code() {
@@ -89,13 +105,30 @@ struct ErrorReport<'a> {
 struct ErrorBody<'a> {
     code: &'a str,
     message: &'a str,
+    /// Each problem of a manifest, with its file, document, field and line.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    problems: &'a [sluice_manifest::Problem],
 }
 
 /// Reports a failure on stderr: `error: MESSAGE` for people, `{"error": {"code", "message"}}`
 /// (one line of JSON, or YAML) for scripts.
 pub(crate) fn print_error(format: Format, code: &str, message: &str) {
+    print_error_with(format, code, message, &[]);
+}
+
+/// [`print_error`] with the problems of the manifests, listed one by one for scripts.
+pub(crate) fn print_error_with(
+    format: Format,
+    code: &str,
+    message: &str,
+    problems: &[sluice_manifest::Problem],
+) {
     let report = ErrorReport {
-        error: ErrorBody { code, message },
+        error: ErrorBody {
+            code,
+            message,
+            problems,
+        },
     };
     let text = match format {
         Format::Table => Ok(format!("error: {message}\n")),

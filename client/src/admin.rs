@@ -19,6 +19,16 @@ pub struct AlterTopic {
     /// once the change is committed; each partition's leader then moves its replicas in the
     /// background ([`Admin::describe_topic`] shows the progress).
     pub replication_factor: Option<i32>,
+    /// New labels and annotations, replacing the old whole (`None`: unchanged).
+    pub metadata: Option<TopicMetadata>,
+}
+
+/// A topic's Kubernetes-style labels and annotations, kept in the cluster's metadata
+/// (`sluice apply` marks the topics it manages with them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicMetadata {
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// A topic to create.
@@ -29,6 +39,8 @@ pub struct NewTopic {
     /// -1: the broker's default.
     pub replication_factor: i32,
     pub config: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
 }
 
 impl NewTopic {
@@ -38,11 +50,23 @@ impl NewTopic {
             partitions,
             replication_factor,
             config: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            annotations: BTreeMap::new(),
         }
     }
 
     pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.config.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn annotation(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.annotations.insert(key.into(), value.into());
         self
     }
 }
@@ -75,6 +99,8 @@ impl Admin {
             replication_factor: topic.replication_factor,
             config: topic.config.into_iter().collect(),
             validate_only,
+            labels: topic.labels.into_iter().collect(),
+            annotations: topic.annotations.into_iter().collect(),
         };
         let what = format!("creating topic '{}'", req.name);
         let resp = self.cluster.admin_change(&what, |mut c| {
@@ -117,6 +143,16 @@ impl Admin {
             validate_only,
             partitions: change.partitions.unwrap_or(0),
             replication_factor: change.replication_factor.unwrap_or(0),
+            set_metadata: change.metadata.is_some(),
+            labels: change
+                .metadata
+                .as_ref()
+                .map(|m| m.labels.clone().into_iter().collect())
+                .unwrap_or_default(),
+            annotations: change
+                .metadata
+                .map(|m| m.annotations.into_iter().collect())
+                .unwrap_or_default(),
         };
         let what = format!("altering topic '{name}'");
         let resp = self.cluster.admin_change(&what, |mut c| {
@@ -144,6 +180,7 @@ impl Admin {
             delete_config: delete,
             partitions: None,
             replication_factor: None,
+            metadata: None,
         };
         self.alter_topic(name, change, validate_only).await
     }

@@ -32,7 +32,7 @@ mod groups;
 pub mod partitioner;
 pub mod producer;
 
-pub use admin::{Admin, AlterTopic, NewTopic};
+pub use admin::{Admin, AlterTopic, NewTopic, TopicMetadata};
 pub use cluster::ClientConfig;
 pub use consumer::{
     AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, Offset, PartitionEvent,

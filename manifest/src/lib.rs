@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use checks::{is_k8s_name, k8s_name_for, label_key_problem, label_value_problem};
+pub use sluice_proto::labels::{is_k8s_name, k8s_name_for, label_key_problem, label_value_problem};
 pub use types::{
     API_VERSION, APPLIED_CONFIG_ANNOTATION, ClusterRef, ConfigValue, MANAGED_BY_LABEL,
     MANAGED_BY_VALUE, ObjectMeta, TOPIC_KIND, TopicManifest, TopicSpec, topic_schema,

@@ -148,10 +148,10 @@ impl TopicManifest {
     /// A manifest for topic `name` (metadata.name when it is a valid Kubernetes name, else
     /// a derived one with `spec.topicName` set).
     pub fn new(name: &str, spec: TopicSpec) -> Self {
-        let (meta_name, topic_name) = if crate::checks::is_k8s_name(name) {
+        let (meta_name, topic_name) = if crate::is_k8s_name(name) {
             (name.to_string(), None)
         } else {
-            (crate::checks::k8s_name_for(name), Some(name.to_string()))
+            (crate::k8s_name_for(name), Some(name.to_string()))
         };
         TopicManifest {
             api_version: API_VERSION.to_string(),

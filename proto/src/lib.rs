@@ -11,6 +11,7 @@
 
 pub mod batch;
 pub mod error_code;
+pub mod labels;
 pub mod topic;
 
 /// Generated protobuf and gRPC code.

@@ -25,6 +25,8 @@ pub(crate) struct TopicChange {
     pub partitions: Option<i32>,
     /// The new replication factor, if it changes.
     pub replication_factor: Option<i32>,
+    /// New labels and annotations, replacing the old, if they are to be set.
+    pub meta: Option<crate::metadata::TopicMeta>,
 }
 
 /// What an alter changes (or would, with `validate_only`).
@@ -37,11 +39,14 @@ pub(crate) struct TopicChanges {
     pub replication_factor: (i32, i32),
     /// The partitions whose replicas change, with their replicas before and after.
     pub reassignments: Vec<(i32, Vec<i32>, Vec<i32>)>,
+    /// Whether the labels or annotations change.
+    pub meta_changed: bool,
 }
 
 impl TopicChanges {
     pub(crate) fn is_empty(&self) -> bool {
-        self.config.is_empty()
+        !self.meta_changed
+            && self.config.is_empty()
             && self.partitions.0 == self.partitions.1
             && self.replication_factor.0 == self.replication_factor.1
     }
@@ -102,8 +107,14 @@ impl Broker {
             delete,
             partitions,
             replication_factor,
+            meta,
         } = change;
+        if let Some(m) = &meta {
+            m.validate(name)?;
+        }
         let mut record = self.topic_record_current(name).await?;
+        // Replaced whole; the same labels and annotations again change nothing.
+        let meta = meta.filter(|m| *m != record.meta);
         let known: Vec<&str> = TopicConfig::keys().collect();
         for key in &delete {
             if !known.contains(&key.as_str()) {
@@ -180,6 +191,7 @@ impl Broker {
             partitions: (before, total),
             replication_factor: (from, to),
             reassignments,
+            meta_changed: meta.is_some(),
         };
         let add_replicas = if total > before {
             // The same rotation as at creation, continued: partitions stay spread.
@@ -189,6 +201,9 @@ impl Broker {
         };
         if validate_only || changes.is_empty() {
             record.config = after;
+            if let Some(m) = meta {
+                record.meta = m;
+            }
             return Ok((changes, record));
         }
         let proposed = self
@@ -201,6 +216,7 @@ impl Broker {
                 add_replicas,
                 partitions_before: before,
                 replication,
+                meta,
             })
             .await
             .map_err(|e| change_outcome(e, name, "altered", ""))?;

@@ -50,7 +50,14 @@ impl Broker {
         ]);
         let partitions = self.config.offsets_topic_partitions;
         match self
-            .create_topic(OFFSETS_TOPIC.to_string(), partitions, rf, config, false)
+            .create_topic(
+                OFFSETS_TOPIC.to_string(),
+                partitions,
+                rf,
+                config,
+                Default::default(),
+                false,
+            )
             .await
         {
             Ok(r) => {

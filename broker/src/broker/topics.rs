@@ -23,9 +23,11 @@ impl Broker {
         partitions: i32,
         replication_factor: i32,
         overrides: BTreeMap<String, String>,
+        meta: crate::metadata::TopicMeta,
         validate_only: bool,
     ) -> Result<TopicRecord> {
         sluice_proto::validate_topic_name(&name).map_err(Error::InvalidTopic)?;
+        meta.validate(&name)?;
         let max = self.config.max_partitions_per_topic;
         if partitions < 1 || partitions > max {
             return Err(Error::InvalidPartitions(format!(
@@ -66,6 +68,7 @@ impl Broker {
             groups: Vec::new(),
             leaders: Vec::new(),
             reassigning: BTreeMap::new(),
+            meta,
         };
         if validate_only {
             return Ok(record);

@@ -78,6 +78,9 @@ pub(crate) enum MetaCommand {
         /// (a stale one is refused, a repeated one changes nothing).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         replication: Option<ReplicationChange>,
+        /// New labels and annotations, replacing the old (none: unchanged).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        meta: Option<crate::metadata::TopicMeta>,
     },
     /// A partition's Raft group now has `replicas` (its leader moved the group's voters to
     /// them): the end of that partition's reassignment.
@@ -209,6 +212,7 @@ impl ClusterState {
                 add_replicas,
                 partitions_before,
                 replication,
+                meta,
             } => {
                 let Some(t) = self
                     .topics
@@ -297,6 +301,9 @@ impl ClusterState {
                     };
                 }
                 t.config = config;
+                if let Some(m) = meta {
+                    t.meta = m.clone();
+                }
                 if let Some(r) = replication
                     && r.from == t.replication_factor
                     && r.from != r.to
@@ -354,6 +361,7 @@ mod tests {
             groups: Vec::new(),
             leaders: Vec::new(),
             reassigning: BTreeMap::new(),
+            meta: Default::default(),
         }
     }
 
@@ -369,6 +377,7 @@ mod tests {
             partitions_before: 2,
             add_replicas: add,
             replication: None,
+            meta: None,
         }
     }
 

@@ -142,6 +142,8 @@ impl AdminService {
             config: config.to_map().into_iter().collect(),
             partitions,
             overrides: record.config.keys().cloned().collect(),
+            labels: record.meta.labels.clone().into_iter().collect(),
+            annotations: record.meta.annotations.clone().into_iter().collect(),
         })
     }
 }
@@ -186,6 +188,10 @@ impl Admin for AdminService {
                 req.partitions,
                 req.replication_factor,
                 req.config.into_iter().collect(),
+                crate::metadata::TopicMeta {
+                    labels: req.labels.into_iter().collect(),
+                    annotations: req.annotations.into_iter().collect(),
+                },
                 req.validate_only,
             )
             .await?;
@@ -212,6 +218,10 @@ impl Admin for AdminService {
             delete: req.delete_config,
             partitions: (req.partitions > 0).then_some(req.partitions),
             replication_factor: (req.replication_factor > 0).then_some(req.replication_factor),
+            meta: req.set_metadata.then(|| crate::metadata::TopicMeta {
+                labels: req.labels.into_iter().collect(),
+                annotations: req.annotations.into_iter().collect(),
+            }),
         };
         let (changes, record) = self
             .broker
@@ -244,6 +254,7 @@ impl Admin for AdminService {
                 })
                 .collect(),
             topic: Some(topic),
+            metadata_changed: changes.meta_changed,
         }))
     }
 
@@ -277,6 +288,9 @@ impl Admin for AdminService {
                 name: t.name.clone(),
                 partitions: t.partitions,
                 replication_factor: t.replication_factor,
+                config: t.config.clone().into_iter().collect(),
+                labels: t.meta.labels.clone().into_iter().collect(),
+                annotations: t.meta.annotations.clone().into_iter().collect(),
             })
             .collect();
         Ok(Response::new(pb::ListTopicsResponse { topics }))

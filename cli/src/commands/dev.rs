@@ -43,7 +43,17 @@ pub(crate) struct DevArgs {
     /// Flush policy: `always` or an interval such as `100ms`.
     #[arg(long, default_value = sluice_broker::config::DEFAULT_FLUSH)]
     flush: FlushPolicy,
+    /// Topic manifests to apply once the brokers are up (a file or a directory) [default:
+    /// the example topics of examples/topics.yaml, with 3 brokers or more]
+    #[arg(long, value_name = "PATH")]
+    topics: Option<PathBuf>,
+    /// Apply no topic manifests at start.
+    #[arg(long, conflicts_with = "topics")]
+    no_topics: bool,
 }
+
+/// The example topics (replication factor 3), applied by default.
+const EXAMPLE_MANIFESTS: &str = include_str!("../../../examples/topics.yaml");
 
 /// The example topic: replicated three ways (two in sync for acks=all) when there are
 /// enough brokers.
@@ -53,7 +63,7 @@ fn example_topic(brokers: u32) -> NewTopic {
         .config("min.insync.replicas", rf.min(2).to_string())
 }
 
-pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
     sluice_broker::server::init_tracing();
     let n = args.brokers;
     let client_port = |i: u32| args.port + (i - 1) as u16;
@@ -126,6 +136,38 @@ pub(crate) async fn run(_ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
                 ));
             }
         }
+    }
+    let manifests = match (&args.topics, args.no_topics) {
+        (_, true) => None,
+        (Some(path), false) => Some(sluice_manifest::read_inputs(
+            std::slice::from_ref(path),
+            true,
+        )?),
+        // The examples ask for three replicas.
+        (None, false) if n >= 3 => Some(vec![(
+            "examples/topics.yaml".to_string(),
+            EXAMPLE_MANIFESTS.to_string(),
+        )]),
+        (None, false) => {
+            eprintln!(
+                "note: the example topics of examples/topics.yaml need 3 brokers; with {n}, only '{EXAMPLE_TOPIC}' is created (--topics FILE applies your own)"
+            );
+            None
+        }
+    };
+    if let Some(inputs) = manifests {
+        let m = sluice_manifest::parse(&inputs)?;
+        let options = super::apply::Options {
+            dry_run: false,
+            prune: false,
+            yes: false,
+            wait: None,
+            stdin_used: false,
+        };
+        let names: Vec<&str> = inputs.iter().map(|(f, _)| f.as_str()).collect();
+        super::apply::apply_loaded(ctx, &admin, &m, &options)
+            .await
+            .with_context(|| format!("applying the topic manifests {}", names.join(", ")))?;
     }
     let first = format!("127.0.0.1:{}", args.port);
     let sluice = SLUICE_FROM_SOURCE;

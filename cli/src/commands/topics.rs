@@ -63,7 +63,15 @@ pub(crate) enum TopicsCommand {
     },
     /// Delete a topic and all its data.
     Delete { name: String },
+    /// Write topics as manifests (SluiceTopic YAML documents; `-o json`: a List) for
+    /// `sluice apply -f`, so existing topics can be managed declaratively.
+    Export {
+        /// Topics to export (default: every topic but the internal ones).
+        names: Vec<String>,
+    },
 }
+
+mod export;
 
 #[derive(Debug, Serialize)]
 struct ChangeRow {
@@ -141,6 +149,10 @@ struct TopicView {
     config: std::collections::BTreeMap<String, String>,
     /// The config keys the topic sets itself; the others are defaults.
     overrides: Vec<String>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    annotations: std::collections::BTreeMap<String, String>,
 }
 
 fn view(d: pb::TopicDescription) -> TopicView {
@@ -149,6 +161,8 @@ fn view(d: pb::TopicDescription) -> TopicView {
         replication_factor: d.replication_factor,
         config: d.config.into_iter().collect(),
         overrides: d.overrides,
+        labels: d.labels.into_iter().collect(),
+        annotations: d.annotations.into_iter().collect(),
         partitions: d
             .partitions
             .into_iter()
@@ -185,6 +199,18 @@ fn print_topic(v: &TopicView) {
         v.partitions.len(),
         v.replication_factor
     );
+    let pairs = |m: &std::collections::BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !v.labels.is_empty() {
+        outln!("Labels: {}", pairs(&v.labels));
+    }
+    if !v.annotations.is_empty() {
+        outln!("Annotations: {}", pairs(&v.annotations));
+    }
     outln!(
         "{}",
         table(
@@ -357,6 +383,7 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
                 delete_config,
                 partitions,
                 replication_factor,
+                metadata: None,
             };
             let resp = admin
                 .alter_topic(&name, change, dry_run)
@@ -406,6 +433,7 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
             }
             output::print(ctx.output, &v, print_alter)
         }
+        TopicsCommand::Export { names } => export::run(ctx, &admin, &names).await,
         TopicsCommand::Delete { name } => {
             admin
                 .delete_topic(&name)
@@ -481,7 +509,7 @@ fn print_alter(v: &AlterView) {
 }
 
 /// Waits, with a progress bar, until no partition of `name` is changing replicas.
-async fn await_replicas(
+pub(crate) async fn await_replicas(
     ctx: &Context,
     admin: &Admin,
     name: &str,

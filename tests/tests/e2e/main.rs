@@ -2,6 +2,7 @@
 //! module per area.
 
 mod admin;
+mod apply;
 mod cli;
 mod cluster;
 mod consumer;
