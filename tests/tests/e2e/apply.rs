@@ -56,7 +56,7 @@ fn describe(address: &str, name: &str) -> serde_json::Value {
 #[test]
 fn apply_creates_changes_refuses_and_prunes_as_declared() {
     let (tmp, dir) = data_dir();
-    let broker = Broker::start(&dir, &[]);
+    let mut broker = Broker::start(&dir, &[]);
     let addr = broker.address.clone();
     let cli = |args: &[&str]| run_cli(&addr, args, "");
     let orders = |p, cfg: &[(&str, &str)]| topic("orders", p, None, cfg);
@@ -288,6 +288,18 @@ fn apply_creates_changes_refuses_and_prunes_as_declared() {
         text(&out.stdout),
         text(&out.stderr)
     );
+
+    // Labels, annotations and the keys apply owns are metadata: they survive a restart.
+    broker.terminate();
+    broker.restart_in_place();
+    let d = describe(&addr, "orders");
+    assert_eq!(d["labels"]["app.kubernetes.io/managed-by"], "sluice", "{d}");
+    assert_eq!(
+        d["annotations"]["sluice.io/applied-config"], "max.message.bytes,retention.ms",
+        "{d}"
+    );
+    let out = cli(&["diff", "-f", &exported]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
 }
 
 #[tokio::test]
