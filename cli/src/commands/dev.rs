@@ -155,6 +155,7 @@ pub(crate) async fn run(ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
             None
         }
     };
+    let mut declared = String::new();
     if let Some(inputs) = manifests {
         let m = sluice_manifest::parse(&inputs)?;
         let options = super::apply::Options {
@@ -168,6 +169,17 @@ pub(crate) async fn run(ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
         super::apply::apply_loaded(ctx, &admin, &m, &options)
             .await
             .with_context(|| format!("applying the topic manifests {}", names.join(", ")))?;
+        let topics: Vec<String> = m
+            .topics
+            .iter()
+            .map(|t| format!("'{}'", t.manifest.topic_name()))
+            .collect();
+        declared = format!(
+            "Declared in {}: {} (`sluice diff -f {}` shows what an edit would change).\n",
+            names.join(", "),
+            topics.join(", "),
+            names.join(" -f ")
+        );
     }
     let first = format!("127.0.0.1:{}", args.port);
     let sluice = SLUICE_FROM_SOURCE;
@@ -178,7 +190,7 @@ pub(crate) async fn run(ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
     };
     outln!(
         "\nSluice is running: {n} broker(s), bootstrap {bootstrap}, data in {}\n\
-         Example topic: '{EXAMPLE_TOPIC}' ({EXAMPLE_PARTITIONS} partitions, replication factor {}). In another terminal, try:\n\n  \
+         Example topic: '{EXAMPLE_TOPIC}' ({EXAMPLE_PARTITIONS} partitions, replication factor {}).\n{declared}In another terminal, try:\n\n  \
          {sluice} cluster status\n  \
          printf 'alice:signed up\\nbob:paid\\nalice:logged in\\n' | {sluice} produce {EXAMPLE_TOPIC} --key-separator :\n  \
          {sluice} consume {EXAMPLE_TOPIC} --from-beginning --format '{{partition}}@{{offset}} {{key}} {{value}}' --timeout 2s\n  \
@@ -202,4 +214,20 @@ pub(crate) async fn run(ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
     }
     eprintln!("Stopped cleanly.");
     Ok(())
+}
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_example_manifests_are_valid() {
+        let m = sluice_manifest::parse(&[(
+            "examples/topics.yaml".to_string(),
+            EXAMPLE_MANIFESTS.to_string(),
+        )])
+        .unwrap_or_else(|p| panic!("{p}"));
+        let names: Vec<&str> = m.topics.iter().map(|t| t.manifest.topic_name()).collect();
+        assert_eq!(names, ["orders", "customers", "clickstream"]);
+    }
 }
