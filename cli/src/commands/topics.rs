@@ -65,6 +65,7 @@ pub(crate) enum TopicsCommand {
     Delete { name: String },
     /// Write topics as manifests (SluiceTopic YAML documents; `-o json`: a List) for
     /// `sluice apply -f`, so existing topics can be managed declaratively.
+    #[command(alias = "get")]
     Export {
         /// Topics to export (default: every topic but the internal ones).
         names: Vec<String>,
