@@ -204,3 +204,115 @@ fn new_cluster_id() -> String {
     h.write_u32(std::process::id());
     format!("{:016x}", h.finish())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_proto::ErrorCode;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn meta(labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> TopicMeta {
+        TopicMeta {
+            labels: map(labels),
+            annotations: map(annotations),
+        }
+    }
+
+    /// The message of a refused label or annotation, after checking it is INVALID_REQUEST
+    /// and names the topic.
+    fn refused(m: &TopicMeta) -> String {
+        let e = m.validate("orders").expect_err("refused");
+        assert_eq!(e.code(), ErrorCode::InvalidRequest, "{e}");
+        let text = e.to_string();
+        assert!(text.contains("'orders'"), "names the topic: {text}");
+        text
+    }
+
+    /// Kubernetes' rules: an optional DNS-subdomain prefix, then a name of 1-63 characters;
+    /// values empty or a name; annotation values anything, 256 KiB in all.
+    #[test]
+    fn labels_and_annotations_follow_kubernetes_rules() {
+        let ok = meta(
+            &[
+                ("app.kubernetes.io/managed-by", "sluice"),
+                ("team", "payments"),
+                ("Tier_1.x", "A-b_c.9"),
+                ("empty", ""),
+                (&"k".repeat(63), &"v".repeat(63)),
+            ],
+            &[
+                ("sluice.io/applied-config", "[\"retention.ms\"]"),
+                ("note", "any text at all: spaces, ünïcode, newlines\n"),
+                ("blank", ""),
+            ],
+        );
+        assert!(ok.validate("orders").is_ok());
+        assert!(TopicMeta::default().validate("orders").is_ok());
+        let prefix = format!("{}/x", "a".repeat(253));
+        assert!(meta(&[(&prefix, "v")], &[]).validate("orders").is_ok());
+
+        for key in [
+            "bad key",
+            "",
+            "/x",
+            "x/",
+            "-x",
+            "x-",
+            "Upper.io/x",
+            "a/b/c",
+            "é",
+        ] {
+            let text = refused(&meta(&[(key, "v")], &[]));
+            assert!(text.contains(&format!("'{key}'")), "names '{key}': {text}");
+            let text = refused(&meta(&[], &[(key, "v")]));
+            assert!(text.contains(&format!("'{key}'")), "names '{key}': {text}");
+            assert!(text.contains("annotation"), "{text}");
+        }
+        let long = "k".repeat(64);
+        assert!(refused(&meta(&[(&long, "v")], &[])).contains(&long));
+        let long_prefix = format!("{}/x", "a".repeat(254));
+        assert!(refused(&meta(&[(&long_prefix, "v")], &[])).contains("prefix"));
+
+        for value in ["a b", "-x", "x.", "ü", &"v".repeat(64)] {
+            let text = refused(&meta(&[("team", value)], &[]));
+            assert!(
+                text.contains("'team'") && text.contains(value),
+                "names the label and value: {text}"
+            );
+        }
+
+        let half = "x".repeat(128 * 1024);
+        let full = meta(&[], &[("a", &half), ("b", &half[2..])]);
+        assert!(
+            full.validate("orders").is_ok(),
+            "exactly 256 KiB is allowed"
+        );
+        let over = meta(&[], &[("a", &half), ("b", &half[1..])]);
+        assert!(refused(&over).contains("bytes"));
+    }
+
+    /// Records and commands stored before topics had labels still load, and a topic without
+    /// any stores none.
+    #[test]
+    fn records_without_labels_load_and_store_none() {
+        let old = r#"{"name":"t","partitions":1,"replication_factor":1,"config":{},
+            "created_ms":0,"topic_id":"t-1","replicas":[[1]],"raft":true,"group_base":1,
+            "leaders":[null]}"#;
+        let record: TopicRecord = serde_json::from_str(old).expect("an old record loads");
+        assert!(record.meta.is_empty());
+        let json = serde_json::to_string(&record).expect("serializes");
+        assert!(!json.contains("meta"), "{json}");
+
+        let mut labelled = record;
+        labelled.meta = meta(&[("team", "payments")], &[("note", "x")]);
+        let json = serde_json::to_string(&labelled).expect("serializes");
+        let back: TopicRecord = serde_json::from_str(&json).expect("loads");
+        assert_eq!(back, labelled);
+    }
+}

@@ -8,8 +8,9 @@ use crate::cluster::{ClientConfig, Cluster};
 use crate::error::{Error, Result};
 use crate::groups::GroupCalls;
 
-/// A change to a topic: config overrides to set and to remove, and the partition count to
-/// grow to (partitions are only ever added).
+/// A change to a topic: config overrides to set and to remove, the partition count to grow
+/// to (partitions are only ever added), the replication factor, and labels and annotations
+/// to replace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AlterTopic {
     pub set_config: BTreeMap<String, String>,
@@ -19,7 +20,8 @@ pub struct AlterTopic {
     /// once the change is committed; each partition's leader then moves its replicas in the
     /// background ([`Admin::describe_topic`] shows the progress).
     pub replication_factor: Option<i32>,
-    /// New labels and annotations, replacing the old whole (`None`: unchanged).
+    /// New labels and annotations, replacing the old whole, both maps (`None`: unchanged;
+    /// the same ones again: no change, `metadata_changed` false).
     pub metadata: Option<TopicMetadata>,
 }
 
@@ -27,7 +29,11 @@ pub struct AlterTopic {
 /// (`sluice apply` marks the topics it manages with them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TopicMetadata {
+    /// Keys: an optional DNS-subdomain prefix and '/', then a name of 1-63 letters, digits,
+    /// '-', '_' and '.'; values empty or such a name (Kubernetes' rules; the broker refuses
+    /// others with INVALID_REQUEST naming the key).
     pub labels: BTreeMap<String, String>,
+    /// Keys as labels'; values any text, 256 KiB in all.
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -39,7 +45,9 @@ pub struct NewTopic {
     /// -1: the broker's default.
     pub replication_factor: i32,
     pub config: BTreeMap<String, String>,
+    /// Kubernetes-style labels (rules: [`TopicMetadata::labels`]).
     pub labels: BTreeMap<String, String>,
+    /// Kubernetes-style annotations (rules: [`TopicMetadata::annotations`]).
     pub annotations: BTreeMap<String, String>,
 }
 
@@ -60,11 +68,13 @@ impl NewTopic {
         self
     }
 
+    /// Adds a label (one with the same key is replaced).
     pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.labels.insert(key.into(), value.into());
         self
     }
 
+    /// Adds an annotation (one with the same key is replaced).
     pub fn annotation(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.annotations.insert(key.into(), value.into());
         self
@@ -127,8 +137,8 @@ impl Admin {
 
     /// Changes a topic, all or none (Kafka's IncrementalAlterConfigs, CreatePartitions and
     /// partition reassignment): config overrides set and removed, partitions added, the
-    /// replication factor changed. Returns what
-    /// changes (nothing: nothing to do); with `validate_only`, what would, changing nothing.
+    /// replication factor changed, labels and annotations replaced. Returns what changes
+    /// (nothing: nothing to do); with `validate_only`, what would, changing nothing.
     #[tracing::instrument(skip(self))]
     pub async fn alter_topic(
         &self,
@@ -136,6 +146,10 @@ impl Admin {
         change: AlterTopic,
         validate_only: bool,
     ) -> Result<pb::AlterTopicResponse> {
+        let (set_metadata, metadata) = match change.metadata {
+            Some(m) => (true, m),
+            None => (false, TopicMetadata::default()),
+        };
         let req = pb::AlterTopicRequest {
             name: name.to_string(),
             set_config: change.set_config.into_iter().collect(),
@@ -143,16 +157,9 @@ impl Admin {
             validate_only,
             partitions: change.partitions.unwrap_or(0),
             replication_factor: change.replication_factor.unwrap_or(0),
-            set_metadata: change.metadata.is_some(),
-            labels: change
-                .metadata
-                .as_ref()
-                .map(|m| m.labels.clone().into_iter().collect())
-                .unwrap_or_default(),
-            annotations: change
-                .metadata
-                .map(|m| m.annotations.into_iter().collect())
-                .unwrap_or_default(),
+            set_metadata,
+            labels: metadata.labels.into_iter().collect(),
+            annotations: metadata.annotations.into_iter().collect(),
         };
         let what = format!("altering topic '{name}'");
         let resp = self.cluster.admin_change(&what, |mut c| {

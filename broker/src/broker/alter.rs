@@ -15,8 +15,8 @@ use crate::controller::{MetaCommand, MetaResponse};
 use crate::error::{Error, Result};
 use crate::metadata::TopicRecord;
 
-/// A change to a topic: config overrides to set and to remove, and the partition count to
-/// grow to.
+/// A change to a topic: config overrides to set and to remove, the partition count to grow
+/// to, the replication factor, and labels and annotations to replace.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct TopicChange {
     pub set: BTreeMap<String, String>,
@@ -91,11 +91,12 @@ fn diff(
 
 impl Broker {
     /// Changes topic `name`, all or none: sets and removes config overrides (checked here
-    /// with the messages of topic creation) and adds partitions (placed like a new
-    /// topic's), committed through the controller in one command, which checks it again
-    /// against the topic as it is then. In effect on this broker when this returns (the new
-    /// partitions opened and, when replicated, led), on the others as soon as they apply
-    /// it. Returns what changed (nothing: nothing to do) and the topic as altered.
+    /// with the messages of topic creation), adds partitions (placed like a new topic's)
+    /// and replaces labels and annotations (checked like at creation), committed through
+    /// the controller in one command, which checks it again against the topic as it is
+    /// then. In effect on this broker when this returns (the new partitions opened and, when
+    /// replicated, led), on the others as soon as they apply it. Returns what changed
+    /// (nothing: nothing to do) and the topic as altered.
     pub(crate) async fn alter_topic(
         &self,
         name: &str,
@@ -109,10 +110,10 @@ impl Broker {
             replication_factor,
             meta,
         } = change;
+        let mut record = self.topic_record_current(name).await?;
         if let Some(m) = &meta {
             m.validate(name)?;
         }
-        let mut record = self.topic_record_current(name).await?;
         // Replaced whole; the same labels and annotations again change nothing.
         let meta = meta.filter(|m| *m != record.meta);
         let known: Vec<&str> = TopicConfig::keys().collect();
@@ -206,6 +207,7 @@ impl Broker {
             }
             return Ok((changes, record));
         }
+        let meta_after = meta.clone().unwrap_or_else(|| record.meta.clone());
         let proposed = self
             .controller
             .propose(MetaCommand::AlterTopic {
@@ -256,8 +258,12 @@ impl Broker {
             else {
                 return true;
             };
-            let committed =
-                t.config == after && t.partitions >= total && t.replication_factor == to;
+            // Labels and annotations included: a change of them alone is committed, and
+            // the topic this returns shows them, only once this broker has applied it.
+            let committed = t.config == after
+                && t.meta == meta_after
+                && t.partitions >= total
+                && t.replication_factor == to;
             let local = self.local_topic(name);
             let applied = local
                 .as_ref()
@@ -278,7 +284,7 @@ impl Broker {
         .await;
         tracing::info!(topic = %name, config_changes = changes.config.len(),
             partitions_before = before, partitions = total, replication_factor_before = from,
-            replication_factor = to, "altered topic");
+            replication_factor = to, meta_changed = changes.meta_changed, "altered topic");
         if let Some(t) = self.controller.state().topics.get(name) {
             record = t.clone();
         }

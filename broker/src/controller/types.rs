@@ -452,4 +452,43 @@ mod tests {
             "a refused change leaves the state as it was"
         );
     }
+
+    /// Labels and annotations are replaced whole by an alter that carries them, left alone
+    /// by one that does not; an alter logged before topics had them still decodes.
+    #[test]
+    fn alter_topic_replaces_labels_and_annotations_whole() {
+        let mut state = ClusterState::default();
+        let mut t = topic("a", 2, 3);
+        t.meta.labels = [("team".to_string(), "payments".to_string())].into();
+        t.meta.annotations = [("note".to_string(), "hello".to_string())].into();
+        assert_eq!(state.apply(&MetaCommand::CreateTopic(t)), MetaResponse::Ok);
+        assert_eq!(state.topics["a"].meta.labels["team"], "payments");
+
+        let replacement = crate::metadata::TopicMeta {
+            labels: [("tier".to_string(), "gold".to_string())].into(),
+            annotations: BTreeMap::new(),
+        };
+        let mut with_meta = alter("a", &[], vec![]);
+        if let MetaCommand::AlterTopic { meta, .. } = &mut with_meta {
+            *meta = Some(replacement.clone());
+        }
+        assert_eq!(state.apply(&with_meta), MetaResponse::Ok);
+        assert_eq!(state.topics["a"].meta, replacement);
+        assert!(state.topics["a"].config.is_empty(), "nothing else changed");
+
+        assert_eq!(
+            state.apply(&alter("a", &[("retention.ms", "1000")], vec![])),
+            MetaResponse::Ok
+        );
+        assert_eq!(state.topics["a"].meta, replacement, "left alone");
+
+        let old = r#"{"AlterTopic":{"name":"a","topic_id":"a-1","set":{},"delete":[]}}"#;
+        let decoded: MetaCommand = serde_json::from_str(old).expect("an old command decodes");
+        assert!(matches!(
+            decoded,
+            MetaCommand::AlterTopic { meta: None, .. }
+        ));
+        let json = serde_json::to_string(&alter("a", &[], vec![])).expect("serializes");
+        assert!(!json.contains("meta"), "{json}");
+    }
 }

@@ -833,3 +833,201 @@ async fn replication_factor_change_survives_brokers_crashing() {
         .await;
     }
 }
+
+/// Labels and annotations are topic metadata: set at creation, shown by describe and by
+/// list (with the overrides, for `sluice apply`'s plan), replaced whole by an alter that
+/// changes nothing else (the same ones again: no change), checked with the key named, and
+/// kept across a restart of every broker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_labels_and_annotations_are_replicated_metadata() {
+    use sluice_client::{AlterTopic, TopicMetadata};
+
+    let sorted = |m: &std::collections::HashMap<String, String>| -> BTreeMap<String, String> {
+        m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+    };
+    let mut cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    let labels = set(&[
+        ("app.kubernetes.io/managed-by", "sluice"),
+        ("team", "payments"),
+    ]);
+    let annotations = set(&[
+        ("sluice.io/applied-config", "retention.ms"),
+        ("note", "free text: spaces, ünïcode, anything"),
+    ]);
+    admin
+        .create_topic(
+            NewTopic::new("labelled", 2, 3)
+                .config("retention.ms", "60000")
+                .label("app.kubernetes.io/managed-by", "sluice")
+                .label("team", "payments")
+                .annotation("sluice.io/applied-config", "retention.ms")
+                .annotation("note", "free text: spaces, ünïcode, anything"),
+            false,
+        )
+        .await
+        .unwrap();
+    let d = admin.describe_topic("labelled").await.unwrap();
+    assert_eq!(sorted(&d.labels), labels);
+    assert_eq!(sorted(&d.annotations), annotations);
+    // Every broker answers ListTopics from the metadata it has applied.
+    let listed = eventually(
+        "the labels in list_topics",
+        Duration::from_secs(10),
+        || async {
+            let topics = admin.list_topics().await.ok()?;
+            topics
+                .into_iter()
+                .find(|t| t.name == "labelled" && !t.labels.is_empty())
+        },
+    )
+    .await;
+    assert_eq!(sorted(&listed.labels), labels);
+    assert_eq!(sorted(&listed.annotations), annotations);
+    assert_eq!(
+        sorted(&listed.config),
+        set(&[("retention.ms", "60000")]),
+        "list's config holds the overrides only"
+    );
+
+    // Replaced whole, nothing else changes.
+    let new_labels = set(&[("app.kubernetes.io/managed-by", "sluice"), ("tier", "gold")]);
+    let replace = AlterTopic {
+        metadata: Some(TopicMetadata {
+            labels: new_labels.clone(),
+            annotations: BTreeMap::new(),
+        }),
+        ..AlterTopic::default()
+    };
+    let resp = admin
+        .alter_topic("labelled", replace.clone(), false)
+        .await
+        .unwrap();
+    assert!(resp.metadata_changed);
+    assert!(resp.changes.is_empty() && resp.reassignments.is_empty());
+    assert_eq!((resp.partitions_before, resp.partitions_after), (2, 2));
+    assert_eq!(
+        (
+            resp.replication_factor_before,
+            resp.replication_factor_after
+        ),
+        (3, 3)
+    );
+    let topic = resp.topic.expect("the altered topic");
+    assert_eq!(sorted(&topic.labels), new_labels);
+    assert!(topic.annotations.is_empty());
+    let d = admin.describe_topic("labelled").await.unwrap();
+    assert_eq!(sorted(&d.labels), new_labels);
+    assert!(d.annotations.is_empty());
+    assert_eq!(d.overrides, ["retention.ms"]);
+    assert_eq!(d.config["retention.ms"], "60000");
+    // The same ones again: accepted, no change.
+    let again = admin
+        .alter_topic("labelled", replace.clone(), false)
+        .await
+        .unwrap();
+    assert!(!again.metadata_changed);
+    assert!(again.changes.is_empty());
+    // An alter that does not set them leaves them alone.
+    admin
+        .alter_topic_config("labelled", set(&[("retention.ms", "70000")]), vec![], false)
+        .await
+        .unwrap();
+    let d = admin.describe_topic("labelled").await.unwrap();
+    assert_eq!(sorted(&d.labels), new_labels);
+
+    // validate_only answers what would change and changes nothing.
+    let check = AlterTopic {
+        metadata: Some(TopicMetadata {
+            labels: set(&[("team", "other")]),
+            annotations: set(&[("note", "x")]),
+        }),
+        ..AlterTopic::default()
+    };
+    let resp = admin.alter_topic("labelled", check, true).await.unwrap();
+    assert!(resp.metadata_changed);
+    let d = admin.describe_topic("labelled").await.unwrap();
+    assert_eq!(sorted(&d.labels), new_labels);
+    assert!(d.annotations.is_empty());
+
+    // A bad key is refused, named, at alter and at create; nothing changes.
+    let bad = AlterTopic {
+        metadata: Some(TopicMetadata {
+            labels: set(&[("bad key!", "x")]),
+            annotations: BTreeMap::new(),
+        }),
+        ..AlterTopic::default()
+    };
+    let err = admin.alter_topic("labelled", bad, false).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest), "{err}");
+    assert!(
+        err.to_string().contains("'bad key!'") && err.to_string().contains("labelled"),
+        "{err}"
+    );
+    let err = admin
+        .create_topic(
+            NewTopic::new("refused", 1, 3).annotation("Upper.io/x", "y"),
+            false,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest), "{err}");
+    assert!(err.to_string().contains("'Upper.io/x'"), "{err}");
+    assert!(
+        admin
+            .list_topics()
+            .await
+            .unwrap()
+            .iter()
+            .all(|t| t.name != "refused")
+    );
+    let d = admin.describe_topic("labelled").await.unwrap();
+    assert_eq!(sorted(&d.labels), new_labels);
+
+    // Kept across a restart of every broker (from the metadata log, not from memory).
+    for id in 1..=3 {
+        let status = tokio::task::block_in_place(|| cluster.node(id).terminate());
+        assert!(status.success());
+        cluster.node(id).restart_in_place();
+    }
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    let listed = eventually(
+        "the topic listed after the restart",
+        Duration::from_secs(30),
+        || async {
+            let topics = admin.list_topics().await.ok()?;
+            topics.into_iter().find(|t| t.name == "labelled")
+        },
+    )
+    .await;
+    assert_eq!(sorted(&listed.labels), new_labels);
+    assert_eq!(sorted(&listed.config), set(&[("retention.ms", "70000")]));
+    let d = admin.describe_topic("labelled").await.unwrap();
+    assert_eq!(sorted(&d.labels), new_labels);
+
+    // The CLI shows them in its table and in JSON.
+    let out = run_cli(
+        &cluster.bootstrap(),
+        &["topics", "describe", "labelled"],
+        "",
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("app.kubernetes.io/managed-by=sluice") && table.contains("tier=gold"),
+        "{table}"
+    );
+    let out = run_cli(
+        &cluster.bootstrap(),
+        &["topics", "describe", "labelled", "-o", "json"],
+        "",
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["labels"]["tier"], "gold", "{v}");
+}
