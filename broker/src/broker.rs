@@ -153,6 +153,10 @@ pub(crate) struct Broker {
     /// server waits for them, bounded, when it stops. Each loop ends on `shutdown`; the
     /// others are bounded by their own timeouts or end with their Raft group.
     pub tasks: tokio_util::task::TaskTracker,
+    /// Request metrics, for `/metrics`.
+    pub metrics: crate::metrics::Metrics,
+    /// Set once the logs are open and the client listener serves (`/readyz`).
+    pub serving: std::sync::atomic::AtomicBool,
 }
 
 /// How long a new leader of a `__consumer_offsets` partition waits for its log to be
@@ -260,6 +264,8 @@ impl Broker {
             },
         });
         let broker = Arc::new(Broker {
+            metrics: crate::metrics::Metrics::new(),
+            serving: std::sync::atomic::AtomicBool::new(false),
             coordinator,
             config,
             addresses,

@@ -13,6 +13,8 @@ use serde::Deserialize;
 pub const DEFAULT_NODE_ID: i32 = 1;
 pub const DEFAULT_DATA_DIR: &str = "./sluice-data";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9092";
+/// Where `/metrics` and the health endpoints are served by default (Redpanda's admin port).
+pub const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9644";
 pub const DEFAULT_FLUSH: &str = "always";
 pub const DEFAULT_INDEX_INTERVAL_BYTES: u64 = 4096;
 pub const DEFAULT_RETENTION_CHECK_INTERVAL: &str = "5m";
@@ -90,6 +92,8 @@ pub struct Config {
     pub raft_listen: Option<SocketAddr>,
     /// What other brokers are told to connect to; defaults to the bound inter-broker address.
     pub advertised_raft_address: Option<String>,
+    /// HTTP listener for `/metrics`, `/livez`, `/readyz` and `/ready-to-stop`; `None`: off.
+    pub http_listen: Option<SocketAddr>,
     pub flush: FlushPolicy,
     pub index_interval_bytes: u64,
     pub retention_check_interval: Duration,
@@ -177,6 +181,11 @@ impl Default for Config {
             controller_quorum_voters: BTreeMap::new(),
             raft_listen: None,
             advertised_raft_address: None,
+            http_listen: Some(
+                DEFAULT_HTTP_LISTEN
+                    .parse()
+                    .expect("default http address is valid"),
+            ),
             flush: DEFAULT_FLUSH
                 .parse()
                 .expect("default flush policy is valid"),
@@ -310,6 +319,7 @@ struct ConfigFile {
     controller_quorum_voters: Option<String>,
     raft_listen: Option<SocketAddr>,
     advertised_raft_address: Option<String>,
+    http_listen: Option<String>,
     flush: Option<String>,
     index_interval_bytes: Option<u64>,
     retention_check_interval: Option<String>,
@@ -369,6 +379,10 @@ pub struct Args {
     /// Inter-broker address other brokers are told to use [default: the bound raft address]
     #[arg(long, env = "SLUICE_ADVERTISED_RAFT_ADDRESS")]
     pub advertised_raft_address: Option<String>,
+    /// HTTP listener for /metrics (Prometheus), /livez, /readyz and /ready-to-stop,
+    /// HOST:PORT, or `off` [default: 127.0.0.1:9644]
+    #[arg(long, env = "SLUICE_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
     /// For factor-1 topics created by versions before factor 1 became a one-voter Raft group
     /// only (every Raft log fsyncs before acknowledging): `always` (fsync before
     /// acknowledging, group-committed) or an interval such as `100ms` (fsync in the
@@ -495,6 +509,14 @@ impl Args {
             advertised_raft_address: self
                 .advertised_raft_address
                 .or(file.advertised_raft_address),
+            http_listen: match self.http_listen.or(file.http_listen) {
+                None => d.http_listen,
+                Some(s) if s.eq_ignore_ascii_case("off") => None,
+                Some(s) => Some(
+                    s.parse()
+                        .map_err(|e| format!("http_listen '{s}' is not HOST:PORT or off: {e}"))?,
+                ),
+            },
             flush: match self.flush.or(file.flush) {
                 Some(s) => s.parse()?,
                 None => d.flush,
@@ -630,6 +652,7 @@ mod tests {
             format!("[default: {}]", d.node_id),
             format!("[default: {DEFAULT_DATA_DIR}]"),
             format!("[default: {}]", d.listen),
+            format!("[default: {DEFAULT_HTTP_LISTEN}]"),
             format!("[default: {}]", d.flush),
             format!("[default: {}]", d.index_interval_bytes),
             format!("[default: {DEFAULT_RETENTION_CHECK_INTERVAL}]"),

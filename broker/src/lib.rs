@@ -18,8 +18,10 @@
 //! - [`storage`]: the [`storage::LogStorage`] trait and its segment-file implementation.
 //! - [`metadata`]: topics and node identity, durable in sled.
 //! - [`service`]: the gRPC handlers, one file per RPC group.
+//! - [`http`]: `/metrics`, `/livez`, `/readyz`, `/ready-to-stop` (beside `service`, at the edge).
 //! - [`error`]: [`Error`], with its one conversion to `tonic::Status`.
 //! - [`live_config`]: a topic's config as its partitions read it, replaced when altered.
+//! - [`metrics`]: request metrics recorded as requests are served (a leaf).
 
 pub(crate) mod broker;
 pub(crate) mod clock;
@@ -27,8 +29,10 @@ pub mod config;
 pub(crate) mod controller;
 pub(crate) mod coordinator;
 pub(crate) mod error;
+pub(crate) mod http;
 pub(crate) mod live_config;
 pub(crate) mod metadata;
+pub(crate) mod metrics;
 pub(crate) mod partition;
 pub(crate) mod producer_state;
 pub(crate) mod raft;

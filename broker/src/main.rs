@@ -20,12 +20,23 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let http = match config.http_listen {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen for HTTP (metrics, health) on {addr}: {e}; set --http-listen to another HOST:PORT, or off"
+            )
+        })?),
+        None => None,
+    };
     // Scripts and tests read the bound addresses from these lines (useful with port 0).
     if let Some(r) = &raft {
         println!("raft listening on {}", r.local_addr()?);
     }
+    if let Some(h) = &http {
+        println!("http listening on {}", h.local_addr()?);
+    }
     println!("listening on {}", listener.local_addr()?);
-    sluice_broker::server::run(config, listener, raft, shutdown_signal()).await?;
+    sluice_broker::server::run(config, listener, raft, http, shutdown_signal()).await?;
     Ok(())
 }
 

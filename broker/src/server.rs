@@ -31,11 +31,13 @@ const TASKS_STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 /// log so that the next start is fast.
 ///
 /// `raft` is the inter-broker listener; a single-broker cluster (no controller voters
-/// configured) needs none.
+/// configured) needs none. `http` serves `/metrics` and the health endpoints (see
+/// [`crate::http`]) from before the logs open, so `/livez` answers during a long start.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     raft: Option<TcpListener>,
+    http: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<()> {
     let local = listener
@@ -100,11 +102,21 @@ pub async fn run(
                 ),
         )
     });
+    let http_server = http.map(|l| {
+        tokio::spawn(crate::http::serve(
+            broker.clone(),
+            l,
+            broker.shutdown.clone(),
+        ))
+    });
     // The inter-broker listener serves before the logs open (so the controller's
     // heartbeats reach this broker meanwhile); the client listener after.
     if let Err(e) = broker.open_logs().await {
         broker.shutdown.cancel();
         if let Some(server) = raft_server {
+            server.abort();
+        }
+        if let Some(server) = http_server {
             server.abort();
         }
         return Err(e);
@@ -121,6 +133,9 @@ pub async fn run(
         TcpIncoming::from(listener).with_nodelay(Some(true)),
         broker.shutdown.clone(),
     );
+    broker
+        .serving
+        .store(true, std::sync::atomic::Ordering::Release);
     let served = tonic::transport::Server::builder()
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
@@ -160,6 +175,9 @@ pub async fn run(
     retention.abort();
     broker.shutdown.cancel();
     if let Some(server) = raft_server {
+        server.abort();
+    }
+    if let Some(server) = http_server {
         server.abort();
     }
     broker.stop_replicas().await;

@@ -34,18 +34,30 @@ impl sluice_proto::pb::log_server::Log for LogService {
         &self,
         request: tonic::Request<sluice_proto::pb::ProduceRequest>,
     ) -> Result<tonic::Response<sluice_proto::pb::ProduceResponse>, tonic::Status> {
-        Ok(tonic::Response::new(
-            produce::handle(&self.broker, request.into_inner()).await?,
-        ))
+        let req = request.into_inner();
+        let (acks, bytes) = (crate::metrics::acks_label(req.acks), req.batch.len());
+        let started = std::time::Instant::now();
+        let result = produce::handle(&self.broker, req).await;
+        let m = &self.broker.metrics;
+        m.request("produce", acks, started.elapsed(), code(&result));
+        if result.is_ok() {
+            m.produced(bytes);
+        }
+        Ok(tonic::Response::new(result?))
     }
 
     async fn fetch(
         &self,
         request: tonic::Request<sluice_proto::pb::FetchRequest>,
     ) -> Result<tonic::Response<sluice_proto::pb::FetchResponse>, tonic::Status> {
-        Ok(tonic::Response::new(
-            fetch::handle(&self.broker, request.into_inner()).await?,
-        ))
+        let started = std::time::Instant::now();
+        let result = fetch::handle(&self.broker, request.into_inner()).await;
+        let m = &self.broker.metrics;
+        m.request("fetch", "", started.elapsed(), code(&result));
+        if let Ok(r) = &result {
+            m.fetched(r.partitions.iter().map(|p| p.records.len()).sum());
+        }
+        Ok(tonic::Response::new(result?))
     }
 
     async fn init_producer_id(
@@ -69,6 +81,11 @@ impl sluice_proto::pb::log_server::Log for LogService {
             list_offsets::handle(&self.broker, request.into_inner()).await?,
         ))
     }
+}
+
+/// The Kafka error name of a failed request, for the metrics.
+fn code<T>(result: &crate::error::Result<T>) -> Option<&'static str> {
+    result.as_ref().err().map(|e| e.code().name())
 }
 
 /// Runs blocking work (disk, CPU-heavy checks) off the async runtime.

@@ -40,6 +40,8 @@ pub fn bin(name: &str) -> PathBuf {
 /// A running `sluice-broker` process. Killed (SIGKILL) when dropped.
 #[derive(Debug)]
 pub struct Broker {
+    /// Where its HTTP endpoints (/metrics, /readyz, ...) are, once started.
+    http_address: std::sync::Arc<std::sync::Mutex<String>>,
     child: Option<Child>,
     /// host:port of the client listener.
     pub address: String,
@@ -89,6 +91,7 @@ impl Broker {
         let mut b = Broker {
             child: None,
             address: String::new(),
+            http_address: Default::default(),
             data_dir: data_dir.to_path_buf(),
             args,
             stderr_log: data_dir.with_extension("broker.log"),
@@ -113,6 +116,12 @@ impl Broker {
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen", self.listen.as_deref().unwrap_or("127.0.0.1:0")])
+            // Many brokers share this machine: each its own HTTP port, unless a test sets one.
+            .args(if self.args.iter().any(|a| a == "--http-listen") {
+                &[][..]
+            } else {
+                &["--http-listen", "127.0.0.1:0"][..]
+            })
             .args(&self.args)
             .env("RUST_LOG", &self.log_filter)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -122,8 +131,12 @@ impl Broker {
             .expect("spawn sluice-broker");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
+        let http = self.http_address.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("http listening on ") {
+                    *http.lock().expect("http address lock") = addr.to_string();
+                }
                 if let Some(addr) = line.strip_prefix("listening on ") {
                     let _ = tx.send(addr.to_string());
                 }
@@ -140,6 +153,14 @@ impl Broker {
             }
         }
         self.child = Some(child);
+    }
+
+    /// `http://HOST:PORT` of its /metrics and health endpoints.
+    pub fn http_url(&self) -> String {
+        format!(
+            "http://{}",
+            self.http_address.lock().expect("http address lock")
+        )
     }
 
     /// The broker's stderr so far, for failure messages.
@@ -607,4 +628,19 @@ pub fn unread_bytes_at(port: u16) -> u64 {
                 .flatten()
         })
         .sum()
+}
+
+/// `GET base/path` over HTTP/1.0 (the broker's /metrics and health endpoints): the status
+/// code and the body. `None` when nothing answers.
+pub fn http_get(base: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let host = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(host).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, body.to_string()))
 }

@@ -94,7 +94,7 @@ impl AdminService {
         out
     }
 
-    pub(super) async fn describe(
+    pub(crate) async fn describe(
         &self,
         record: &TopicRecord,
         local_only: bool,

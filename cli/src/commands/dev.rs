@@ -40,6 +40,10 @@ pub(crate) struct DevArgs {
     /// brokers on PORT+i-1+10000.
     #[arg(long, default_value_t = 9092)]
     port: u16,
+    /// HTTP port (/metrics, /livez, /readyz, /ready-to-stop) of the first broker; broker i
+    /// uses PORT+i-1; 0 picks free ports.
+    #[arg(long, default_value_t = 9644)]
+    http_port: u16,
     /// Flush policy: `always` or an interval such as `100ms`.
     #[arg(long, default_value = sluice_broker::config::DEFAULT_FLUSH)]
     flush: FlushPolicy,
@@ -90,6 +94,19 @@ pub(crate) async fn run(ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
             .with_context(|| {
                 format!("cannot listen on {raft_address} (is another broker running? try --port)")
             })?;
+        let http_address = format!(
+            "127.0.0.1:{}",
+            if args.http_port == 0 {
+                0
+            } else {
+                args.http_port + (i - 1) as u16
+            }
+        );
+        let http = tokio::net::TcpListener::bind(&http_address)
+            .await
+            .with_context(|| {
+                format!("cannot listen on {http_address} for /metrics (is another broker running? try --http-port, 0 picks free ports)")
+            })?;
         let config = Config {
             node_id: i as i32,
             data_dir: args.data_dir.join(format!("broker-{i}")),
@@ -105,6 +122,7 @@ pub(crate) async fn run(ctx: &Context, args: DevArgs) -> anyhow::Result<()> {
             config,
             listener,
             Some(raft),
+            Some(http),
             async move {
                 let _ = stop.wait_for(|s| *s).await;
             },

@@ -624,6 +624,8 @@ fn readme_and_dev_run_the_cli_the_same_way() {
             "1",
             "--port",
             &port.to_string(),
+            "--http-port",
+            "0",
             "--data-dir",
             data.to_str().expect("utf-8 temp path"),
         ],

@@ -10,6 +10,7 @@ mod durability;
 mod errors;
 mod groups;
 mod idempotence;
+mod metrics;
 mod produce_consume;
 mod replication;
 mod shutdown;

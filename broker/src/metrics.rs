@@ -1,0 +1,127 @@
+//! The broker's Prometheus metrics: what requests record as they are served (counts by
+//! result, latency, bytes), held here per broker. What describes state (partitions' offsets,
+//! in-sync replicas, controller, groups) is read at scrape time by `http`, not kept here.
+//! A leaf: every layer may record into it.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// A request's kind and, for produce, its acks (empty otherwise): bounded label values.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub request: &'static str,
+    pub acks: &'static str,
+}
+
+/// A request's kind and how it ended: `NONE` or a Kafka error name.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ResultLabels {
+    pub request: &'static str,
+    pub code: &'static str,
+}
+
+/// Latency buckets: 100 µs to ~52 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 20))
+}
+
+/// One broker's request metrics.
+#[derive(Debug)]
+pub(crate) struct Metrics {
+    registry: Registry,
+    requests: Family<ResultLabels, Counter>,
+    durations: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    produce_bytes: Counter,
+    fetch_bytes: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<ResultLabels, Counter>::default();
+        let durations = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
+        let produce_bytes = Counter::default();
+        let fetch_bytes = Counter::default();
+        registry.register(
+            "sluice_requests",
+            "Client requests served, by request and result (NONE, or the Kafka error name)",
+            requests.clone(),
+        );
+        registry.register(
+            "sluice_request_duration_seconds",
+            "Time to answer a client request (produce by acks: all includes replication)",
+            durations.clone(),
+        );
+        registry.register(
+            "sluice_produce_bytes",
+            "Record batch bytes accepted by produce requests",
+            produce_bytes.clone(),
+        );
+        registry.register(
+            "sluice_fetch_bytes",
+            "Record batch bytes returned by fetch requests",
+            fetch_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            durations,
+            produce_bytes,
+            fetch_bytes,
+        }
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// One request answered after `took`, with `code` (`None`: success).
+    pub(crate) fn request(
+        &self,
+        request: &'static str,
+        acks: &'static str,
+        took: Duration,
+        code: Option<&'static str>,
+    ) {
+        self.requests
+            .get_or_create(&ResultLabels {
+                request,
+                code: code.unwrap_or("NONE"),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&RequestLabels { request, acks })
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn produced(&self, bytes: usize) {
+        self.produce_bytes.inc_by(bytes as u64);
+    }
+
+    pub(crate) fn fetched(&self, bytes: usize) {
+        self.fetch_bytes.inc_by(bytes as u64);
+    }
+}
+
+/// The acks label of a produce request.
+pub(crate) fn acks_label(acks: i32) -> &'static str {
+    match acks {
+        0 => "0",
+        1 => "1",
+        -1 => "all",
+        _ => "invalid",
+    }
+}

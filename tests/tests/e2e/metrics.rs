@@ -1,0 +1,184 @@
+//! The brokers' HTTP endpoints: `/metrics` read with a Prometheus parser and checked against
+//! the cluster, `/readyz` and `/ready-to-stop` as brokers go down.
+
+use std::time::Duration;
+
+use sluice_client::{Acks, NewTopic, ProducerConfig, ProducerRecord, TopicPartition};
+use sluice_tests::{Cluster, eventually, http_get};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Every sample of every running broker's /metrics.
+fn scrape(cluster: &Cluster) -> Vec<prometheus_parse::Sample> {
+    let mut all = Vec::new();
+    for b in cluster.brokers.iter().filter(|b| b.is_running()) {
+        let (status, body) = http_get(&b.http_url(), "/metrics").expect("metrics answer");
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            body.ends_with("# EOF\n"),
+            "OpenMetrics text ends with # EOF"
+        );
+        let lines = body.lines().map(|l| Ok(l.to_string()));
+        let scrape = prometheus_parse::Scrape::parse(lines).expect("valid Prometheus text");
+        all.extend(scrape.samples);
+    }
+    all
+}
+
+fn value(s: &prometheus_parse::Sample) -> f64 {
+    match &s.value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => *v,
+        _ => f64::NAN,
+    }
+}
+
+/// The sum over brokers of `metric` with these labels.
+fn sum(samples: &[prometheus_parse::Sample], metric: &str, labels: &[(&str, &str)]) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == metric && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(value)
+        .sum()
+}
+
+#[tokio::test]
+async fn metrics_match_the_cluster_and_health_endpoints_follow_it() {
+    let mut cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    let admin = sluice_client::Admin::new(cluster.client()).unwrap();
+    admin
+        .create_topic(
+            NewTopic::new("orders", 3, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .unwrap();
+    let producer = sluice_client::Producer::connect(
+        cluster.client(),
+        ProducerConfig {
+            acks: Acks::All,
+            ..ProducerConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut per_partition = [0i64; 3];
+    for i in 0..30 {
+        let p = i % 3;
+        let mut record = ProducerRecord::new("orders", format!("v{i}"));
+        record.partition = Some(p);
+        producer.send(record).await.unwrap().await.unwrap();
+        per_partition[p as usize] += 1;
+    }
+    // A group that has read nothing of partition 0: its lag is the whole partition.
+    admin
+        .commit_offsets("billing", &[(TopicPartition::new("orders", 0), 0)])
+        .await
+        .unwrap();
+
+    let samples = scrape(&cluster);
+    for (p, count) in per_partition.iter().enumerate() {
+        let labels = [("topic", "orders"), ("partition", &*p.to_string())];
+        assert_eq!(
+            sum(&samples, "sluice_partition_high_watermark", &labels),
+            *count as f64,
+            "partition {p}: each is reported by its one leader, at its count of records"
+        );
+        assert_eq!(
+            sum(&samples, "sluice_partition_log_end_offset", &labels),
+            *count as f64
+        );
+        assert_eq!(sum(&samples, "sluice_partition_replicas", &labels), 3.0);
+    }
+    assert_eq!(
+        sum(&samples, "sluice_partitions_led", &[]),
+        3.0 + 50.0,
+        "orders and __consumer_offsets"
+    );
+    assert!(
+        sum(
+            &samples,
+            "sluice_requests_total",
+            &[("request", "produce"), ("code", "NONE")]
+        ) >= 30.0
+    );
+    assert!(
+        samples
+            .iter()
+            .any(|s| s.metric.starts_with("sluice_request_duration_seconds")
+                && s.labels.get("acks") == Some("all"))
+    );
+    assert!(sum(&samples, "sluice_produce_bytes_total", &[]) > 0.0);
+    assert_eq!(
+        sum(&samples, "sluice_controller_active", &[]),
+        1.0,
+        "one controller leader"
+    );
+    assert_eq!(
+        sum(
+            &samples,
+            "sluice_group_lag_records",
+            &[
+                ("group", "billing"),
+                ("topic", "orders"),
+                ("partition", "0")
+            ]
+        ),
+        per_partition[0] as f64
+    );
+    for b in &cluster.brokers {
+        assert_eq!(http_get(&b.http_url(), "/livez").unwrap().0, 200);
+        assert_eq!(http_get(&b.http_url(), "/readyz").unwrap().0, 200);
+    }
+    // Every replica in sync: any one broker may stop.
+    eventually("all partitions fully in sync", DEADLINE, || async {
+        let s = scrape(&cluster);
+        (sum(&s, "sluice_under_replicated_partitions", &[]) == 0.0).then_some(())
+    })
+    .await;
+    for b in &cluster.brokers {
+        let (status, body) = http_get(&b.http_url(), "/ready-to-stop").unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // Broker 3 dies: every partition is under-replicated (2 of 3 in sync, still at
+    // min.insync.replicas), and stopping another broker now would leave one in sync.
+    cluster.node(3).kill();
+    let s = eventually(
+        "partitions under-replicated after a broker kill",
+        DEADLINE,
+        || async {
+            let s = scrape(&cluster);
+            (sum(&s, "sluice_under_replicated_partitions", &[]) == 53.0).then_some(s)
+        },
+    )
+    .await;
+    assert_eq!(sum(&s, "sluice_under_min_isr_partitions", &[]), 0.0);
+    let b1 = cluster.node(1).http_url();
+    let (status, body) = http_get(&b1, "/ready-to-stop").unwrap();
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("orders-0") && body.contains("min.insync.replicas 2"),
+        "{body}"
+    );
+
+    // Broker 2 dies too: the controller quorum is lost, broker 1 is not ready.
+    cluster.node(2).kill();
+    let body = eventually(
+        "broker 1 not ready without a controller quorum",
+        DEADLINE,
+        || async {
+            let (status, body) = http_get(&b1, "/readyz")?;
+            (status == 503).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("no leader"), "{body}");
+    assert_eq!(
+        http_get(&b1, "/livez").unwrap().0,
+        200,
+        "alive all the same"
+    );
+}
