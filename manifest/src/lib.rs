@@ -5,9 +5,11 @@
 //!
 //! Layout (each module uses only those above it): `yaml` (YAML documents as trees with
 //! positions), `types` (the manifest types and their schema), `schema_walk` (a tree against
-//! the schema), `checks` (names, labels, config), and this file (files, documents, problems).
+//! the schema), `checks` (config), this file (files, documents, problems), and `plan` (a
+//! declared topic against the cluster's: what apply and the operator do).
 
 mod checks;
+pub mod plan;
 mod schema_walk;
 mod types;
 mod yaml;

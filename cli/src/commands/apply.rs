@@ -3,8 +3,6 @@
 //! checked first, and every planned change is validated by the brokers before any is made:
 //! a problem anywhere applies nothing.
 
-mod plan;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 
@@ -17,7 +15,7 @@ use sluice_manifest::{Loaded, Manifests};
 
 use super::Context;
 use crate::output;
-use plan::{Action, Live, TopicPlan};
+use sluice_manifest::plan::{self, Action, Live, TopicPlan};
 
 /// Topic changes made at once.
 const CONCURRENT_CHANGES: usize = 8;
@@ -106,7 +104,7 @@ impl PlanView {
 }
 
 fn print_plan(v: &PlanView) {
-    let rows: Vec<Vec<String>> = v.topics.iter().flat_map(plan::rows).collect();
+    let rows: Vec<Vec<String>> = v.topics.iter().flat_map(rows).collect();
     outln!("{}", output::table(&["topic", "action", "change"], rows));
     let s = &v.summary;
     let verb = if v.applied { "Applied" } else { "Plan" };
@@ -253,7 +251,10 @@ async fn plan(admin: &Admin, m: &Manifests, prune: bool) -> anyhow::Result<Vec<T
     let mut plans: Vec<TopicPlan> = m
         .topics
         .iter()
-        .map(|l: &Loaded| plan::plan_topic(l, live.get(l.manifest.topic_name())))
+        .map(|l: &Loaded| {
+            let source = format!("{}:{}", l.source.file, l.source.line);
+            plan::plan_topic(&l.manifest, &source, live.get(l.manifest.topic_name()))
+        })
         .collect();
     if prune {
         let declared: BTreeSet<String> = m
@@ -413,4 +414,68 @@ fn confirm_prune(deletes: &[&str], stdin_used: bool) -> anyhow::Result<()> {
     } else {
         Err(output::invalid("not confirmed; nothing was applied"))
     }
+}
+
+/// One line per change of a plan, for the table: (topic, action, change).
+fn rows(plan: &TopicPlan) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    let mut row = |what: String| {
+        out.push(vec![
+            plan.topic.clone(),
+            plan.action.word().to_string(),
+            what,
+        ]);
+    };
+    match plan.action {
+        Action::Create => {
+            let (_, p) = plan.partitions.unwrap_or_default();
+            let rf = match plan.replication_factor {
+                Some((_, rf)) if rf > 0 => rf.to_string(),
+                _ => "cluster default".to_string(),
+            };
+            row(format!("partitions {p}, replication factor {rf}"));
+            for c in &plan.config {
+                row(format!(
+                    "config {}={}",
+                    c.key,
+                    c.new.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        Action::Unchanged if plan.bookkeeping => {
+            row("(records that the manifest now sets its config keys)".into())
+        }
+        Action::Unchanged => row(String::new()),
+        Action::Delete => row("delete: managed by sluice apply and no longer declared".into()),
+        Action::Change | Action::Refused => {
+            for r in &plan.refused {
+                row(r.clone());
+            }
+            if let Some((a, b)) = plan.partitions {
+                row(format!("partitions {a} -> {b}"));
+            }
+            if let Some((a, b)) = plan.replication_factor {
+                row(format!("replication factor {a} -> {b}"));
+            }
+            for c in &plan.config {
+                row(match (&c.old, &c.new) {
+                    (None, Some(n)) => format!("config {}: set {n}", c.key),
+                    (Some(o), Some(n)) => format!("config {}: {o} -> {n}", c.key),
+                    (Some(o), None) => {
+                        format!("config {}: removed ({o} -> cluster default)", c.key)
+                    }
+                    (None, None) => format!("config {}", c.key),
+                });
+            }
+            for c in &plan.labels {
+                row(match (&c.old, &c.new) {
+                    (None, Some(n)) => format!("label {}: set {n}", c.key),
+                    (Some(o), Some(n)) => format!("label {}: {o} -> {n}", c.key),
+                    (Some(o), None) => format!("label {}: removed ({o})", c.key),
+                    (None, None) => format!("label {}", c.key),
+                });
+            }
+        }
+    }
+    out
 }

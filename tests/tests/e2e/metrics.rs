@@ -130,7 +130,8 @@ async fn metrics_match_the_cluster_and_health_endpoints_follow_it() {
     );
     // Every metric the example Grafana dashboard draws is one the brokers export.
     let dashboard = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/grafana/sluice-dashboard.json"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../examples/grafana/sluice-dashboard.json"),
     )
     .unwrap();
     let (_, body) = http_get(&cluster.node(1).http_url(), "/metrics").unwrap();
@@ -138,7 +139,10 @@ async fn metrics_match_the_cluster_and_health_endpoints_follow_it() {
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| w.starts_with("sluice_"))
     {
-        assert!(body.contains(name), "the dashboard uses {name}, which /metrics lacks");
+        assert!(
+            body.contains(name),
+            "the dashboard uses {name}, which /metrics lacks"
+        );
     }
     for b in &cluster.brokers {
         assert_eq!(http_get(&b.http_url(), "/livez").unwrap().0, 200);

@@ -1,17 +1,15 @@
-//! What `sluice apply` would do: manifests against the cluster's topics, per topic (create,
-//! change, unchanged, refused) and what `--prune` would delete. Pure: no calls, so every rule
-//! is unit-tested here.
+//! What applying manifests would do: each declared topic against the cluster's (create,
+//! change, unchanged, refused) and what a prune would delete. Pure (no calls), and the one
+//! implementation: `sluice apply`/`diff` and the Kubernetes operator both plan with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::{APPLIED_CONFIG_ANNOTATION, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TopicManifest};
 use serde::Serialize;
-use sluice_manifest::{
-    APPLIED_CONFIG_ANNOTATION, Loaded, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TopicManifest,
-};
 
 /// A topic as the cluster has it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Live {
+pub struct Live {
     pub partitions: i32,
     pub replication_factor: i32,
     /// Overrides only (keys the topic sets).
@@ -22,7 +20,7 @@ pub(crate) struct Live {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub(crate) enum Action {
+pub enum Action {
     Create,
     Change,
     Unchanged,
@@ -32,7 +30,7 @@ pub(crate) enum Action {
 }
 
 impl Action {
-    pub(crate) fn word(self) -> &'static str {
+    pub fn word(self) -> &'static str {
         match self {
             Action::Create => "create",
             Action::Change => "change",
@@ -46,7 +44,7 @@ impl Action {
 /// A config key's change: set (no `old`), changed, or removed (no `new`: back to the
 /// cluster's default).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct ConfigChange {
+pub struct ConfigChange {
     pub key: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old: Option<String>,
@@ -56,7 +54,7 @@ pub(crate) struct ConfigChange {
 
 /// One topic's plan.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub(crate) struct TopicPlan {
+pub struct TopicPlan {
     pub topic: String,
     pub action: Action,
     /// Where it is declared (`file:line`); empty for a topic only `--prune` deletes.
@@ -87,7 +85,7 @@ pub(crate) struct TopicPlan {
 }
 
 impl TopicPlan {
-    pub(crate) fn changes(&self) -> bool {
+    pub fn changes(&self) -> bool {
         matches!(
             self.action,
             Action::Create | Action::Change | Action::Delete
@@ -95,7 +93,7 @@ impl TopicPlan {
     }
 
     /// Whether applying it makes a call (a change, or only the bookkeeping).
-    pub(crate) fn writes(&self) -> bool {
+    pub fn writes(&self) -> bool {
         self.changes() || (self.action == Action::Unchanged && self.bookkeeping)
     }
 }
@@ -130,15 +128,15 @@ fn map_changes(
         .collect()
 }
 
-/// The plan of one declared topic against what the cluster has (`None`: no such topic).
-pub(crate) fn plan_topic(loaded: &Loaded, live: Option<&Live>) -> TopicPlan {
-    let m = &loaded.manifest;
+/// The plan of topic `m`, declared at `source` (`file:line`, or a Kubernetes object's
+/// name), against what the cluster has (`None`: no such topic).
+pub fn plan_topic(m: &TopicManifest, source: &str, live: Option<&Live>) -> TopicPlan {
     let (want_labels, want_annotations) = wanted_metadata(m);
     let want_config = m.config();
     let mut plan = TopicPlan {
         topic: m.topic_name().to_string(),
         action: Action::Unchanged,
-        source: format!("{}:{}", loaded.source.file, loaded.source.line),
+        source: source.to_string(),
         partitions: None,
         replication_factor: None,
         config: Vec::new(),
@@ -239,7 +237,7 @@ pub(crate) fn plan_topic(loaded: &Loaded, live: Option<&Live>) -> TopicPlan {
 
 /// Topics `--prune` deletes: managed by `sluice apply` (the label), not declared, not
 /// internal.
-pub(crate) fn prune(live: &BTreeMap<String, Live>, declared: &BTreeSet<String>) -> Vec<TopicPlan> {
+pub fn prune(live: &BTreeMap<String, Live>, declared: &BTreeSet<String>) -> Vec<TopicPlan> {
     live.iter()
         .filter(|(name, l)| {
             !name.starts_with("__")
@@ -262,103 +260,40 @@ pub(crate) fn prune(live: &BTreeMap<String, Live>, declared: &BTreeSet<String>) 
         .collect()
 }
 
-/// One line per change of a plan, for the table: (topic, action, change).
-pub(crate) fn rows(plan: &TopicPlan) -> Vec<Vec<String>> {
-    let mut out = Vec::new();
-    let mut row = |what: String| {
-        out.push(vec![
-            plan.topic.clone(),
-            plan.action.word().to_string(),
-            what,
-        ]);
-    };
-    match plan.action {
-        Action::Create => {
-            let (_, p) = plan.partitions.unwrap_or_default();
-            let rf = match plan.replication_factor {
-                Some((_, rf)) if rf > 0 => rf.to_string(),
-                _ => "cluster default".to_string(),
-            };
-            row(format!("partitions {p}, replication factor {rf}"));
-            for c in &plan.config {
-                row(format!(
-                    "config {}={}",
-                    c.key,
-                    c.new.as_deref().unwrap_or_default()
-                ));
-            }
-        }
-        Action::Unchanged if plan.bookkeeping => {
-            row("(records that the manifest now sets its config keys)".into())
-        }
-        Action::Unchanged => row(String::new()),
-        Action::Delete => row("delete: managed by sluice apply and no longer declared".into()),
-        Action::Change | Action::Refused => {
-            for r in &plan.refused {
-                row(r.clone());
-            }
-            if let Some((a, b)) = plan.partitions {
-                row(format!("partitions {a} -> {b}"));
-            }
-            if let Some((a, b)) = plan.replication_factor {
-                row(format!("replication factor {a} -> {b}"));
-            }
-            for c in &plan.config {
-                row(match (&c.old, &c.new) {
-                    (None, Some(n)) => format!("config {}: set {n}", c.key),
-                    (Some(o), Some(n)) => format!("config {}: {o} -> {n}", c.key),
-                    (Some(o), None) => {
-                        format!("config {}: removed ({o} -> cluster default)", c.key)
-                    }
-                    (None, None) => format!("config {}", c.key),
-                });
-            }
-            for c in &plan.labels {
-                row(match (&c.old, &c.new) {
-                    (None, Some(n)) => format!("label {}: set {n}", c.key),
-                    (Some(o), Some(n)) => format!("label {}: {o} -> {n}", c.key),
-                    (Some(o), None) => format!("label {}: removed ({o})", c.key),
-                    (None, None) => format!("label {}", c.key),
-                });
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_manifest::{ConfigValue, Source, TopicSpec};
+    use crate::{ConfigValue, TopicSpec};
 
-    fn declared(partitions: Option<i32>, rf: Option<i32>, config: &[(&str, &str)]) -> Loaded {
-        Loaded {
-            manifest: TopicManifest::new(
-                "orders",
-                TopicSpec {
-                    partitions,
-                    replication_factor: rf,
-                    config: config
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), ConfigValue(v.to_string())))
-                        .collect(),
-                    ..TopicSpec::default()
-                },
-            ),
-            source: Source {
-                file: "t.yaml".into(),
-                document: 1,
-                line: 1,
+    fn declared(
+        partitions: Option<i32>,
+        rf: Option<i32>,
+        config: &[(&str, &str)],
+    ) -> TopicManifest {
+        TopicManifest::new(
+            "orders",
+            TopicSpec {
+                partitions,
+                replication_factor: rf,
+                config: config
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ConfigValue(v.to_string())))
+                    .collect(),
+                ..TopicSpec::default()
             },
-        }
+        )
     }
 
-    fn live_from(d: &Loaded) -> Live {
+    fn plan_topic(m: &TopicManifest, live: Option<&Live>) -> TopicPlan {
+        super::plan_topic(m, "t.yaml:1", live)
+    }
+
+    fn live_from(d: &TopicManifest) -> Live {
         let p = plan_topic(d, None);
         Live {
             partitions: p.partitions.unwrap().1,
             replication_factor: p.replication_factor.unwrap().1,
-            config: d.manifest.config(),
+            config: d.config(),
             labels: p.want_labels,
             annotations: p.want_annotations,
         }
