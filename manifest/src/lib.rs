@@ -11,6 +11,8 @@
 mod checks;
 pub mod plan;
 mod schema_walk;
+#[cfg(feature = "kube")]
+pub mod status;
 mod types;
 mod yaml;
 
@@ -19,9 +21,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use sluice_proto::labels::{is_k8s_name, k8s_name_for, label_key_problem, label_value_problem};
+#[cfg(feature = "kube")]
+pub use types::SluiceTopic;
 pub use types::{
-    API_VERSION, APPLIED_CONFIG_ANNOTATION, ClusterRef, ConfigValue, MANAGED_BY_LABEL,
-    MANAGED_BY_VALUE, ObjectMeta, TOPIC_KIND, TopicManifest, TopicSpec, topic_schema,
+    API_VERSION, APPLIED_CONFIG_ANNOTATION, ClusterRef, ConfigValue, DeletionPolicy,
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE, ObjectMeta, TOPIC_KIND, TopicManifest, TopicSpec,
+    topic_schema,
 };
 use yaml::{Node, Pos, Value};
 

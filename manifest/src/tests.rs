@@ -87,7 +87,7 @@ spec:
     };
     assert_eq!(
         find("replicationFactr"),
-        "topics.yaml:7:3: document 1 (orders), spec.replicationFactr: unknown field 'replicationFactr'; did you mean 'replicationFactor'? (fields here: clusterRef, config, partitions, replicationFactor, topicName)"
+        "topics.yaml:7:3: document 1 (orders), spec.replicationFactr: unknown field 'replicationFactr'; did you mean 'replicationFactor'? (fields here: clusterRef, config, deletionPolicy, partitions, replicationFactor, topicName)"
     );
     assert!(
         find("spec.partitions: must be at least 1")

@@ -60,9 +60,29 @@ pub struct ObjectMeta {
     pub annotations: BTreeMap<String, String>,
 }
 
-/// What the topic should be.
+/// What the topic should be: for `sluice apply`, and the spec of the Kubernetes custom
+/// resource `SluiceTopic` (derived with this crate's `kube` feature), so a file one takes
+/// the other takes too.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[cfg_attr(feature = "kube", derive(kube::CustomResource))]
+#[cfg_attr(
+    feature = "kube",
+    kube(
+        group = "sluice.io",
+        version = "v1alpha1",
+        kind = "SluiceTopic",
+        namespaced,
+        status = "crate::status::SluiceTopicStatus",
+        shortname = "stopic",
+        category = "sluice",
+        printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".spec.clusterRef.name"}"#,
+        printcolumn = r#"{"name":"Partitions","type":"integer","jsonPath":".spec.partitions"}"#,
+        printcolumn = r#"{"name":"Replication","type":"integer","jsonPath":".spec.replicationFactor"}"#,
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    )
+)]
 pub struct TopicSpec {
     /// The topic's name when it cannot be a Kubernetes name (upper case, '_'); default:
     /// `metadata.name`.
@@ -85,6 +105,20 @@ pub struct TopicSpec {
     /// Kubernetes only: the SluiceCluster the topic belongs to; ignored by `sluice apply`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_ref: Option<ClusterRef>,
+    /// Kubernetes only: what deleting the SluiceTopic does to the topic. Retain (the
+    /// default) keeps it and its records; Delete deletes them. Ignored by `sluice apply`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
+}
+
+/// What deleting a Kubernetes object does to what it made.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum DeletionPolicy {
+    /// Keep it (the default: records are never lost to a deleted manifest).
+    #[default]
+    Retain,
+    /// Delete it, records included.
+    Delete,
 }
 
 /// Which SluiceCluster (Kubernetes).
