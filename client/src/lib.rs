@@ -13,6 +13,8 @@
 //! # Layout
 //! - [`cluster`]: connections per broker and the metadata cache (topics, leaders).
 //! - [`admin`]: [`Admin`], topic management and cluster metadata.
+//! - [`declarative`]: plans of declared topics (`sluice_manifest::plan`) made through
+//!   [`Admin`] (for `sluice apply` and the operator).
 //! - [`producer`]: [`Producer`], batching by `linger.ms`/`batch.size`, bounded retries; its
 //!   children: `worker` (one partition's queue, in-flight window, retries, sequences),
 //!   `delivery` (futures and callbacks, answered once), `metrics`.
@@ -27,6 +29,7 @@
 pub mod admin;
 pub mod cluster;
 pub mod consumer;
+pub mod declarative;
 pub mod error;
 mod groups;
 pub mod partitioner;

@@ -2,12 +2,15 @@
 //! StatefulSet) and `SluiceTopic` (the manifest type of `sluice apply`, from
 //! `sluice-manifest`), and their CRDs, generated from these types.
 //!
-//! Layout: `cluster` (the SluiceCluster types), `crd` (the CRDs as YAML).
-//! **Planned** (see docs/DESIGN.md, declarative operation): the reconcilers, leader
-//! election, the operator's own metrics.
+//! Layout: `cluster` (the SluiceCluster types), `crd` (the CRDs as YAML), `topic` (one
+//! SluiceTopic reconciled with the cluster through the admin API).
+//! **Planned** (see docs/DESIGN.md, declarative operation): the kube plumbing (watch,
+//! finalizer, status patch, leader election), the SluiceCluster reconciler, the operator's
+//! own metrics.
 
 pub mod cluster;
 pub mod crd;
+pub mod topic;
 
 pub use cluster::{SluiceCluster, SluiceClusterSpec, SluiceClusterStatus};
 pub use sluice_manifest::SluiceTopic;

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Args;
 use futures::StreamExt;
 use serde::Serialize;
-use sluice_client::{Admin, AlterTopic, NewTopic, TopicMetadata};
+use sluice_client::{Admin, declarative};
 use sluice_manifest::{Loaded, Manifests};
 
 use super::Context;
@@ -138,91 +138,23 @@ pub(crate) fn load(files: &Files) -> anyhow::Result<Manifests> {
     Ok(m)
 }
 
-/// Every topic of the cluster as [`Live`].
+/// Every topic of the cluster as the plan sees it.
 async fn live_topics(admin: &Admin) -> anyhow::Result<BTreeMap<String, Live>> {
-    let topics = admin
-        .list_topics()
+    declarative::live_topics(admin)
         .await
-        .context("listing the cluster's topics")?;
-    Ok(topics
-        .into_iter()
-        .map(|t| {
-            (
-                t.name,
-                Live {
-                    partitions: t.partitions,
-                    replication_factor: t.replication_factor,
-                    config: t.config.into_iter().collect(),
-                    labels: t.labels.into_iter().collect(),
-                    annotations: t.annotations.into_iter().collect(),
-                },
-            )
-        })
-        .collect())
-}
-
-/// What creates a topic as planned.
-fn new_topic(p: &TopicPlan) -> NewTopic {
-    let (_, partitions) = p.partitions.unwrap_or((0, 1));
-    let (_, rf) = p.replication_factor.unwrap_or((0, -1));
-    let mut t = NewTopic::new(&p.topic, partitions, rf);
-    for c in &p.config {
-        if let Some(v) = &c.new {
-            t = t.config(&c.key, v);
-        }
-    }
-    t.labels = p.want_labels.clone();
-    t.annotations = p.want_annotations.clone();
-    t
-}
-
-/// What changes a topic as planned.
-fn alter(p: &TopicPlan) -> AlterTopic {
-    AlterTopic {
-        set_config: p
-            .config
-            .iter()
-            .filter_map(|c| c.new.clone().map(|v| (c.key.clone(), v)))
-            .collect(),
-        delete_config: p
-            .config
-            .iter()
-            .filter(|c| c.new.is_none())
-            .map(|c| c.key.clone())
-            .collect(),
-        partitions: p.partitions.map(|(_, n)| n),
-        replication_factor: p.replication_factor.map(|(_, n)| n),
-        metadata: (!p.labels.is_empty() || p.bookkeeping).then(|| TopicMetadata {
-            labels: p.want_labels.clone(),
-            annotations: p.want_annotations.clone(),
-        }),
-    }
+        .context("listing the cluster's topics")
 }
 
 /// Makes (or, with `validate_only`, checks with the brokers) one planned change.
 async fn execute(admin: &Admin, p: &TopicPlan, validate_only: bool) -> anyhow::Result<()> {
-    match p.action {
-        Action::Create => {
-            admin
-                .create_topic(new_topic(p), validate_only)
-                .await
-                .with_context(|| format!("creating topic '{}' ({})", p.topic, p.source))?;
-        }
-        Action::Change | Action::Unchanged if p.writes() => {
-            admin
-                .alter_topic(&p.topic, alter(p), validate_only)
-                .await
-                .with_context(|| format!("changing topic '{}' ({})", p.topic, p.source))?;
-        }
-        Action::Delete if !validate_only => {
-            admin
-                .delete_topic(&p.topic)
-                .await
-                .with_context(|| format!("deleting topic '{}' (--prune)", p.topic))?;
-        }
-        Action::Change | Action::Delete | Action::Unchanged | Action::Refused => {}
-    }
-    Ok(())
+    let what = match p.action {
+        Action::Create => format!("creating topic '{}' ({})", p.topic, p.source),
+        Action::Delete => format!("deleting topic '{}' (--prune)", p.topic),
+        _ => format!("changing topic '{}' ({})", p.topic, p.source),
+    };
+    declarative::execute(admin, p, validate_only)
+        .await
+        .context(what)
 }
 
 /// Runs `f` over the plans that change something, a few at once; every error.
