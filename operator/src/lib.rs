@@ -2,14 +2,16 @@
 //! StatefulSet) and `SluiceTopic` (the manifest type of `sluice apply`, from
 //! `sluice-manifest`), and their CRDs, generated from these types.
 //!
-//! Layout: `cluster` (the SluiceCluster types), `crd` (the CRDs as YAML), `topic` (one
-//! SluiceTopic reconciled with the cluster through the admin API).
+//! Layout: `cluster` (the SluiceCluster types), `crd` (the CRDs as YAML), `resources` (the
+//! Kubernetes objects a SluiceCluster is made of), `topic` (one SluiceTopic reconciled with
+//! the cluster through the admin API).
 //! **Planned** (see docs/DESIGN.md, declarative operation): the kube plumbing (watch,
 //! finalizer, status patch, leader election), the SluiceCluster reconciler, the operator's
 //! own metrics.
 
 pub mod cluster;
 pub mod crd;
+pub mod resources;
 pub mod topic;
 
 pub use cluster::{SluiceCluster, SluiceClusterSpec, SluiceClusterStatus};
