@@ -2,14 +2,15 @@
 //! StatefulSet) and `SluiceTopic` (the manifest type of `sluice apply`, from
 //! `sluice-manifest`), and their CRDs, generated from these types.
 //!
-//! Layout: `cluster` (the SluiceCluster types), `crd` (the CRDs as YAML), `resources` (the
+//! Layout: `cluster` (the SluiceCluster types), `controller` (the watch, finalizer and
+//! status writes around `topic`), `crd` (the CRDs as YAML), `resources` (the
 //! Kubernetes objects a SluiceCluster is made of), `topic` (one SluiceTopic reconciled with
 //! the cluster through the admin API).
-//! **Planned** (see docs/DESIGN.md, declarative operation): the kube plumbing (watch,
-//! finalizer, status patch, leader election), the SluiceCluster reconciler, the operator's
-//! own metrics.
+//! **Planned** (see docs/DESIGN.md, declarative operation): leader election, Events, the
+//! SluiceCluster reconciler, the operator's own metrics and health endpoints.
 
 pub mod cluster;
+pub mod controller;
 pub mod crd;
 pub mod resources;
 pub mod topic;
