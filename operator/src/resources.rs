@@ -370,7 +370,7 @@ mod tests {
 
     #[test]
     fn every_object_and_crd_is_valid_for_kubernetes() {
-        let dir = tempfile_dir();
+        let dir = tempfile::tempdir().unwrap();
         let mut docs = String::new();
         for o in children(&example()).unwrap().objects().unwrap() {
             docs.push_str("---\n");
@@ -380,7 +380,7 @@ mod tests {
             docs.push_str("---\n");
             docs.push_str(&crd);
         }
-        let path = dir.join("objects.yaml");
+        let path = dir.path().join("objects.yaml");
         std::fs::write(&path, docs).unwrap();
         let out = std::process::Command::new("kubernetes-validate")
             .args(["--strict", "--quiet"])
@@ -395,11 +395,5 @@ mod tests {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-    }
-
-    fn tempfile_dir() -> std::path::PathBuf {
-        let dir = std::env::temp_dir().join(format!("sluice-operator-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 }
