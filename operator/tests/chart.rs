@@ -160,19 +160,23 @@ fn render(overrides: Option<&Path>) -> (serde_json::Value, Vec<serde_json::Value
     (values, docs)
 }
 
-/// Checks `values` against values.schema.json (python's jsonschema, which
-/// kubernetes-validate brings).
-fn check_values(values: &serde_json::Value) {
+/// Runs python's jsonschema (which kubernetes-validate brings) on `values` against
+/// values.schema.json.
+fn schema_check(values: &serde_json::Value) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("values.json");
     std::fs::write(&path, values.to_string()).unwrap();
     let script = "import json,sys,jsonschema; jsonschema.validate(json.load(open(sys.argv[2])), json.load(open(sys.argv[1])))";
-    let out = std::process::Command::new("python3")
+    std::process::Command::new("python3")
         .args(["-c", script])
         .arg(chart().join("values.schema.json"))
         .arg(&path)
         .output()
-        .expect("python3");
+        .expect("python3")
+}
+
+fn check_values(values: &serde_json::Value) {
+    let out = schema_check(values);
     assert!(
         out.status.success(),
         "values do not match values.schema.json: {}",
@@ -285,15 +289,6 @@ fn the_chart_renders_every_optional_part_validly() {
 fn values_the_schema_refuses_are_refused() {
     let (mut values, _) = render(None);
     values["cluster"]["brokers"] = serde_json::json!(0);
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("values.json");
-    std::fs::write(&path, values.to_string()).unwrap();
-    let script = "import json,sys,jsonschema; jsonschema.validate(json.load(open(sys.argv[2])), json.load(open(sys.argv[1])))";
-    let out = std::process::Command::new("python3")
-        .args(["-c", script])
-        .arg(chart().join("values.schema.json"))
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = schema_check(&values);
     assert!(!out.status.success(), "brokers: 0 must be refused");
 }
