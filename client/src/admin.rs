@@ -281,15 +281,7 @@ impl Admin {
     ) -> Result<i32> {
         let req = pb::ResetOffsetsRequest {
             group: group.to_string(),
-            partitions: offsets
-                .iter()
-                .map(|(tp, offset)| pb::OffsetCommitPartition {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    offset: *offset,
-                    metadata: String::new(),
-                })
-                .collect(),
+            partitions: crate::groups::commit_partitions(offsets),
         };
         GroupCalls::new(self.cluster.clone(), group)
             .call("resetting offsets", |mut c| {

@@ -140,15 +140,7 @@ impl GroupCalls {
             member_id,
             member_epoch,
             group: self.group.clone(),
-            partitions: offsets
-                .iter()
-                .map(|(tp, offset)| pb::OffsetCommitPartition {
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    offset: *offset,
-                    metadata: String::new(),
-                })
-                .collect(),
+            partitions: commit_partitions(offsets),
         };
         self.call("committing offsets", |mut c| {
             let req = req.clone();
@@ -180,4 +172,19 @@ impl GroupCalls {
         .await
         .map(|r| r.offsets)
     }
+}
+
+/// Offsets as the commit and reset requests carry them (no metadata).
+pub(crate) fn commit_partitions(
+    offsets: &[(crate::TopicPartition, i64)],
+) -> Vec<pb::OffsetCommitPartition> {
+    offsets
+        .iter()
+        .map(|(tp, offset)| pb::OffsetCommitPartition {
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            offset: *offset,
+            metadata: String::new(),
+        })
+        .collect()
 }

@@ -157,7 +157,8 @@ async fn cleanup(t: Arc<SluiceTopic>, ctx: &Context) -> Result<Action, Error> {
     Ok(Action::await_change())
 }
 
-async fn reconcile(t: Arc<SluiceTopic>, ctx: Arc<Context>) -> Result<Action, Error> {
+/// One reconcile as the controller runs it: inside the finalizer, apply or clean up.
+pub async fn reconcile(t: Arc<SluiceTopic>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<SluiceTopic> =
         Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
     let key = topic::object_name(&t);
@@ -173,12 +174,6 @@ async fn reconcile(t: Arc<SluiceTopic>, ctx: Arc<Context>) -> Result<Action, Err
         ctx.failures.lock().remove(&key);
     }
     result
-}
-
-/// One reconcile as the controller runs it (finalizer included), for tests against a
-/// mocked API.
-pub async fn reconcile_for_tests(t: Arc<SluiceTopic>, ctx: Arc<Context>) -> Result<Action, Error> {
-    reconcile(t, ctx).await
 }
 
 /// The delay before the `n`th consecutive retry.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use http::{Method, Request, Response};
 use kube::client::Body;
 use sluice_manifest::SluiceTopic;
-use sluice_operator::controller::{Context, FINALIZER, MANAGER, reconcile_for_tests};
+use sluice_operator::controller::{Context, FINALIZER, MANAGER, reconcile};
 use sluice_tests::{Broker, data_dir};
 
 fn object(deleting: bool) -> SluiceTopic {
@@ -71,7 +71,7 @@ async fn a_topic_is_reconciled_its_status_applied_and_its_deletion_cleaned_up() 
     let ctx = Arc::new(Context::new(client, Some(broker.address.clone())));
 
     let t = object(false);
-    let run = tokio::spawn(reconcile_for_tests(Arc::new(t.clone()), ctx.clone()));
+    let run = tokio::spawn(reconcile(Arc::new(t.clone()), ctx.clone()));
     let (method, path, query, body) = next_call(&mut handle, &t).await;
     assert_eq!(method, Method::PATCH);
     assert_eq!(
@@ -101,7 +101,7 @@ async fn a_topic_is_reconciled_its_status_applied_and_its_deletion_cleaned_up() 
 
     // Deleted with deletionPolicy: Delete: the topic goes, then the finalizer.
     let t = object(true);
-    let run = tokio::spawn(reconcile_for_tests(Arc::new(t.clone()), ctx.clone()));
+    let run = tokio::spawn(reconcile(Arc::new(t.clone()), ctx.clone()));
     let mut gone = t.clone();
     gone.metadata.finalizers = None;
     let (method, path, _, body) = next_call(&mut handle, &gone).await;

@@ -530,35 +530,15 @@ async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
         ..ConsumerConfig::default()
     };
     let mut consumer = Consumer::new(ctx.client(), config)?;
-    let partitions = consumer
-        .partitions_for(&args.topic)
-        .await
-        .with_context(|| format!("looking up topic '{}'", args.topic))?;
+    let (partitions, offsets, ends) = read_span(&consumer, &args.topic).await?;
     let tps: Vec<TopicPartition> = partitions
         .iter()
         .map(|&p| TopicPartition::new(&args.topic, p))
         .collect();
-    let mut ends = Vec::new();
-    // Offsets, not records: control batches (Raft bookkeeping) take offsets and yield no
-    // records, so this is only an upper bound of the records there are to read.
-    let mut offsets = 0u64;
-    for tp in &tps {
-        let start = consumer
-            .list_offset(tp, sluice_proto::list_offsets::EARLIEST)
-            .await?;
-        let end = consumer
-            .list_offset(tp, sluice_proto::list_offsets::LATEST)
-            .await?;
-        offsets += (end - start) as u64;
-        ends.push((tp.clone(), end));
-    }
-    if offsets == 0 {
-        anyhow::bail!(
-            "topic '{}' has no records to read; run `sluice bench produce --topic {}` first",
-            args.topic,
-            args.topic
-        );
-    }
+    let ends: Vec<(TopicPartition, i64)> = ends
+        .into_iter()
+        .map(|(p, end)| (TopicPartition::new(&args.topic, p), end))
+        .collect();
     consumer.assign(tps, Offset::Earliest).await?;
     let bar = progress(
         ctx,
@@ -594,8 +574,8 @@ async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
     }
     let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    Ok(Report {
-        workload: format!(
+    Ok(Report::read(
+        format!(
             "consume: topic '{}' from the start ({} partitions), {}",
             args.topic,
             partitions.len(),
@@ -607,13 +587,57 @@ async fn consume(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Report> {
         records,
         bytes,
         seconds,
-        records_per_second: records as f64 / seconds,
-        mb_per_second: bytes as f64 / seconds / 1e6,
-        failed: 0,
-        latency_ms: None,
-        producer: None,
-        steady_state: None,
-    })
+    ))
+}
+
+/// What a catch-up read of `topic` covers: its partitions, how many offsets they hold
+/// (an upper bound of the records: control batches take offsets too), and each one's end
+/// offset now. An error when there is nothing to read.
+async fn read_span(
+    consumer: &Consumer,
+    topic: &str,
+) -> anyhow::Result<(Vec<i32>, u64, Vec<(i32, i64)>)> {
+    let partitions = consumer
+        .partitions_for(topic)
+        .await
+        .with_context(|| format!("looking up topic '{topic}'"))?;
+    let mut ends = Vec::new();
+    let mut offsets = 0u64;
+    for &p in &partitions {
+        let tp = TopicPartition::new(topic, p);
+        let start = consumer
+            .list_offset(&tp, sluice_proto::list_offsets::EARLIEST)
+            .await?;
+        let end = consumer
+            .list_offset(&tp, sluice_proto::list_offsets::LATEST)
+            .await?;
+        offsets += (end - start) as u64;
+        ends.push((p, end));
+    }
+    if offsets == 0 {
+        anyhow::bail!(
+            "topic '{topic}' has no records to read; run `sluice bench produce --topic {topic}` first"
+        );
+    }
+    Ok((partitions, offsets, ends))
+}
+
+impl Report {
+    /// The report of a read (no latencies, nothing failed).
+    fn read(workload: String, records: u64, bytes: u64, seconds: f64) -> Self {
+        Report {
+            workload,
+            records,
+            bytes,
+            seconds,
+            records_per_second: records as f64 / seconds,
+            mb_per_second: bytes as f64 / seconds / 1e6,
+            failed: 0,
+            latency_ms: None,
+            producer: None,
+            steady_state: None,
+        }
+    }
 }
 
 /// `bench commit`: committers loop on `Admin::commit_offsets` (each commit one acks=all

@@ -73,6 +73,19 @@ impl Drop for Member {
     }
 }
 
+/// The partitions of a heartbeat answer's topic lists.
+fn from_topics(topics: Vec<pb::TopicPartitions>) -> BTreeSet<TopicPartition> {
+    topics
+        .into_iter()
+        .flat_map(|t| {
+            let topic = t.topic;
+            t.partitions
+                .into_iter()
+                .map(move |p| TopicPartition::new(topic.clone(), p))
+        })
+        .collect()
+}
+
 fn by_topic(tps: &BTreeSet<TopicPartition>) -> Vec<pb::TopicPartitions> {
     let mut out: Vec<pb::TopicPartitions> = Vec::new();
     for tp in tps {
@@ -201,33 +214,14 @@ async fn heartbeat_loop(
                     interval = Duration::from_millis(resp.heartbeat_interval_ms as u64);
                     pause = interval;
                 }
-                let assignment = resp
-                    .assignment
-                    .into_iter()
-                    .flat_map(|t| {
-                        let topic = t.topic;
-                        t.partitions
-                            .into_iter()
-                            .map(move |p| TopicPartition::new(topic.clone(), p))
-                    })
-                    .collect();
+                let assignment = from_topics(resp.assignment);
                 let mut s = state.lock();
                 s.member_id = resp.member_id;
                 s.epoch = resp.member_epoch;
                 s.assignment = Some(assignment);
                 for r in resp.resets {
                     if r.id > s.resets_applied && !s.resets.iter().any(|(id, _)| *id == r.id) {
-                        let partitions = r
-                            .partitions
-                            .into_iter()
-                            .flat_map(|t| {
-                                let topic = t.topic;
-                                t.partitions
-                                    .into_iter()
-                                    .map(move |p| TopicPartition::new(topic.clone(), p))
-                            })
-                            .collect();
-                        s.resets.push((r.id, partitions));
+                        s.resets.push((r.id, from_topics(r.partitions)));
                     }
                 }
             }

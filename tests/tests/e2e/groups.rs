@@ -58,6 +58,30 @@ fn group_consumer(cluster: &Cluster, group: &str, reset: AutoOffsetReset) -> Con
     .unwrap()
 }
 
+/// A cluster of `brokers` for group tests: `offsets_partitions` partitions of
+/// `__consumer_offsets`, heartbeats every 200 ms, and the session timeout given (else the
+/// default); ready, with an admin client.
+async fn group_cluster(
+    brokers: usize,
+    offsets_partitions: u32,
+    session_timeout: Option<&str>,
+) -> (Cluster, Admin) {
+    let partitions = offsets_partitions.to_string();
+    let mut args = vec![
+        "--offsets-topic-partitions",
+        partitions.as_str(),
+        "--group-heartbeat-interval",
+        "200ms",
+    ];
+    if let Some(t) = session_timeout {
+        args.extend(["--group-session-timeout", t]);
+    }
+    let cluster = Cluster::start_with(brokers, &args);
+    cluster.wait_ready().await;
+    let admin = Admin::new(cluster.client()).unwrap();
+    (cluster, admin)
+}
+
 /// A group commits what it has read; its coordinator's broker is SIGKILLed; the offsets are
 /// intact at the next coordinator (the new leader of the group's `__consumer_offsets`
 /// partition), commits keep working, `describe_group` reports the lag, and a new consumer
@@ -507,19 +531,7 @@ fn owners(members: &[&Member], partitions: i32) -> Option<Vec<usize>> {
 /// partitions over at once (well within the session timeout); every record is read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_share_partitions_and_only_what_must_move_moves() {
-    let cluster = Cluster::start_with(
-        3,
-        &[
-            "--offsets-topic-partitions",
-            "6",
-            "--group-heartbeat-interval",
-            "200ms",
-            "--group-session-timeout",
-            "30s",
-        ],
-    );
-    cluster.wait_ready().await;
-    let admin = Admin::new(cluster.client()).unwrap();
+    let (cluster, admin) = group_cluster(3, 6, Some("30s")).await;
     admin
         .create_topic(NewTopic::new("orders", 6, 3), false)
         .await
@@ -673,19 +685,7 @@ fn printed(out: &str) -> std::collections::BTreeSet<(i32, i64)> {
 /// killed one may be printed again, never skipped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_members_partitions_go_to_the_others_and_nothing_is_lost() {
-    let cluster = Cluster::start_with(
-        1,
-        &[
-            "--offsets-topic-partitions",
-            "2",
-            "--group-heartbeat-interval",
-            "200ms",
-            "--group-session-timeout",
-            "2s",
-        ],
-    );
-    cluster.wait_ready().await;
-    let admin = Admin::new(cluster.client()).unwrap();
+    let (cluster, admin) = group_cluster(1, 2, Some("2s")).await;
     admin
         .create_topic(NewTopic::new("jobs", 4, 1), false)
         .await
@@ -811,19 +811,7 @@ async fn committed_of(admin: &Admin, group: &str) -> Vec<(i32, i64)> {
 /// live group the member continues from the new offsets without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_reset_with_every_strategy_also_on_a_live_group() {
-    let cluster = Cluster::start_with(
-        1,
-        &[
-            "--offsets-topic-partitions",
-            "2",
-            "--group-heartbeat-interval",
-            "200ms",
-            "--group-session-timeout",
-            "10s",
-        ],
-    );
-    cluster.wait_ready().await;
-    let admin = Admin::new(cluster.client()).unwrap();
+    let (cluster, admin) = group_cluster(1, 2, Some("10s")).await;
     admin
         .create_topic(NewTopic::new("log", 2, 1), false)
         .await
@@ -980,17 +968,7 @@ async fn offsets_reset_with_every_strategy_also_on_a_live_group() {
 /// members, not the records with other groups.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_groups_each_read_every_record() {
-    let cluster = Cluster::start_with(
-        1,
-        &[
-            "--offsets-topic-partitions",
-            "2",
-            "--group-heartbeat-interval",
-            "200ms",
-        ],
-    );
-    cluster.wait_ready().await;
-    let admin = Admin::new(cluster.client()).unwrap();
+    let (cluster, admin) = group_cluster(1, 2, None).await;
     admin
         .create_topic(NewTopic::new("feed", 3, 1), false)
         .await
@@ -1082,19 +1060,7 @@ async fn a_paused_partition_waits_and_resumes_where_it_stopped() {
 /// the same partitions without anything moving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_member_restarting_gets_its_partitions_back() {
-    let cluster = Cluster::start_with(
-        1,
-        &[
-            "--offsets-topic-partitions",
-            "2",
-            "--group-heartbeat-interval",
-            "200ms",
-            "--group-session-timeout",
-            "30s",
-        ],
-    );
-    cluster.wait_ready().await;
-    let admin = Admin::new(cluster.client()).unwrap();
+    let (cluster, admin) = group_cluster(1, 2, Some("30s")).await;
     admin
         .create_topic(NewTopic::new("st", 4, 1), false)
         .await
@@ -1139,17 +1105,7 @@ async fn a_static_member_restarting_gets_its_partitions_back() {
 /// later, and no other; an invalid pattern is an error naming it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pattern_subscription_picks_up_matching_topics_created_later() {
-    let cluster = Cluster::start_with(
-        1,
-        &[
-            "--offsets-topic-partitions",
-            "2",
-            "--group-heartbeat-interval",
-            "200ms",
-        ],
-    );
-    cluster.wait_ready().await;
-    let admin = Admin::new(cluster.client()).unwrap();
+    let (cluster, admin) = group_cluster(1, 2, None).await;
     for t in ["logs-a", "other"] {
         admin
             .create_topic(NewTopic::new(t, 2, 1), false)

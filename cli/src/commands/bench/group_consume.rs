@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use sluice_client::{AutoOffsetReset, Consumer, ConsumerConfig, TopicPartition};
+use sluice_client::{AutoOffsetReset, Consumer, ConsumerConfig};
 use std::sync::Mutex;
 
 use super::super::{Context, progress};
@@ -30,30 +30,8 @@ pub(super) async fn run(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Rep
     let members = args.members.max(1);
     // Ends are read with a plain consumer (not a member).
     let probe = Consumer::new(ctx.client(), ConsumerConfig::default())?;
-    let partitions = probe
-        .partitions_for(&args.topic)
-        .await
-        .with_context(|| format!("looking up topic '{}'", args.topic))?;
-    let mut ends = HashMap::new();
-    let mut offsets = 0u64;
-    for &p in &partitions {
-        let tp = TopicPartition::new(&args.topic, p);
-        let start = probe
-            .list_offset(&tp, sluice_proto::list_offsets::EARLIEST)
-            .await?;
-        let end = probe
-            .list_offset(&tp, sluice_proto::list_offsets::LATEST)
-            .await?;
-        offsets += (end - start) as u64;
-        ends.insert(p, end);
-    }
-    if offsets == 0 {
-        anyhow::bail!(
-            "topic '{}' has no records to read; run `sluice bench produce --topic {}` first",
-            args.topic,
-            args.topic
-        );
-    }
+    let (partitions, offsets, ends) = super::read_span(&probe, &args.topic).await?;
+    let ends: HashMap<i32, i64> = ends.into_iter().collect();
     let shared = Arc::new(Shared::default());
     let joined = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -138,8 +116,8 @@ pub(super) async fn run(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Rep
         shared.records.load(Ordering::Relaxed),
         shared.bytes.load(Ordering::Relaxed),
     );
-    Ok(Report {
-        workload: format!(
+    Ok(Report::read(
+        format!(
             "consume: topic '{}' from the start ({} partitions) by {members} member(s) of group '{group}'; first record {} ms after subscribing, timed from there",
             args.topic,
             partitions.len(),
@@ -148,11 +126,5 @@ pub(super) async fn run(ctx: &Context, args: ConsumeBench) -> anyhow::Result<Rep
         records,
         bytes,
         seconds,
-        records_per_second: records as f64 / seconds,
-        mb_per_second: bytes as f64 / seconds / 1e6,
-        failed: 0,
-        latency_ms: None,
-        producer: None,
-        steady_state: None,
-    })
+    ))
 }
