@@ -9,6 +9,7 @@
 //! - `topics`: create and delete through the controller, replica placement.
 //! - `alter`: live topic changes (config, partitions, replication factor).
 //! - `reassign`: partition leaders moving their groups to new replicas.
+//! - `drain`: moving every replica off brokers that are to leave.
 //! - `liveness`: peer liveness and crash takeover.
 //! - `leadership`: preferred-leader rebalance, controlled-shutdown hand-off.
 //! - `producer_ids`: idempotent producer id blocks.
@@ -38,6 +39,7 @@ use crate::replica::group::{Replica, ReplicaStores, ReplicaTiming};
 use crate::storage::{LogOptions, SegmentLog};
 
 mod alter;
+mod drain;
 mod groups;
 mod leadership;
 mod liveness;

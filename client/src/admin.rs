@@ -211,6 +211,20 @@ impl Admin {
         Ok(resp.await?.topic.unwrap_or_default())
     }
 
+    /// Makes the drained brokers exactly `brokers` (empty: none): they take no new
+    /// replicas and their partitions move to the others in the background. Asking again
+    /// is safe and answers the progress; a drained broker with 0 replicas left can go.
+    pub async fn drain_brokers(&self, brokers: &[i32]) -> Result<pb::DrainBrokersResponse> {
+        let req = pb::DrainBrokersRequest {
+            brokers: brokers.to_vec(),
+        };
+        let resp = self.cluster.admin_call(|mut c| {
+            let r = req.clone();
+            async move { c.drain_brokers(r).await }
+        });
+        resp.await
+    }
+
     pub async fn metadata(&self) -> Result<pb::MetadataResponse> {
         self.cluster.refresh(&[]).await
     }

@@ -165,6 +165,12 @@ impl Broker {
             }
             tokio::time::sleep(PING_INTERVAL / 2).await;
         };
+        // Drained brokers are leaving: nothing new goes there.
+        let draining = self.controller.state().draining.clone();
+        let brokers: Vec<i32> = brokers
+            .into_iter()
+            .filter(|b| !draining.contains(b))
+            .collect();
         let live = brokers.len() as i32;
         if rf < 1 || rf > live {
             let down: Vec<i32> = self
@@ -172,14 +178,19 @@ impl Broker {
                 .state()
                 .brokers
                 .keys()
-                .filter(|b| !brokers.contains(b))
+                .filter(|b| !brokers.contains(b) && !draining.contains(b))
                 .copied()
                 .collect();
-            let down = if down.is_empty() {
+            let mut down = if down.is_empty() {
                 String::new()
             } else {
                 format!(" (registered but not answering: {down:?})")
             };
+            if !draining.is_empty() {
+                down.push_str(&format!(
+                    " (being drained, so taking no new replicas: {draining:?})"
+                ));
+            }
             return Err(Error::InvalidReplicationFactor(format!(
                 "topic '{name}': replication factor {rf} is not possible with {live} live broker(s) {brokers:?}{down}; \
                  use a value between 1 and {live}"

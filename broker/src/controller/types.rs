@@ -1,6 +1,6 @@
 //! The controller's Raft type configuration and the replicated cluster metadata.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
@@ -43,6 +43,9 @@ pub(crate) struct ClusterState {
     #[serde(default)]
     pub next_producer_id: i64,
     pub topics: BTreeMap<String, TopicRecord>,
+    /// Brokers being drained (before they leave): no new replicas are placed on them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub draining: BTreeSet<i32>,
 }
 
 /// A change to the cluster metadata. Validation that needs the current state happens when
@@ -99,6 +102,13 @@ pub(crate) enum MetaCommand {
     /// Reserves `count` producer ids for one broker to hand out.
     AllocateProducerIds {
         count: u32,
+    },
+    /// The drained brokers become exactly `brokers`, and each partition in `moves` (topic
+    /// id, partition, replicas after; placed by the proposer) starts moving, unless it is
+    /// already moving or no longer on a drained broker.
+    DrainBrokers {
+        brokers: BTreeSet<i32>,
+        moves: Vec<(String, i32, Vec<i32>)>,
     },
 }
 
@@ -196,6 +206,25 @@ impl ClusterState {
                 *slot = replicas.clone();
                 if t.reassigning.get(partition) == Some(replicas) {
                     t.reassigning.remove(partition);
+                }
+                MetaResponse::Ok
+            }
+            MetaCommand::DrainBrokers { brokers, moves } => {
+                self.draining = brokers.clone();
+                for (topic_id, partition, target) in moves {
+                    let Some(t) = self.topics.values_mut().find(|t| &t.topic_id == topic_id) else {
+                        continue;
+                    };
+                    let Some(current) = t.replicas.get(*partition as usize) else {
+                        continue;
+                    };
+                    let stale = !current.iter().any(|r| brokers.contains(r))
+                        || t.reassigning.contains_key(partition)
+                        || target.len() != current.len()
+                        || target.iter().any(|r| brokers.contains(r));
+                    if !stale {
+                        t.reassigning.insert(*partition, target.clone());
+                    }
                 }
                 MetaResponse::Ok
             }

@@ -308,6 +308,23 @@ impl Admin for AdminService {
         }))
     }
 
+    #[tracing::instrument(skip_all)]
+    async fn drain_brokers(
+        &self,
+        request: Request<pb::DrainBrokersRequest>,
+    ) -> Result<Response<pb::DrainBrokersResponse>, Status> {
+        let brokers = request.into_inner().brokers.into_iter().collect();
+        let progress = self.broker.drain_brokers(brokers).await?;
+        Ok(Response::new(pb::DrainBrokersResponse {
+            brokers: progress
+                .remaining
+                .into_iter()
+                .map(|(node_id, replicas)| pb::DrainedBroker { node_id, replicas })
+                .collect(),
+            partitions_moving: progress.moving,
+        }))
+    }
+
     async fn metadata(
         &self,
         request: Request<pb::MetadataRequest>,

@@ -1,5 +1,6 @@
 //! `sluice cluster status`: brokers up or down, the controller leader, and partitions that
-//! are offline or under-replicated.
+//! are offline or under-replicated. `sluice cluster drain`: move every replica off brokers
+//! that are to leave.
 
 use std::time::Duration;
 
@@ -15,6 +16,126 @@ use crate::output::{self, table};
 pub(crate) enum ClusterCommand {
     /// Brokers, controller leader, and partition health.
     Status,
+    /// Move every partition replica off brokers before removing them (scale-down): the
+    /// named brokers take no new replicas and their partitions move to the other brokers.
+    /// The set is declarative: the brokers named become exactly the drained ones, so
+    /// asking again shows the progress, and `--none` undrains them all.
+    Drain {
+        /// Broker ids to drain.
+        #[arg(required_unless_present = "none", conflicts_with = "none")]
+        brokers: Vec<i32>,
+        /// Undrain every broker.
+        #[arg(long)]
+        none: bool,
+        /// Wait until no replica is left on the drained brokers.
+        #[arg(long)]
+        wait: bool,
+        /// How long `--wait` waits at most.
+        #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, Serialize)]
+struct Drain {
+    brokers: Vec<DrainRow>,
+    partitions_moving: i32,
+    done: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct DrainRow {
+    node_id: i32,
+    replicas_left: i32,
+}
+
+impl From<sluice_client::pb::DrainBrokersResponse> for Drain {
+    fn from(r: sluice_client::pb::DrainBrokersResponse) -> Self {
+        Drain {
+            done: r.brokers.iter().all(|b| b.replicas == 0),
+            brokers: r
+                .brokers
+                .into_iter()
+                .map(|b| DrainRow {
+                    node_id: b.node_id,
+                    replicas_left: b.replicas,
+                })
+                .collect(),
+            partitions_moving: r.partitions_moving,
+        }
+    }
+}
+
+async fn drain(
+    ctx: &Context,
+    brokers: Vec<i32>,
+    wait: bool,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let admin = Admin::new(ctx.client())?;
+    let what = if brokers.is_empty() {
+        "undraining every broker".to_string()
+    } else {
+        format!("draining brokers {brokers:?}")
+    };
+    let mut state: Drain = admin
+        .drain_brokers(&brokers)
+        .await
+        .with_context(|| what.clone())?
+        .into();
+    if wait && !state.done {
+        let bar = super::progress(ctx, None, &what, false);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !state.done {
+            let left: i32 = state.brokers.iter().map(|b| b.replicas_left).sum();
+            bar.set_message(format!(
+                "{what}: {left} replica(s) left, {} moving",
+                state.partitions_moving
+            ));
+            if tokio::time::Instant::now() >= deadline {
+                bar.finish_and_clear();
+                anyhow::bail!(
+                    "{what}: {left} replica(s) still on them after {}; the moves go on in the background: check with `sluice cluster drain {}`",
+                    humantime::format_duration(timeout),
+                    brokers
+                        .iter()
+                        .map(i32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            state = admin
+                .drain_brokers(&brokers)
+                .await
+                .with_context(|| what.clone())?
+                .into();
+        }
+        bar.finish_and_clear();
+    }
+    output::print(ctx.output, &state, |s| {
+        if s.brokers.is_empty() {
+            outln!("No broker is drained.");
+            return;
+        }
+        outln!(
+            "{}",
+            table(
+                &["broker", "replicas left"],
+                s.brokers
+                    .iter()
+                    .map(|b| vec![b.node_id.to_string(), b.replicas_left.to_string()])
+            )
+        );
+        if s.done {
+            outln!("Drained: no replica is left on these brokers; they can be stopped for good.");
+        } else {
+            outln!(
+                "{} partition(s) moving; ask again (or add --wait) to follow the progress.",
+                s.partitions_moving
+            );
+        }
+    })
 }
 
 #[derive(Debug, Serialize)]
@@ -44,7 +165,18 @@ struct Status {
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) async fn run(ctx: &Context, cmd: ClusterCommand) -> anyhow::Result<()> {
-    let ClusterCommand::Status = cmd;
+    match cmd {
+        ClusterCommand::Status => status(ctx).await,
+        ClusterCommand::Drain {
+            brokers,
+            none,
+            wait,
+            timeout,
+        } => drain(ctx, if none { Vec::new() } else { brokers }, wait, timeout).await,
+    }
+}
+
+async fn status(ctx: &Context) -> anyhow::Result<()> {
     let admin = Admin::new(ctx.client())?;
     let meta = admin.metadata().await.context("reading cluster metadata")?;
     let mut brokers = Vec::new();

@@ -6,6 +6,7 @@ mod apply;
 mod cli;
 mod cluster;
 mod consumer;
+mod drain;
 mod durability;
 mod errors;
 mod groups;
