@@ -54,7 +54,9 @@ async fn main() -> anyhow::Result<()> {
         let mut times = Vec::new();
         for t in &objects {
             let started = Instant::now();
-            let s = sluice_operator::topic::reconcile(&admin, t, &now).await?;
+            let s = sluice_operator::topic::reconcile(&admin, t, &now)
+                .await?
+                .status;
             times.push(started.elapsed());
             anyhow::ensure!(s.conditions[0].status == "True", "{:?}", s.conditions);
         }

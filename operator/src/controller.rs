@@ -11,13 +11,16 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use sluice_client::{Admin, ClientConfig};
 use sluice_manifest::SluiceTopic;
 
+use crate::brokers::{Brokers, LiveBrokers};
 use crate::resources::CLIENT_PORT;
+use crate::telemetry::Metrics;
 use crate::topic;
 
 /// The finalizer on every SluiceTopic the operator has seen.
@@ -30,12 +33,17 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 const BACKOFF_START: Duration = Duration::from_secs(2);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-/// What the reconciles share.
+/// What the reconciles share: the API client, the brokers' side, the event recorder, the
+/// operator's metrics and the per-object failure counts behind the backoff.
 pub struct Context {
     pub client: Client,
     /// Brokers to use for every cluster (running outside Kubernetes); else each
     /// SluiceTopic's `clusterRef` names the cluster's client Service.
     pub bootstrap: Option<String>,
+    /// What SluiceCluster reconciles ask the brokers.
+    pub brokers: Arc<dyn Brokers>,
+    pub metrics: Arc<Metrics>,
+    recorder: Recorder,
     admins: parking_lot::Mutex<HashMap<String, Admin>>,
     failures: parking_lot::Mutex<HashMap<String, u32>>,
 }
@@ -50,13 +58,66 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
+    /// A context whose brokers are reached at their Kubernetes names (or `bootstrap`).
     pub fn new(client: Client, bootstrap: Option<String>) -> Self {
+        let brokers = Arc::new(LiveBrokers::new(bootstrap.clone(), None));
+        Context::with_brokers(client, bootstrap, brokers)
+    }
+
+    /// A context with its own way to the brokers (tests; running outside the cluster).
+    pub fn with_brokers(
+        client: Client,
+        bootstrap: Option<String>,
+        brokers: Arc<dyn Brokers>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
         Context {
+            recorder: Recorder::new(client.clone(), reporter),
             client,
             bootstrap,
+            brokers,
+            metrics: Arc::new(Metrics::default()),
             admins: Default::default(),
             failures: Default::default(),
         }
+    }
+
+    /// Publishes a Kubernetes Event about `object` (`kubectl describe` shows it). Failing
+    /// to is logged, never fatal: the change it reports is made.
+    pub async fn event<K>(&self, object: &K, type_: EventType, reason: &str, note: String)
+    where
+        K: Resource<DynamicType = ()>,
+    {
+        let event = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(reason, cause = %e, "publishing a Kubernetes Event");
+        }
+        self.metrics.event(reason);
+    }
+
+    /// Forgets the failures of `key` after a reconcile that succeeded.
+    pub fn succeeded(&self, key: &str) {
+        self.failures.lock().remove(key);
+    }
+
+    /// Counts a failure of `key`: the consecutive count and the delay before the retry.
+    pub fn failed(&self, key: &str) -> (u32, Duration) {
+        let n = {
+            let mut f = self.failures.lock();
+            let n = f.entry(key.to_string()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        (n, backoff(n - 1))
     }
 
     /// The admin client of the cluster `t` belongs to.
@@ -128,7 +189,28 @@ impl Error {
 async fn apply(t: Arc<SluiceTopic>, ctx: &Context) -> Result<Action, Error> {
     let admin = ctx.admin_for(&t)?;
     let now = Time(k8s_openapi::chrono::Utc::now());
-    let status = topic::reconcile(&admin, &t, &now).await.map_err(Box::new)?;
+    let done = topic::reconcile(&admin, &t, &now).await.map_err(Box::new)?;
+    if let Some(change) = done.change {
+        ctx.event(&*t, EventType::Normal, "TopicChanged", change)
+            .await;
+    }
+    if let Some(c) = done
+        .status
+        .conditions
+        .iter()
+        .find(|c| c.status == "False" && c.reason != "ReplicasMoving")
+    {
+        let was = t
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|p| p.type_ == "Ready"))
+            .is_some_and(|p| p.reason == c.reason && p.message == c.message);
+        if !was {
+            ctx.event(&*t, EventType::Warning, &c.reason, c.message.clone())
+                .await;
+        }
+    }
+    let status = done.status;
     let api: Api<SluiceTopic> =
         Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
     let patch = serde_json::json!({
@@ -153,6 +235,16 @@ async fn cleanup(t: Arc<SluiceTopic>, ctx: &Context) -> Result<Action, Error> {
     let admin = ctx.admin_for(&t)?;
     if topic::cleanup(&admin, &t).await.map_err(Box::new)? {
         tracing::info!(object = %topic::object_name(&t), "deleted the topic of a deleted SluiceTopic (deletionPolicy: Delete)");
+        ctx.event(
+            &*t,
+            EventType::Normal,
+            "TopicDeleted",
+            format!(
+                "deleted topic '{}' (deletionPolicy: Delete)",
+                topic::manifest(&t).topic_name()
+            ),
+        )
+        .await;
     }
     Ok(Action::await_change())
 }
@@ -161,7 +253,8 @@ async fn cleanup(t: Arc<SluiceTopic>, ctx: &Context) -> Result<Action, Error> {
 pub async fn reconcile(t: Arc<SluiceTopic>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<SluiceTopic> =
         Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
-    let key = topic::object_name(&t);
+    let key = format!("SluiceTopic {}", topic::object_name(&t));
+    let started = std::time::Instant::now();
     let result = finalizer(&api, FINALIZER, t, |event| async {
         match event {
             Event::Apply(t) => apply(t, &ctx).await,
@@ -170,8 +263,13 @@ pub async fn reconcile(t: Arc<SluiceTopic>, ctx: Arc<Context>) -> Result<Action,
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.reconciled(
+        "SluiceTopic",
+        started.elapsed(),
+        result.as_ref().err().map(Error::kind),
+    );
     if result.is_ok() {
-        ctx.failures.lock().remove(&key);
+        ctx.succeeded(&key);
     }
     result
 }
@@ -184,23 +282,19 @@ pub fn backoff(n: u32) -> Duration {
 }
 
 fn error_policy(t: Arc<SluiceTopic>, e: &Error, ctx: Arc<Context>) -> Action {
-    let key = topic::object_name(&t);
-    let n = {
-        let mut f = ctx.failures.lock();
-        let n = f.entry(key.clone()).or_insert(0);
-        *n += 1;
-        *n
-    };
-    let delay = backoff(n - 1);
-    tracing::warn!(object = %key, kind = e.kind(), attempt = n, retry_in = ?delay, cause = %e, "reconciling a SluiceTopic failed; will retry");
+    let (n, delay) = ctx.failed(&format!("SluiceTopic {}", topic::object_name(&t)));
+    tracing::warn!(object = %topic::object_name(&t), kind = e.kind(), attempt = n, retry_in = ?delay, cause = %e, "reconciling a SluiceTopic failed; will retry");
     Action::requeue(delay)
 }
 
-/// Watches and reconciles every SluiceTopic until the stream ends.
-pub async fn run_topics(ctx: Arc<Context>) {
+/// Watches and reconciles every SluiceTopic until `stop`.
+pub async fn run_topics(
+    ctx: Arc<Context>,
+    stop: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
     let api: Api<SluiceTopic> = Api::all(ctx.client.clone());
     Controller::new(api, watcher::Config::default())
-        .shutdown_on_signal()
+        .graceful_shutdown_on(stop)
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {

@@ -9,10 +9,17 @@
 //! **Planned** (see docs/DESIGN.md, declarative operation): leader election, Events, the
 //! SluiceCluster reconciler, the operator's own metrics and health endpoints.
 
+pub mod brokers;
 pub mod cluster;
+pub mod cluster_controller;
+pub mod conditions;
 pub mod controller;
 pub mod crd;
+pub mod lease;
+#[cfg(feature = "memory-api")]
+pub mod memory_api;
 pub mod resources;
+pub mod telemetry;
 pub mod topic;
 
 pub use cluster::{SluiceCluster, SluiceClusterSpec, SluiceClusterStatus};

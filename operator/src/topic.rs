@@ -7,7 +7,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use sluice_client::{Admin, declarative};
-use sluice_manifest::plan::{self, Action};
+use sluice_manifest::plan::{self, Action, TopicPlan};
 use sluice_manifest::status::SluiceTopicStatus;
 use sluice_manifest::{
     DeletionPolicy, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ObjectMeta, SluiceTopic, TopicManifest,
@@ -70,39 +70,72 @@ fn condition(
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
-    let status = if ready { "True" } else { "False" };
-    // The transition time moves only when the status does.
-    let since = previous
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
-        .filter(|c| c.status == status)
-        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
-    Condition {
-        type_: "Ready".into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        observed_generation: generation,
-        last_transition_time: since,
+    let previous = previous.map_or(&[][..], |s| s.conditions.as_slice());
+    crate::conditions::condition(previous, "Ready", ready, reason, message, generation, now)
+}
+
+/// What one reconcile found and did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reconciled {
+    /// The status to write.
+    pub status: SluiceTopicStatus,
+    /// The change made to the cluster's topic, in words (for an Event); None: none.
+    pub change: Option<String>,
+}
+
+/// The change `p` makes, in words.
+pub fn describe(p: &TopicPlan) -> String {
+    let mut parts = Vec::new();
+    if let Some((before, after)) = p.partitions
+        && before != after
+    {
+        parts.push(format!("partitions {before} -> {after}"));
+    }
+    if let Some((before, after)) = p.replication_factor
+        && before != after
+        && p.action != Action::Create
+    {
+        parts.push(format!("replication factor {before} -> {after}"));
+    }
+    for c in &p.config {
+        parts.push(format!(
+            "{} {} -> {}",
+            c.key,
+            c.old.as_deref().unwrap_or("(default)"),
+            c.new.as_deref().unwrap_or("(default)")
+        ));
+    }
+    if !p.labels.is_empty() {
+        parts.push("labels/annotations".into());
+    }
+    let verb = match p.action {
+        Action::Create => "created",
+        Action::Delete => "deleted",
+        _ => "changed",
+    };
+    if parts.is_empty() {
+        format!("{verb} topic '{}'", p.topic)
+    } else {
+        format!("{verb} topic '{}': {}", p.topic, parts.join(", "))
     }
 }
 
-/// Brings the cluster's topic in line with `t`; the status to write. `Err` only when the
-/// cluster could not be asked or changed (requeue); a spec it refuses is a status.
-pub async fn reconcile(
-    admin: &Admin,
-    t: &SluiceTopic,
-    now: &Time,
-) -> Result<SluiceTopicStatus, Error> {
+/// Brings the cluster's topic in line with `t`. `Err` only when the cluster could not be
+/// asked or changed (requeue); a spec it refuses is a status.
+pub async fn reconcile(admin: &Admin, t: &SluiceTopic, now: &Time) -> Result<Reconciled, Error> {
     let m = manifest(t);
     let object = object_name(t);
     let topic = m.topic_name().to_string();
     let generation = t.metadata.generation;
     let previous = t.status.as_ref();
-    let not_ready = |reason: &str, message: String| SluiceTopicStatus {
-        observed_generation: generation,
-        conditions: vec![condition(previous, false, reason, message, generation, now)],
-        topic_name: Some(topic.clone()),
-        ..previous.cloned().unwrap_or_default()
+    let not_ready = |reason: &str, message: String| Reconciled {
+        status: SluiceTopicStatus {
+            observed_generation: generation,
+            conditions: vec![condition(previous, false, reason, message, generation, now)],
+            topic_name: Some(topic.clone()),
+            ..previous.cloned().unwrap_or_default()
+        },
+        change: None,
     };
     // The same checks as `sluice apply`, on the object as JSON.
     let json = serde_json::to_string(&m).unwrap_or_default();
@@ -137,6 +170,7 @@ pub async fn reconcile(
         }
         declarative::execute(admin, &p, false).await.map_err(fail)?;
     }
+    let change = p.changes().then(|| describe(&p));
     let d = admin.describe_topic(&topic).await.map_err(fail)?;
     let moving = d
         .partitions
@@ -157,13 +191,16 @@ pub async fn reconcile(
     } else {
         (true, "Applied", format!("topic '{topic}' is as declared"))
     };
-    Ok(SluiceTopicStatus {
-        observed_generation: generation,
-        conditions: vec![condition(previous, ready, reason, message, generation, now)],
-        topic_name: Some(topic),
-        partitions: Some(d.partitions.len() as i32),
-        replication_factor: Some(d.replication_factor),
-        under_replicated_partitions: Some(under as i32),
+    Ok(Reconciled {
+        status: SluiceTopicStatus {
+            observed_generation: generation,
+            conditions: vec![condition(previous, ready, reason, message, generation, now)],
+            topic_name: Some(topic),
+            partitions: Some(d.partitions.len() as i32),
+            replication_factor: Some(d.replication_factor),
+            under_replicated_partitions: Some(under as i32),
+        },
+        change,
     })
 }
 

@@ -30,7 +30,7 @@ async fn a_sluice_topic_is_created_changed_kept_as_declared_and_refused_a_decrea
 
     // Created as declared, labelled, without kubectl's own annotation.
     let mut t = object(3, "3600000", "Retain");
-    let s = reconcile(&admin, &t, &now).await.unwrap();
+    let s = reconcile(&admin, &t, &now).await.unwrap().status;
     assert_eq!(ready(&s).0, "True", "{s:?}");
     assert_eq!((s.partitions, s.observed_generation), (Some(3), Some(1)));
     let d = admin.describe_topic("orders").await.unwrap();
@@ -56,7 +56,7 @@ async fn a_sluice_topic_is_created_changed_kept_as_declared_and_refused_a_decrea
         )
         .await
         .unwrap();
-    let s = reconcile(&admin, &t, &now).await.unwrap();
+    let s = reconcile(&admin, &t, &now).await.unwrap().status;
     assert_eq!(ready(&s).0, "True");
     assert_eq!(
         admin.describe_topic("orders").await.unwrap().config["retention.ms"],
@@ -67,7 +67,7 @@ async fn a_sluice_topic_is_created_changed_kept_as_declared_and_refused_a_decrea
     let mut grown = object(6, "7200000", "Retain");
     grown.metadata.generation = Some(2);
     grown.status = t.status.clone();
-    let s = reconcile(&admin, &grown, &now).await.unwrap();
+    let s = reconcile(&admin, &grown, &now).await.unwrap().status;
     assert_eq!(
         (ready(&s).0, s.partitions, s.observed_generation),
         ("True", Some(6), Some(2))
@@ -76,7 +76,7 @@ async fn a_sluice_topic_is_created_changed_kept_as_declared_and_refused_a_decrea
     // Fewer partitions: refused with the reason, the topic untouched.
     let mut fewer = object(2, "60000", "Retain");
     fewer.metadata.generation = Some(3);
-    let s = reconcile(&admin, &fewer, &now).await.unwrap();
+    let s = reconcile(&admin, &fewer, &now).await.unwrap().status;
     let (status, reason, message) = ready(&s);
     assert_eq!((status, reason), ("False", "ChangeRefused"), "{message}");
     assert!(message.contains("partitions 6 -> 2"), "{message}");
@@ -89,7 +89,7 @@ async fn a_sluice_topic_is_created_changed_kept_as_declared_and_refused_a_decrea
 
     // An invalid spec is a status too, naming the field.
     let bad = object(6, "soon", "Retain");
-    let s = reconcile(&admin, &bad, &now).await.unwrap();
+    let s = reconcile(&admin, &bad, &now).await.unwrap().status;
     let (status, reason, message) = ready(&s);
     assert_eq!((status, reason), ("False", "InvalidSpec"));
     assert!(
