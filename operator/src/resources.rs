@@ -249,6 +249,13 @@ pub fn children(c: &SluiceCluster) -> Result<Children, Error> {
                 "metadata": {"labels": pod_labels, "annotations": pod_annotations},
                 "spec": pod_spec,
             },
+            // The claims go with the StatefulSet only under `deletionPolicy: Delete` (the
+            // operator deletes them too); a scale-down keeps them (drained first, and a
+            // broker added back later finds its old data dropped by the cluster).
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": if spec.deletion_policy.unwrap_or_default() == sluice_manifest::DeletionPolicy::Delete { "Delete" } else { "Retain" },
+                "whenScaled": "Retain",
+            },
             "volumeClaimTemplates": [{
                 "metadata": {"name": "data", "labels": labels},
                 "spec": claim_spec,
@@ -327,6 +334,22 @@ mod tests {
         assert_eq!(
             sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
             "100Gi"
+        );
+        // Volumes outlive the StatefulSet unless the cluster says Delete.
+        let policy = &sts["spec"]["persistentVolumeClaimRetentionPolicy"];
+        assert_eq!(
+            (
+                policy["whenDeleted"].as_str(),
+                policy["whenScaled"].as_str()
+            ),
+            (Some("Retain"), Some("Retain"))
+        );
+        let mut deleting = c.clone();
+        deleting.spec.deletion_policy = Some(sluice_manifest::DeletionPolicy::Delete);
+        let sts2 = serde_json::to_value(children(&deleting).unwrap().stateful_set).unwrap();
+        assert_eq!(
+            sts2["spec"]["persistentVolumeClaimRetentionPolicy"]["whenDeleted"],
+            "Delete"
         );
         let cm = serde_json::to_value(&k.config_map).unwrap();
         assert_eq!(cm["data"]["broker.yaml"], "group_session_timeout: 30s\n");

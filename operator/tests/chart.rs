@@ -225,6 +225,7 @@ fn the_chart_renders_valid_objects_with_its_default_values() {
         kinds(&docs),
         [
             "Deployment",
+            "Service",
             "ClusterRole",
             "ClusterRoleBinding",
             "ServiceAccount"
@@ -232,6 +233,17 @@ fn the_chart_renders_valid_objects_with_its_default_values() {
     );
     assert!(validate(&docs).is_empty());
     let d = &docs[0];
+    // Probes on the operator's health endpoints, the Service on its metrics port, and
+    // the pod's name and namespace for the leader Lease.
+    let c = &d["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez");
+    let env = c["env"].to_string();
+    assert!(
+        env.contains("POD_NAME") && env.contains("POD_NAMESPACE"),
+        "{env}"
+    );
+    assert_eq!(docs[1]["spec"]["ports"][0]["port"], 8080);
     assert_eq!(
         d["spec"]["template"]["spec"]["containers"][0]["image"],
         "ghcr.io/sluice-io/sluice:0.1.0"
@@ -245,7 +257,7 @@ fn the_chart_renders_valid_objects_with_its_default_values() {
         "256Mi"
     );
     // Least privilege: status and finalizers of its own kinds, no wildcard.
-    let rules = docs[1]["rules"].to_string();
+    let rules = docs[2]["rules"].to_string();
     assert!(
         rules.contains("sluicetopics/status") && rules.contains("sluicetopics/finalizers"),
         "{rules}"
@@ -261,9 +273,11 @@ fn the_chart_renders_every_optional_part_validly() {
         kinds(&docs),
         [
             "Deployment",
+            "Service",
             "ClusterRole",
             "ClusterRoleBinding",
             "ServiceAccount",
+            "ServiceMonitor",
             "ServiceMonitor",
             "SluiceCluster"
         ]
@@ -273,10 +287,15 @@ fn the_chart_renders_every_optional_part_validly() {
         docs[0]["spec"]["template"]["spec"]["containers"][0]["image"],
         "ghcr.io/sluice-io/sluice:0.1.0-test"
     );
-    assert_eq!(docs[3]["metadata"]["name"], "sluice-op");
+    assert_eq!(docs[0]["spec"]["replicas"], 2);
+    assert_eq!(docs[4]["metadata"]["name"], "sluice-op");
     assert_eq!(custom[0]["spec"]["endpoints"][0]["port"], "http");
-    let cluster: sluice_operator::SluiceCluster = serde_json::from_value(custom[1].clone())
-        .unwrap_or_else(|e| panic!("the rendered SluiceCluster is not one: {e}\n{}", custom[1]));
+    assert_eq!(
+        custom[1]["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"],
+        "sluice-operator"
+    );
+    let cluster: sluice_operator::SluiceCluster = serde_json::from_value(custom[2].clone())
+        .unwrap_or_else(|e| panic!("the rendered SluiceCluster is not one: {e}\n{}", custom[2]));
     assert_eq!(cluster.spec.brokers, 5);
     assert_eq!(
         cluster.spec.storage.storage_class_name.as_deref(),
