@@ -201,6 +201,22 @@ async fn snapshot(broker: &Arc<Broker>) -> Snapshot {
             }
         }
     }
+    // Bytes of every replica's log on this broker (led or not): the disk it uses.
+    let mut disk: u64 = 0;
+    for t in broker.local_topics() {
+        let mut ids: Vec<i32> = t.replicas.read().keys().copied().collect();
+        ids.extend(t.partitions.keys().copied());
+        for p in ids {
+            if let Some(part) = t.partition(p) {
+                disk += part.offsets().size_bytes;
+            }
+        }
+    }
+    s.family(
+        "sluice_log_size_bytes",
+        "Bytes on disk of every partition log on this broker (leaders and followers)",
+    )
+    .push((Vec::new(), disk as i64));
     let f = s.family(
         "sluice_partition_offline",
         "1 for a partition with a replica on this broker whose Raft group has no leader",

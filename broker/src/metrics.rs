@@ -30,10 +30,30 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
+/// What partition replicas record (cheap clones of the broker's series).
+#[derive(Debug, Clone)]
+pub(crate) struct RaftMetrics {
+    leaderships: Counter,
+    commit: Histogram,
+}
+
+impl RaftMetrics {
+    /// A replica here became its partition's leader.
+    pub(crate) fn leadership(&self) {
+        self.leaderships.inc();
+    }
+
+    /// A batch proposed by a leader here was committed by a quorum after `took`.
+    pub(crate) fn committed(&self, took: Duration) {
+        self.commit.observe(took.as_secs_f64());
+    }
+}
+
 /// One broker's request metrics.
 #[derive(Debug)]
 pub(crate) struct Metrics {
     registry: Registry,
+    raft: RaftMetrics,
     requests: Family<ResultLabels, Counter>,
     durations: Family<RequestLabels, Histogram, fn() -> Histogram>,
     produce_bytes: Counter,
@@ -75,13 +95,33 @@ impl Metrics {
             "Record batch bytes returned by fetch requests",
             fetch_bytes.clone(),
         );
+        let raft = RaftMetrics {
+            leaderships: Counter::default(),
+            commit: latency_histogram(),
+        };
+        registry.register(
+            "sluice_raft_leaderships",
+            "Times a partition replica on this broker became its partition's leader (leader changes)",
+            raft.leaderships.clone(),
+        );
+        registry.register(
+            "sluice_raft_commit_duration_seconds",
+            "Time from a leader here proposing a batch to its commit by a quorum (leader and follower appends, fsyncs and the round trip)",
+            raft.commit.clone(),
+        );
         Metrics {
             registry,
+            raft,
             requests,
             durations,
             produce_bytes,
             fetch_bytes,
         }
+    }
+
+    /// The series partition replicas record into.
+    pub(crate) fn raft(&self) -> RaftMetrics {
+        self.raft.clone()
     }
 
     pub(crate) fn registry(&self) -> &Registry {

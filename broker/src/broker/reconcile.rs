@@ -274,6 +274,7 @@ impl Broker {
             .await;
             match started {
                 Ok(replica) => {
+                    replica.record_into(self.metrics.raft());
                     self.groups
                         .insert(group, replica.raft.clone(), replica.log());
                     if let Some(t) = self.local_topic(&p.record.name) {

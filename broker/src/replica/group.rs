@@ -218,6 +218,8 @@ pub(crate) struct Replica {
     proposing: std::sync::atomic::AtomicUsize,
     /// How long a batch ahead of its producer's sequence waits for the ones before it.
     sequence_wait: Duration,
+    /// The broker's leadership and commit-latency series, once set.
+    raft_metrics: std::sync::OnceLock<crate::metrics::RaftMetrics>,
     /// Told whenever an idempotent producer's batch is proposed.
     proposed: tokio::sync::Notify,
 }
@@ -354,6 +356,7 @@ impl Replica {
             handed_to: Mutex::new(None),
             proposing: std::sync::atomic::AtomicUsize::new(0),
             sequence_wait: stores.sequence_wait,
+            raft_metrics: std::sync::OnceLock::new(),
             proposed: tokio::sync::Notify::new(),
         }))
     }
@@ -572,6 +575,11 @@ impl Replica {
         Ok(found.filter(|(o, _)| *o < hw))
     }
 
+    /// Records into the broker's leadership and commit-latency series from now on.
+    pub(crate) fn record_into(&self, metrics: crate::metrics::RaftMetrics) {
+        let _ = self.raft_metrics.set(metrics);
+    }
+
     /// Reports each leadership this replica wins to the controller, so metadata points
     /// clients here. Runs until the group stops.
     pub(crate) async fn report_leadership(self: Arc<Self>, controller: Arc<Controller>) {
@@ -592,6 +600,9 @@ impl Replica {
                 *self.last_write.lock() = Instant::now();
                 if announced < term {
                     announced = term;
+                    if let Some(m) = self.raft_metrics.get() {
+                        m.leadership();
+                    }
                     // A replica restarted with its own vote from an old term takes up that
                     // leadership until its first heartbeat meets the newer term: not news.
                     let newer = controller

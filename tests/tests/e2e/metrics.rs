@@ -43,6 +43,20 @@ fn sum(samples: &[prometheus_parse::Sample], metric: &str, labels: &[(&str, &str
         .sum()
 }
 
+/// Observations of the histogram `metric`, summed over brokers and label sets.
+fn observations(samples: &[prometheus_parse::Sample], metric: &str) -> f64 {
+    samples
+        .iter()
+        .filter(|s| s.metric == metric)
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            _ => f64::NAN,
+        })
+        .sum()
+}
+
 #[tokio::test]
 async fn metrics_match_the_cluster_and_health_endpoints_follow_it() {
     let mut cluster = Cluster::start(3);
@@ -111,6 +125,16 @@ async fn metrics_match_the_cluster_and_health_endpoints_follow_it() {
                 && s.labels.get("acks") == Some("all"))
     );
     assert!(sum(&samples, "sluice_produce_bytes_total", &[]) > 0.0);
+    // Every partition (orders' 3, __consumer_offsets' 50) got a leader at least once, and
+    // each acks=all batch was committed through Raft.
+    assert!(sum(&samples, "sluice_raft_leaderships_total", &[]) >= 53.0);
+    assert!(observations(&samples, "sluice_raft_commit_duration_seconds") >= 30.0);
+    // Every broker holds a replica of each partition (RF 3 on 3 brokers): its logs'
+    // bytes are at least those of the partitions it leads.
+    assert!(
+        sum(&samples, "sluice_log_size_bytes", &[])
+            >= sum(&samples, "sluice_partition_size_bytes", &[])
+    );
     assert_eq!(
         sum(&samples, "sluice_controller_active", &[]),
         1.0,

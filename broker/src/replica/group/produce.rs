@@ -197,6 +197,7 @@ impl Replica {
     /// Hands a batch to Raft; a task reports its commit (or failure) to its waiters.
     pub(super) async fn propose(&self, batch: Bytes) -> Result<(u64, watch::Receiver<Progress>)> {
         let (token, progress) = self.proposals.register();
+        let proposed = std::time::Instant::now();
         let responder = match self.raft.client_write_ff(Payload(batch, token)).await {
             Ok(r) => r,
             Err(e) => {
@@ -211,12 +212,18 @@ impl Replica {
             }
         };
         let proposals = self.proposals.clone();
+        let metrics = self.raft_metrics.get().cloned();
         tokio::spawn(async move {
             let outcome = match responder.await {
-                Ok(Ok(r)) => Progress::Committed {
-                    at: r.data,
-                    index: r.log_id.index,
-                },
+                Ok(Ok(r)) => {
+                    if let Some(m) = &metrics {
+                        m.committed(proposed.elapsed());
+                    }
+                    Progress::Committed {
+                        at: r.data,
+                        index: r.log_id.index,
+                    }
+                }
                 Ok(Err(ClientWriteError::ForwardToLeader(_))) => Progress::Failed {
                     not_leader: true,
                     message: "leadership moved".into(),
