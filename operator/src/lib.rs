@@ -1,13 +1,16 @@
 //! The Sluice Kubernetes operator: the custom resources `SluiceCluster` (brokers as a
 //! StatefulSet) and `SluiceTopic` (the manifest type of `sluice apply`, from
-//! `sluice-manifest`), and their CRDs, generated from these types.
+//! `sluice-manifest`), their CRDs, generated from these types, and the controllers that
+//! reconcile them.
 //!
-//! Layout: `cluster` (the SluiceCluster types), `controller` (the watch, finalizer and
-//! status writes around `topic`), `crd` (the CRDs as YAML), `resources` (the
-//! Kubernetes objects a SluiceCluster is made of), `topic` (one SluiceTopic reconciled with
-//! the cluster through the admin API).
-//! **Planned** (see docs/DESIGN.md, declarative operation): leader election, Events, the
-//! SluiceCluster reconciler, the operator's own metrics and health endpoints.
+//! Layout: `cluster` (the SluiceCluster types), `resources` (the Kubernetes objects a
+//! SluiceCluster is made of), `cluster_controller` (a SluiceCluster reconciled: objects,
+//! scaling after drains, rolling changes, status), `brokers` (what that asks the brokers:
+//! `/ready-to-stop`, drains, `/metrics`), `topic` (one SluiceTopic reconciled with the cluster
+//! through the admin API), `controller` (the shared `Context`, and the watch, finalizer and
+//! status writes around `topic`), `conditions`, `lease` (leader election), `telemetry` (the
+//! operator's own metrics and health endpoints), `crd` (the CRDs as YAML), and with the
+//! `memory-api` feature `memory_api` (an in-memory API server for tests and benchmarks).
 
 pub mod brokers;
 pub mod cluster;
