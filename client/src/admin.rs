@@ -120,6 +120,31 @@ impl Admin {
         Ok(resp.await?.topic.unwrap_or_default())
     }
 
+    /// Creates `name` for the dead letters of `source` (its partitions, replication factor
+    /// and `min.insync.replicas`), unless it exists: whether it was created.
+    pub async fn ensure_dead_letter_topic(&self, name: &str, source: &str) -> Result<bool> {
+        match self.describe_topic(name).await {
+            Ok(_) => return Ok(false),
+            Err(e) if e.code() == Some(sluice_proto::ErrorCode::UnknownTopicOrPartition) => {}
+            Err(e) => return Err(e),
+        }
+        let src = self.describe_topic(source).await?;
+        let mut topic = NewTopic::new(
+            name,
+            src.partitions.len().max(1) as i32,
+            src.replication_factor,
+        )
+        .annotation("sluice.io/dead-letters-of", source);
+        if let Some(m) = src.config.get("min.insync.replicas") {
+            topic = topic.config("min.insync.replicas", m.clone());
+        }
+        match self.create_topic(topic, false).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.code() == Some(sluice_proto::ErrorCode::TopicAlreadyExists) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     #[tracing::instrument(skip(self))]
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let req = pb::DeleteTopicRequest {

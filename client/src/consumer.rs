@@ -27,6 +27,7 @@ use crate::groups::GroupCalls;
 
 mod fetch;
 mod group;
+pub mod processor;
 
 use fetch::list_offset_at;
 
@@ -118,6 +119,96 @@ pub struct ConsumerRecord {
     pub key: Option<Bytes>,
     pub value: Bytes,
     pub headers: Vec<Header>,
+    /// Its id: the same on every delivery and every replica.
+    pub id: RecordId,
+}
+
+/// The header a copy of a record (a redriven dead letter, a repartitioned record) carries
+/// its original's id in, so the copy has the same [`RecordId`].
+pub const RECORD_ID_HEADER: &str = "sluice.record.id";
+
+/// A record's id: the same every time the record is delivered and on every replica, so a
+/// consumer can tell a record it already handled (an idempotency key). Its text form
+/// (`Display`) is what `sluice consume --format {id}` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordId {
+    /// From an idempotent producer: its producer id and epoch and the record's sequence
+    /// number in the partition (`orders-2/p1001.0.57`).
+    Producer {
+        topic: Arc<str>,
+        partition: i32,
+        producer_id: i64,
+        epoch: i16,
+        sequence: i32,
+    },
+    /// Otherwise its partition and offset (`orders-2@157`).
+    Offset {
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+    },
+    /// The original's id, from the record's `sluice.record.id` header.
+    Carried(Arc<str>),
+}
+
+impl RecordId {
+    /// The id of the record at `offset` of a batch with header `h`, or the one its headers
+    /// carry.
+    pub(crate) fn of(
+        topic: &Arc<str>,
+        partition: i32,
+        h: &batch::BatchHeader,
+        offset: i64,
+        headers: &[Header],
+    ) -> RecordId {
+        if let Some(v) = headers
+            .iter()
+            .find(|x| x.key == RECORD_ID_HEADER)
+            .and_then(|x| x.value.as_deref())
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .filter(|v| !v.is_empty())
+        {
+            return RecordId::Carried(Arc::from(v));
+        }
+        if h.producer_id >= 0 && h.base_sequence >= 0 {
+            // Sequences wrap from i32::MAX to 0, as Kafka's do.
+            let delta = offset - h.base_offset;
+            let sequence =
+                ((i64::from(h.base_sequence) + delta) % (i64::from(i32::MAX) + 1)) as i32;
+            return RecordId::Producer {
+                topic: topic.clone(),
+                partition,
+                producer_id: h.producer_id,
+                epoch: h.producer_epoch,
+                sequence,
+            };
+        }
+        RecordId::Offset {
+            topic: topic.clone(),
+            partition,
+            offset,
+        }
+    }
+}
+
+impl std::fmt::Display for RecordId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RecordId::Producer {
+                topic,
+                partition,
+                producer_id,
+                epoch,
+                sequence,
+            } => write!(f, "{topic}-{partition}/p{producer_id}.{epoch}.{sequence}"),
+            RecordId::Offset {
+                topic,
+                partition,
+                offset,
+            } => write!(f, "{topic}-{partition}@{offset}"),
+            RecordId::Carried(id) => f.write_str(id),
+        }
+    }
 }
 
 /// A change in whether a partition can be read, reported once per outage, or in what

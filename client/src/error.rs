@@ -42,6 +42,19 @@ pub enum Error {
     },
     #[error("the producer is closed")]
     Closed,
+    /// A record failed every try of a [`crate::Processor`]'s handler and no dead-letter
+    /// topic was set: processing stopped at it rather than retry forever or skip it.
+    #[error(
+        "record {topic}-{partition}@{offset} (id {id}) failed {attempts} time(s), the last with: {cause}; with no dead-letter topic set, processing stopped here (offsets are committed below it, so it is the first delivered again: fix the cause, or set a dead-letter topic)"
+    )]
+    RecordFailed {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        id: String,
+        attempts: u32,
+        cause: String,
+    },
     /// A change was sent and no answer came back: it may or may not have been made. Not
     /// sent again by the client, since doing it twice may not be what was meant.
     #[error(

@@ -37,8 +37,10 @@ pub mod producer;
 
 pub use admin::{Admin, AlterTopic, NewTopic, TopicMetadata};
 pub use cluster::ClientConfig;
+pub use consumer::processor::{Handler, Ordering, Processor, ProcessorConfig, ProcessorReport};
 pub use consumer::{
     AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, Offset, PartitionEvent,
+    RECORD_ID_HEADER, RecordId,
 };
 pub use error::{Error, Result};
 pub use producer::{

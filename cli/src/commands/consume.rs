@@ -12,6 +12,8 @@ use sluice_client::{
 };
 
 use super::{Context, parse_time};
+
+mod process;
 use crate::output::Format;
 
 #[derive(Debug, Args)]
@@ -46,7 +48,7 @@ pub(crate) struct ConsumeArgs {
     #[arg(short = 'e', long)]
     until_end: bool,
     /// Line format; placeholders: {topic} {partition} {offset} {timestamp} {key} {value}
-    /// {headers}; \t for a tab.
+    /// {headers} {id} (the record's id, the same on every delivery); \t for a tab.
     #[arg(long, default_value = "{value}")]
     format: String,
     /// Read as a member of this consumer group: the group's coordinator gives this consumer
@@ -58,6 +60,38 @@ pub(crate) struct ConsumeArgs {
     /// With --group: read without committing (peek).
     #[arg(long, requires = "group")]
     no_commit: bool,
+    /// Run this shell command once per record instead of printing it (needs --group): the
+    /// value on stdin; the key, id, topic, partition, offset and timestamp in SLUICE_KEY,
+    /// SLUICE_ID, SLUICE_TOPIC, SLUICE_PARTITION, SLUICE_OFFSET, SLUICE_TIMESTAMP. Exit
+    /// status 0 is success; only records that succeeded (or were dead-lettered) are
+    /// committed, never past one that did not.
+    #[arg(long, value_name = "CMD", requires = "group", conflicts_with_all = ["max_messages", "until_end", "no_commit"])]
+    exec: Option<String>,
+    /// With --exec: records handled at once [default: 16].
+    #[arg(long, value_name = "N", requires = "exec")]
+    parallel: Option<usize>,
+    /// With --exec: what runs one after another: key (records with the same key, in offset
+    /// order), partition, or none [default: key].
+    #[arg(long, requires = "exec")]
+    ordering: Option<sluice_client::Ordering>,
+    /// With --exec: runs per record before it is dead-lettered, or processing stops
+    /// [default: 3]; the waits between them double from 100ms up to 10s.
+    #[arg(long, value_name = "N", requires = "exec")]
+    max_attempts: Option<u32>,
+    /// With --exec: where a record goes after failing every run (created like TOPIC if
+    /// missing), with headers naming its origin, attempts and last error; processing moves
+    /// on. Without it, processing stops at such a record with an error naming it.
+    #[arg(long, value_name = "TOPIC", requires = "exec")]
+    dead_letter_topic: Option<String>,
+    /// With --exec: the longest one run may take; then it is killed and counts as failed.
+    #[arg(long, value_name = "DURATION", requires = "exec")]
+    exec_timeout: Option<humantime::Duration>,
+    /// Send the records of TOPIC (a dead-letter topic) back to this topic, as they were
+    /// before they failed (no dead-letter headers, the same key and record id), committing
+    /// in the group (default: sluice-redrive-TOPIC) as each is stored. Stops with
+    /// --timeout or Ctrl-C.
+    #[arg(long, value_name = "TOPIC", conflicts_with_all = ["exec", "max_messages", "until_end", "no_commit", "offset", "from_time", "partition"])]
+    redrive_to: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -68,7 +102,8 @@ enum Reset {
 }
 
 /// The placeholders `--format` knows.
-const PLACEHOLDERS: [&str; 7] = [
+const PLACEHOLDERS: [&str; 8] = [
+    "id",
     "topic",
     "partition",
     "offset",
@@ -112,6 +147,7 @@ fn placeholder_list() -> String {
 
 #[derive(Debug, Serialize)]
 struct JsonRecord<'a> {
+    id: String,
     topic: &'a str,
     partition: i32,
     offset: i64,
@@ -124,6 +160,7 @@ struct JsonRecord<'a> {
 impl<'a> From<&'a ConsumerRecord> for JsonRecord<'a> {
     fn from(r: &'a ConsumerRecord) -> Self {
         JsonRecord {
+            id: r.id.to_string(),
             topic: &r.topic,
             partition: r.partition,
             offset: r.offset,
@@ -157,6 +194,7 @@ fn render(format: &str, r: &ConsumerRecord) -> String {
         .collect::<Vec<_>>()
         .join(",");
     format
+        .replace("{id}", &r.id.to_string())
         .replace("{topic}", &r.topic)
         .replace("{partition}", &r.partition.to_string())
         .replace("{offset}", &r.offset.to_string())
@@ -241,6 +279,9 @@ pub(crate) async fn run(ctx: &Context, args: ConsumeArgs) -> anyhow::Result<()> 
         (Some(Reset::None), _) | (None, Some(_)) => AutoOffsetReset::None,
         (None, None) => AutoOffsetReset::Latest,
     };
+    if args.exec.is_some() || args.redrive_to.is_some() {
+        return process::run(ctx, &args).await;
+    }
     if let Some(group) = &args.group {
         return consume_in_group(ctx, &args, group).await;
     }

@@ -323,7 +323,7 @@ impl Consumer {
             let mut next = position;
             let mut damaged = None;
             for b in batch::split_batches(part.records) {
-                let records =
+                let (header, records) =
                     match b.and_then(|b| batch::decode(&b, batch::DEFAULT_MAX_DECOMPRESSED)) {
                         // Control batches (Raft bookkeeping) take offsets that consumers
                         // never see.
@@ -331,7 +331,7 @@ impl Consumer {
                             next = next.max(h.next_offset());
                             continue;
                         }
-                        Ok((_, records)) => records,
+                        Ok((h, records)) => (h, records),
                         Err(source) => {
                             damaged = Some(source);
                             break;
@@ -342,6 +342,7 @@ impl Consumer {
                         continue;
                     }
                     next = r.offset + 1;
+                    let id = RecordId::of(&topic, tp.partition, &header, r.offset, &r.headers);
                     self.buffered.push_back(ConsumerRecord {
                         topic: topic.clone(),
                         partition: tp.partition,
@@ -350,6 +351,7 @@ impl Consumer {
                         key: r.key,
                         value: r.value,
                         headers: r.headers,
+                        id,
                     });
                 }
             }

@@ -61,7 +61,7 @@ fn group_consumer(cluster: &Cluster, group: &str, reset: AutoOffsetReset) -> Con
 /// A cluster of `brokers` for group tests: `offsets_partitions` partitions of
 /// `__consumer_offsets`, heartbeats every 200 ms, and the session timeout given (else the
 /// default); ready, with an admin client.
-async fn group_cluster(
+pub(crate) async fn group_cluster(
     brokers: usize,
     offsets_partitions: u32,
     session_timeout: Option<&str>,

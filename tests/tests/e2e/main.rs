@@ -12,6 +12,7 @@ mod errors;
 mod groups;
 mod idempotence;
 mod metrics;
+mod processing;
 mod produce_consume;
 mod replication;
 mod shutdown;

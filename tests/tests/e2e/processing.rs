@@ -1,0 +1,576 @@
+//! Processing records safely (the seeds' four production questions): record ids stable
+//! across re-delivery and failover, key order under parallel workers, no commit past an
+//! unfinished record (also across SIGKILL), poison records to a dead-letter topic and
+//! back, and a clear stop without one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use sluice_client::{
+    Admin, AutoOffsetReset, ClientConfig, Consumer, ConsumerConfig, ConsumerRecord, NewTopic,
+    Ordering, Processor, ProcessorConfig, Producer, ProducerConfig, ProducerRecord, RecordId,
+};
+use sluice_tests::{CliProcess, Cluster, eventually, read_all, run_cli};
+
+use crate::groups::group_cluster;
+
+/// Sends `values` (key, value) to `topic` and waits for every acknowledgement.
+async fn produce(
+    client: ClientConfig,
+    config: ProducerConfig,
+    topic: &str,
+    values: &[(String, String)],
+) {
+    let producer = Producer::connect(client, config).await.unwrap();
+    let mut acked = Vec::new();
+    for (k, v) in values {
+        acked.push(
+            producer
+                .send(ProducerRecord::new(topic, v.clone()).key(k.clone()))
+                .await
+                .unwrap(),
+        );
+    }
+    for d in acked {
+        d.await.unwrap();
+    }
+    producer.close().await;
+}
+
+fn group_consumer(client: ClientConfig, group: &str) -> Consumer {
+    Consumer::new(
+        client,
+        ConsumerConfig {
+            group_id: Some(group.into()),
+            enable_auto_commit: false,
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            ..ConsumerConfig::default()
+        },
+    )
+    .unwrap()
+}
+
+/// The group's committed offset of each partition of `topic` (-1: none).
+async fn committed(admin: &Admin, group: &str, topic: &str) -> BTreeMap<i32, i64> {
+    admin
+        .committed_offsets(group)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.topic == topic)
+        .map(|c| (c.partition, c.offset))
+        .collect()
+}
+
+/// Ids come from the idempotent producer's sequence (else the offset), are the same when
+/// a record is read again and when it is read from another replica after its leader died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_ids_are_stable_across_redelivery_and_failover() {
+    let (mut cluster, admin) = group_cluster(3, 1, None).await;
+    admin
+        .create_topic(NewTopic::new("ids", 1, 3), false)
+        .await
+        .unwrap();
+    let values: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("k{i}"), format!("v{i}")))
+        .collect();
+    produce(cluster.client(), ProducerConfig::default(), "ids", &values).await;
+    let plain = ProducerConfig {
+        enable_idempotence: false,
+        acks: sluice_client::Acks::Leader,
+        ..ProducerConfig::default()
+    };
+    produce(cluster.client(), plain, "ids", &values[..5]).await;
+    let first: Vec<RecordId> = read_all(cluster.client(), "ids")
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(first.len(), 25);
+    // The idempotent producer's records: one producer, consecutive sequences from 0.
+    let mut producer_ids = BTreeSet::new();
+    for (i, id) in first[..20].iter().enumerate() {
+        match id {
+            RecordId::Producer {
+                producer_id,
+                sequence,
+                ..
+            } => {
+                producer_ids.insert(*producer_id);
+                assert_eq!(*sequence, i as i32, "{id}");
+            }
+            other => panic!("record {i} has {other:?}, not a producer id"),
+        }
+    }
+    assert_eq!(producer_ids.len(), 1);
+    for (i, id) in first[20..].iter().enumerate() {
+        assert_eq!(id.to_string(), format!("ids-0@{}", 20 + i));
+    }
+    let distinct: BTreeSet<String> = first.iter().map(ToString::to_string).collect();
+    assert_eq!(distinct.len(), 25, "ids are distinct");
+    // The leader dies; the new leader (another replica) serves the same ids.
+    let leader = admin.describe_topic("ids").await.unwrap().partitions[0].leader;
+    cluster.node(leader).kill();
+    eventually("a new leader", Duration::from_secs(20), || async {
+        let d = admin.describe_topic("ids").await.ok()?;
+        let l = d.partitions[0].leader;
+        (l > 0 && l != leader).then_some(())
+    })
+    .await;
+    let second: Vec<RecordId> = read_all(cluster.client(), "ids")
+        .await
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(first, second);
+}
+
+/// 16 workers with random per-record delays keep each key's records in offset order,
+/// handle every record once (nothing fails, nothing moves), and commit to the end; over
+/// several seeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_order_holds_with_16_workers_under_random_delays() {
+    let (cluster, admin) = group_cluster(1, 1, None).await;
+    admin
+        .create_topic(NewTopic::new("orders", 4, 1), false)
+        .await
+        .unwrap();
+    let keys = 24;
+    let per_key = 40;
+    let mut values = Vec::new();
+    for seq in 0..per_key {
+        for k in 0..keys {
+            values.push((format!("key{k}"), format!("key{k}:{seq}")));
+        }
+    }
+    produce(
+        cluster.client(),
+        ProducerConfig::default(),
+        "orders",
+        &values,
+    )
+    .await;
+    let total = values.len();
+    for seed in 1..=4u64 {
+        let group = format!("order-{seed}");
+        let seen: Arc<Mutex<HashMap<String, Vec<u32>>>> = Default::default();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let done = Arc::new(tokio::sync::Notify::new());
+        let mut consumer = group_consumer(cluster.client(), &group);
+        consumer.subscribe(vec!["orders".into()]).await.unwrap();
+        let processor = Processor::new(
+            consumer,
+            ProcessorConfig {
+                workers: 16,
+                ordering: Ordering::Key,
+                commit_interval: Duration::from_millis(200),
+                ..ProcessorConfig::default()
+            },
+        )
+        .unwrap();
+        let handler = {
+            let (seen, count, done) = (seen.clone(), count.clone(), done.clone());
+            move |r: ConsumerRecord| {
+                let (seen, count, done) = (seen.clone(), count.clone(), done.clone());
+                async move {
+                    let text = String::from_utf8(r.value.to_vec()).unwrap();
+                    let (key, seq) = text.split_once(':').unwrap();
+                    // A pseudo-random delay of 0-3 ms per record and seed.
+                    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                        ^ (r.offset as u64 + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9)
+                        ^ r.partition as u64;
+                    x ^= x >> 31;
+                    tokio::time::sleep(Duration::from_micros(x % 3000)).await;
+                    seen.lock()
+                        .unwrap()
+                        .entry(key.to_string())
+                        .or_default()
+                        .push(seq.parse().unwrap());
+                    if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == total {
+                        done.notify_one();
+                    }
+                    Ok::<(), String>(())
+                }
+            }
+        };
+        let stop = {
+            let done = done.clone();
+            async move {
+                let _ = tokio::time::timeout(Duration::from_secs(60), done.notified()).await;
+            }
+        };
+        let report = processor.run(handler, stop).await.unwrap();
+        assert_eq!(report.processed as usize, total, "seed {seed}");
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        assert_eq!(seen.len(), keys);
+        for (key, seqs) in seen.iter() {
+            let expected: Vec<u32> = (0..per_key as u32).collect();
+            assert_eq!(
+                seqs, &expected,
+                "seed {seed}: {key} out of order or repeated"
+            );
+        }
+        // Everything finished is committed: the group is at the end of each partition.
+        let ends: BTreeMap<i32, i64> = admin
+            .describe_topic("orders")
+            .await
+            .unwrap()
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.high_watermark))
+            .collect();
+        assert_eq!(
+            committed(&admin, &group, "orders").await,
+            ends,
+            "seed {seed}"
+        );
+    }
+}
+
+/// A record whose handler never finishes holds its partition's commit below it while the
+/// records after it are handled on the other workers; stopped, the processor leaves it unfinished,
+/// and the next processor of the group gets it first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_committed_past_an_unfinished_record() {
+    let (cluster, admin) = group_cluster(1, 1, None).await;
+    admin
+        .create_topic(NewTopic::new("jobs", 1, 1), false)
+        .await
+        .unwrap();
+    let values: Vec<(String, String)> =
+        (0..30).map(|i| (format!("k{i}"), format!("{i}"))).collect();
+    produce(cluster.client(), ProducerConfig::default(), "jobs", &values).await;
+    let handled = Arc::new(Mutex::new(BTreeSet::new()));
+    let mut consumer = group_consumer(cluster.client(), "stuck");
+    consumer.subscribe(vec!["jobs".into()]).await.unwrap();
+    let processor = Processor::new(
+        consumer,
+        ProcessorConfig {
+            workers: 8,
+            // Each record to the least busy worker: the stuck one holds only itself.
+            ordering: Ordering::None,
+            commit_interval: Duration::from_millis(100),
+            shutdown_timeout: Duration::from_millis(500),
+            ..ProcessorConfig::default()
+        },
+    )
+    .unwrap();
+    let handler = {
+        let handled = handled.clone();
+        move |r: ConsumerRecord| {
+            let handled = handled.clone();
+            async move {
+                if r.offset == 7 {
+                    std::future::pending::<()>().await;
+                }
+                handled.lock().unwrap().insert(r.offset);
+                Ok::<(), String>(())
+            }
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let run = tokio::spawn(processor.run(handler, async move {
+        let _ = stop_rx.await;
+    }));
+    eventually(
+        "the other 29 records handled",
+        Duration::from_secs(20),
+        || async { (handled.lock().unwrap().len() == 29).then_some(()) },
+    )
+    .await;
+    eventually(
+        "the commit held at the unfinished record",
+        Duration::from_secs(10),
+        || async { (committed(&admin, "stuck", "jobs").await.get(&0) == Some(&7)).then_some(()) },
+    )
+    .await;
+    let _ = stop_tx.send(());
+    let report = run.await.unwrap().unwrap();
+    assert_eq!(report.processed, 29);
+    assert_eq!(committed(&admin, "stuck", "jobs").await.get(&0), Some(&7));
+    // The next member starts at the unfinished record.
+    let mut next = group_consumer(cluster.client(), "stuck");
+    next.subscribe(vec!["jobs".into()]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let records = loop {
+        let r = next.poll(Duration::from_millis(500)).await.unwrap();
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the next member got nothing"
+        );
+    };
+    assert_eq!(records[0].offset, 7);
+    next.close().await.unwrap();
+}
+
+fn exec_cli(cluster: &Cluster, args: &[&str]) -> CliProcess {
+    CliProcess::spawn(&cluster.bootstrap(), args)
+}
+
+/// `--exec` SIGKILLed at several points, then run to the end: every record was handled at
+/// least once (the ids it printed), none skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_killed_midstream_skips_nothing() {
+    let (cluster, admin) = // A killed member keeps its partitions until its session times out.
+    group_cluster(1, 1, Some("1s")).await;
+    admin
+        .create_topic(NewTopic::new("tasks", 3, 1), false)
+        .await
+        .unwrap();
+    let values: Vec<(String, String)> = (0..400)
+        .map(|i| (format!("k{}", i % 10), format!("{i}")))
+        .collect();
+    produce(
+        cluster.client(),
+        ProducerConfig::default(),
+        "tasks",
+        &values,
+    )
+    .await;
+    let all: BTreeSet<String> = read_all(cluster.client(), "tasks")
+        .await
+        .iter()
+        .map(|r| r.id.to_string())
+        .collect();
+    let mut seen = BTreeSet::new();
+    let args = [
+        "consume",
+        "tasks",
+        "--group",
+        "crew",
+        "--from-beginning",
+        "--parallel",
+        "4",
+        "--exec",
+        "sleep 0.05; echo \"done $SLUICE_ID\"",
+        "--timeout",
+        "6s",
+    ];
+    let collect = |out: &str, seen: &mut BTreeSet<String>| {
+        for line in out.lines() {
+            if let Some(id) = line.strip_prefix("done ") {
+                seen.insert(id.to_string());
+            }
+        }
+    };
+    // Killed at different points of a run: after 10, 40 and 25 records it printed (each
+    // run takes ~0.5 s per 40 records, far from the end of the 400).
+    for kill_after in [10usize, 40, 25] {
+        let p = exec_cli(&cluster, &args);
+        p.wait_for_output(
+            "records handled before the kill",
+            Duration::from_secs(30),
+            |out, _| out.lines().filter(|l| l.starts_with("done ")).count() >= kill_after,
+        );
+        p.signal(Signal::SIGKILL);
+        let (_, out, _) = p.wait(Duration::from_secs(10));
+        collect(&out, &mut seen);
+    }
+    assert!(seen.len() < all.len(), "the kills came before the end");
+    let p = exec_cli(&cluster, &args);
+    let (status, out, err) = p.wait(Duration::from_secs(60));
+    assert!(status.success(), "{err}");
+    collect(&out, &mut seen);
+    let missing: Vec<&String> = all.difference(&seen).collect();
+    assert!(missing.is_empty(), "never handled: {missing:?}");
+    // And the group is at the end.
+    let ends: i64 = admin
+        .describe_topic("tasks")
+        .await
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.high_watermark)
+        .sum();
+    let done: i64 = committed(&admin, "crew", "tasks").await.values().sum();
+    assert_eq!(done, ends);
+}
+
+/// A poison record is tried --max-attempts times, then lands in the dead-letter topic with
+/// headers naming where it came from and why, while the records behind it are handled;
+/// `--redrive-to` sends it back with its original id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_is_dead_lettered_and_redriven() {
+    let (cluster, admin) = group_cluster(1, 1, None).await;
+    admin
+        .create_topic(NewTopic::new("payments", 2, 1), false)
+        .await
+        .unwrap();
+    let mut values: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("k{i}"), format!("ok{i}")))
+        .collect();
+    values.insert(5, ("k5".into(), "poison".into()));
+    produce(
+        cluster.client(),
+        ProducerConfig::default(),
+        "payments",
+        &values,
+    )
+    .await;
+    let poison = read_all(cluster.client(), "payments")
+        .await
+        .into_iter()
+        .find(|r| &r.value[..] == b"poison")
+        .unwrap();
+    let p = exec_cli(
+        &cluster,
+        &[
+            "consume",
+            "payments",
+            "--group",
+            "pay",
+            "--from-beginning",
+            "--exec",
+            "v=$(cat); if [ \"$v\" = poison ]; then echo \"bad payment $v\" >&2; exit 3; fi; echo \"paid $v\"",
+            "--max-attempts",
+            "2",
+            "--dead-letter-topic",
+            "payments.dlq",
+            "--timeout",
+            "3s",
+        ],
+    );
+    let (status, out, err) = p.wait(Duration::from_secs(60));
+    assert!(status.success(), "{err}");
+    let paid = out.lines().filter(|l| l.starts_with("paid ok")).count();
+    assert_eq!(paid, 20, "every other record handled: {out}");
+    assert!(err.contains("1 dead-lettered"), "{err}");
+    let dead = read_all(cluster.client(), "payments.dlq").await;
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
+    assert_eq!(&d.value[..], b"poison");
+    assert_eq!(d.key.as_deref(), Some(&b"k5"[..]));
+    let header = |k: &str| {
+        d.headers
+            .iter()
+            .find(|h| h.key == k)
+            .and_then(|h| h.value.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_else(|| panic!("no header {k}: {:?}", d.headers))
+    };
+    assert_eq!(header("sluice.dlq.topic"), "payments");
+    assert_eq!(header("sluice.dlq.partition"), poison.partition.to_string());
+    assert_eq!(header("sluice.dlq.offset"), poison.offset.to_string());
+    assert_eq!(header("sluice.dlq.id"), poison.id.to_string());
+    assert_eq!(header("sluice.dlq.attempts"), "2");
+    let error = header("sluice.dlq.error");
+    assert!(
+        error.contains("exit status 3") && error.contains("bad payment poison"),
+        "{error}"
+    );
+    // The committed offsets are past the poison record: it is not handled again.
+    let ends: i64 = admin
+        .describe_topic("payments")
+        .await
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| p.high_watermark)
+        .sum();
+    assert_eq!(
+        committed(&admin, "pay", "payments")
+            .await
+            .values()
+            .sum::<i64>(),
+        ends
+    );
+    // The cause fixed, it goes back, with the id it had.
+    let out = run_cli(
+        &cluster.bootstrap(),
+        &[
+            "consume",
+            "payments.dlq",
+            "--redrive-to",
+            "payments",
+            "--timeout",
+            "2s",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let back: Vec<ConsumerRecord> = read_all(cluster.client(), "payments")
+        .await
+        .into_iter()
+        .filter(|r| &r.value[..] == b"poison")
+        .collect();
+    assert_eq!(back.len(), 2, "the original and the redriven copy");
+    assert_eq!(
+        back[1].id.to_string(),
+        poison.id.to_string(),
+        "the copy keeps the original's id"
+    );
+    assert!(
+        back[1]
+            .headers
+            .iter()
+            .all(|h| !h.key.starts_with("sluice.dlq."))
+    );
+    let ids = run_cli(
+        &cluster.bootstrap(),
+        &[
+            "consume",
+            "payments",
+            "--from-beginning",
+            "--timeout",
+            "2s",
+            "--format",
+            "{id} {value}",
+        ],
+        "",
+    );
+    let text = String::from_utf8_lossy(&ids.stdout);
+    assert_eq!(
+        text.lines()
+            .filter(|l| *l == format!("{} poison", poison.id))
+            .count(),
+        2,
+        "{text}"
+    );
+}
+
+/// Without a dead-letter topic, a record failing every try stops processing with an error
+/// naming it, and the group's offset stays on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dead_letter_topic_a_failing_record_stops_processing() {
+    let (cluster, admin) = group_cluster(1, 1, None).await;
+    admin
+        .create_topic(NewTopic::new("mail", 1, 1), false)
+        .await
+        .unwrap();
+    let values: Vec<(String, String)> = (0..10)
+        .map(|i| ("same".to_string(), format!("m{i}")))
+        .collect();
+    produce(cluster.client(), ProducerConfig::default(), "mail", &values).await;
+    let p = exec_cli(
+        &cluster,
+        &[
+            "consume",
+            "mail",
+            "--group",
+            "mailer",
+            "--from-beginning",
+            "--exec",
+            "[ \"$SLUICE_OFFSET\" != 4 ]",
+            "--max-attempts",
+            "2",
+            "--timeout",
+            "20s",
+        ],
+    );
+    let (status, _, err) = p.wait(Duration::from_secs(60));
+    assert!(!status.success());
+    assert!(
+        err.contains("mail-0@4") && err.contains("failed 2 time(s)") && err.contains("dead-letter"),
+        "{err}"
+    );
+    assert_eq!(committed(&admin, "mailer", "mail").await.get(&0), Some(&4));
+}
