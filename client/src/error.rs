@@ -42,6 +42,9 @@ pub enum Error {
     },
     #[error("the producer is closed")]
     Closed,
+    /// A local store (the processed ids of [`crate::dedup`]) failed.
+    #[error("{0}")]
+    Store(String),
     /// A record failed every try of a [`crate::Processor`]'s handler and no dead-letter
     /// topic was set: processing stopped at it rather than retry forever or skip it.
     #[error(

@@ -23,6 +23,10 @@
 //!   `fetch` (offset lookups and fetches per leader, and their answers).
 //! - `groups`: a consumer group's coordinator found and called, followed when it moves
 //!   (used by [`Admin`] and [`Consumer`]).
+//!   `consumer::processor`: [`Processor`], key-ordered parallel processing of a group's
+//!   records, with retries and dead letters.
+//! - [`dedup`]: processed record ids (in memory, or on disk with the `sled` feature) and a
+//!   handler wrapper that skips what was processed.
 //! - [`partitioner`]: Kafka's murmur2 key partitioner.
 //! - [`error`]: [`Error`], carrying the broker's error code.
 
@@ -30,6 +34,7 @@ pub mod admin;
 pub mod cluster;
 pub mod consumer;
 pub mod declarative;
+pub mod dedup;
 pub mod error;
 mod groups;
 pub mod partitioner;

@@ -574,3 +574,74 @@ async fn without_a_dead_letter_topic_a_failing_record_stops_processing() {
     );
     assert_eq!(committed(&admin, "mailer", "mail").await.get(&0), Some(&4));
 }
+
+/// A consumer restarted after a crash gets again what it handled and did not commit; with
+/// its processed ids in the embedded store (`SledIds`), it skips them. Here the whole topic
+/// comes again (a new group), and nothing is handled twice, across a reopen of the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_consumer_skips_what_its_store_marked_processed() {
+    use sluice_client::dedup::{SkipProcessed, SledIds};
+    let (cluster, admin) = group_cluster(1, 1, None).await;
+    admin
+        .create_topic(NewTopic::new("orders", 2, 1), false)
+        .await
+        .unwrap();
+    let values: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("k{i}"), format!("order {i}")))
+        .collect();
+    produce(
+        cluster.client(),
+        ProducerConfig::default(),
+        "orders",
+        &values,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for (run, group) in ["first", "again"].into_iter().enumerate() {
+        let store = Arc::new(SledIds::open(dir.path().join("ids"), 10_000).unwrap());
+        let mut consumer = group_consumer(cluster.client(), group);
+        consumer.subscribe(vec!["orders".into()]).await.unwrap();
+        let processor = Processor::new(
+            consumer,
+            ProcessorConfig {
+                workers: 4,
+                commit_interval: Duration::from_millis(100),
+                ..ProcessorConfig::default()
+            },
+        )
+        .unwrap();
+        let handler = {
+            let handled = handled.clone();
+            move |_: ConsumerRecord| {
+                let handled = handled.clone();
+                async move {
+                    handled.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok::<(), String>(())
+                }
+            }
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(processor.run(
+            SkipProcessed::new(store.clone(), handler),
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
+        // Both runs go through all 40 (the second skipping each).
+        eventually("every record through", Duration::from_secs(20), || async {
+            let c = committed(&admin, group, "orders").await;
+            (c.values().sum::<i64>() == 40).then_some(())
+        })
+        .await;
+        let _ = stop_tx.send(());
+        let report = task.await.unwrap().unwrap();
+        assert_eq!(report.processed, 40, "run {run}");
+        assert_eq!(
+            handled.load(std::sync::atomic::Ordering::SeqCst),
+            40,
+            "run {run}: each record handled once over both runs"
+        );
+        assert_eq!(store.len(), 40);
+    }
+}
