@@ -241,6 +241,7 @@ async fn snapshot(broker: &Arc<Broker>) -> Snapshot {
     let groups = GroupsService::new(broker.clone());
     let mut lag = Vec::new();
     let mut lag_ms = Vec::new();
+    let mut headroom = Vec::new();
     let mut members = Vec::new();
     for g in broker
         .local_groups()
@@ -263,6 +264,15 @@ async fn snapshot(broker: &Arc<Broker>) -> Snapshot {
                 lag.push((labels.clone(), p.lag));
             }
             if p.lag_ms >= 0 {
+                // Where this broker holds the topic: how long before retention deletes the
+                // group's first unread record.
+                let retention = broker
+                    .local_topic(&p.topic)
+                    .map(|t| t.config.get().retention_ms)
+                    .filter(|r| *r >= 0);
+                if let Some(r) = retention {
+                    headroom.push((labels.clone(), (r - p.lag_ms) / 1000));
+                }
                 lag_ms.push((labels, p.lag_ms / 1000));
             }
         }
@@ -278,6 +288,7 @@ async fn snapshot(broker: &Arc<Broker>) -> Snapshot {
     )
     .extend(lag);
     s.family("sluice_group_lag_seconds", "Age of the first record the group has not consumed (0 when caught up), per group and partition").extend(lag_ms);
+    s.family("sluice_group_retention_headroom_seconds", "retention.ms minus the group's lag in time: how long before its first unread record may be deleted unread (negative: it may be already), per group and partition, where this broker holds the topic").extend(headroom);
     s
 }
 

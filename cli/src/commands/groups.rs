@@ -90,6 +90,44 @@ struct GroupDescription {
     coordinator: i32,
     partitions: Vec<PartitionRow>,
     members: Vec<MemberRow>,
+    /// Partitions whose lag in time nears their topic's retention.ms.
+    warnings: Vec<String>,
+}
+
+/// A lag in time past this share of retention.ms is warned about.
+const RETENTION_WARNING_SHARE: f64 = 0.8;
+
+/// Warnings for partitions whose unread records are about to be deleted by retention
+/// (`retention_ms` per topic; -1 or absent: kept forever).
+fn retention_warnings(
+    group: &str,
+    partitions: &[PartitionRow],
+    retention_ms: &std::collections::BTreeMap<String, i64>,
+) -> Vec<String> {
+    let human = |ms: i64| {
+        humantime::format_duration(std::time::Duration::from_secs(
+            (ms.max(0) as u64).div_ceil(1000),
+        ))
+        .to_string()
+    };
+    partitions
+        .iter()
+        .filter_map(|p| {
+            let lag = p.lag_ms?;
+            let r = *retention_ms.get(&p.topic)?;
+            if r < 0 || (lag as f64) < r as f64 * RETENTION_WARNING_SHARE {
+                return None;
+            }
+            Some(format!(
+                "group '{group}' is {} behind on {}-{}, {:.0}% of its retention.ms ({}): records older than that are deleted whether or not the group has read them; add consumers (or partitions), or raise retention.ms",
+                human(lag),
+                p.topic,
+                p.partition,
+                lag as f64 * 100.0 / r.max(1) as f64,
+                human(r)
+            ))
+        })
+        .collect()
 }
 
 fn known(v: i64) -> Option<i64> {
@@ -240,7 +278,33 @@ pub(crate) async fn run(ctx: &Context, cmd: GroupsCommand) -> anyhow::Result<()>
                         consumer_id: p.owner,
                     })
                     .collect(),
+                warnings: Vec::new(),
             };
+            let mut description = description;
+            let mut retention = std::collections::BTreeMap::new();
+            for t in description
+                .partitions
+                .iter()
+                .map(|p| p.topic.clone())
+                .collect::<std::collections::BTreeSet<_>>()
+            {
+                // A topic that cannot be described now gets no warning (the lag is shown).
+                if let Some(r) = admin
+                    .describe_topic(&t)
+                    .await
+                    .ok()
+                    .and_then(|d| d.config.get("retention.ms").and_then(|v| v.parse().ok()))
+                {
+                    retention.insert(t, r);
+                }
+            }
+            description.warnings =
+                retention_warnings(&description.group, &description.partitions, &retention);
+            if ctx.output == output::Format::Table {
+                for w in &description.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
             output::print(ctx.output, &description, |d| {
                 outln!(
                     "Group {}  state: {}  members: {}  coordinator: broker {}",
@@ -781,5 +845,44 @@ async fn lag(
             _ = tokio::time::sleep(interval) => {}
             _ = &mut ctrl_c => return Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(topic: &str, partition: i32, lag_ms: Option<i64>) -> PartitionRow {
+        PartitionRow {
+            topic: topic.into(),
+            partition,
+            current_offset: 0,
+            log_end_offset: Some(10),
+            lag: Some(10),
+            lag_ms,
+            committed_at: String::new(),
+            metadata: String::new(),
+            consumer_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_lag_near_retention_is_warned_about_naming_the_partition() {
+        let retention = [("orders".to_string(), 3_600_000), ("logs".to_string(), -1)]
+            .into_iter()
+            .collect();
+        let rows = [
+            row("orders", 0, Some(3_000_000)),
+            row("orders", 1, Some(60_000)),
+            row("orders", 2, None),
+            row("logs", 0, Some(999_999_999)),
+        ];
+        let w = retention_warnings("billing", &rows, &retention);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(
+            w[0].contains("orders-0") && w[0].contains("83%") && w[0].contains("1h"),
+            "{}",
+            w[0]
+        );
     }
 }

@@ -152,6 +152,17 @@ async fn metrics_match_the_cluster_and_health_endpoints_follow_it() {
         ),
         per_partition[0] as f64
     );
+    // The group's records are far from retention (7 days by default): headroom is most of it.
+    let headroom = sum(
+        &samples,
+        "sluice_group_retention_headroom_seconds",
+        &[
+            ("group", "billing"),
+            ("topic", "orders"),
+            ("partition", "0"),
+        ],
+    );
+    assert!(headroom > 6.0 * 86_400.0, "{headroom}");
     // Every metric the example Grafana dashboard draws is one the brokers export.
     let dashboard = std::fs::read_to_string(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
