@@ -39,6 +39,35 @@ async fn produce(
     producer.close().await;
 }
 
+/// A one-broker cluster (session timeout `session`, else the default) with `topic`
+/// (`partitions`, factor 1) holding `values` (key, value).
+async fn one_broker_with(
+    topic: &str,
+    partitions: i32,
+    values: &[(String, String)],
+    session: Option<&str>,
+) -> (Cluster, Admin) {
+    let (cluster, admin) = group_cluster(1, 1, session).await;
+    admin
+        .create_topic(NewTopic::new(topic, partitions, 1), false)
+        .await
+        .unwrap();
+    produce(cluster.client(), ProducerConfig::default(), topic, values).await;
+    (cluster, admin)
+}
+
+/// The high watermark of each partition of `topic`.
+async fn ends(admin: &Admin, topic: &str) -> BTreeMap<i32, i64> {
+    admin
+        .describe_topic(topic)
+        .await
+        .unwrap()
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.high_watermark))
+        .collect()
+}
+
 fn group_consumer(client: ClientConfig, group: &str) -> Consumer {
     Consumer::new(
         client,
@@ -132,11 +161,6 @@ async fn record_ids_are_stable_across_redelivery_and_failover() {
 /// several seeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_order_holds_with_16_workers_under_random_delays() {
-    let (cluster, admin) = group_cluster(1, 1, None).await;
-    admin
-        .create_topic(NewTopic::new("orders", 4, 1), false)
-        .await
-        .unwrap();
     let keys = 24;
     let per_key = 40;
     let mut values = Vec::new();
@@ -145,13 +169,7 @@ async fn key_order_holds_with_16_workers_under_random_delays() {
             values.push((format!("key{k}"), format!("key{k}:{seq}")));
         }
     }
-    produce(
-        cluster.client(),
-        ProducerConfig::default(),
-        "orders",
-        &values,
-    )
-    .await;
+    let (cluster, admin) = one_broker_with("orders", 4, &values, None).await;
     let total = values.len();
     for seed in 1..=4u64 {
         let group = format!("order-{seed}");
@@ -213,17 +231,9 @@ async fn key_order_holds_with_16_workers_under_random_delays() {
             );
         }
         // Everything finished is committed: the group is at the end of each partition.
-        let ends: BTreeMap<i32, i64> = admin
-            .describe_topic("orders")
-            .await
-            .unwrap()
-            .partitions
-            .iter()
-            .map(|p| (p.partition, p.high_watermark))
-            .collect();
         assert_eq!(
             committed(&admin, &group, "orders").await,
-            ends,
+            ends(&admin, "orders").await,
             "seed {seed}"
         );
     }
@@ -234,14 +244,9 @@ async fn key_order_holds_with_16_workers_under_random_delays() {
 /// and the next processor of the group gets it first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_committed_past_an_unfinished_record() {
-    let (cluster, admin) = group_cluster(1, 1, None).await;
-    admin
-        .create_topic(NewTopic::new("jobs", 1, 1), false)
-        .await
-        .unwrap();
     let values: Vec<(String, String)> =
         (0..30).map(|i| (format!("k{i}"), format!("{i}"))).collect();
-    produce(cluster.client(), ProducerConfig::default(), "jobs", &values).await;
+    let (cluster, admin) = one_broker_with("jobs", 1, &values, None).await;
     let handled = Arc::new(Mutex::new(BTreeSet::new()));
     let mut consumer = group_consumer(cluster.client(), "stuck");
     consumer.subscribe(vec!["jobs".into()]).await.unwrap();
@@ -316,22 +321,11 @@ fn exec_cli(cluster: &Cluster, args: &[&str]) -> CliProcess {
 /// least once (the ids it printed), none skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_killed_midstream_skips_nothing() {
-    let (cluster, admin) = // A killed member keeps its partitions until its session times out.
-    group_cluster(1, 1, Some("1s")).await;
-    admin
-        .create_topic(NewTopic::new("tasks", 3, 1), false)
-        .await
-        .unwrap();
     let values: Vec<(String, String)> = (0..400)
         .map(|i| (format!("k{}", i % 10), format!("{i}")))
         .collect();
-    produce(
-        cluster.client(),
-        ProducerConfig::default(),
-        "tasks",
-        &values,
-    )
-    .await;
+    // A killed member keeps its partitions until its session times out.
+    let (cluster, admin) = one_broker_with("tasks", 3, &values, Some("1s")).await;
     let all: BTreeSet<String> = read_all(cluster.client(), "tasks")
         .await
         .iter()
@@ -379,16 +373,10 @@ async fn exec_killed_midstream_skips_nothing() {
     let missing: Vec<&String> = all.difference(&seen).collect();
     assert!(missing.is_empty(), "never handled: {missing:?}");
     // And the group is at the end.
-    let ends: i64 = admin
-        .describe_topic("tasks")
-        .await
-        .unwrap()
-        .partitions
-        .iter()
-        .map(|p| p.high_watermark)
-        .sum();
-    let done: i64 = committed(&admin, "crew", "tasks").await.values().sum();
-    assert_eq!(done, ends);
+    assert_eq!(
+        committed(&admin, "crew", "tasks").await,
+        ends(&admin, "tasks").await
+    );
 }
 
 /// A poison record is tried --max-attempts times, then lands in the dead-letter topic with
@@ -396,22 +384,11 @@ async fn exec_killed_midstream_skips_nothing() {
 /// `--redrive-to` sends it back with its original id.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poison_record_is_dead_lettered_and_redriven() {
-    let (cluster, admin) = group_cluster(1, 1, None).await;
-    admin
-        .create_topic(NewTopic::new("payments", 2, 1), false)
-        .await
-        .unwrap();
     let mut values: Vec<(String, String)> = (0..20)
         .map(|i| (format!("k{i}"), format!("ok{i}")))
         .collect();
     values.insert(5, ("k5".into(), "poison".into()));
-    produce(
-        cluster.client(),
-        ProducerConfig::default(),
-        "payments",
-        &values,
-    )
-    .await;
+    let (cluster, admin) = one_broker_with("payments", 2, &values, None).await;
     let poison = read_all(cluster.client(), "payments")
         .await
         .into_iter()
@@ -464,20 +441,9 @@ async fn a_poison_record_is_dead_lettered_and_redriven() {
         "{error}"
     );
     // The committed offsets are past the poison record: it is not handled again.
-    let ends: i64 = admin
-        .describe_topic("payments")
-        .await
-        .unwrap()
-        .partitions
-        .iter()
-        .map(|p| p.high_watermark)
-        .sum();
     assert_eq!(
-        committed(&admin, "pay", "payments")
-            .await
-            .values()
-            .sum::<i64>(),
-        ends
+        committed(&admin, "pay", "payments").await,
+        ends(&admin, "payments").await
     );
     // The cause fixed, it goes back, with the id it had.
     let out = run_cli(
@@ -541,15 +507,10 @@ async fn a_poison_record_is_dead_lettered_and_redriven() {
 /// naming it, and the group's offset stays on it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_dead_letter_topic_a_failing_record_stops_processing() {
-    let (cluster, admin) = group_cluster(1, 1, None).await;
-    admin
-        .create_topic(NewTopic::new("mail", 1, 1), false)
-        .await
-        .unwrap();
     let values: Vec<(String, String)> = (0..10)
         .map(|i| ("same".to_string(), format!("m{i}")))
         .collect();
-    produce(cluster.client(), ProducerConfig::default(), "mail", &values).await;
+    let (cluster, admin) = one_broker_with("mail", 1, &values, None).await;
     let p = exec_cli(
         &cluster,
         &[
@@ -581,21 +542,10 @@ async fn without_a_dead_letter_topic_a_failing_record_stops_processing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_consumer_skips_what_its_store_marked_processed() {
     use sluice_client::dedup::{SkipProcessed, SledIds};
-    let (cluster, admin) = group_cluster(1, 1, None).await;
-    admin
-        .create_topic(NewTopic::new("orders", 2, 1), false)
-        .await
-        .unwrap();
     let values: Vec<(String, String)> = (0..40)
         .map(|i| (format!("k{i}"), format!("order {i}")))
         .collect();
-    produce(
-        cluster.client(),
-        ProducerConfig::default(),
-        "orders",
-        &values,
-    )
-    .await;
+    let (cluster, admin) = one_broker_with("orders", 2, &values, None).await;
     let dir = tempfile::tempdir().unwrap();
     let handled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for (run, group) in ["first", "again"].into_iter().enumerate() {
