@@ -70,9 +70,28 @@ pub(crate) enum TopicsCommand {
         /// Topics to export (default: every topic but the internal ones).
         names: Vec<String>,
     },
+    /// Copy a topic into a new one with more partitions (backlog relief: run that many
+    /// more consumers), keeping each key's order. DST is created like SOURCE (same
+    /// factor and config) if missing. Resumable: its progress is the consumer group
+    /// `sluice-repartition-DST` on SOURCE, so after Ctrl-C or a crash it goes on where it
+    /// stopped. Ends when it has copied what SOURCE held at the start, or with --follow,
+    /// keeps copying new records until Ctrl-C.
+    Repartition {
+        source: String,
+        /// The new topic.
+        #[arg(long = "to", value_name = "DST")]
+        to: String,
+        /// DST's partition count.
+        #[arg(long)]
+        partitions: i32,
+        /// Keep copying new records of SOURCE until Ctrl-C (mirror while producers move).
+        #[arg(long)]
+        follow: bool,
+    },
 }
 
 mod export;
+mod repartition;
 
 #[derive(Debug, Serialize)]
 struct ChangeRow {
@@ -435,6 +454,12 @@ pub(crate) async fn run(ctx: &Context, cmd: TopicsCommand) -> anyhow::Result<()>
             output::print(ctx.output, &v, print_alter)
         }
         TopicsCommand::Export { names } => export::run(ctx, &admin, &names).await,
+        TopicsCommand::Repartition {
+            source,
+            to,
+            partitions,
+            follow,
+        } => repartition::run(ctx, &admin, &source, &to, partitions, follow).await,
         TopicsCommand::Delete { name } => {
             admin
                 .delete_topic(&name)

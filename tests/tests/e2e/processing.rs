@@ -595,3 +595,129 @@ async fn a_restarted_consumer_skips_what_its_store_marked_processed() {
         assert_eq!(store.len(), 40);
     }
 }
+
+/// `topics repartition` copies a topic into one with more partitions, each key's records
+/// complete and in order with their original ids; run again after more records arrive, it
+/// copies only those (its progress is a group); `--follow` copies new records as they
+/// come until Ctrl-C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repartition_keeps_key_order_resumes_and_follows() {
+    let batch = |from: u32, n: u32| -> Vec<(String, String)> {
+        (from..from + n)
+            .map(|i| (format!("k{}", i % 20), format!("{}:{i}", i % 20)))
+            .collect()
+    };
+    let (cluster, _admin) = one_broker_with("backlog", 2, &batch(0, 300), None).await;
+    let source_ids: BTreeMap<String, String> = read_all(cluster.client(), "backlog")
+        .await
+        .iter()
+        .map(|r| {
+            (
+                String::from_utf8_lossy(&r.value).into_owned(),
+                r.id.to_string(),
+            )
+        })
+        .collect();
+    let copy = |extra: &[&str]| {
+        let mut args = vec![
+            "topics",
+            "repartition",
+            "backlog",
+            "--to",
+            "wide",
+            "--partitions",
+            "6",
+        ];
+        args.extend_from_slice(extra);
+        run_cli(&cluster.bootstrap(), &args, "")
+    };
+    let out = copy(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Copied 300 records"), "{text}");
+    // Per key: every record, in the order produced, each with its source id.
+    let check = |records: &[ConsumerRecord], total: u32| {
+        let mut per_key: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for r in records {
+            let v = String::from_utf8_lossy(&r.value).into_owned();
+            let (k, i) = v.split_once(':').unwrap();
+            per_key
+                .entry(k.to_string())
+                .or_default()
+                .push(i.parse().unwrap());
+            if let Some(id) = source_ids.get(&v) {
+                assert_eq!(&r.id.to_string(), id, "{v} keeps its id");
+            }
+        }
+        assert_eq!(
+            per_key.values().map(Vec::len).sum::<usize>(),
+            total as usize
+        );
+        for (k, seqs) in per_key {
+            let mut sorted = seqs.clone();
+            sorted.sort_unstable();
+            sorted.dedup();
+            assert_eq!(seqs, sorted, "key {k} in order, once each");
+        }
+    };
+    let wide = read_all(cluster.client(), "wide").await;
+    check(&wide, 300);
+    let partitions: BTreeSet<i32> = wide.iter().map(|r| r.partition).collect();
+    assert!(
+        partitions.len() > 2,
+        "spread over the new partitions: {partitions:?}"
+    );
+    // More records: a second run copies only them.
+    produce(
+        cluster.client(),
+        ProducerConfig::default(),
+        "backlog",
+        &batch(300, 100),
+    )
+    .await;
+    let out = copy(&["-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["copied"], 100, "{report}");
+    assert_eq!(report["created"], false);
+    check(&read_all(cluster.client(), "wide").await, 400);
+    // --follow picks up records produced while it runs; Ctrl-C ends it cleanly.
+    let p = CliProcess::spawn(
+        &cluster.bootstrap(),
+        &[
+            "topics",
+            "repartition",
+            "backlog",
+            "--to",
+            "wide",
+            "--partitions",
+            "6",
+            "--follow",
+        ],
+    );
+    produce(
+        cluster.client(),
+        ProducerConfig::default(),
+        "backlog",
+        &batch(400, 50),
+    )
+    .await;
+    eventually(
+        "the new records copied",
+        Duration::from_secs(20),
+        || async { (read_all(cluster.client(), "wide").await.len() == 450).then_some(()) },
+    )
+    .await;
+    p.signal(Signal::SIGINT);
+    let (status, _, err) = p.wait(Duration::from_secs(20));
+    assert!(status.success(), "{err}");
+    check(&read_all(cluster.client(), "wide").await, 450);
+}
