@@ -3,8 +3,8 @@
 //! partition, are read in offset order, and the idempotent producer stores them in that
 //! order in the one destination partition their key hashes to). The copy is a consumer
 //! group on SOURCE committing only what DST acknowledged, so it resumes after Ctrl-C or a
-//! crash; what was sent and not committed before a crash is copied again (at most one
-//! poll's worth of records).
+//! crash; what was sent and not committed before a crash is copied again (at most two
+//! polls' worth of records: one poll's sends stay in flight while the next is read).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use serde::Serialize;
 use sluice_client::{
-    Admin, AutoOffsetReset, Consumer, ConsumerConfig, NewTopic, Producer, ProducerConfig,
-    ProducerRecord, RECORD_ID_HEADER, TopicPartition,
+    Admin, AutoOffsetReset, Consumer, ConsumerConfig, DeliveryFuture, NewTopic, Producer,
+    ProducerConfig, ProducerRecord, RECORD_ID_HEADER, TopicPartition,
 };
 
 use crate::commands::{Context, progress};
@@ -34,6 +34,26 @@ struct Report {
     seconds: f64,
     /// Every record SOURCE held at the start is in DST (false after Ctrl-C).
     complete: bool,
+}
+
+/// One poll's records, sent.
+struct Sent {
+    acks: Vec<DeliveryFuture>,
+    /// The offset after the last record sent, per partition.
+    offsets: Vec<(TopicPartition, i64)>,
+}
+
+/// Waits for every send of `sent`, then commits its offsets: records copied.
+async fn settle(consumer: &Consumer, sent: Sent, to: &str, group: &str) -> anyhow::Result<u64> {
+    let n = sent.acks.len() as u64;
+    for a in sent.acks {
+        a.await.with_context(|| format!("copying to '{to}'"))?;
+    }
+    consumer
+        .commit(&sent.offsets)
+        .await
+        .with_context(|| format!("committing the copy's progress (group '{group}')"))?;
+    Ok(n)
 }
 
 pub(super) async fn run(
@@ -165,21 +185,30 @@ pub(super) async fn run(
                     .is_some_and(|pos| pos >= *end)
         })
     };
+    // One poll's sends stay in flight while the next poll is read and sent: its offsets are
+    // committed once all of them are acknowledged.
+    let mut pending: Option<Sent> = None;
     let outcome: anyhow::Result<bool> = async {
         loop {
-            if stop.load(Ordering::SeqCst) {
-                return Ok(false);
-            }
-            if !follow && reached_end(&consumer) {
-                return Ok(true);
+            let ended = stop.load(Ordering::SeqCst) || (!follow && reached_end(&consumer));
+            if ended {
+                if let Some(prev) = pending.take() {
+                    copied += settle(&consumer, prev, to, &group).await?;
+                }
+                return Ok(!stop.load(Ordering::SeqCst));
             }
             let records = consumer
                 .poll(Duration::from_millis(500))
                 .await
                 .with_context(|| format!("reading '{source}'"))?;
             if records.is_empty() {
+                if let Some(prev) = pending.take() {
+                    copied += settle(&consumer, prev, to, &group).await?;
+                    bar.set_position(copied);
+                }
                 continue;
             }
+            let mut next: BTreeMap<TopicPartition, i64> = BTreeMap::new();
             let mut acks = Vec::with_capacity(records.len());
             for r in &records {
                 let mut out = ProducerRecord::new(to, r.value.clone());
@@ -205,16 +234,17 @@ pub(super) async fn run(
                         .with_context(|| format!("copying to '{to}'"))?,
                 );
             }
-            for a in acks {
-                a.await.with_context(|| format!("copying to '{to}'"))?;
+            for r in &records {
+                next.insert(TopicPartition::new(&*r.topic, r.partition), r.offset + 1);
             }
-            // Everything polled is in DST: the group moves past it.
-            consumer
-                .commit_sync()
-                .await
-                .with_context(|| format!("committing the copy's progress (group '{group}')"))?;
-            copied += records.len() as u64;
-            bar.inc(records.len() as u64);
+            if let Some(prev) = pending.take() {
+                copied += settle(&consumer, prev, to, &group).await?;
+                bar.set_position(copied);
+            }
+            pending = Some(Sent {
+                acks,
+                offsets: next.into_iter().collect(),
+            });
         }
     }
     .await;
