@@ -499,7 +499,22 @@ pub struct CliProcess {
 impl CliProcess {
     /// Starts `sluice --bootstrap ADDRESS ARGS...`.
     pub fn spawn(address: &str, args: &[&str]) -> CliProcess {
-        let mut child = spawn_cli(address, args);
+        CliProcess::collecting(spawn_cli(address, args))
+    }
+
+    /// Starts another workspace binary (an example program) with `args`.
+    pub fn spawn_bin(name: &str, args: &[&str]) -> CliProcess {
+        let child = Command::new(bin(name))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        CliProcess::collecting(child)
+    }
+
+    fn collecting(mut child: Child) -> CliProcess {
         let mut readers = Vec::new();
         let mut collect = |pipe: Box<dyn std::io::Read + Send>| {
             let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));

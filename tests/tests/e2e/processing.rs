@@ -721,3 +721,136 @@ async fn repartition_keeps_key_order_resumes_and_follows() {
     assert!(status.success(), "{err}");
     check(&read_all(cluster.client(), "wide").await, 450);
 }
+
+/// Rows in `table` of the SQLite database at `path` (0 before it has the table).
+fn sqlite_count(path: &std::path::Path, table: &str) -> i64 {
+    let Ok(conn) =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+    else {
+        return 0;
+    };
+    conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap_or(0)
+}
+
+/// The seeds' shape (examples/orders-sqlite): orders written into SQLite with their record
+/// ids marked processed in the same transaction, offsets committed after. SIGKILLed
+/// mid-stream three times, then run to the end: every order is in the table exactly once,
+/// the customers' totals add up, the redelivered records were skipped (not rewritten), and
+/// the one value that is not an order went to the dead-letter topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_into_sqlite_once_each_across_sigkills() {
+    const ORDERS: usize = 3000;
+    const POISON_AT: usize = 1100;
+    let customers = ["alice", "bob", "carol", "dave", "erin", "frank", "grace"];
+    let mut values: Vec<(String, String)> = (0..ORDERS)
+        .map(|i| {
+            let c = customers[i % customers.len()];
+            let order = format!(r#"{{"order_id":"o-{i}","customer":"{c}","amount_cents":{i}}}"#);
+            (c.to_string(), order)
+        })
+        .collect();
+    values.insert(POISON_AT, ("alice".into(), "alice:cart".into()));
+    let (cluster, admin) = one_broker_with("orders", 3, &values, None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("orders.db");
+    let bootstrap = cluster.bootstrap();
+    let args = [
+        "--bootstrap",
+        &bootstrap,
+        "--db",
+        db.to_str().unwrap(),
+        // Restarted with the same id, it gets its partitions back at once.
+        "--instance-id",
+        "orders-1",
+        "--commit-interval",
+        "100ms",
+        "--exit-when-idle",
+        "4s",
+    ];
+    // Killed after 400, 1200 and 2000 orders were written in all: each run commits a few
+    // times and is killed with up to 100 ms of written and uncommitted records.
+    for kill_at in [400, 1200, 2000] {
+        let p = CliProcess::spawn_bin("orders-to-sqlite", &args);
+        sluice_tests::wait_until(
+            &format!("{kill_at} orders in the table"),
+            Duration::from_secs(60),
+            || (sqlite_count(&db, "orders") >= kill_at).then_some(()),
+        );
+        p.signal(Signal::SIGKILL);
+        p.wait(Duration::from_secs(10));
+    }
+    let before_end = sqlite_count(&db, "orders");
+    assert!(
+        before_end < ORDERS as i64,
+        "the kills came before the end ({before_end} orders written)"
+    );
+    let resumed_from: i64 = committed(&admin, "orders-to-sqlite", "orders")
+        .await
+        .values()
+        .filter(|o| **o > 0)
+        .sum();
+    assert!(
+        resumed_from > 0,
+        "the killed runs committed offsets, so the next run did not start over"
+    );
+    let p = CliProcess::spawn_bin("orders-to-sqlite", &args);
+    let (status, _, err) = p.wait(Duration::from_secs(120));
+    assert!(status.success(), "{err}");
+
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut per_order = conn
+        .prepare("SELECT order_id, count(*) FROM orders GROUP BY order_id")
+        .unwrap();
+    let written: BTreeMap<String, i64> = per_order
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    let twice: Vec<_> = written.iter().filter(|(_, n)| **n != 1).collect();
+    assert!(twice.is_empty(), "orders written more than once: {twice:?}");
+    let expected: BTreeSet<String> = (0..ORDERS).map(|i| format!("o-{i}")).collect();
+    let missing: Vec<_> = expected
+        .iter()
+        .filter(|o| !written.contains_key(*o))
+        .collect();
+    assert!(missing.is_empty(), "orders never written: {missing:?}");
+    assert_eq!(written.len(), ORDERS);
+    for (n, c) in customers.iter().enumerate() {
+        let (count, total): (i64, i64) = conn
+            .query_row(
+                "SELECT orders, total_cents FROM customers WHERE customer = ?1",
+                [c],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        let mine: Vec<i64> = (0..ORDERS as i64)
+            .filter(|i| *i as usize % customers.len() == n)
+            .collect();
+        assert_eq!(
+            (count, total),
+            (mine.len() as i64, mine.iter().sum::<i64>()),
+            "totals of {c}"
+        );
+    }
+    let redelivered: i64 = conn
+        .query_row("SELECT sum(redeliveries) FROM processed", [], |r| r.get(0))
+        .unwrap();
+    assert!(
+        redelivered > 0,
+        "the kills left written, uncommitted records that came again and were skipped"
+    );
+    let dead: Vec<String> = read_all(cluster.client(), "orders.dlq")
+        .await
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.value).into_owned())
+        .collect();
+    assert!(
+        !dead.is_empty() && dead.iter().all(|v| v == "alice:cart"),
+        "the poison record, and only it, was dead-lettered: {dead:?}"
+    );
+    assert_eq!(
+        committed(&admin, "orders-to-sqlite", "orders").await,
+        ends(&admin, "orders").await
+    );
+}
