@@ -237,7 +237,8 @@ impl Broker {
         })
         .await
         .map_err(|e| Error::Internal(format!("opening the metadata store: {e}")))??;
-        let peers = PeerChannels::default();
+        let metrics = crate::metrics::Metrics::new();
+        let peers = PeerChannels::with_stages(metrics.stages());
         let controller = Controller::start(
             config.node_id,
             metadata.db(),
@@ -266,7 +267,7 @@ impl Broker {
             },
         });
         let broker = Arc::new(Broker {
-            metrics: crate::metrics::Metrics::new(),
+            metrics,
             serving: std::sync::atomic::AtomicBool::new(false),
             coordinator,
             config,

@@ -3,6 +3,7 @@
 //! in-sync replicas, controller, groups) is read at scrape time by `http`, not kept here.
 //! A leaf: every layer may record into it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -30,11 +31,97 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 20))
 }
 
+/// A stage of a write's way through its partition's Raft group, timed where it happens
+/// (`sluice bench sweep --breakdown` reads them): the series of
+/// `sluice_commit_stage_seconds`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stage {
+    /// A produce request on the leader, received to answered.
+    ProduceRequest,
+    /// A batch proposed to its leader's log append starting (openraft's core between).
+    LeaderQueue,
+    /// The leader's append called to running on the blocking pool.
+    LeaderAppendHop,
+    LeaderWrite,
+    LeaderFsync,
+    /// An AppendEntries with entries, sent by the leader to answered.
+    ReplicationRoundTrip,
+    /// An AppendEntries with entries, received by a follower to answered.
+    FollowerAppendEntries,
+    FollowerWrite,
+    FollowerFsync,
+    /// Committed entries applied to a replica's state machine.
+    Apply,
+    /// A batch proposed to committed and applied on its leader.
+    Committed,
+}
+
+impl Stage {
+    const ALL: [Stage; 11] = [
+        Stage::ProduceRequest,
+        Stage::LeaderQueue,
+        Stage::LeaderAppendHop,
+        Stage::LeaderWrite,
+        Stage::LeaderFsync,
+        Stage::ReplicationRoundTrip,
+        Stage::FollowerAppendEntries,
+        Stage::FollowerWrite,
+        Stage::FollowerFsync,
+        Stage::Apply,
+        Stage::Committed,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Stage::ProduceRequest => "produce_request",
+            Stage::LeaderQueue => "leader_queue",
+            Stage::LeaderAppendHop => "leader_append_hop",
+            Stage::LeaderWrite => "leader_write",
+            Stage::LeaderFsync => "leader_fsync",
+            Stage::ReplicationRoundTrip => "replication_round_trip",
+            Stage::FollowerAppendEntries => "follower_append_entries",
+            Stage::FollowerWrite => "follower_write",
+            Stage::FollowerFsync => "follower_fsync",
+            Stage::Apply => "apply",
+            Stage::Committed => "committed",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
+/// Stage buckets: 10 µs to ~15 s, by half again: fine enough for a sub-millisecond fsync.
+fn stage_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.00001, 1.5, 36))
+}
+
+/// The broker's stage series (cheap clones). A default one records into series nobody
+/// reads (tests, tools).
+#[derive(Debug, Clone)]
+pub(crate) struct Stages(Arc<[Histogram; 11]>);
+
+impl Default for Stages {
+    fn default() -> Self {
+        Stages(Arc::new(std::array::from_fn(|_| stage_histogram())))
+    }
+}
+
+impl Stages {
+    pub(crate) fn observe(&self, stage: Stage, took: Duration) {
+        let i = Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0);
+        self.0[i].observe(took.as_secs_f64());
+    }
+}
+
 /// What partition replicas record (cheap clones of the broker's series).
 #[derive(Debug, Clone)]
 pub(crate) struct RaftMetrics {
     leaderships: Counter,
     commit: Histogram,
+    stages: Stages,
 }
 
 impl RaftMetrics {
@@ -44,8 +131,13 @@ impl RaftMetrics {
     }
 
     /// A batch proposed by a leader here was committed by a quorum after `took`.
+    pub(crate) fn observe(&self, stage: Stage, took: Duration) {
+        self.stages.observe(stage, took);
+    }
+
     pub(crate) fn committed(&self, took: Duration) {
         self.commit.observe(took.as_secs_f64());
+        self.stages.observe(Stage::Committed, took);
     }
 }
 
@@ -95,9 +187,26 @@ impl Metrics {
             "Record batch bytes returned by fetch requests",
             fetch_bytes.clone(),
         );
+        let stage_family =
+            Family::<StageLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                stage_histogram,
+            );
+        let stages = Stages(Arc::new(Stage::ALL.map(|stage| {
+            stage_family
+                .get_or_create(&StageLabels {
+                    stage: stage.label(),
+                })
+                .clone()
+        })));
+        registry.register(
+            "sluice_commit_stage_seconds",
+            "Where a write's time goes, by stage of its way through the partition's Raft group (sluice bench sweep --breakdown)",
+            stage_family,
+        );
         let raft = RaftMetrics {
             leaderships: Counter::default(),
             commit: latency_histogram(),
+            stages,
         };
         registry.register(
             "sluice_raft_leaderships",
@@ -122,6 +231,11 @@ impl Metrics {
     /// The series partition replicas record into.
     pub(crate) fn raft(&self) -> RaftMetrics {
         self.raft.clone()
+    }
+
+    /// The commit-path stage series.
+    pub(crate) fn stages(&self) -> Stages {
+        self.raft.stages.clone()
     }
 
     pub(crate) fn registry(&self) -> &Registry {

@@ -88,6 +88,7 @@ pub async fn run(
             controller: broker.controller.clone(),
             groups: broker.groups.clone(),
             quiesced: broker.quiesced.clone(),
+            stages: broker.metrics.stages(),
         })
         .max_decoding_message_size(max)
         .max_encoding_message_size(max);

@@ -39,7 +39,10 @@ impl sluice_proto::pb::log_server::Log for LogService {
         let started = std::time::Instant::now();
         let result = produce::handle(&self.broker, req).await;
         let m = &self.broker.metrics;
-        m.request("produce", acks, started.elapsed(), code(&result));
+        let took = started.elapsed();
+        m.request("produce", acks, took, code(&result));
+        m.raft()
+            .observe(crate::metrics::Stage::ProduceRequest, took);
         if result.is_ok() {
             m.produced(bytes);
         }

@@ -386,6 +386,7 @@ impl Broker {
                     options,
                     self.config.producer_limits(),
                     self.raft_tails.clone(),
+                    self.metrics.stages(),
                 )
                 .map_err(|e| {
                     Error::Internal(format!("{}-{p}: opening the replica: {e}", record.name))

@@ -32,6 +32,8 @@ pub(crate) struct PeerChannels {
     /// This broker is shutting down: its peers (stopping too, with `sluice dev`) failing
     /// its last calls is expected, not news.
     closing: Arc<std::sync::atomic::AtomicBool>,
+    /// Where replication round trips are timed.
+    stages: crate::metrics::Stages,
 }
 
 /// At most one warning per peer this often while Raft calls to it fail. Every group calls
@@ -62,6 +64,18 @@ pub(crate) enum CallReport {
 }
 
 impl PeerChannels {
+    /// Channels that time replication round trips into `stages`.
+    pub(crate) fn with_stages(stages: crate::metrics::Stages) -> Self {
+        PeerChannels {
+            stages,
+            ..PeerChannels::default()
+        }
+    }
+
+    pub(crate) fn stages(&self) -> &crate::metrics::Stages {
+        &self.stages
+    }
+
     pub(crate) fn client(&self, address: &str) -> Result<RaftClient<Channel>, String> {
         self.channel(address).map(RaftClient::new)
     }

@@ -165,8 +165,18 @@ where
         rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
-        self.call(pb::RaftRpc::AppendEntries, &rpc, option.hard_ttl())
-            .await
+        // Partition writes only (not heartbeats, not the controller's entries).
+        let timed = (!rpc.entries.is_empty() && self.group != super::CONTROLLER_GROUP)
+            .then(std::time::Instant::now);
+        let result = self
+            .call(pb::RaftRpc::AppendEntries, &rpc, option.hard_ttl())
+            .await;
+        if let Some(sent) = timed {
+            self.channels
+                .stages()
+                .observe(crate::metrics::Stage::ReplicationRoundTrip, sent.elapsed());
+        }
+        result
     }
 
     async fn install_snapshot(

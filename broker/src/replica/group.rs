@@ -161,10 +161,11 @@ impl ReplicaStores {
         options: LogOptions,
         producer_limits: crate::producer_state::ProducerLimits,
         tail: crate::replica::tail::TailBudget,
+        stages: crate::metrics::Stages,
     ) -> std::io::Result<Self> {
         let segments = SegmentLog::open(dir, options, crate::clock::now_ms())
             .map_err(std::io::Error::other)?;
-        let log = SegmentRaftLog::open(dir, segments, tail)?;
+        let log = SegmentRaftLog::open(dir, segments, tail)?.with_stages(stages);
         let state = ReplicaState::open(dir)?.with_log(log.clone());
         state
             .producers()

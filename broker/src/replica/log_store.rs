@@ -125,6 +125,8 @@ pub(crate) struct SegmentRaftLog {
     committed: Arc<Mutex<Option<LogId<NodeId>>>>,
     /// This leader's proposals, told when their batch is durable here.
     proposals: Proposals,
+    /// Where appends are timed.
+    stages: crate::metrics::Stages,
 }
 
 impl SegmentRaftLog {
@@ -181,7 +183,19 @@ impl SegmentRaftLog {
             tail,
             committed,
             proposals: Proposals::default(),
+            stages: crate::metrics::Stages::default(),
         })
+    }
+
+    /// Where this log's appends and its state machine's applies are timed.
+    pub(crate) fn stages(&self) -> &crate::metrics::Stages {
+        &self.stages
+    }
+
+    /// Times appends into `stages` (before the log is cloned).
+    pub(crate) fn with_stages(mut self, stages: crate::metrics::Stages) -> Self {
+        self.stages = stages;
+        self
     }
 
     /// Where this log reports the durable append of the batches the leader proposed.
@@ -412,8 +426,28 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<_> = entries.into_iter().collect();
+        use crate::metrics::Stage;
+        let called = std::time::Instant::now();
+        // A leader's own proposals carry a token; a follower's entries do not.
+        let first_token = entries.iter().find_map(|e| match &e.payload {
+            EntryPayload::Normal(Payload(_, token)) if *token != 0 => Some(*token),
+            _ => None,
+        });
+        let leader = first_token.is_some();
+        if let Some(at) = first_token.and_then(|t| self.proposals.proposed_at(t)) {
+            self.stages
+                .observe(Stage::LeaderQueue, called.saturating_duration_since(at));
+        }
+        let stages = self.stages.clone();
         let result = self
             .blocking(move |inner| {
+                let started = std::time::Instant::now();
+                let (write, fsync) = if leader {
+                    stages.observe(Stage::LeaderAppendHop, started - called);
+                    (Stage::LeaderWrite, Stage::LeaderFsync)
+                } else {
+                    (Stage::FollowerWrite, Stage::FollowerFsync)
+                };
                 let mut meta_changed = false;
                 let mut appended = Vec::new();
                 for e in entries {
@@ -432,11 +466,14 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
                         .persist_meta()
                         .map_err(|e| io_err(StorageIOError::write_logs, e))?;
                 }
+                let written = std::time::Instant::now();
+                stages.observe(write, written - started);
                 // Durable before it is acknowledged: one fsync for the whole append.
                 inner
                     .log
                     .flush()
                     .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+                stages.observe(fsync, written.elapsed());
                 Ok(appended)
             })
             .await;

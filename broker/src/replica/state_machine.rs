@@ -254,6 +254,7 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
         I: IntoIterator<Item = Entry<PartitionRaft>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let started = std::time::Instant::now();
         let mut out = Vec::new();
         // The lock is not held across an await.
         let high_watermark = {
@@ -298,6 +299,10 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
             *hw = (*hw).max(high_watermark);
             moved
         });
+        if let Some(log) = &self.log {
+            log.stages()
+                .observe(crate::metrics::Stage::Apply, started.elapsed());
+        }
         Ok(out)
     }
 

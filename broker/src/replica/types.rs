@@ -73,11 +73,14 @@ impl Progress {
     }
 }
 
+/// A proposal's progress and when it was proposed.
+type Waiting = (watch::Sender<Progress>, std::time::Instant);
+
 /// Batches this leader proposed, by token, for the log store to report their durable append
 /// and the proposer to report their commit. Cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Proposals {
-    waiting: Arc<Mutex<HashMap<u64, watch::Sender<Progress>>>>,
+    waiting: Arc<Mutex<HashMap<u64, Waiting>>>,
     next: Arc<AtomicU64>,
 }
 
@@ -86,15 +89,22 @@ impl Proposals {
     pub(crate) fn register(&self) -> (u64, watch::Receiver<Progress>) {
         let token = self.next.fetch_add(1, Ordering::Relaxed) + 1;
         let (tx, rx) = watch::channel(Progress::Proposed);
-        self.waiting.lock().insert(token, tx);
+        self.waiting
+            .lock()
+            .insert(token, (tx, std::time::Instant::now()));
         (token, rx)
+    }
+
+    /// When the proposal `token` was made, while it is in flight.
+    pub(crate) fn proposed_at(&self, token: u64) -> Option<std::time::Instant> {
+        self.waiting.lock().get(&token).map(|(_, at)| *at)
     }
 
     /// Moves a proposal forward (never back); the last step removes it.
     pub(crate) fn advance(&self, token: u64, progress: Progress) {
         let mut waiting = self.waiting.lock();
         let done = progress.rank() == 2;
-        if let Some(tx) = waiting.get(&token) {
+        if let Some((tx, _)) = waiting.get(&token) {
             tx.send_if_modified(|p| {
                 let forward = progress.rank() > p.rank();
                 if forward {

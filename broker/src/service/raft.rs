@@ -22,6 +22,7 @@ pub(crate) struct RaftService {
     pub controller: Arc<Controller>,
     pub groups: Groups,
     pub quiesced: Quiesced,
+    pub stages: crate::metrics::Stages,
 }
 
 fn reply<T: Serialize>(value: &T) -> Result<tonic::Response<pb::RaftReply>, tonic::Status> {
@@ -81,11 +82,20 @@ impl pb::raft_server::Raft for RaftService {
                 request(&call.payload)?;
             // New entries mean the group is active again: restart the election timer.
             // (Empty appends are heartbeats, which a quiesced leader does not send.)
-            if !req.entries.is_empty() && self.quiesced.remove(call.group) {
+            let entries = !req.entries.is_empty();
+            if entries && self.quiesced.remove(call.group) {
                 raft.runtime_config().tick(true);
                 raft.runtime_config().elect(true);
             }
-            return reply(&raft.append_entries(req).await);
+            let received = std::time::Instant::now();
+            let response = raft.append_entries(req).await;
+            if entries {
+                self.stages.observe(
+                    crate::metrics::Stage::FollowerAppendEntries,
+                    received.elapsed(),
+                );
+            }
+            return reply(&response);
         }
         dispatch(&raft, &call).await
     }

@@ -29,10 +29,18 @@ pub(crate) enum BenchCommand {
     /// A member joins a group consuming under load: time until stable, and whether the
     /// members whose partitions did not move paused.
     Join(join::JoinBench),
+    /// Latency against throughput: produce at a list of target rates (or in steps up to
+    /// the max), each held for a time after a warm-up; a table, CSV, JSON and an SVG chart.
+    Sweep(sweep::SweepBench),
+    /// Draws the chart of earlier sweeps (their --json files) on one plot.
+    Plot(sweep::PlotArgs),
 }
 
+mod breakdown;
 mod group_consume;
 mod join;
+mod plot;
+mod sweep;
 
 #[derive(Debug, Args)]
 pub(crate) struct CommitBench {
@@ -53,13 +61,12 @@ pub(crate) struct CommitBench {
     duration: humantime::Duration,
 }
 
+/// The topic and producers of a produce workload (`bench produce`, `bench sweep`).
 #[derive(Debug, Args)]
-pub(crate) struct ProduceBench {
+pub(crate) struct LoadArgs {
     /// Topic to write to; created with --partitions if missing.
     #[arg(long, default_value = "bench")]
     topic: String,
-    #[arg(long, default_value_t = 1_000_000)]
-    records: u64,
     /// Record value size in bytes.
     #[arg(long, default_value_t = 1024)]
     record_size: usize,
@@ -86,9 +93,6 @@ pub(crate) struct ProduceBench {
     /// Concurrent producers (each with its own connection).
     #[arg(long, default_value_t = 1)]
     producers: u32,
-    /// Target records/s across producers (0: as fast as possible).
-    #[arg(long, default_value_t = 0)]
-    rate: u64,
     /// none, lz4 or zstd.
     #[arg(long, default_value = "none")]
     compression: String,
@@ -99,6 +103,75 @@ pub(crate) struct ProduceBench {
     /// idempotence; without it the producer sends one at a time).
     #[arg(long, default_value_t = sluice_client::producer::MAX_IN_FLIGHT)]
     max_in_flight: usize,
+}
+
+impl LoadArgs {
+    /// Creates the topic unless it exists; the producers' configuration.
+    async fn prepare(&self, ctx: &Context) -> anyhow::Result<ProducerConfig> {
+        let compression = Compression::parse(&self.compression).ok_or_else(|| {
+            invalid(format!(
+                "invalid --compression '{}': use none, lz4 or zstd",
+                self.compression
+            ))
+        })?;
+        let admin = Admin::new(ctx.client())?;
+        let topic = NewTopic::new(&self.topic, self.partitions, self.replication_factor)
+            .config("min.insync.replicas", self.min_insync_replicas.to_string());
+        match admin.create_topic(topic, false).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating bench topic '{}'", self.topic));
+            }
+        }
+        Ok(ProducerConfig {
+            acks: self.acks,
+            batch_size: self.batch_size,
+            linger: self.linger.into(),
+            buffer_memory: self.buffer_memory,
+            compression,
+            enable_idempotence: self.idempotence,
+            max_in_flight: self.max_in_flight,
+            ..ProducerConfig::default()
+        })
+    }
+
+    /// The workload in words.
+    fn describe(&self) -> String {
+        format!(
+            "{} B records, topic '{}' ({} partitions, factor {}), acks={:?}, idempotence {}, in flight {}, batch {} B, linger {}, {} producer(s)",
+            self.record_size,
+            self.topic,
+            self.partitions,
+            self.replication_factor,
+            self.acks,
+            self.idempotence,
+            self.max_in_flight,
+            self.batch_size,
+            self.linger,
+            self.producers,
+        )
+    }
+
+    /// A record value of --record-size bytes.
+    fn value(&self) -> Bytes {
+        Bytes::from(
+            (0..self.record_size)
+                .map(|i| (i % 251) as u8)
+                .collect::<Vec<u8>>(),
+        )
+    }
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProduceBench {
+    #[command(flatten)]
+    load: LoadArgs,
+    #[arg(long, default_value_t = 1_000_000)]
+    records: u64,
+    /// Target records/s across producers (0: as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
     /// Records at the start left out of the steady-state figures (Kafka's
     /// --warmup-records): connections, metadata and a new topic's first writes. The whole
     /// run is reported as well.
@@ -220,7 +293,7 @@ impl ProducerSummary {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 struct Latency {
     p50: f64,
     p99: f64,
@@ -234,6 +307,8 @@ pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> 
         BenchCommand::Consume(args) => consume(ctx, args).await?,
         BenchCommand::Commit(args) => commit(ctx, args).await?,
         BenchCommand::Join(args) => return join::run(ctx, args).await,
+        BenchCommand::Sweep(args) => return sweep::run(ctx, args).await,
+        BenchCommand::Plot(args) => return sweep::plot(ctx, args),
     };
     output::print(ctx.output, &report, |r| {
         outln!("{}", r.workload);
@@ -281,48 +356,18 @@ pub(crate) async fn run(ctx: &Context, cmd: BenchCommand) -> anyhow::Result<()> 
 }
 
 async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
-    let compression = Compression::parse(&args.compression).ok_or_else(|| {
-        invalid(format!(
-            "invalid --compression '{}': use none, lz4 or zstd",
-            args.compression
-        ))
-    })?;
     if args.warmup_records >= args.records {
         return Err(invalid(format!(
             "--warmup-records {} leaves nothing to measure: it must be less than --records {}",
             args.warmup_records, args.records
         )));
     }
-    let admin = Admin::new(ctx.client())?;
-    let topic = NewTopic::new(&args.topic, args.partitions, args.replication_factor)
-        .config("min.insync.replicas", args.min_insync_replicas.to_string());
-    match admin.create_topic(topic, false).await {
-        Ok(_) => {}
-        Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
-        Err(e) => return Err(e).with_context(|| format!("creating bench topic '{}'", args.topic)),
-    }
-    let config = ProducerConfig {
-        acks: args.acks,
-        batch_size: args.batch_size,
-        linger: args.linger.into(),
-        buffer_memory: args.buffer_memory,
-        compression,
-        enable_idempotence: args.idempotence,
-        max_in_flight: args.max_in_flight,
-        ..ProducerConfig::default()
-    };
+    let load = &args.load;
+    let config = load.prepare(ctx).await?;
     let workload = format!(
-        "produce: {} records x {} B, topic '{}' ({} partitions), acks={:?}, idempotence {}, in flight {}, batch {} B, linger {}, {} producer(s){}",
+        "produce: {} records x {}{}",
         args.records,
-        args.record_size,
-        args.topic,
-        args.partitions,
-        args.acks,
-        args.idempotence,
-        args.max_in_flight,
-        args.batch_size,
-        args.linger,
-        args.producers,
+        load.describe(),
         if args.rate > 0 {
             format!(", rate {}/s", args.rate)
         } else {
@@ -332,27 +377,24 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
     let histogram = Arc::new(Mutex::new(latency_histogram()));
     let steady_histogram = Arc::new(Mutex::new(latency_histogram()));
     let bar = progress(ctx, Some(args.records), "producing", false);
-    let value = Bytes::from(
-        (0..args.record_size)
-            .map(|i| (i % 251) as u8)
-            .collect::<Vec<u8>>(),
-    );
+    let value = load.value();
     let started = Instant::now();
     let mut tasks = Vec::new();
-    let per = args.records / args.producers.max(1) as u64;
-    for i in 0..args.producers.max(1) as u64 {
+    let producers = load.producers.max(1) as u64;
+    let per = args.records / producers;
+    for i in 0..producers {
         let count = if i == 0 {
-            per + args.records % args.producers.max(1) as u64
+            per + args.records % producers
         } else {
             per
         };
         let producer = Producer::connect(ctx.client(), config.clone()).await?;
-        let topic = args.topic.clone();
+        let topic = load.topic.clone();
         let value = value.clone();
         let histogram = histogram.clone();
         let steady_histogram = steady_histogram.clone();
         let bar = bar.clone();
-        let rate = args.rate / args.producers.max(1) as u64;
+        let rate = args.rate / producers;
         // Each producer's share of the warm-up, in proportion to its share of the records.
         let warmup = args.warmup_records * count / args.records.max(1);
         tasks.push(tokio::spawn(async move {
@@ -427,7 +469,7 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
         .lock()
         .map_err(|_| anyhow::anyhow!("histogram lock poisoned"))?;
     let ok = args.records - failed;
-    let bytes = ok * args.record_size as u64;
+    let bytes = ok * load.record_size as u64;
     let steady_state = match steady_from {
         Some(from) if args.warmup_records > 0 => {
             let sh = steady_histogram
@@ -440,7 +482,7 @@ async fn produce(ctx: &Context, args: ProduceBench) -> anyhow::Result<Report> {
                 records,
                 seconds,
                 records_per_second: records as f64 / seconds,
-                mb_per_second: (records * args.record_size as u64) as f64 / seconds / 1e6,
+                mb_per_second: (records * load.record_size as u64) as f64 / seconds / 1e6,
                 latency_ms: Latency::of(&sh),
             })
         }

@@ -647,3 +647,147 @@ fn readme_and_dev_run_the_cli_the_same_way() {
     let (status, _, err) = dev.wait(CLI_DEADLINE);
     assert!(status.success(), "{err}");
 }
+
+/// `bench sweep` holds each target rate for its window and reports the rate achieved and
+/// its latencies, with where the time went on the brokers (`--breakdown`, their /metrics);
+/// `--json`, `--csv` and `--svg` write the same steps, and `bench plot` draws two runs on
+/// one chart from their JSON.
+#[tokio::test(flavor = "multi_thread")]
+async fn bench_sweep_reports_each_rate_with_its_breakdown_and_draws_them() {
+    let cluster = Cluster::start(3);
+    cluster.wait_ready().await;
+    let bootstrap = cluster.bootstrap();
+    let http: Vec<String> = cluster
+        .brokers
+        .iter()
+        .map(|b| b.http_url().trim_start_matches("http://").to_string())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (json, csv, svg) = (file("a.json"), file("a.csv"), file("a.svg"));
+    let args = [
+        "bench",
+        "sweep",
+        "--topic",
+        "sweep",
+        "--partitions",
+        "3",
+        "--replication-factor",
+        "3",
+        "--min-insync-replicas",
+        "2",
+        "--linger",
+        "0ms",
+        "--record-size",
+        "100",
+        "--rates",
+        "200,600",
+        "--warmup",
+        "500ms",
+        "--duration",
+        "2s",
+        "--label",
+        "before",
+        "--breakdown",
+        &http.join(","),
+        "--json",
+        &json,
+        "--csv",
+        &csv,
+        "--svg",
+        &svg,
+        "-o",
+        "json",
+    ];
+    let out = run_cli(&bootstrap, &args, "");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let steps = run["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2, "{run}");
+    for (step, target) in steps.iter().zip([200.0, 600.0]) {
+        assert_eq!(step["target_rate"].as_f64(), Some(target), "{step}");
+        let achieved = step["achieved_rate"].as_f64().unwrap();
+        // A rate this low is kept to, within the window's edges.
+        assert!(
+            (achieved - target).abs() <= target * 0.1,
+            "achieved {achieved} for {target}: {step}"
+        );
+        assert_eq!(step["failed"], 0, "{step}");
+        let l = &step["latency_ms"];
+        let (p50, p99, max) = (
+            l["p50"].as_f64().unwrap(),
+            l["p99"].as_f64().unwrap(),
+            l["max"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{step}");
+        // Every write in the window was fsynced by its leader and a follower and went
+        // through a replication round trip; the stages are the brokers' own counts.
+        let stages: std::collections::HashMap<&str, &serde_json::Value> = step["breakdown"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| (s["stage"].as_str().unwrap(), s))
+            .collect();
+        for stage in [
+            "produce_request",
+            "leader_fsync",
+            "replication_round_trip",
+            "follower_fsync",
+            "committed",
+        ] {
+            let s = stages
+                .get(stage)
+                .unwrap_or_else(|| panic!("no {stage} in {step}"));
+            assert!(s["count"].as_u64().unwrap() > 0, "{step}");
+            assert!(s["mean_ms"].as_f64().unwrap() > 0.0, "{step}");
+        }
+        // At most one produce request per record (linger 0; a slow broker gets several
+        // records per request), a few more counted at the window's edges at most: the
+        // figures are the window's, not everything since the brokers started.
+        let requests = stages["produce_request"]["count"].as_f64().unwrap();
+        let records = target * 2.0;
+        assert!(
+            requests <= records * 1.2,
+            "{requests} produce requests for {records} records: {step}"
+        );
+    }
+    // The files hold the same run.
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(saved["steps"], run["steps"]);
+    let csv_text = std::fs::read_to_string(&csv).unwrap();
+    assert_eq!(csv_text.lines().count(), 3, "{csv_text}");
+    assert!(csv_text.lines().nth(1).unwrap().starts_with("before,200,"));
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(chart.matches(r#"class="series""#).count(), 2, "{chart}");
+
+    // A second run, drawn with the first.
+    let mut after = saved.clone();
+    after["label"] = "after".into();
+    let after_json = file("b.json");
+    std::fs::write(&after_json, after.to_string()).unwrap();
+    let both = file("both.svg");
+    let out = run_cli(
+        &bootstrap,
+        &["bench", "plot", &json, &after_json, "--svg", &both],
+        "",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("2 run(s): before, after"),
+        "{}",
+        stdout(&out)
+    );
+    let chart = std::fs::read_to_string(&both).unwrap();
+    assert_eq!(chart.matches(r#"class="series""#).count(), 4);
+    assert!(chart.contains(r#"data-run="after""#));
+
+    // A file that is not a sweep is named.
+    let out = run_cli(&bootstrap, &["bench", "plot", &csv, "--svg", &both], "");
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("a.csv: not a sweep result"),
+        "{}",
+        stderr(&out)
+    );
+}
