@@ -18,7 +18,9 @@ use parking_lot::Mutex;
 
 use crate::consumer::RecordId;
 use crate::consumer::processor::Handler;
-use crate::{ConsumerRecord, Error, Result};
+#[cfg(feature = "sled")]
+use crate::Error;
+use crate::{ConsumerRecord, Result};
 
 /// Where processed ids are kept.
 pub trait ProcessedIds: Send + Sync + 'static {

@@ -7,7 +7,8 @@
 //! an SVG chart with earlier runs on the same axes.
 //!
 //! Latency is from the `send` call to the acknowledgement, as `bench produce --rate`
-//! measures it (a send that waits for buffer memory counts the wait). A step whose sender
+//! measures it (a send that waits for buffer memory counts the wait). Each producer is
+//! paced by its own thread with the OS's sleep, so records go out evenly spaced. A step whose sender
 //! cannot keep to its schedule says so: the achieved rate falls short of the target and
 //! `not_sent` counts the records the schedule wanted and the window had no time for.
 
@@ -343,7 +344,11 @@ impl Load {
         for producer in &self.producers {
             let producer = producer.clone();
             let (topic, value) = (self.topic.clone(), self.value.clone());
-            tasks.push(tokio::spawn(async move {
+            let runtime = tokio::runtime::Handle::current();
+            // Paced on a thread of its own with the OS's sleep (tens of microseconds), not
+            // tokio's timer (a millisecond, later under load): a rate is sent as evenly
+            // spread records, not as bursts that queue behind each other in the producer.
+            tasks.push(tokio::task::spawn_blocking(move || {
                 let tally = Arc::new(Mutex::new(Tally {
                     latency: latency_histogram(),
                     acked_in_window: 0,
@@ -361,38 +366,37 @@ impl Load {
                         break;
                     }
                     if due > now {
-                        tokio::time::sleep_until(due.into()).await;
+                        std::thread::sleep(due - now);
                     }
                     let at = Instant::now();
                     let measured = at >= window_start;
                     let t = tally.clone();
-                    producer
-                        .send_with_callback(ProducerRecord::new(&topic, value.clone()), move |r| {
-                            let now = Instant::now();
-                            let Ok(mut t) = t.lock() else { return };
-                            match r {
-                                Ok(_) => {
-                                    if measured {
-                                        let micros = at.elapsed().as_micros().max(1) as u64;
-                                        t.latency.saturating_record(micros);
-                                    }
-                                    if now >= window_start && now <= end {
-                                        t.acked_in_window += 1;
-                                    }
+                    let record = ProducerRecord::new(&topic, value.clone());
+                    runtime.block_on(producer.send_with_callback(record, move |r| {
+                        let now = Instant::now();
+                        let Ok(mut t) = t.lock() else { return };
+                        match r {
+                            Ok(_) => {
+                                if measured {
+                                    let micros = at.elapsed().as_micros().max(1) as u64;
+                                    t.latency.saturating_record(micros);
                                 }
-                                Err(e) => {
-                                    if measured {
-                                        t.failed += 1;
-                                    }
-                                    t.first_error.get_or_insert_with(|| e.to_string());
+                                if now >= window_start && now <= end {
+                                    t.acked_in_window += 1;
                                 }
                             }
-                        })
-                        .await?;
+                            Err(e) => {
+                                if measured {
+                                    t.failed += 1;
+                                }
+                                t.first_error.get_or_insert_with(|| e.to_string());
+                            }
+                        }
+                    }))?;
                     sent += 1;
                 }
                 // Every answer is in before the next step starts.
-                producer.flush().await;
+                runtime.block_on(producer.flush());
                 let scheduled = per_producer.map_or(sent, |r| {
                     (r * end.duration_since(start).as_secs_f64()) as u64
                 });
