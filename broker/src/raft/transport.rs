@@ -14,7 +14,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
-use openraft::{AnyError, BasicNode, RaftTypeConfig};
+use openraft::{AnyError, BasicNode, LogId, RaftTypeConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sluice_proto::pb;
@@ -36,7 +36,29 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, rmp_serde::
 pub(crate) struct Network<C> {
     group: u64,
     channels: PeerChannels,
+    /// The last log id durable in this node's log, where the leader acknowledges its own
+    /// appends before their fsync: followers are told of commits up to it only.
+    durable: Option<Durable>,
     _config: PhantomData<C>,
+}
+
+/// Reads the last log id fsynced in this node's log.
+#[derive(Clone)]
+pub(crate) struct Durable(pub std::sync::Arc<dyn Fn() -> Option<LogId<u64>> + Send + Sync>);
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Durable").field(&(self.0)()).finish()
+    }
+}
+
+/// The commit a leader tells its followers: Raft's, but never past its own fsync.
+fn capped_commit(commit: Option<LogId<u64>>, on_disk: Option<LogId<u64>>) -> Option<LogId<u64>> {
+    match (commit, on_disk) {
+        (Some(c), Some(d)) if d.index < c.index => Some(d),
+        (Some(_), None) => None,
+        (c, _) => c,
+    }
 }
 
 impl<C> Network<C> {
@@ -44,8 +66,15 @@ impl<C> Network<C> {
         Network {
             group,
             channels,
+            durable: None,
             _config: PhantomData,
         }
+    }
+
+    /// Caps the commit index sent to followers at what `durable` says is fsynced.
+    pub(crate) fn with_durable(mut self, durable: Durable) -> Self {
+        self.durable = Some(durable);
+        self
     }
 }
 
@@ -60,6 +89,7 @@ where
     async fn new_client(&mut self, target: u64, node: &BasicNode) -> Peer<C> {
         Peer {
             group: self.group,
+            durable: self.durable.clone(),
             target,
             address: node.addr.clone(),
             channels: self.channels.clone(),
@@ -71,6 +101,7 @@ where
 #[derive(Debug)]
 pub(crate) struct Peer<C> {
     group: u64,
+    durable: Option<Durable>,
     target: u64,
     address: String,
     channels: PeerChannels,
@@ -162,9 +193,15 @@ where
 {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<C>,
+        mut rpc: AppendEntriesRequest<C>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        // Raft counted this leader's copy once written; a commit is told to followers
+        // (who apply it) only once the leader's copy is on disk too, so a committed entry
+        // is always on a majority of disks.
+        if let Some(durable) = &self.durable {
+            rpc.leader_commit = capped_commit(rpc.leader_commit, (durable.0)());
+        }
         // Partition writes only (not heartbeats, not the controller's entries).
         let timed = (!rpc.entries.is_empty() && self.group != super::CONTROLLER_GROUP)
             .then(std::time::Instant::now);
@@ -211,3 +248,22 @@ where
 
 const UNREACHABLE_BACKOFF_FIRST: Duration = Duration::from_millis(25);
 const UNREACHABLE_BACKOFF_MAX: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, LogId};
+
+    use super::capped_commit;
+
+    fn id(index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    #[test]
+    fn followers_hear_of_commits_only_up_to_the_leaders_fsync() {
+        assert_eq!(capped_commit(Some(id(9)), Some(id(7))), Some(id(7)));
+        assert_eq!(capped_commit(Some(id(7)), Some(id(9))), Some(id(7)));
+        assert_eq!(capped_commit(Some(id(7)), None), None);
+        assert_eq!(capped_commit(None, Some(id(7))), None);
+    }
+}

@@ -287,7 +287,10 @@ impl Replica {
         let raft = Raft::new(
             node_id as u64,
             Arc::new(raft_config),
-            Network::<PartitionRaft>::new(group, channels.clone()),
+            Network::<PartitionRaft>::new(group, channels.clone()).with_durable({
+                let durable = stores.log.durable();
+                crate::raft::transport::Durable(Arc::new(move || durable.borrow().last))
+            }),
             stores.log.clone(),
             stores.state.clone(),
         )

@@ -25,6 +25,8 @@ use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use bytes::{Bytes, BytesMut};
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{
@@ -97,8 +99,19 @@ struct Meta {
     controls: Vec<Control>,
 }
 
+/// How far a log is on disk: the last entry written, the last fsynced (every entry up to
+/// it in the log is), or why an fsync failed after its append was acknowledged to Raft.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Durable {
+    pub written: Option<u64>,
+    pub last: Option<LogId<NodeId>>,
+    pub failed: Option<String>,
+}
+
 #[derive(Debug)]
 struct Inner {
+    /// Shared with `SegmentRaftLog` (see [`Durable`]).
+    durable: Arc<watch::Sender<Durable>>,
     dir: PathBuf,
     log: SegmentLog,
     meta: Meta,
@@ -127,6 +140,8 @@ pub(crate) struct SegmentRaftLog {
     proposals: Proposals,
     /// Where appends are timed.
     stages: crate::metrics::Stages,
+    /// What is fsynced (shared with `Inner`).
+    durable: Arc<watch::Sender<Durable>>,
 }
 
 impl SegmentRaftLog {
@@ -146,7 +161,9 @@ impl SegmentRaftLog {
         }
         let tail = Arc::new(Mutex::new(Tail::new(tail)));
         let committed = Arc::new(Mutex::new(meta.committed));
+        let durable = Arc::new(watch::Sender::new(Durable::default()));
         let mut inner = Inner {
+            durable: durable.clone(),
             dir: dir.to_path_buf(),
             log,
             meta,
@@ -178,13 +195,46 @@ impl SegmentRaftLog {
         }
         inner.place_controls(bases)?;
         inner.forget_runs_past_the_end();
+        // What a restart finds on disk is durable.
+        let last = inner.last_log_id();
+        durable.send_replace(Durable {
+            written: last.map(|l| l.index),
+            last,
+            failed: None,
+        });
         Ok(SegmentRaftLog {
             inner: Arc::new(Mutex::new(inner)),
             tail,
             committed,
             proposals: Proposals::default(),
             stages: crate::metrics::Stages::default(),
+            durable,
         })
+    }
+
+    /// What of this log is fsynced, as it moves.
+    pub(crate) fn durable(&self) -> watch::Receiver<Durable> {
+        self.durable.subscribe()
+    }
+
+    /// Waits until the entries up to `index` written here are fsynced (a leader
+    /// acknowledges its own appends to Raft before their fsync ends; see `append`). An
+    /// error if an fsync failed.
+    pub(crate) async fn await_durable(&self, index: u64) -> SResult<()> {
+        let mut durable = self.durable.subscribe();
+        let d = durable
+            .wait_for(|d| {
+                d.failed.is_some()
+                    || d.last.is_some_and(|l| l.index >= index)
+                    // Nothing past it was written here to wait for.
+                    || d.written.is_none_or(|w| w <= d.last.map_or(0, |l| l.index))
+            })
+            .await
+            .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+        match &d.failed {
+            Some(e) => Err(io_err(StorageIOError::write_logs, e)),
+            None => Ok(()),
+        }
     }
 
     /// Where this log's appends and its state machine's applies are timed.
@@ -308,6 +358,10 @@ impl SegmentRaftLog {
             first_index: last.index,
             leader: last.leader_id,
         }];
+        inner.durable.send_modify(|d| {
+            d.last = Some(last);
+            d.written = Some(last.index);
+        });
         inner.persist_meta()
     }
 
@@ -420,13 +474,26 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
         Ok(*self.committed.lock())
     }
 
+    /// Writes `entries` and fsyncs them, once for the whole append. A follower's entries
+    /// (and a leader's own control entries) are acknowledged to Raft after the fsync: a
+    /// follower's answer says they are on its disk. A leader's own proposals are
+    /// acknowledged once written, and the fsync goes on while Raft replicates them (the
+    /// Raft thesis's 10.2.1: the leader writes in parallel with its followers). The leader
+    /// still counts only once durable: its state machine applies an entry (the high
+    /// watermark, the producer's answer) only after this fsync ([`Self::await_durable`]),
+    /// followers are told of commits only up to it (the transport caps `leader_commit`)
+    /// and the commit saved in `raft.json` never passes it.
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<PartitionRaft>) -> SResult<()>
     where
         I: IntoIterator<Item = Entry<PartitionRaft>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<_> = entries.into_iter().collect();
         use crate::metrics::Stage;
+        let entries: Vec<_> = entries.into_iter().collect();
+        let Some(last) = entries.last().map(|e| e.log_id) else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
         let called = std::time::Instant::now();
         // A leader's own proposals carry a token; a follower's entries do not.
         let first_token = entries.iter().find_map(|e| match &e.payload {
@@ -439,15 +506,23 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
                 .observe(Stage::LeaderQueue, called.saturating_duration_since(at));
         }
         let stages = self.stages.clone();
-        let result = self
-            .blocking(move |inner| {
-                let started = std::time::Instant::now();
-                let (write, fsync) = if leader {
-                    stages.observe(Stage::LeaderAppendHop, started - called);
-                    (Stage::LeaderWrite, Stage::LeaderFsync)
-                } else {
-                    (Stage::FollowerWrite, Stage::FollowerFsync)
-                };
+        let proposals = self.proposals.clone();
+        let durable = self.durable.clone();
+        let inner = self.inner.clone();
+        // Told once the entries are written (a leader's proposals) or durable.
+        let (written_tx, written_rx) = tokio::sync::oneshot::channel::<SResult<()>>();
+        // The write and the fsync run in one blocking task holding the log (the next
+        // append waits for this fsync, so appends stay in order).
+        let task = tokio::task::spawn_blocking(move || {
+            let mut inner = inner.lock();
+            let started = std::time::Instant::now();
+            let (write, fsync) = if leader {
+                stages.observe(Stage::LeaderAppendHop, started - called);
+                (Stage::LeaderWrite, Stage::LeaderFsync)
+            } else {
+                (Stage::FollowerWrite, Stage::FollowerFsync)
+            };
+            let wrote = (|| {
                 let mut meta_changed = false;
                 let mut appended = Vec::new();
                 for e in entries {
@@ -466,22 +541,58 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
                         .persist_meta()
                         .map_err(|e| io_err(StorageIOError::write_logs, e))?;
                 }
-                let written = std::time::Instant::now();
-                stages.observe(write, written - started);
-                // Durable before it is acknowledged: one fsync for the whole append.
-                inner
-                    .log
-                    .flush()
-                    .map_err(|e| io_err(StorageIOError::write_logs, e))?;
-                stages.observe(fsync, written.elapsed());
                 Ok(appended)
-            })
-            .await;
-        let result = result.map(|appended| {
-            for (token, at) in appended {
-                self.proposals.advance(token, Progress::Appended(at));
+            })();
+            let appended = match wrote {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = written_tx.send(Err(e));
+                    return;
+                }
+            };
+            let written = std::time::Instant::now();
+            stages.observe(write, written - started);
+            durable.send_modify(|d| d.written = Some(last.index));
+            let mut written_tx = Some(written_tx);
+            if leader && let Some(tx) = written_tx.take() {
+                let _ = tx.send(Ok(()));
+            }
+            match inner.log.flush() {
+                Ok(()) => {
+                    stages.observe(fsync, written.elapsed());
+                    durable.send_modify(|d| {
+                        if d.last.is_none_or(|l| l.index < last.index) {
+                            d.last = Some(last);
+                        }
+                    });
+                    // acks=1 answers here: durable in the leader's log.
+                    for (token, at) in appended {
+                        proposals.advance(token, Progress::Appended(at));
+                    }
+                    if let Some(tx) = written_tx.take() {
+                        let _ = tx.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    let e = io_err(StorageIOError::write_logs, e);
+                    durable.send_modify(|d| d.failed = Some(e.to_string()));
+                    if let Some(tx) = written_tx.take() {
+                        let _ = tx.send(Err(e));
+                    }
+                }
             }
         });
+        let result = match written_rx.await {
+            Ok(r) => r,
+            // The task ended without a word: it panicked.
+            Err(_) => Err(io_err(
+                StorageIOError::write_logs,
+                match task.await {
+                    Err(e) => format!("storage task failed: {e}"),
+                    Ok(()) => "storage task ended without an answer".to_string(),
+                },
+            )),
+        };
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),
             Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
@@ -512,6 +623,13 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
                 // Only now: a failed cut leaves the entries in the log, and in the tail.
                 inner.tail.lock().truncate_from(log_id.index);
             }
+            let kept = inner.last_log_id();
+            inner.durable.send_modify(|d| {
+                if d.last.is_some_and(|l| l.index >= log_id.index) {
+                    d.last = kept;
+                }
+                d.written = kept.map(|l| l.index);
+            });
             inner.meta.controls.retain(|c| c.index < log_id.index);
             if inner.offsets.is_empty() {
                 inner.meta.first_offset = None;
@@ -598,6 +716,77 @@ mod tests {
             TailBudget::new(1 << 20),
         )
         .unwrap()
+    }
+
+    /// A leader's own proposal is answered to Raft once written and reported durable
+    /// (and to acks=1) after its fsync; what is applied waits for that, and the commit
+    /// saved in raft.json never passes it (after a power loss the log could end before).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leaders_commit_never_passes_what_is_on_its_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        let (token, mut progress) = log.proposals().register();
+        let Payload(bytes, _) = batch(3);
+        let mut entries = vec![entry(1, 0, EntryPayload::Blank)];
+        entries.push(entry(1, 1, EntryPayload::Normal(Payload(bytes, token))));
+        log.blocking_append(entries).await.unwrap();
+        log.await_durable(1).await.unwrap();
+        assert_eq!(log.durable().borrow().last.map(|l| l.index), Some(1));
+        let appended = progress
+            .wait_for(|p| matches!(p, Progress::Appended(_)))
+            .await
+            .unwrap()
+            .clone();
+        assert!(matches!(appended, Progress::Appended(a) if a.base_offset == 0));
+
+        // Entry 2 written, its fsync not done yet: as a leader sees it between the two.
+        log.blocking_append(vec![entry(1, 2, EntryPayload::Normal(batch(1)))])
+            .await
+            .unwrap();
+        log.durable.send_modify(|d| d.last = Some(log_id(1, 1)));
+        let waiting = {
+            let log = log.clone();
+            tokio::spawn(async move { log.await_durable(2).await })
+        };
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!waiting.is_finished(), "applied before it was on disk");
+        // Raft commits 2 (a follower holds it); raft.json is written meanwhile.
+        log.save_committed(Some(log_id(1, 2))).await.unwrap();
+        log.purge(log_id(1, 0)).await.unwrap();
+        log.durable.send_modify(|d| d.last = Some(log_id(1, 2)));
+        waiting.await.unwrap().unwrap();
+        drop(log);
+        let mut log = open(dir.path());
+        assert_eq!(
+            log.read_committed().await.unwrap(),
+            Some(log_id(1, 1)),
+            "saved past the fsync"
+        );
+        // A failed fsync fails what waits for it, rather than apply what is not on disk.
+        log.blocking_append(vec![entry(1, 3, EntryPayload::Normal(batch(1)))])
+            .await
+            .unwrap();
+        log.durable.send_modify(|d| {
+            d.last = Some(log_id(1, 2));
+            d.failed = Some("fsync: I/O error".into());
+        });
+        let e = log.await_durable(3).await.unwrap_err();
+        assert!(e.to_string().contains("I/O error"), "{e}");
+    }
+
+    /// Applying entries this log never wrote (openraft's storage suite does) waits for
+    /// nothing.
+    #[tokio::test]
+    async fn entries_not_written_here_wait_for_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path());
+        log.await_durable(7).await.unwrap();
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(term, 1), index)
     }
 
     /// The vote survives a restart from its own file; a log written before that file

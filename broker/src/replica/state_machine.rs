@@ -255,6 +255,13 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
         I::IntoIter: OptionalSend,
     {
         let started = std::time::Instant::now();
+        let entries: Vec<_> = entries.into_iter().collect();
+        // A leader acknowledges its own appends to Raft before their fsync ends (see
+        // `SegmentRaftLog::append`): nothing is applied (the high watermark, a producer's
+        // answer) before it is on this replica's disk too.
+        if let (Some(log), Some(last)) = (&self.log, entries.last()) {
+            log.await_durable(last.log_id.index).await?;
+        }
         let mut out = Vec::new();
         // The lock is not held across an await.
         let high_watermark = {

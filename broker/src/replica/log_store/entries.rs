@@ -6,9 +6,25 @@ use super::*;
 
 impl Inner {
     pub(super) fn persist_meta(&mut self) -> std::io::Result<()> {
-        self.meta.committed = *self.committed.lock();
+        // Never a commit past what is fsynced here: a leader acknowledges its own appends
+        // before their fsync, and after a power loss the log may end before it.
+        let committed = *self.committed.lock();
+        let durable = self.durable.borrow().last;
+        self.meta.committed = match (committed, durable) {
+            (Some(c), Some(d)) if d.index < c.index => Some(d),
+            (Some(_), None) => None,
+            (c, _) => c,
+        };
         let data = serde_json::to_vec(&self.meta).map_err(std::io::Error::other)?;
         crate::storage::replace_file(&self.dir.join(META_FILE), &data, true)
+    }
+
+    /// The last entry's log id, or the last purged one when the log is empty.
+    pub(super) fn last_log_id(&self) -> Option<LogId<NodeId>> {
+        match self.last_index() {
+            Some(i) => self.log_id(i).ok(),
+            None => self.meta.last_purged,
+        }
     }
 
     pub(super) fn last_index(&self) -> Option<u64> {
