@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::sweep::SweepRun;
+use super::sweep::{Step, SweepRun};
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 560.0;
@@ -164,15 +164,14 @@ pub(crate) fn svg(runs: &[SweepRun], title: &str) -> String {
         let color = COLORS[i % COLORS.len()];
         let steps: Vec<_> = run.steps.iter().filter(|s| s.records > 0).collect();
         for (quantile, dash, pick) in [
-            (
-                "p99",
-                "",
-                (|s| s.latency_ms.p99) as fn(&&super::sweep::Step) -> f64,
-            ),
+            ("p99", "", (|s| s.latency_ms.p99) as fn(&&Step) -> f64),
             ("p50", r#" stroke-dasharray="6 4""#, |s| s.latency_ms.p50),
         ] {
+            // The line joins the steps that kept to their rate; one that fell behind (its
+            // latency is its backlog) is a hollow dot off the line.
             let path: Vec<String> = steps
                 .iter()
+                .filter(|s| kept_up(s))
                 .map(|s| format!("{:.1},{:.1}", x(s.achieved_rate), y(pick(s))))
                 .collect();
             let _ = writeln!(
@@ -182,14 +181,17 @@ pub(crate) fn svg(runs: &[SweepRun], title: &str) -> String {
                 path.join(" ")
             );
             for s in &steps {
+                let fill = if kept_up(s) { color } else { "white" };
                 let _ = writeln!(
                     out,
-                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"><title>{} {quantile} {:.2} ms at {:.0} records/s</title></circle>"#,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{fill}" stroke="{color}"><title>{} {quantile} {:.2} ms at {:.0} records/s{}</title></circle>"#,
                     x(s.achieved_rate),
                     y(pick(s)),
                     escape(&run.label),
                     pick(s),
-                    s.achieved_rate
+                    s.achieved_rate,
+                    s.target_rate
+                        .map_or(String::new(), |t| format!(" (target {t:.0})"))
                 );
             }
         }
@@ -222,8 +224,19 @@ pub(crate) fn svg(runs: &[SweepRun], title: &str) -> String {
             escape(&run.label)
         );
     }
+    let _ = writeln!(
+        out,
+        r##"<text x="{:.1}" y="{:.1}" font-size="11" fill="#555">hollow: fell behind its target</text>"##,
+        WIDTH - RIGHT + 16.0,
+        TOP + plot_h
+    );
     out.push_str("</svg>\n");
     out
+}
+
+/// Whether a step achieved at least 90% of its target rate (an unthrottled one did).
+fn kept_up(s: &Step) -> bool {
+    s.target_rate.is_none_or(|t| s.achieved_rate >= 0.9 * t)
 }
 
 #[cfg(test)]
