@@ -16,10 +16,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::consumer::RecordId;
-use crate::consumer::processor::Handler;
 #[cfg(feature = "sled")]
 use crate::Error;
+use crate::consumer::RecordId;
+use crate::consumer::processor::Handler;
 use crate::{ConsumerRecord, Result};
 
 /// Where processed ids are kept.
