@@ -40,6 +40,7 @@ mod breakdown;
 mod group_consume;
 mod join;
 mod plot;
+mod results;
 mod sweep;
 
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::sweep::{Step, SweepRun};
+use super::results::{Step, SweepRun};
 
 const WIDTH: f64 = 900.0;
 const HEIGHT: f64 = 560.0;
@@ -243,7 +243,7 @@ fn kept_up(s: &Step) -> bool {
 mod tests {
     use super::*;
     use crate::commands::bench::Latency;
-    use crate::commands::bench::sweep::{Step, SweepRun};
+    use crate::commands::bench::results::{Step, SweepRun};
 
     fn run(label: &str, points: &[(f64, f64, f64)]) -> SweepRun {
         SweepRun {

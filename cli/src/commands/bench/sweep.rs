@@ -20,10 +20,11 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use clap::Args;
 use hdrhistogram::Histogram;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sluice_client::{Producer, ProducerRecord};
 
-use super::breakdown::{self, Scrape, StageFigure};
+use super::breakdown::{self, Scrape};
+use super::results::{Step, SweepRun};
 use super::{Latency, LoadArgs, latency_histogram};
 use crate::commands::{Context, invalid, progress};
 use crate::output;
@@ -77,34 +78,6 @@ pub(crate) struct PlotArgs {
     /// The chart's title [default: the first run's workload].
     #[arg(long)]
     title: Option<String>,
-}
-
-/// One sweep: what `--json` writes and `bench plot` reads.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct SweepRun {
-    pub label: String,
-    pub workload: String,
-    /// The unthrottled step's rate, when the steps were found from it.
-    pub max_rate: Option<f64>,
-    pub steps: Vec<Step>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct Step {
-    /// records/s asked for; none for the unthrottled step.
-    pub target_rate: Option<f64>,
-    /// Records acknowledged in the measured window, per second.
-    pub achieved_rate: f64,
-    pub mb_per_second: f64,
-    /// Records sent in the window and acknowledged (the latency sample).
-    pub records: u64,
-    pub failed: u64,
-    /// Records the schedule wanted and the sender had no time for (it fell behind).
-    pub not_sent: u64,
-    pub latency_ms: Latency,
-    /// Where a write's time went on the brokers, during the window (with --breakdown).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub breakdown: Option<Vec<StageFigure>>,
 }
 
 /// One producer's outcomes in one step, filled in by its delivery callbacks.
