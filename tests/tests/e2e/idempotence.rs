@@ -261,16 +261,27 @@ async fn a_retry_while_the_original_is_still_in_flight_is_not_stored_twice() {
     for id in 1..=3 {
         addresses.insert(id, cluster.node(id).address.clone());
     }
-    let (now_leading, retried) =
-        eventually("the retry is answered", Duration::from_secs(20), || async {
+    let (_, retried) = eventually("the retry is answered", Duration::from_secs(20), || async {
+        let l = leader(&admin, "slow", 0).await;
+        let offset = produce(&addresses[&l], "slow", -1, a.clone()).await.ok()?;
+        Some((l, offset))
+    })
+    .await;
+    // Leadership can still move after the retry was answered (a resumed follower's
+    // election timer fires): the next batch follows it, as a producer does on NOT_LEADER
+    // (a refused batch was not stored; one sent again is stored once).
+    let (now_leading, next) = eventually(
+        "the next batch is answered",
+        Duration::from_secs(20),
+        || async {
             let l = leader(&admin, "slow", 0).await;
-            let offset = produce(&addresses[&l], "slow", -1, a.clone()).await.ok()?;
+            let offset = produce(&addresses[&l], "slow", -1, batch(21, 0, 2, 1))
+                .await
+                .ok()?;
             Some((l, offset))
-        })
-        .await;
-    let next = produce(&addresses[&now_leading], "slow", -1, batch(21, 0, 2, 1))
-        .await
-        .expect("next batch");
+        },
+    )
+    .await;
     assert!(next > retried);
     let stored = values(&cluster.node(now_leading).read_all("slow").await);
     assert_eq!(stored, ["21/0/0", "21/0/1", "21/0/2"]);
