@@ -111,8 +111,8 @@ impl Default for Stages {
 
 impl Stages {
     pub(crate) fn observe(&self, stage: Stage, took: Duration) {
-        let i = Stage::ALL.iter().position(|s| *s == stage).unwrap_or(0);
-        self.0[i].observe(took.as_secs_f64());
+        // `ALL` lists the stages in declaration order.
+        self.0[stage as usize].observe(took.as_secs_f64());
     }
 }
 
@@ -131,10 +131,6 @@ impl RaftMetrics {
     }
 
     /// A batch proposed by a leader here was committed by a quorum after `took`.
-    pub(crate) fn observe(&self, stage: Stage, took: Duration) {
-        self.stages.observe(stage, took);
-    }
-
     pub(crate) fn committed(&self, took: Duration) {
         self.commit.observe(took.as_secs_f64());
         self.stages.observe(Stage::Committed, took);
@@ -236,6 +232,11 @@ impl Metrics {
     /// The commit-path stage series.
     pub(crate) fn stages(&self) -> Stages {
         self.raft.stages.clone()
+    }
+
+    /// One write spent `took` in `stage` here.
+    pub(crate) fn stage(&self, stage: Stage, took: Duration) {
+        self.raft.stages.observe(stage, took);
     }
 
     pub(crate) fn registry(&self) -> &Registry {

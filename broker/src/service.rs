@@ -41,8 +41,7 @@ impl sluice_proto::pb::log_server::Log for LogService {
         let m = &self.broker.metrics;
         let took = started.elapsed();
         m.request("produce", acks, took, code(&result));
-        m.raft()
-            .observe(crate::metrics::Stage::ProduceRequest, took);
+        m.stage(crate::metrics::Stage::ProduceRequest, took);
         if result.is_ok() {
             m.produced(bytes);
         }

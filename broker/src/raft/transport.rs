@@ -52,8 +52,12 @@ impl std::fmt::Debug for Durable {
     }
 }
 
-/// The commit a leader tells its followers: Raft's, but never past its own fsync.
-fn capped_commit(commit: Option<LogId<u64>>, on_disk: Option<LogId<u64>>) -> Option<LogId<u64>> {
+/// A commit as far as it may be told or saved: Raft's, but never past this node's fsync
+/// (what a leader tells its followers, and what its `raft.json` keeps).
+pub(crate) fn capped_commit(
+    commit: Option<LogId<u64>>,
+    on_disk: Option<LogId<u64>>,
+) -> Option<LogId<u64>> {
     match (commit, on_disk) {
         (Some(c), Some(d)) if d.index < c.index => Some(d),
         (Some(_), None) => None,

@@ -522,28 +522,7 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
             } else {
                 (Stage::FollowerWrite, Stage::FollowerFsync)
             };
-            let wrote = (|| {
-                let mut meta_changed = false;
-                let mut appended = Vec::new();
-                for e in entries {
-                    let token = match &e.payload {
-                        EntryPayload::Normal(Payload(_, token)) => *token,
-                        _ => 0,
-                    };
-                    let (changed, at) = inner.append_one(e)?;
-                    meta_changed |= changed;
-                    if token != 0 {
-                        appended.push((token, at));
-                    }
-                }
-                if meta_changed {
-                    inner
-                        .persist_meta()
-                        .map_err(|e| io_err(StorageIOError::write_logs, e))?;
-                }
-                Ok(appended)
-            })();
-            let appended = match wrote {
+            let appended = match inner.append_all(entries) {
                 Ok(a) => a,
                 Err(e) => {
                     let _ = written_tx.send(Err(e));
@@ -553,10 +532,13 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
             let written = std::time::Instant::now();
             stages.observe(write, written - started);
             durable.send_modify(|d| d.written = Some(last.index));
-            let mut written_tx = Some(written_tx);
-            if leader && let Some(tx) = written_tx.take() {
-                let _ = tx.send(Ok(()));
-            }
+            // A leader's proposals are answered now; anything else once durable.
+            let written_tx = if leader {
+                let _ = written_tx.send(Ok(()));
+                None
+            } else {
+                Some(written_tx)
+            };
             match inner.log.flush() {
                 Ok(()) => {
                     stages.observe(fsync, written.elapsed());
@@ -569,14 +551,14 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
                     for (token, at) in appended {
                         proposals.advance(token, Progress::Appended(at));
                     }
-                    if let Some(tx) = written_tx.take() {
+                    if let Some(tx) = written_tx {
                         let _ = tx.send(Ok(()));
                     }
                 }
                 Err(e) => {
                     let e = io_err(StorageIOError::write_logs, e);
                     durable.send_modify(|d| d.failed = Some(e.to_string()));
-                    if let Some(tx) = written_tx.take() {
+                    if let Some(tx) = written_tx {
                         let _ = tx.send(Err(e));
                     }
                 }

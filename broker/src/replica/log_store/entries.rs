@@ -8,13 +8,10 @@ impl Inner {
     pub(super) fn persist_meta(&mut self) -> std::io::Result<()> {
         // Never a commit past what is fsynced here: a leader acknowledges its own appends
         // before their fsync, and after a power loss the log may end before it.
-        let committed = *self.committed.lock();
-        let durable = self.durable.borrow().last;
-        self.meta.committed = match (committed, durable) {
-            (Some(c), Some(d)) if d.index < c.index => Some(d),
-            (Some(_), None) => None,
-            (c, _) => c,
-        };
+        self.meta.committed = crate::raft::transport::capped_commit(
+            *self.committed.lock(),
+            self.durable.borrow().last,
+        );
         let data = serde_json::to_vec(&self.meta).map_err(std::io::Error::other)?;
         crate::storage::replace_file(&self.dir.join(META_FILE), &data, true)
     }
@@ -25,6 +22,32 @@ impl Inner {
             Some(i) => self.log_id(i).ok(),
             None => self.meta.last_purged,
         }
+    }
+
+    /// Writes `entries` (no fsync), and `raft.json` if they change it: the proposal token
+    /// and place of each of the leader's own batches.
+    pub(super) fn append_all(
+        &mut self,
+        entries: Vec<Entry<PartitionRaft>>,
+    ) -> SResult<Vec<(u64, Appended)>> {
+        let mut meta_changed = false;
+        let mut appended = Vec::new();
+        for e in entries {
+            let token = match &e.payload {
+                EntryPayload::Normal(Payload(_, token)) => *token,
+                _ => 0,
+            };
+            let (changed, at) = self.append_one(e)?;
+            meta_changed |= changed;
+            if token != 0 {
+                appended.push((token, at));
+            }
+        }
+        if meta_changed {
+            self.persist_meta()
+                .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+        }
+        Ok(appended)
     }
 
     pub(super) fn last_index(&self) -> Option<u64> {

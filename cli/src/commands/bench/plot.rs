@@ -195,34 +195,26 @@ pub(crate) fn svg(runs: &[SweepRun], title: &str) -> String {
                 );
             }
         }
-        let ly = TOP + 14.0 + i as f64 * 40.0;
+        // The legend: the p99 line, then the p50 one below it.
         let lx = WIDTH - RIGHT + 16.0;
-        let _ = writeln!(
-            out,
-            r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"/>"#,
-            lx + 24.0
-        );
-        let _ = writeln!(
-            out,
-            r#"<line x1="{lx}" y1="{}" x2="{}" y2="{}" stroke="{color}" stroke-width="2" stroke-dasharray="6 4"/>"#,
-            ly + 16.0,
-            lx + 24.0,
-            ly + 16.0
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{}" y="{}">{} p99</text>"#,
-            lx + 30.0,
-            ly + 4.0,
-            escape(&run.label)
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{}" y="{}">{} p50</text>"#,
-            lx + 30.0,
-            ly + 20.0,
-            escape(&run.label)
-        );
+        for (row, (quantile, dash)) in [("p99", ""), ("p50", r#" stroke-dasharray="6 4""#)]
+            .into_iter()
+            .enumerate()
+        {
+            let ly = TOP + 14.0 + i as f64 * 40.0 + row as f64 * 16.0;
+            let _ = writeln!(
+                out,
+                r#"<line x1="{lx}" y1="{ly}" x2="{}" y2="{ly}" stroke="{color}" stroke-width="2"{dash}/>"#,
+                lx + 24.0
+            );
+            let _ = writeln!(
+                out,
+                r#"<text x="{}" y="{}">{} {quantile}</text>"#,
+                lx + 30.0,
+                ly + 4.0,
+                escape(&run.label)
+            );
+        }
     }
     let _ = writeln!(
         out,
