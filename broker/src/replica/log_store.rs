@@ -125,6 +125,14 @@ struct Inner {
     committed: Arc<Mutex<Option<LogId<NodeId>>>>,
     /// Where the vote is durable (`meta.vote` mirrors it).
     votes: VoteFile,
+    /// An append is fsyncing the log (outside this lock); appends written meanwhile are
+    /// synced by it next.
+    syncing: bool,
+    /// Bumped when entries are cut or the log is reset: an fsync that started before
+    /// reports nothing (what it covered may be gone).
+    generation: u64,
+    /// The leader's proposals written and not yet fsynced (told `Appended` once they are).
+    unsynced_proposals: Vec<(u64, Appended)>,
 }
 
 /// A partition replica's Raft log on its segment files. Cheap to clone (shared state).
@@ -171,6 +179,9 @@ impl SegmentRaftLog {
             tail: tail.clone(),
             committed: committed.clone(),
             votes,
+            syncing: false,
+            generation: 0,
+            unsynced_proposals: Vec::new(),
         };
         let mut bases = Vec::new();
         if let Some(start) = inner.meta.first_offset {
@@ -229,6 +240,19 @@ impl SegmentRaftLog {
                     // Nothing past it was written here to wait for.
                     || d.written.is_none_or(|w| w <= d.last.map_or(0, |l| l.index))
             })
+            .await
+            .map_err(|e| io_err(StorageIOError::write_logs, e))?;
+        match &d.failed {
+            Some(e) => Err(io_err(StorageIOError::write_logs, e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the entry at `index`, written here, is fsynced (or an fsync failed).
+    async fn await_durable_entry(&self, index: u64) -> SResult<()> {
+        let mut durable = self.durable.subscribe();
+        let d = durable
+            .wait_for(|d| d.failed.is_some() || d.last.is_some_and(|l| l.index >= index))
             .await
             .map_err(|e| io_err(StorageIOError::write_logs, e))?;
         match &d.failed {
@@ -358,6 +382,8 @@ impl SegmentRaftLog {
             first_index: last.index,
             leader: last.leader_id,
         }];
+        inner.generation += 1;
+        inner.unsynced_proposals.clear();
         inner.durable.send_modify(|d| {
             d.last = Some(last);
             d.written = Some(last.index);
@@ -474,13 +500,15 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
         Ok(*self.committed.lock())
     }
 
-    /// Writes `entries` and fsyncs them, once for the whole append. A follower's entries
-    /// (and a leader's own control entries) are acknowledged to Raft after the fsync: a
-    /// follower's answer says they are on its disk. A leader's own proposals are
+    /// Writes `entries`, and fsyncs them outside the log's lock, coalesced with the appends
+    /// that come while an fsync runs (group commit: one fsync covers every append written
+    /// before it started, and the next append's write does not wait for it). A follower's
+    /// entries (and a leader's own control entries) are acknowledged to Raft once durable:
+    /// a follower's answer says they are on its disk. A leader's own proposals are
     /// acknowledged once written, and the fsync goes on while Raft replicates them (the
     /// Raft thesis's 10.2.1: the leader writes in parallel with its followers). The leader
     /// still counts only once durable: its state machine applies an entry (the high
-    /// watermark, the producer's answer) only after this fsync ([`Self::await_durable`]),
+    /// watermark, the producer's answer) only after the fsync ([`Self::await_durable`]),
     /// followers are told of commits only up to it (the transport caps `leader_commit`)
     /// and the commit saved in `raft.json` never passes it.
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<PartitionRaft>) -> SResult<()>
@@ -507,14 +535,11 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
         }
         let stages = self.stages.clone();
         let proposals = self.proposals.clone();
-        let durable = self.durable.clone();
         let inner = self.inner.clone();
-        // Told once the entries are written (a leader's proposals) or durable.
+        // Told once the entries are written.
         let (written_tx, written_rx) = tokio::sync::oneshot::channel::<SResult<()>>();
-        // The write and the fsync run in one blocking task holding the log (the next
-        // append waits for this fsync, so appends stay in order).
         let task = tokio::task::spawn_blocking(move || {
-            let mut inner = inner.lock();
+            let mut guard = inner.lock();
             let started = std::time::Instant::now();
             let (write, fsync) = if leader {
                 stages.observe(Stage::LeaderAppendHop, started - called);
@@ -522,49 +547,33 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
             } else {
                 (Stage::FollowerWrite, Stage::FollowerFsync)
             };
-            let appended = match inner.append_all(entries) {
+            // After a failed fsync nothing more is written (what the kernel dropped cannot
+            // be told apart from what it kept); the group stops on the error.
+            let failed = guard.durable.borrow().failed.clone();
+            if let Some(e) = failed {
+                let _ = written_tx.send(Err(io_err(StorageIOError::write_logs, e)));
+                return;
+            }
+            let appended = match guard.append_all(entries) {
                 Ok(a) => a,
                 Err(e) => {
                     let _ = written_tx.send(Err(e));
                     return;
                 }
             };
-            let written = std::time::Instant::now();
-            stages.observe(write, written - started);
-            durable.send_modify(|d| d.written = Some(last.index));
-            // A leader's proposals are answered now; anything else once durable.
-            let written_tx = if leader {
-                let _ = written_tx.send(Ok(()));
-                None
-            } else {
-                Some(written_tx)
-            };
-            match inner.log.flush() {
-                Ok(()) => {
-                    stages.observe(fsync, written.elapsed());
-                    durable.send_modify(|d| {
-                        if d.last.is_none_or(|l| l.index < last.index) {
-                            d.last = Some(last);
-                        }
-                    });
-                    // acks=1 answers here: durable in the leader's log.
-                    for (token, at) in appended {
-                        proposals.advance(token, Progress::Appended(at));
-                    }
-                    if let Some(tx) = written_tx {
-                        let _ = tx.send(Ok(()));
-                    }
-                }
-                Err(e) => {
-                    let e = io_err(StorageIOError::write_logs, e);
-                    durable.send_modify(|d| d.failed = Some(e.to_string()));
-                    if let Some(tx) = written_tx {
-                        let _ = tx.send(Err(e));
-                    }
-                }
+            stages.observe(write, started.elapsed());
+            guard.durable.send_modify(|d| d.written = Some(last.index));
+            guard.unsynced_proposals.extend(appended);
+            let _ = written_tx.send(Ok(()));
+            if std::mem::replace(&mut guard.syncing, true) {
+                // The append whose fsync is running syncs these next, once it is done.
+                return;
             }
+            // This append syncs until everything written is durable: its own entries
+            // first, then whatever was written meanwhile.
+            sync_until_durable(guard, &inner, &proposals, &stages, fsync);
         });
-        let result = match written_rx.await {
+        let written = match written_rx.await {
             Ok(r) => r,
             // The task ended without a word: it panicked.
             Err(_) => Err(io_err(
@@ -574,6 +583,13 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
                     Ok(()) => "storage task ended without an answer".to_string(),
                 },
             )),
+        };
+        let result = match written {
+            // A leader's proposals: acknowledged once written (see above).
+            Ok(()) if leader => Ok(()),
+            // Anything else once durable here, by whichever append's fsync covers it.
+            Ok(()) => self.await_durable_entry(last.index).await,
+            Err(e) => Err(e),
         };
         match &result {
             Ok(()) => callback.log_io_completed(Ok(())),
@@ -604,6 +620,12 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
                 inner.offsets.truncate(keep);
                 // Only now: a failed cut leaves the entries in the log, and in the tail.
                 inner.tail.lock().truncate_from(log_id.index);
+                // A running fsync must not report the cut entries durable, nor answer
+                // their proposals; what is below the cut was fsynced with the cut.
+                inner.generation += 1;
+                inner
+                    .unsynced_proposals
+                    .retain(|(_, at)| at.base_offset < offset);
             }
             let kept = inner.last_log_id();
             inner.durable.send_modify(|d| {
@@ -662,11 +684,62 @@ impl RaftLogStorage<PartitionRaft> for SegmentRaftLog {
     }
 }
 
+/// Fsyncs a log until everything written to it is reported durable: what to sync is taken
+/// under the lock, synced outside it (appends go on meanwhile), and reported under it.
+/// Called with the lock held by the append that set `syncing`; clears it when done.
+fn sync_until_durable<'a>(
+    mut guard: parking_lot::MutexGuard<'a, Inner>,
+    inner: &'a Mutex<Inner>,
+    proposals: &Proposals,
+    stages: &crate::metrics::Stages,
+    fsync: crate::metrics::Stage,
+) {
+    use crate::storage::LogStorage;
+    loop {
+        let target = guard.log.flush_target();
+        let upto = guard.last_log_id();
+        let generation = guard.generation;
+        let answered = std::mem::take(&mut guard.unsynced_proposals);
+        drop(guard);
+        let started = std::time::Instant::now();
+        let synced = target.sync();
+        stages.observe(fsync, started.elapsed());
+        guard = inner.lock();
+        if let Err(e) = synced {
+            let e = io_err(StorageIOError::write_logs, e);
+            guard
+                .durable
+                .send_modify(|d| d.failed = Some(e.to_string()));
+            guard.syncing = false;
+            return;
+        }
+        if guard.generation == generation {
+            guard.log.mark_flushed(target.end_offset);
+            guard.durable.send_modify(|d| {
+                if d.last.map(|l| l.index) < upto.map(|l| l.index) {
+                    d.last = upto;
+                }
+            });
+            // acks=1 answers here: durable in the leader's log.
+            for (token, at) in answered {
+                proposals.advance(token, Progress::Appended(at));
+            }
+        }
+        let last = guard.last_log_id().map(|l| l.index);
+        if guard.durable.borrow().last.map(|l| l.index) >= last {
+            guard.syncing = false;
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use openraft::storage::RaftLogStorageExt;
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader};
     use sluice_proto::RecordBatchBuilder;
+
+    use std::time::Duration;
 
     use super::*;
     use crate::storage::LogOptions;
@@ -756,6 +829,142 @@ mod tests {
         });
         let e = log.await_durable(3).await.unwrap_err();
         assert!(e.to_string().contains("I/O error"), "{e}");
+    }
+
+    /// Group commit: while an fsync runs, a leader's next proposals are written and
+    /// acknowledged to Raft without waiting for it, and nothing is reported durable (nor
+    /// answered to acks=1) until an fsync that started after their write has ended; a
+    /// follower's append is acknowledged only then. Entries cut meanwhile (a deposed
+    /// leader's) are never reported: their proposals are not answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn appends_during_an_fsync_are_synced_together_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.blocking_append(vec![entry(1, 0, EntryPayload::Blank)])
+            .await
+            .unwrap();
+        assert_eq!(log.durable().borrow().last.map(|l| l.index), Some(0));
+        // As while an append's fsync runs outside the lock.
+        log.inner.lock().syncing = true;
+        let mut waiting = Vec::new();
+        for index in 1..=3 {
+            let (token, progress) = log.proposals().register();
+            let Payload(bytes, _) = batch(2);
+            let e = entry(1, index, EntryPayload::Normal(Payload(bytes, token)));
+            // Answered once written: the fsync in flight does not hold it.
+            tokio::time::timeout(Duration::from_secs(10), log.blocking_append(vec![e]))
+                .await
+                .expect("a leader's append waited for an fsync in flight")
+                .unwrap();
+            waiting.push(progress);
+        }
+        let follower = {
+            let mut log = log.clone();
+            tokio::spawn(async move {
+                log.blocking_append(vec![entry(1, 4, EntryPayload::Normal(batch(1)))])
+                    .await
+            })
+        };
+        let written = log.durable();
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            written.clone().wait_for(|d| d.written == Some(4)),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !follower.is_finished(),
+            "a follower answered before its fsync"
+        );
+        assert_eq!(log.durable().borrow().last.map(|l| l.index), Some(0));
+        assert!(
+            waiting
+                .iter()
+                .all(|p| matches!(*p.borrow(), Progress::Proposed))
+        );
+
+        // The fsync in flight ends: its append syncs what was written meanwhile, in one go.
+        {
+            let inner = log.inner.clone();
+            let proposals = log.proposals();
+            let stages = log.stages().clone();
+            tokio::task::spawn_blocking(move || {
+                let guard = inner.lock();
+                sync_until_durable(
+                    guard,
+                    &inner,
+                    &proposals,
+                    &stages,
+                    crate::metrics::Stage::LeaderFsync,
+                )
+            })
+            .await
+            .unwrap();
+        }
+        follower.await.unwrap().unwrap();
+        assert_eq!(log.durable().borrow().last.map(|l| l.index), Some(4));
+        assert!(!log.inner.lock().syncing);
+        for (i, p) in waiting.iter().enumerate() {
+            assert!(
+                matches!(*p.borrow(), Progress::Appended(a) if a.base_offset == 2 * i as i64),
+                "proposal {i}: {:?}",
+                p.borrow()
+            );
+        }
+
+        // A deposed leader: two proposals written, an fsync in flight, then a new leader's
+        // entries cut them. They are never answered as appended; the new entry is synced.
+        log.inner.lock().syncing = true;
+        let mut cut = Vec::new();
+        for index in 5..=6 {
+            let (token, progress) = log.proposals().register();
+            let Payload(bytes, _) = batch(1);
+            let e = entry(1, index, EntryPayload::Normal(Payload(bytes, token)));
+            log.blocking_append(vec![e]).await.unwrap();
+            cut.push(progress);
+        }
+        log.truncate(log_id(1, 5)).await.unwrap();
+        let follower = {
+            let mut log = log.clone();
+            tokio::spawn(async move {
+                log.blocking_append(vec![Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(2, 2), 5),
+                    payload: EntryPayload::Normal(batch(1)),
+                }])
+                .await
+            })
+        };
+        {
+            let inner = log.inner.clone();
+            let proposals = log.proposals();
+            let stages = log.stages().clone();
+            tokio::task::spawn_blocking(move || {
+                let guard = inner.lock();
+                sync_until_durable(
+                    guard,
+                    &inner,
+                    &proposals,
+                    &stages,
+                    crate::metrics::Stage::LeaderFsync,
+                )
+            })
+            .await
+            .unwrap();
+        }
+        follower.await.unwrap().unwrap();
+        let last = log.durable().borrow().last.unwrap();
+        assert_eq!((last.index, last.leader_id.term), (5, 2));
+        for p in &cut {
+            assert!(
+                matches!(*p.borrow(), Progress::Proposed),
+                "a cut proposal was answered: {:?}",
+                p.borrow()
+            );
+        }
     }
 
     /// Applying entries this log never wrote (openraft's storage suite does) waits for
