@@ -794,11 +794,18 @@ mod tests {
             .clone();
         assert!(matches!(appended, Progress::Appended(a) if a.base_offset == 0));
 
-        // Entry 2 written, its fsync not done yet: as a leader sees it between the two.
-        log.blocking_append(vec![entry(1, 2, EntryPayload::Normal(batch(1)))])
-            .await
-            .unwrap();
-        log.durable.send_modify(|d| d.last = Some(log_id(1, 1)));
+        // Entry 2 written, its fsync not done yet (as while another append's fsync runs).
+        log.inner.lock().syncing = true;
+        let (token, _) = log.proposals().register();
+        let Payload(bytes, _) = batch(1);
+        log.blocking_append(vec![entry(
+            1,
+            2,
+            EntryPayload::Normal(Payload(bytes, token)),
+        )])
+        .await
+        .unwrap();
+        assert_eq!(log.durable().borrow().last.map(|l| l.index), Some(1));
         let waiting = {
             let log = log.clone();
             tokio::spawn(async move { log.await_durable(2).await })
@@ -810,7 +817,7 @@ mod tests {
         // Raft commits 2 (a follower holds it); raft.json is written meanwhile.
         log.save_committed(Some(log_id(1, 2))).await.unwrap();
         log.purge(log_id(1, 0)).await.unwrap();
-        log.durable.send_modify(|d| d.last = Some(log_id(1, 2)));
+        end_fsync(&log).await;
         waiting.await.unwrap().unwrap();
         drop(log);
         let mut log = open(dir.path());
@@ -819,16 +826,47 @@ mod tests {
             Some(log_id(1, 1)),
             "saved past the fsync"
         );
-        // A failed fsync fails what waits for it, rather than apply what is not on disk.
-        log.blocking_append(vec![entry(1, 3, EntryPayload::Normal(batch(1)))])
-            .await
-            .unwrap();
-        log.durable.send_modify(|d| {
-            d.last = Some(log_id(1, 2));
-            d.failed = Some("fsync: I/O error".into());
-        });
+        // A failed fsync fails what waits for it, rather than apply what is not on disk,
+        // and the log takes no more writes.
+        log.inner.lock().syncing = true;
+        let (token, _) = log.proposals().register();
+        let Payload(bytes, _) = batch(1);
+        log.blocking_append(vec![entry(
+            1,
+            3,
+            EntryPayload::Normal(Payload(bytes, token)),
+        )])
+        .await
+        .unwrap();
+        log.durable
+            .send_modify(|d| d.failed = Some("fsync: I/O error".into()));
         let e = log.await_durable(3).await.unwrap_err();
         assert!(e.to_string().contains("I/O error"), "{e}");
+        let e = log
+            .blocking_append(vec![entry(1, 4, EntryPayload::Normal(batch(1)))])
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("I/O error"), "{e}");
+    }
+
+    /// The fsync the test holds in flight (`syncing` set by hand) ends: its append syncs
+    /// whatever was written meanwhile, as [`sync_until_durable`] does after its own fsync.
+    async fn end_fsync(log: &SegmentRaftLog) {
+        let inner = log.inner.clone();
+        let proposals = log.proposals();
+        let stages = log.stages().clone();
+        tokio::task::spawn_blocking(move || {
+            let guard = inner.lock();
+            sync_until_durable(
+                guard,
+                &inner,
+                &proposals,
+                &stages,
+                crate::metrics::Stage::LeaderFsync,
+            )
+        })
+        .await
+        .unwrap();
     }
 
     /// Group commit: while an fsync runs, a leader's next proposals are written and
@@ -888,23 +926,7 @@ mod tests {
         );
 
         // The fsync in flight ends: its append syncs what was written meanwhile, in one go.
-        {
-            let inner = log.inner.clone();
-            let proposals = log.proposals();
-            let stages = log.stages().clone();
-            tokio::task::spawn_blocking(move || {
-                let guard = inner.lock();
-                sync_until_durable(
-                    guard,
-                    &inner,
-                    &proposals,
-                    &stages,
-                    crate::metrics::Stage::LeaderFsync,
-                )
-            })
-            .await
-            .unwrap();
-        }
+        end_fsync(&log).await;
         follower.await.unwrap().unwrap();
         assert_eq!(log.durable().borrow().last.map(|l| l.index), Some(4));
         assert!(!log.inner.lock().syncing);
@@ -938,23 +960,7 @@ mod tests {
                 .await
             })
         };
-        {
-            let inner = log.inner.clone();
-            let proposals = log.proposals();
-            let stages = log.stages().clone();
-            tokio::task::spawn_blocking(move || {
-                let guard = inner.lock();
-                sync_until_durable(
-                    guard,
-                    &inner,
-                    &proposals,
-                    &stages,
-                    crate::metrics::Stage::LeaderFsync,
-                )
-            })
-            .await
-            .unwrap();
-        }
+        end_fsync(&log).await;
         follower.await.unwrap().unwrap();
         let last = log.durable().borrow().last.unwrap();
         assert_eq!((last.index, last.leader_id.term), (5, 2));
