@@ -727,7 +727,7 @@ impl Replica {
         let (log, state) = (self.log.clone(), self.state.clone());
         let _ = tokio::task::spawn_blocking(move || {
             // A restart then applies nothing again: no entry is read back to start the group.
-            if let Err(e) = state.persist() {
+            if let Err(e) = state.persist_final() {
                 tracing::warn!(cause = %e, "saving the applied state of a stopped replica");
             }
             log.close()

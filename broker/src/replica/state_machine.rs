@@ -103,8 +103,16 @@ pub(crate) struct ReplicaState {
     log: Option<super::log_store::SegmentRaftLog>,
     /// The Raft index the next snapshot covers (0: the last applied): set by retention.
     snapshot_upto: Arc<std::sync::atomic::AtomicU64>,
-    /// When `raft-applied.json` was last written by `apply`.
+    /// When `apply` last started a background save of `raft-applied.json`.
     persisted_at: Option<std::time::Instant>,
+    /// A background save is running (at most one at a time).
+    saving: Arc<std::sync::atomic::AtomicBool>,
+    /// The last background save failed (logged once until one succeeds).
+    save_failing: Arc<std::sync::atomic::AtomicBool>,
+    /// Held while `raft-applied.json` is written: saves never interleave, and each encodes
+    /// the state under it, so the last one written is the newest. True once the replica
+    /// stopped and wrote its final state: a save still queued then writes nothing.
+    writing: Arc<parking_lot::Mutex<bool>>,
 }
 
 impl ReplicaState {
@@ -131,6 +139,9 @@ impl ReplicaState {
             log: None,
             snapshot_upto: Arc::default(),
             persisted_at: None,
+            saving: Arc::default(),
+            save_failing: Arc::default(),
+            writing: Arc::default(),
         })
     }
 
@@ -174,8 +185,46 @@ impl ReplicaState {
     /// Written without fsync: after a crash the committed entries are applied again from the
     /// log, which moves the high watermark and records their producers again. Blocking.
     pub(crate) fn persist(&self) -> SResult<()> {
+        let stopped = self.writing.lock();
+        if *stopped {
+            return Ok(());
+        }
         let data = self.encode(None)?;
         crate::storage::replace_file(&self.path, &data, false).map_err(sm_err)
+    }
+
+    /// The replica stopped: writes its applied state one last time (a restart then applies
+    /// nothing again); nothing is written after. Blocking.
+    pub(crate) fn persist_final(&self) -> SResult<()> {
+        let mut stopped = self.writing.lock();
+        if std::mem::replace(&mut *stopped, true) {
+            return Ok(());
+        }
+        let data = self.encode(None)?;
+        crate::storage::replace_file(&self.path, &data, false).map_err(sm_err)
+    }
+
+    /// Starts a save of `raft-applied.json` off the commit path, unless one is running. A
+    /// failed one is only logged: the file may lag (see [`PERSIST_EVERY`]); a snapshot's
+    /// save, which may not, is awaited ([`Self::persist_now`]).
+    fn save_in_background(&mut self) {
+        use std::sync::atomic::Ordering;
+        if self.saving.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.persisted_at = Some(std::time::Instant::now());
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || {
+            match me.persist() {
+                Ok(()) => me.save_failing.store(false, Ordering::Release),
+                Err(e) => {
+                    if !me.save_failing.swap(true, Ordering::AcqRel) {
+                        tracing::warn!(path = %me.path.display(), cause = %e, "saving the applied state failed (a restart re-applies the log from the last save; retried at the next apply)");
+                    }
+                }
+            }
+            me.saving.store(false, Ordering::Release);
+        });
     }
 
     async fn persist_now(&self) -> SResult<()> {
@@ -298,8 +347,7 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
             .persisted_at
             .is_none_or(|t| t.elapsed() >= PERSIST_EVERY)
         {
-            self.persist_now().await?;
-            self.persisted_at = Some(std::time::Instant::now());
+            self.save_in_background();
         }
         self.high_watermark.send_if_modified(|hw| {
             let moved = high_watermark > *hw;
@@ -355,5 +403,64 @@ impl RaftStateMachine<PartitionRaft> for ReplicaState {
             meta,
             snapshot: Box::new(Cursor::new(data)),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use openraft::CommittedLeaderId;
+    use sluice_proto::RecordBatchBuilder;
+
+    use super::super::types::Payload;
+    use super::*;
+
+    fn batch(base_offset: i64, n: usize) -> Entry<PartitionRaft> {
+        let mut b = RecordBatchBuilder::new(Default::default());
+        for i in 0..n {
+            b.append(i as i64, None, b"value", &[]);
+        }
+        let mut bytes = bytes::BytesMut::from(b.build());
+        sluice_proto::batch::set_base_offset_and_epoch(&mut bytes, base_offset, 1);
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), base_offset as u64 + 1),
+            payload: EntryPayload::Normal(Payload::batch(bytes.freeze())),
+        }
+    }
+
+    fn saved_high_watermark(dir: &Path) -> Option<i64> {
+        let bytes = std::fs::read(dir.join(STATE_FILE)).ok()?;
+        Some(Loaded::decode(&bytes).ok()?.applied.high_watermark)
+    }
+
+    /// The applied state is saved in the background, not by the apply that answers a
+    /// producer; once the replica stopped and saved its final state, a save still queued
+    /// writes nothing (its directory may be on its way out).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_applied_state_is_saved_off_the_commit_path_and_never_after_the_final_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = ReplicaState::open(dir.path()).unwrap();
+        state.apply(vec![batch(0, 3)]).await.unwrap();
+        assert_eq!(*state.high_watermark.borrow(), 3);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while saved_high_watermark(dir.path()) != Some(3) {
+            assert!(
+                Instant::now() < deadline,
+                "the applied state was never saved"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        state.persist_final().unwrap();
+        // As a background save that was queued when the replica stopped.
+        state.persisted_at = None;
+        state.apply(vec![batch(3, 2)]).await.unwrap();
+        while state.saving.load(std::sync::atomic::Ordering::Acquire) {
+            assert!(Instant::now() < deadline, "the background save never ended");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(saved_high_watermark(dir.path()), Some(3));
+        assert!(!dir.path().join(STATE_FILE).with_extension("tmp").exists());
     }
 }
