@@ -16,6 +16,24 @@ const COLORS: [&str; 8] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
 ];
 
+/// The title as one line, or two when it would not fit above the plot (about 7 px a
+/// character at 14 px).
+fn title_lines(title: &str) -> Vec<&str> {
+    const FITS: usize = ((WIDTH - LEFT - RIGHT) / 7.0) as usize;
+    if title.chars().count() <= FITS {
+        return vec![title];
+    }
+    let middle = title.len() / 2;
+    match title
+        .match_indices(", ")
+        .map(|(i, _)| i)
+        .min_by_key(|i| i.abs_diff(middle))
+    {
+        Some(i) => vec![&title[..=i], title[i + 2..].trim_start()],
+        None => vec![title],
+    }
+}
+
 /// Escapes text for an SVG text node or attribute.
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -91,12 +109,17 @@ pub(crate) fn svg(runs: &[SweepRun], title: &str) -> String {
         out,
         r#"<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>"#
     );
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="24" font-size="15" text-anchor="middle">{}</text>"#,
-        LEFT + plot_w / 2.0,
-        escape(title)
-    );
+    // A long workload description goes on two lines, split at the comma nearest its middle.
+    let lines = title_lines(title);
+    for (i, line) in lines.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            r#"<text x="{}" y="{}" font-size="14" text-anchor="middle">{}</text>"#,
+            LEFT + plot_w / 2.0,
+            if lines.len() == 1 { 24 } else { 18 + 17 * i },
+            escape(line)
+        );
+    }
     // Grid and ticks: x linear, y by decade with 2 and 5 between.
     let mut v = 0.0;
     while v <= x_top + x_step / 2.0 {
@@ -294,6 +317,22 @@ mod tests {
             pts.split([',', ' ']).nth(1).unwrap().parse().unwrap()
         };
         assert!(first_y(y_of("before", "p99")) < first_y(y_of("before", "p50")));
+    }
+
+    /// A sweep's workload line is longer than the chart is wide: it goes on two lines,
+    /// split between its parts, nothing lost; a short title stays on one.
+    #[test]
+    fn a_long_title_is_split_at_a_comma_and_a_short_one_is_kept() {
+        let long = "1024 B records, topic 'sweep-rf3' (1 partitions, factor 3), acks=All, idempotence true, in flight 5, batch 262144 B, linger 0s, 8 producer(s)";
+        let lines = title_lines(long);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(
+            lines.iter().all(|l| l.len() < long.len() * 2 / 3),
+            "{lines:?}"
+        );
+        assert!(lines[0].ends_with(','));
+        assert_eq!(format!("{} {}", lines[0], lines[1]), long);
+        assert_eq!(title_lines("RF=3 acks=all"), vec!["RF=3 acks=all"]);
     }
 
     #[test]
