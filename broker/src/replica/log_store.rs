@@ -139,7 +139,7 @@ struct Inner {
 #[derive(Debug, Clone)]
 pub(crate) struct SegmentRaftLog {
     inner: Arc<Mutex<Inner>>,
-    /// Read without taking `inner`, which an append holds through its fsync.
+    /// Read without taking `inner`, which appends and the log's reads take.
     tail: Arc<Mutex<Tail<Entry<PartitionRaft>>>>,
     /// Saved on every commit, so without taking `inner` or a hop to the blocking pool. It
     /// needs no fsync of its own (openraft only uses it to apply sooner after a restart).
@@ -316,7 +316,6 @@ impl SegmentRaftLog {
     }
 
     /// The last log id (the last purged one when the log is empty): what a vote compares.
-    /// Waits for an append's fsync.
     pub(crate) fn last_log_id(&self) -> Option<LogId<NodeId>> {
         let inner = self.inner.lock();
         match inner.last_index() {
@@ -391,7 +390,7 @@ impl SegmentRaftLog {
         inner.persist_meta()
     }
 
-    /// Takes new segment settings (a topic config change). Waits for an append's fsync.
+    /// Takes new segment settings (a topic config change).
     pub(crate) fn set_options(&self, options: crate::storage::LogOptions) {
         use crate::storage::LogStorage;
         self.inner.lock().log.set_options(options);

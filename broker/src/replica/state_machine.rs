@@ -185,21 +185,21 @@ impl ReplicaState {
     /// Written without fsync: after a crash the committed entries are applied again from the
     /// log, which moves the high watermark and records their producers again. Blocking.
     pub(crate) fn persist(&self) -> SResult<()> {
-        let stopped = self.writing.lock();
-        if *stopped {
-            return Ok(());
-        }
-        let data = self.encode(None)?;
-        crate::storage::replace_file(&self.path, &data, false).map_err(sm_err)
+        self.write_state(false)
     }
 
     /// The replica stopped: writes its applied state one last time (a restart then applies
     /// nothing again); nothing is written after. Blocking.
     pub(crate) fn persist_final(&self) -> SResult<()> {
+        self.write_state(true)
+    }
+
+    fn write_state(&self, last: bool) -> SResult<()> {
         let mut stopped = self.writing.lock();
-        if std::mem::replace(&mut *stopped, true) {
+        if *stopped {
             return Ok(());
         }
+        *stopped = last;
         let data = self.encode(None)?;
         crate::storage::replace_file(&self.path, &data, false).map_err(sm_err)
     }
