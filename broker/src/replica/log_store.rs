@@ -758,6 +758,18 @@ mod tests {
         }
     }
 
+    /// This leader's proposal of `records` records at `index` (term 1), and its progress.
+    fn proposal(
+        log: &SegmentRaftLog,
+        index: u64,
+        records: usize,
+    ) -> (Entry<PartitionRaft>, watch::Receiver<Progress>) {
+        let (token, progress) = log.proposals().register();
+        let Payload(bytes, _) = batch(records);
+        let e = entry(1, index, EntryPayload::Normal(Payload(bytes, token)));
+        (e, progress)
+    }
+
     fn open(dir: &Path) -> SegmentRaftLog {
         let options = LogOptions {
             segment_bytes: 2048,
@@ -795,15 +807,8 @@ mod tests {
 
         // Entry 2 written, its fsync not done yet (as while another append's fsync runs).
         log.inner.lock().syncing = true;
-        let (token, _) = log.proposals().register();
-        let Payload(bytes, _) = batch(1);
-        log.blocking_append(vec![entry(
-            1,
-            2,
-            EntryPayload::Normal(Payload(bytes, token)),
-        )])
-        .await
-        .unwrap();
+        let (e, _) = proposal(&log, 2, 1);
+        log.blocking_append(vec![e]).await.unwrap();
         assert_eq!(log.durable().borrow().last.map(|l| l.index), Some(1));
         let waiting = {
             let log = log.clone();
@@ -828,15 +833,8 @@ mod tests {
         // A failed fsync fails what waits for it, rather than apply what is not on disk,
         // and the log takes no more writes.
         log.inner.lock().syncing = true;
-        let (token, _) = log.proposals().register();
-        let Payload(bytes, _) = batch(1);
-        log.blocking_append(vec![entry(
-            1,
-            3,
-            EntryPayload::Normal(Payload(bytes, token)),
-        )])
-        .await
-        .unwrap();
+        let (e, _) = proposal(&log, 3, 1);
+        log.blocking_append(vec![e]).await.unwrap();
         log.durable
             .send_modify(|d| d.failed = Some("fsync: I/O error".into()));
         let e = log.await_durable(3).await.unwrap_err();
@@ -885,9 +883,7 @@ mod tests {
         log.inner.lock().syncing = true;
         let mut waiting = Vec::new();
         for index in 1..=3 {
-            let (token, progress) = log.proposals().register();
-            let Payload(bytes, _) = batch(2);
-            let e = entry(1, index, EntryPayload::Normal(Payload(bytes, token)));
+            let (e, progress) = proposal(&log, index, 2);
             // Answered once written: the fsync in flight does not hold it.
             tokio::time::timeout(Duration::from_secs(10), log.blocking_append(vec![e]))
                 .await
@@ -942,9 +938,7 @@ mod tests {
         log.inner.lock().syncing = true;
         let mut cut = Vec::new();
         for index in 5..=6 {
-            let (token, progress) = log.proposals().register();
-            let Payload(bytes, _) = batch(1);
-            let e = entry(1, index, EntryPayload::Normal(Payload(bytes, token)));
+            let (e, progress) = proposal(&log, index, 1);
             log.blocking_append(vec![e]).await.unwrap();
             cut.push(progress);
         }
